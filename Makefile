@@ -1,0 +1,33 @@
+# The two commands: `make demo` (train tiny → export → real Triton → chat) and `make test`.
+# Each creates or updates .venv by itself; a second run only re-checks a stamp file.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: venv demo test bench clean
+
+$(STAMP): requirements/bot.txt requirements/dev.txt requirements/triton.txt Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -U pip wheel
+	$(PY) -m pip install -q -r requirements/dev.txt
+	# Only the tritonserver binary of nvidia-pytriton is used; its numpy<2 pin is not wanted.
+	$(PY) -m pip install -q --no-deps nvidia-pytriton==0.7.0
+	# Triton's python backend runs model.py in its own env: the 2.51 stub needs numpy<2 there.
+	test -x .venv-triton/bin/python || $(PYTHON) -m venv .venv-triton
+	.venv-triton/bin/pip install -q -r requirements/triton.txt
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m demo
+
+test: $(STAMP)
+	$(PY) -m pytest tests
+
+bench: $(STAMP)
+	$(PY) -m bench --shape small
+
+clean:
+	rm -rf $(VENV) .venv-triton output/* model_repository/*/ results/

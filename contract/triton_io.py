@@ -1,0 +1,52 @@
+"""The served model's I/O contract: shared by the exporter, the Triton model and the client.
+
+One Triton *sequence* is one generation. The client sends the prompt's token ids with START,
+then each sampled token alone; the server keeps the conversation's KV cache keyed by the
+sequence's correlation id and answers with the logits of the last position. END frees the cache;
+an END step may carry no tokens at all (then it only frees, and its logits are empty).
+"""
+from __future__ import annotations
+
+DEFAULT_MODEL_NAME = "rudialogpt"
+
+# Triton tensors (config.pbtxt, model.py, bot client).
+INPUT_IDS = "INPUT_IDS"  # INT64, shape [1, n]: the step's new token ids (n >= 1; 0 only with END)
+INPUT_IDS_DTYPE = "INT64"
+LOGITS = "LOGITS"  # FP32, shape [1, vocab_size]: next-token logits after the step
+LOGITS_DTYPE = "FP32"
+
+# Sequence flags as the python backend reports them with request.flags().
+FLAG_START = 1
+FLAG_END = 2
+
+# config.pbtxt `parameters` the model reads (string values).
+PARAM_ONNX_FILE = "onnx_file"  # file name of the ONNX model in the version folder
+PARAM_EXECUTION_PROVIDER = "execution_provider"  # "cpu" or "cuda"
+PARAM_INTRA_OP_THREADS = "intra_op_threads"  # onnxruntime threads; "0" lets ORT choose
+PARAM_VOCAB_SIZE = "vocab_size"  # the model's vocabulary (ids must be below it)
+PARAM_MAX_POSITIONS = "max_positions"  # longest context a sequence may reach
+PARAM_IDLE_SECONDS = "cache_idle_seconds"  # a cache unused this long is freed
+PARAM_MAX_SEQUENCES = "max_sequences"  # most caches held at once
+PARAM_NUM_LAYERS = "num_layers"  # transformer layers (past_key_values.N)
+PARAM_NUM_HEADS = "num_heads"
+PARAM_HEAD_DIM = "head_dim"
+
+# The ONNX graph as optimum exports GPT-2 with task "text-generation-with-past".
+ONNX_INPUT_IDS = "input_ids"
+ONNX_ATTENTION_MASK = "attention_mask"
+ONNX_POSITION_IDS = "position_ids"
+ONNX_LOGITS = "logits"
+
+
+def onnx_past(layer: int, kind: str) -> str:
+    """Input name of one layer's past keys or values (`kind` is "key" or "value")."""
+    return f"past_key_values.{layer}.{kind}"
+
+
+def onnx_present(layer: int, kind: str) -> str:
+    """Output name of one layer's updated keys or values."""
+    return f"present.{layer}.{kind}"
+
+
+# Where export puts the tokenizer for the bot: model_repository/<name>/tokenizer/.
+TOKENIZER_DIR = "tokenizer"

@@ -1,0 +1,52 @@
+"""`python -m export --checkpoint output/ --repository model_repository/`"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from contract import triton_io as io
+from export.exporter import ExportError, export
+from export.triton_config import ServingConfig
+
+
+def main(argv: list[str] | None = None) -> int:
+    d = ServingConfig()
+    p = argparse.ArgumentParser(prog="python -m export", description=__doc__)
+    p.add_argument("--checkpoint", type=Path, default=Path("output"), help="folder `python -m training` wrote")
+    p.add_argument("--repository", type=Path, default=Path("model_repository"), help="Triton model repository")
+    p.add_argument("--name", default=io.DEFAULT_MODEL_NAME, help="model name in Triton")
+    p.add_argument("--quantize", choices=["int8"], help="onnxruntime dynamic int8 quantization (CPU serving)")
+    p.add_argument("--fp16", action="store_true", help="half precision (GPU serving; needs --device cuda)")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                   help="export device; cuda also makes the model serve with the CUDA provider")
+    p.add_argument("--tolerance", type=float, default=1e-3, help="max |Δlogit| ONNX vs PyTorch")
+    p.add_argument("--max-batch-size", type=int, default=d.max_batch_size, help="sequences per ORT call")
+    p.add_argument("--max-sequences", type=int, default=d.max_candidate_sequences,
+                   help="sequences Triton keeps active at once")
+    p.add_argument("--queue-delay-us", type=int, default=d.max_queue_delay_us, help="batching wait per step")
+    p.add_argument("--idle-seconds", type=int, default=d.idle_seconds, help="free a sequence idle this long")
+    p.add_argument("--threads", type=int, default=d.intra_op_threads, help="onnxruntime threads (0: auto)")
+    args = p.parse_args(argv)
+    # onnxruntime's quantizer logs every tensor on the root logger: only ours speak at INFO.
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("export").setLevel(logging.INFO)
+    serving = ServingConfig(max_batch_size=args.max_batch_size, max_candidate_sequences=args.max_sequences,
+                            max_queue_delay_us=args.queue_delay_us, idle_seconds=args.idle_seconds,
+                            intra_op_threads=args.threads)
+    try:
+        result = export(args.checkpoint, args.repository, args.name, args.quantize, args.fp16,
+                        args.device, args.tolerance, serving)
+    except ExportError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"exported {result.model_dir}  max|Δlogit| {result.max_abs_diff:.2e}"
+          + (f"  int8 max|Δlogit| {result.quantized_diff:.3f} top-1 {result.quantized_top1:.0%}"
+             if result.quantized_diff is not None else "")
+          + f"  ({result.seconds:.1f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

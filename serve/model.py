@@ -1,0 +1,92 @@
+"""Triton python-backend model: ruDialoGPT on onnxruntime, KV caches kept per sequence.
+
+Export copies this file, serve/engine.py (as engine.py) and the contract package into the model's
+version folder. Triton's sequence batcher routes each generation's steps here by correlation id;
+every error is returned on its own request and the model keeps serving.
+"""
+from __future__ import annotations
+
+import json
+import os
+import threading
+from pathlib import Path
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+from contract import triton_io as io
+from engine import KVEngine, Step, StepError, make_session
+
+ENV_PROVIDER = "RUDIALOGPT_EXECUTION_PROVIDER"  # overrides the execution_provider parameter
+
+
+class TritonPythonModel:
+    """One instance: one ORT session and the caches of the sequences routed to it."""
+
+    def initialize(self, args):
+        config = json.loads(args["model_config"])
+        params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
+        folder = Path(args["model_repository"]) / args["model_version"]
+        provider = os.environ.get(ENV_PROVIDER) or params.get(io.PARAM_EXECUTION_PROVIDER, "cpu")
+        session = make_session(str(folder / params.get(io.PARAM_ONNX_FILE, "model.onnx")), provider,
+                               int(params.get(io.PARAM_INTRA_OP_THREADS, "0")),
+                               int(args.get("model_instance_device_id", 0) or 0))
+        self.engine = KVEngine(session, int(params[io.PARAM_MAX_POSITIONS]),
+                               float(params.get(io.PARAM_IDLE_SECONDS, "60")),
+                               int(params.get(io.PARAM_MAX_SEQUENCES, "256")))
+        self.logger = pb_utils.Logger
+        labels = {"model": args["model_name"], "version": args["model_version"]}
+        # The families must outlive their metrics: keep them on the instance.
+        self.families = [pb_utils.MetricFamily(
+            name="rudialogpt_cached_sequences", kind=pb_utils.MetricFamily.GAUGE,
+            description="Sequences whose KV cache the model holds"), pb_utils.MetricFamily(
+            name="rudialogpt_cached_tokens", kind=pb_utils.MetricFamily.GAUGE,
+            description="Tokens of context held in KV caches")]
+        self.sequences_gauge, self.tokens_gauge = (f.Metric(labels=labels) for f in self.families)
+        self.stop = threading.Event()
+        self.sweeper = threading.Thread(target=self._sweep, daemon=True)
+        self.sweeper.start()
+        self.logger.log_info(f"rudialogpt: {provider} provider, {self.engine.layers} layers, "
+                             f"vocab {self.engine.vocab_size}, {self.engine.max_positions} positions")
+
+    def _sweep(self):
+        """Free caches of abandoned sequences even when no request comes."""
+        while not self.stop.wait(1.0):
+            self.engine.evict_idle()
+            self._update_gauges()
+
+    def _update_gauges(self):
+        with self.engine.lock:
+            self.sequences_gauge.set(len(self.engine.caches))
+        self.tokens_gauge.set(self.engine.cached_tokens())
+
+    def execute(self, requests):
+        steps, errors = [], {}
+        for r, request in enumerate(requests):
+            tensor = pb_utils.get_input_tensor_by_name(request, io.INPUT_IDS)
+            ids = tensor.as_numpy() if tensor is not None else np.zeros((0, 0), np.int64)
+            flags = request.flags()
+            if ids.ndim != 2 or ids.shape[0] != 1:
+                errors[r] = f"{io.INPUT_IDS} must have shape [1, n], got {list(ids.shape)}"
+                ids = np.zeros((1, 0), np.int64)
+            steps.append(Step(request.correlation_id(), ids[0].astype(np.int64, copy=False),
+                              bool(flags & io.FLAG_START), bool(flags & io.FLAG_END)))
+        live = [s for r, s in enumerate(steps) if r not in errors]
+        try:
+            results = iter(self.engine.step(live))
+        except Exception as exc:  # an ORT failure: fail these requests, keep serving
+            self.logger.log_error(f"rudialogpt: step failed: {exc!r}")
+            results = iter([StepError(f"inference failed: {exc}")] * len(live))
+        responses = []
+        for r in range(len(requests)):
+            result = StepError(errors[r]) if r in errors else next(results)
+            if isinstance(result, StepError):
+                responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(str(result))))
+            else:
+                responses.append(pb_utils.InferenceResponse([pb_utils.Tensor(io.LOGITS, result)]))
+        self._update_gauges()
+        return responses
+
+    def finalize(self):
+        self.stop.set()
+        self.sweeper.join(timeout=2)

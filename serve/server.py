@@ -1,0 +1,206 @@
+"""Start and stop the real `tritonserver` (2.51) that the PyPI wheel nvidia-pytriton ships.
+
+Only the wheel's binary and backends are used, not pytriton's Python API (it pins numpy<2).
+The python backend needs: its stub for the model environment's Python minor version inside
+`<backend-dir>/python/`, that environment's `bin` first on PATH (the stub finds packages through
+the `python3` on PATH and ignores PYTHONPATH), and libpython on LD_LIBRARY_PATH. The model
+environment is `.venv-triton` (requirements/triton.txt): the 2.51 stub needs numpy<2, while the
+rest of the project runs on numpy 2. Each server gets
+its own ports and shared-memory prefix so several can run side by side.
+"""
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+ROOT = Path(__file__).resolve().parent.parent
+ENV_MODEL_PYTHON = "TRITON_MODEL_PYTHON"  # a venv for model.py; default: <repo>/.venv-triton
+
+
+class TritonServerError(RuntimeError):
+    """The server could not be found, started or made ready."""
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wheel_root() -> Path:
+    """The wheel's tritonserver folder, found without importing pytriton (it pins numpy<2)."""
+    spec = importlib.util.find_spec("pytriton")
+    if spec is None or not spec.submodule_search_locations:
+        raise TritonServerError(
+            "nvidia-pytriton is not installed: run `make venv` (or `pip install --no-deps "
+            "nvidia-pytriton==0.7.0`)")
+    root = Path(list(spec.submodule_search_locations)[0]) / "tritonserver"
+    if not (root / "bin" / "tritonserver").exists():
+        raise TritonServerError(f"no tritonserver binary under {root}: reinstall nvidia-pytriton")
+    return root
+
+
+@dataclass
+class TritonServer:
+    """One tritonserver process serving `repository`; use as a context manager or start()/stop()."""
+
+    repository: Path  # the Triton model repository to serve
+    http_port: int = 8000  # KServe v2 HTTP API
+    grpc_port: int = 8001  # gRPC API
+    metrics_port: int = 8002  # Prometheus metrics (/metrics)
+    host: str = "127.0.0.1"  # address the ports bind to
+    log_file: Path | None = None  # server output goes here; None: inherit our stdout/stderr
+    extra_args: list[str] = field(default_factory=list)  # more tritonserver flags
+    ready_timeout: float = 120.0  # seconds to wait for /v2/health/ready
+    model_python: Path | None = None  # venv that runs model.py; None: $TRITON_MODEL_PYTHON or .venv-triton
+    process: subprocess.Popen | None = field(default=None, init=False)
+    _workdir: Path | None = field(default=None, init=False)
+    _venv: Path | None = field(default=None, init=False)
+    _python_version: str = field(default="", init=False)
+
+    @property
+    def url(self) -> str:
+        """host:port of the HTTP API, as tritonclient wants it."""
+        return f"{self.host}:{self.http_port}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://{self.host}:{self.metrics_port}/metrics"
+
+    def model_env(self) -> Path:
+        """The venv whose python3 runs model.py, checked for numpy<2 and onnxruntime."""
+        venv = Path(self.model_python or os.environ.get(ENV_MODEL_PYTHON) or ROOT / ".venv-triton")
+        python = venv / "bin" / "python3"
+        if not python.exists():
+            raise TritonServerError(f"no model environment at {venv}: run `make venv` (it builds "
+                                    f".venv-triton from requirements/triton.txt) or set {ENV_MODEL_PYTHON}")
+        probe = subprocess.run([python, "-c", "import sys, numpy, onnxruntime; print("
+                                "f'{sys.version_info[0]}.{sys.version_info[1]} {numpy.__version__}')"],
+                               capture_output=True, text=True)
+        if probe.returncode:
+            raise TritonServerError(f"{python} lacks numpy or onnxruntime: "
+                                    f"`{python} -m pip install -r requirements/triton.txt`")
+        version, numpy_version = probe.stdout.split()
+        if not numpy_version.startswith("1."):
+            raise TritonServerError(f"{venv} has numpy {numpy_version}; Triton 2.51's python backend "
+                                    "needs numpy<2: `pip install -r requirements/triton.txt` there")
+        self._python_version = version
+        return venv
+
+    def _backend_dir(self, root: Path) -> Path:
+        """A backend directory with the python backend and the stub for the model's Python."""
+        version = self._python_version
+        stub = root / "python_backend_stubs" / version / "triton_python_backend_stub"
+        if not stub.exists():
+            raise TritonServerError(f"nvidia-pytriton ships no python backend stub for Python {version}")
+        backends = self._workdir / "backends"
+        shutil.copytree(root / "backends", backends, ignore=shutil.ignore_patterns("__pycache__"))
+        shutil.copy2(stub, backends / "python" / stub.name)
+        return backends
+
+    def command(self, root: Path, backends: Path) -> list[str]:
+        return [
+            str(root / "bin" / "tritonserver"),
+            f"--model-repository={Path(self.repository).resolve()}",
+            f"--backend-directory={backends}",
+            f"--cache-directory={root / 'caches'}",
+            f"--http-address={self.host}", f"--http-port={self.http_port}",
+            f"--grpc-address={self.host}", f"--grpc-port={self.grpc_port}",
+            f"--metrics-address={self.host}", f"--metrics-port={self.metrics_port}",
+            "--allow-gpu-metrics=false",
+            "--model-control-mode=none",
+            "--exit-timeout-secs=10",
+            f"--backend-config=python,shm-region-prefix-name=triton_{os.getpid()}_{self.http_port}_",
+            *self.extra_args,
+        ]
+
+    def environment(self, root: Path) -> dict[str, str]:
+        env = dict(os.environ)
+        env["PATH"] = f"{self._venv / 'bin'}{os.pathsep}{env.get('PATH', '')}"
+        # The copied stub loses its relative rpath to the wheel's bundled libraries.
+        libdirs = [sysconfig.get_config_var("LIBDIR"), str(root.parent.parent / "nvidia_pytriton.libs"),
+                   env.get("LD_LIBRARY_PATH")]
+        env["LD_LIBRARY_PATH"] = os.pathsep.join(d for d in libdirs if d)
+        return env
+
+    def start(self) -> "TritonServer":
+        """Start the server and wait until it and every model are ready."""
+        repo = Path(self.repository)
+        if not repo.is_dir():
+            raise TritonServerError(f"model repository {repo} not found: run `python -m export` first")
+        root = _wheel_root()
+        self._venv = self.model_env()
+        self._workdir = Path(tempfile.mkdtemp(prefix="tritonserver-"))
+        cmd = self.command(root, self._backend_dir(root))
+        out = open(self.log_file, "ab") if self.log_file else None
+        log.info("starting tritonserver on %s (metrics :%d)", self.url, self.metrics_port)
+        self.process = subprocess.Popen(cmd, env=self.environment(root), stdout=out, stderr=out,
+                                        start_new_session=True)
+        if out:
+            out.close()
+        try:
+            self.wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def is_ready(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"http://{self.url}/v2/health/ready", timeout=2) as r:
+                return r.status == 200
+        except (urllib.error.URLError, OSError):
+            return False
+
+    def wait_ready(self) -> None:
+        deadline = time.monotonic() + self.ready_timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                hint = f" (see {self.log_file})" if self.log_file else ""
+                raise TritonServerError(f"tritonserver exited with code {self.process.returncode}{hint}")
+            if self.is_ready():
+                return
+            time.sleep(0.2)
+        raise TritonServerError(f"tritonserver not ready after {self.ready_timeout:.0f} s")
+
+    def stop(self, timeout: float = 20.0) -> None:
+        """SIGTERM, wait for a graceful exit (in-flight requests finish), then SIGKILL."""
+        if self.process and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                log.warning("tritonserver did not stop in %.0f s: killing it", timeout)
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+        if self._workdir:
+            shutil.rmtree(self._workdir, ignore_errors=True)
+            self._workdir = None
+
+    def kill(self) -> None:
+        """SIGKILL the whole process group at once (for fault tests)."""
+        if self.process and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+
+    def __enter__(self) -> "TritonServer":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
