@@ -1,0 +1,1 @@
+"""The chat bot: a thin Triton client (tokenizers + numpy + tritonclient) for console and Telegram."""

@@ -1,0 +1,68 @@
+"""The generate loop: prompt ids in, reply ids out, one Triton step per token."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from bot.sampling import SamplingConfig, next_token
+from bot.triton_client import TritonClient, TritonUnavailable
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Generation:
+    """A finished generation with its timings."""
+
+    tokens: list[int]  # the reply's ids, without the stop token
+    stopped: bool  # True: a stop id ended it; False: max_new_tokens did
+    first_token_s: float = 0.0  # time to the first logits (prompt step)
+    step_s: list[float] = field(default_factory=list)  # time of every later step
+
+
+def new_sequence_id() -> int:
+    """A random correlation id (uint64, never 0: Triton reserves 0 for 'no sequence')."""
+    return secrets.randbits(63) or 1
+
+
+async def generate(client: TritonClient, prompt_ids: list[int], cfg: SamplingConfig,
+                   rng: np.random.Generator, resumes: int = 2) -> Generation:
+    """Sample a reply to `prompt_ids`; END is always sent, also on errors and cancellation.
+
+    If Triton becomes unavailable mid-reply, the sequence is restarted (START over the whole
+    context, which is idempotent) up to `resumes` times before the error is raised."""
+    seq = new_sequence_id()
+    context = list(prompt_ids)
+    tokens: list[int] = []
+    t0 = time.perf_counter()
+    try:
+        logits = await client.step(seq, context, start=True)
+        gen = Generation(tokens, stopped=False, first_token_s=time.perf_counter() - t0)
+        while True:
+            token = next_token(logits, np.asarray(context, dtype=np.int64), cfg, rng)
+            if token in cfg.stop_ids:
+                gen.stopped = True
+                return gen
+            tokens.append(token)
+            context.append(token)
+            if len(tokens) >= cfg.max_new_tokens:
+                return gen
+            t = time.perf_counter()
+            try:
+                logits = await client.step(seq, [token])
+            except TritonUnavailable as exc:
+                if resumes <= 0:
+                    raise
+                resumes -= 1
+                log.warning("step failed (%s): restarting the sequence over %d tokens", exc, len(context))
+                await asyncio.sleep(0.2)
+                logits = await client.step(seq, context, start=True)
+            gen.step_s.append(time.perf_counter() - t)
+    finally:
+        # Shielded so that a cancelled reply still frees the server's cache.
+        await asyncio.shield(client.end(seq))
