@@ -1,0 +1,92 @@
+"""export/: the repository it writes, its checks, and its errors."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from contract import triton_io as io
+from export import ExportError, ServingConfig, export
+from export.triton_config import render, validate
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_repository_layout(model_repository):
+    model = model_repository / "rudialogpt"
+    for f in ("config.pbtxt", "1/model.onnx", "1/model.py", "1/engine.py", "1/contract/triton_io.py",
+              f"{io.TOKENIZER_DIR}/tokenizer.json"):
+        assert (model / f).is_file(), f
+    config = validate((model / "config.pbtxt").read_text())
+    assert config.input[0].name == io.INPUT_IDS and config.output[0].name == io.LOGITS
+    assert config.sequence_batching.max_sequence_idle_microseconds == 120_000_000
+    assert config.parameters[io.PARAM_MAX_POSITIONS].string_value == "512"
+
+
+def test_rendered_config_parses_for_every_setting():
+    for cfg in (ServingConfig(), ServingConfig(execution_provider="cuda", max_batch_size=16)):
+        parsed = validate(render(cfg))
+        assert parsed.max_batch_size == cfg.max_batch_size
+        assert parsed.parameters[io.PARAM_EXECUTION_PROVIDER].string_value == cfg.execution_provider
+
+
+def test_broken_config_is_rejected():
+    with pytest.raises(ValueError, match="ModelConfig"):
+        validate(render(ServingConfig()).replace("max_batch_size", "max_batch_sise"))
+
+
+def broken(tmp_path: Path, kind: str, good: Path) -> Path:
+    ckpt = tmp_path / "ckpt"
+    if kind == "missing":
+        return ckpt
+    ckpt.mkdir()
+    if kind == "empty":
+        return ckpt
+    for f in good.iterdir():
+        if f.is_file():
+            (ckpt / f.name).write_bytes(f.read_bytes())
+    if kind == "bad-config":
+        (ckpt / "config.json").write_text("{not json")
+    elif kind == "no-weights":
+        (ckpt / "model.safetensors").unlink()
+    elif kind == "no-tokenizer":
+        for f in ("tokenizer.json", "vocab.json"):
+            (ckpt / f).unlink(missing_ok=True)
+    elif kind == "not-gpt2":
+        (ckpt / "config.json").write_text('{"model_type": "bert"}')
+    return ckpt
+
+
+@pytest.mark.parametrize("kind,message", [
+    ("missing", "not found"), ("empty", "config.json"), ("bad-config", "broken"),
+    ("no-weights", "weights"), ("no-tokenizer", "tokenizer"), ("not-gpt2", "GPT-2"),
+])
+def test_bad_checkpoint_is_a_clear_error(tmp_path, tiny_checkpoint, kind, message):
+    with pytest.raises(ExportError, match=message):
+        export(broken(tmp_path, kind, tiny_checkpoint), tmp_path / "repo")
+    assert not (tmp_path / "repo" / "rudialogpt").exists()
+
+
+def test_flag_conflicts_are_named(tmp_path, tiny_checkpoint):
+    with pytest.raises(ExportError, match="--device cuda"):
+        export(tiny_checkpoint, tmp_path, fp16=True)
+    with pytest.raises(ExportError, match="int8"):
+        export(tiny_checkpoint, tmp_path, quantize="int4")
+
+
+def test_int8_export_reports_deviation_and_replaces_atomically(tmp_path, tiny_checkpoint):
+    fp32_size = export(tiny_checkpoint, tmp_path).onnx_file.stat().st_size
+    result = export(tiny_checkpoint, tmp_path, quantize="int8")
+    assert result.max_abs_diff < 1e-3 and result.quantized_diff is not None
+    assert 0.5 <= result.quantized_top1 <= 1.0
+    assert result.onnx_file.stat().st_size < fp32_size  # int8 weights are smaller
+    assert [p.name for p in tmp_path.iterdir()] == ["rudialogpt"]  # no staging left behind
+
+
+def test_cli_exits_2_with_the_fix(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "export", "--checkpoint", str(tmp_path / "nope"),
+                           "--repository", str(tmp_path / "repo")], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert "python -m training" in proc.stderr and "Traceback" not in proc.stderr
