@@ -1,0 +1,1 @@
+"""Side-by-side benchmark of in-process generation and generation through Triton."""

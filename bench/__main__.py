@@ -1,0 +1,116 @@
+"""`python -m bench --shape small`: transformers vs onnxruntime vs the bot client → real Triton.
+
+Builds a GPT-2 of the chosen shape with random weights offline, exports it twice (fp32 and
+int8) into one Triton repository, starts the real tritonserver, and times 40 greedy tokens for
+1, 4 and 8 concurrent conversations with ~50- and ~1000-token prompts.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from bench.report import write_report
+from bench.runners import prompts, run_ort, run_transformers, run_triton
+
+log = logging.getLogger("bench")
+
+SHAPES = {  # n_layer, n_head, n_embd, vocab, positions
+    "tiny": dict(n_layer=2, n_head=2, n_embd=64, vocab_size=2000, n_positions=2048),
+    "small": dict(n_layer=12, n_head=12, n_embd=768, vocab_size=50261, n_positions=2048),  # ruDialoGPT-small
+}
+BACKENDS = ["transformers", "ort", "triton_fp32", "triton_int8"]
+
+
+def build_model(shape: str, folder: Path) -> Path:
+    """A random-weight GPT-2 of `shape` with a small dialogue tokenizer, saved as a checkpoint."""
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from training.data import load_examples
+    from training.tiny import train_tokenizer
+
+    if (folder / "model.safetensors").exists():
+        return folder
+    root = Path(__file__).resolve().parent.parent
+    texts = [p + t for p, t in load_examples(root / "training" / "data.csv").pairs]
+    tokenizer = train_tokenizer(texts)
+    torch.manual_seed(0)
+    GPT2LMHeadModel(GPT2Config(**SHAPES[shape], pad_token_id=0)).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def summarize(t) -> dict:
+    ms = np.array(t.token_s) * 1000
+    return {"ms_per_token_median": float(np.median(ms)), "ms_per_token_p95": float(np.percentile(ms, 95)),
+            "ttft_ms_median": float(statistics.median(t.ttft_s) * 1000),
+            "tokens_per_s": t.tokens / t.wall_s, "wall_s": t.wall_s}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    p.add_argument("--shape", choices=sorted(SHAPES), default="small")
+    p.add_argument("--out", type=Path, default=Path("results"), help="folder for the table, JSON and plot")
+    p.add_argument("--concurrency", default="1,4,8", help="conversations at once, comma separated")
+    p.add_argument("--prompt-lengths", default="50,1000", help="prompt tokens, comma separated")
+    p.add_argument("--new-tokens", type=int, default=40)
+    p.add_argument("--threads", type=int, default=2, help="CPU threads for torch and onnxruntime")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    logging.getLogger("export").setLevel(logging.WARNING)
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from export import ServingConfig, export
+    from serve.engine import KVEngine, make_session
+    from serve.server import TritonServer, free_port
+
+    torch.set_num_threads(args.threads)
+    work = args.out / f"work-{args.shape}"
+    ckpt = build_model(args.shape, work / "checkpoint")
+    repo = work / "model_repository"
+    serving = ServingConfig(intra_op_threads=args.threads, max_queue_delay_us=200)
+    for name, quantize in (("rudialogpt", None), ("rudialogpt_int8", "int8")):
+        if not (repo / name / "1" / "model.onnx").exists():
+            t0 = time.monotonic()
+            export(ckpt, repo, name=name, quantize=quantize, serving=serving)
+            log.info("exported %s in %.0f s", name, time.monotonic() - t0)
+    model = AutoModelForCausalLM.from_pretrained(ckpt).eval()
+    engine = KVEngine(make_session(str(repo / "rudialogpt" / "1" / "model.onnx"), threads=args.threads),
+                      SHAPES[args.shape]["n_positions"])
+    vocab = SHAPES[args.shape]["vocab_size"]
+    conc = [int(c) for c in args.concurrency.split(",")]
+    lengths = [int(n) for n in args.prompt_lengths.split(",")]
+
+    rows = []
+    with TritonServer(repo, free_port(), free_port(), free_port(), log_file=work / "tritonserver.log") as server:
+        runners = {
+            "transformers": lambda b: run_transformers(model, b, args.new_tokens),
+            "ort": lambda b: run_ort(engine, b, args.new_tokens),
+            "triton_fp32": lambda b: run_triton(server.url, "rudialogpt", b, args.new_tokens),
+            "triton_int8": lambda b: run_triton(server.url, "rudialogpt_int8", b, args.new_tokens),
+        }
+        for backend, runner in runners.items():
+            runner(prompts(1, 16, vocab, seed=99))  # warm-up: sessions, allocators, connections
+            for length in lengths:
+                for n in conc:
+                    result = summarize(runner(prompts(n, length, vocab, seed=n + length)))
+                    rows.append({"backend": backend, "prompt": length, "concurrency": n, **result})
+                    log.info("%-12s prompt %4d x%d: %6.1f ms/token (p95 %6.1f), ttft %7.1f ms, %6.1f tok/s",
+                             backend, length, n, result["ms_per_token_median"], result["ms_per_token_p95"],
+                             result["ttft_ms_median"], result["tokens_per_s"])
+    paths = write_report(rows, args.out, args.shape, vars(args))
+    for path in paths:
+        print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

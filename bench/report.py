@@ -1,0 +1,82 @@
+"""The benchmark's outputs: a Markdown table with the target ratios, JSON, and a PNG plot."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+LABELS = {"transformers": "(1) transformers generate", "ort": "(2) onnxruntime + past",
+          "triton_fp32": "(3) client → Triton fp32", "triton_int8": "(4) client → Triton int8"}
+
+
+def _get(rows, backend, prompt, n, key):
+    for r in rows:
+        if (r["backend"], r["prompt"], r["concurrency"]) == (backend, prompt, n):
+            return r[key]
+    return float("nan")
+
+
+def ratios(rows: list[dict]) -> list[dict]:
+    """The four targets of the benchmark, measured in this run."""
+    short, long_ = min(r["prompt"] for r in rows), max(r["prompt"] for r in rows)
+    lo, hi = min(r["concurrency"] for r in rows), max(r["concurrency"] for r in rows)
+    ms = "ms_per_token_median"
+    return [
+        {"name": f"(3)/(2) ms/token, 1 conversation, prompt {short}", "target": "<= 1.15",
+         "value": _get(rows, "triton_fp32", short, lo, ms) / _get(rows, "ort", short, lo, ms), "ok_if": ("le", 1.15)},
+        {"name": f"(4)/(1) ms/token, 1 conversation, prompt {short}", "target": "<= 0.5",
+         "value": _get(rows, "triton_int8", short, lo, ms) / _get(rows, "transformers", short, lo, ms), "ok_if": ("le", 0.5)},
+        {"name": f"(3) tokens/s at {hi} / at {lo} conversations, prompt {short}", "target": ">= 4",
+         "value": _get(rows, "triton_fp32", short, hi, "tokens_per_s") / _get(rows, "triton_fp32", short, lo, "tokens_per_s"),
+         "ok_if": ("ge", 4.0)},
+        {"name": f"(3) ms/token at prompt {long_} / at {short}, 1 conversation", "target": "<= 1.5",
+         "value": _get(rows, "triton_fp32", long_, lo, ms) / _get(rows, "triton_fp32", short, lo, ms), "ok_if": ("le", 1.5)},
+    ]
+
+
+def markdown(rows: list[dict], shape: str) -> str:
+    lines = [f"Shape `{shape}`; greedy, ms per token after the first (median / p95), time to first token, "
+             "aggregate tokens/s.", "",
+             "| backend | prompt | conversations | ms/token | p95 | TTFT ms | tokens/s |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {LABELS[r['backend']]} | {r['prompt']} | {r['concurrency']} | {r['ms_per_token_median']:.1f} "
+                     f"| {r['ms_per_token_p95']:.1f} | {r['ttft_ms_median']:.0f} | {r['tokens_per_s']:.1f} |")
+    lines += ["", "| target | wanted | measured | met |", "|---|---:|---:|:---:|"]
+    for t in ratios(rows):
+        op, bound = t["ok_if"]
+        met = t["value"] <= bound if op == "le" else t["value"] >= bound
+        lines.append(f"| {t['name']} | {t['target']} | {t['value']:.2f} | {'yes' if met else 'no'} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(rows: list[dict], path: Path, shape: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    prompts = sorted({r["prompt"] for r in rows})
+    fig, axes = plt.subplots(1, len(prompts), figsize=(6 * len(prompts), 4), squeeze=False)
+    for ax, prompt in zip(axes[0], prompts):
+        for backend, label in LABELS.items():
+            pts = sorted((r["concurrency"], r["ms_per_token_median"]) for r in rows
+                         if r["backend"] == backend and r["prompt"] == prompt)
+            if pts:
+                ax.plot(*zip(*pts), marker="o", label=label)
+        ax.set(title=f"{shape}: prompt {prompt} tokens", xlabel="concurrent conversations",
+               ylabel="ms per token (median)")
+        ax.grid(alpha=0.3)
+    axes[0][0].legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def write_report(rows: list[dict], out: Path, shape: str, settings: dict) -> list[Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    md, js, png = (out / f"bench-{shape}.{ext}" for ext in ("md", "json", "png"))
+    md.write_text(markdown(rows, shape))
+    js.write_text(json.dumps({"shape": shape, "settings": {k: str(v) for k, v in settings.items()},
+                              "rows": rows, "ratios": ratios(rows)}, indent=2))
+    plot(rows, png, shape)
+    return [md, js, png]

@@ -1,0 +1,90 @@
+"""The four ways to generate that the benchmark compares, each timed per token the same way.
+
+Every runner generates `new_tokens` greedy tokens for `n` conversations at once from random
+prompts of `prompt_len` ids and returns, per conversation, the time to the first token and the
+time of each later token.
+"""
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass
+class Timing:
+    """One run: n conversations generated together."""
+
+    ttft_s: list[float] = field(default_factory=list)  # per conversation
+    token_s: list[float] = field(default_factory=list)  # every later token, all conversations
+    wall_s: float = 0.0  # the whole run
+    tokens: int = 0  # tokens generated in all
+
+
+def prompts(n: int, prompt_len: int, vocab: int, seed: int) -> list[list[int]]:
+    rng = np.random.default_rng(seed)
+    return [rng.integers(10, vocab, prompt_len).tolist() for _ in range(n)]
+
+
+def run_transformers(model, batch: list[list[int]], new_tokens: int) -> Timing:
+    """(1) transformers `generate` in-process, with its KV cache; one batch of all conversations."""
+    import torch
+    from transformers import StoppingCriteria, StoppingCriteriaList
+
+    stamps: list[float] = []
+
+    class Clock(StoppingCriteria):  # called once per generated token
+        def __call__(self, input_ids, scores, **kwargs):
+            stamps.append(time.perf_counter())
+            return torch.zeros(input_ids.shape[0], dtype=torch.bool)
+
+    ids = torch.tensor(batch)
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=new_tokens,
+                       min_new_tokens=new_tokens, pad_token_id=0, stopping_criteria=StoppingCriteriaList([Clock()]))
+    wall = time.perf_counter() - t0
+    steps = np.diff([t0, *stamps])
+    return Timing([float(steps[0])] * len(batch), [float(s) for s in steps[1:] for _ in batch], wall,
+                  len(batch) * new_tokens)
+
+
+def run_ort(engine, batch: list[list[int]], new_tokens: int) -> Timing:
+    """(2) onnxruntime in-process with past: the server's engine, without Triton or HTTP."""
+    from serve.engine import Step
+
+    t0 = time.perf_counter()
+    logits = engine.step([Step(i + 1, np.array(p), start=True) for i, p in enumerate(batch)])
+    stamps = [time.perf_counter()]
+    for k in range(new_tokens - 1):
+        nxt = [int(np.argmax(x[0])) for x in logits]
+        last = k == new_tokens - 2
+        logits = engine.step([Step(i + 1, np.array([t]), end=last) for i, t in enumerate(nxt)])
+        stamps.append(time.perf_counter())
+    steps = np.diff([t0, *stamps])
+    return Timing([float(steps[0])] * len(batch), [float(s) for s in steps[1:] for _ in batch],
+                  stamps[-1] - t0, len(batch) * new_tokens)
+
+
+def run_triton(url: str, model: str, batch: list[list[int]], new_tokens: int) -> Timing:
+    """(3)/(4) the bot's own client and generate loop against the real Triton, conversations concurrent."""
+    from bot.generate import generate
+    from bot.sampling import SamplingConfig
+    from bot.triton_client import TritonClient
+
+    cfg = SamplingConfig.greedy(max_new_tokens=new_tokens)
+
+    async def all_at_once():
+        client = TritonClient(url, model, timeout=120)
+        try:
+            t0 = time.perf_counter()
+            gens = await asyncio.gather(*(generate(client, p, cfg, np.random.default_rng(0)) for p in batch))
+            return gens, time.perf_counter() - t0
+        finally:
+            await client.close()
+
+    gens, wall = asyncio.run(all_at_once())
+    return Timing([g.first_token_s for g in gens], [s for g in gens for s in g.step_s], wall,
+                  sum(len(g.tokens) for g in gens))

@@ -1,0 +1,1 @@
+"""`make demo`: train (if needed), export (if needed), start Triton, chat."""
