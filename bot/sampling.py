@@ -96,9 +96,9 @@ def next_token(logits: np.ndarray, context: np.ndarray, cfg: SamplingConfig,
     if banned:
         scores = scores.copy()
         scores[banned] = -np.inf
+        if not np.isfinite(scores).any():  # everything banned: fall back to the unfiltered choice
+            return int(np.argmax(logits))
     if not cfg.do_sample:
         return int(np.argmax(scores))
     scores = filter_top_p(filter_top_k(scores / cfg.temperature, cfg.top_k), cfg.top_p)
-    if not np.isfinite(scores).any():  # everything banned: fall back to the unfiltered choice
-        return int(np.argmax(logits))
     return int(rng.choice(scores.size, p=softmax(scores)))

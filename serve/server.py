@@ -10,6 +10,7 @@ its own ports and shared-memory prefix so several can run side by side.
 """
 from __future__ import annotations
 
+import atexit
 import importlib.util
 import logging
 import os
@@ -154,6 +155,7 @@ class TritonServer:
                                         start_new_session=True)
         if out:
             out.close()
+        atexit.register(self.stop)  # never leave a server behind when the caller dies
         try:
             self.wait_ready()
         except BaseException:
@@ -192,6 +194,7 @@ class TritonServer:
         if self._workdir:
             shutil.rmtree(self._workdir, ignore_errors=True)
             self._workdir = None
+        atexit.unregister(self.stop)
 
     def kill(self) -> None:
         """SIGKILL the whole process group at once (for fault tests)."""
