@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test bench clean
+.PHONY: venv system-deps demo test bench clean
 
 $(STAMP): requirements/bot.txt requirements/dev.txt requirements/triton.txt Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,10 +20,14 @@ $(STAMP): requirements/bot.txt requirements/dev.txt requirements/triton.txt Make
 
 venv: $(STAMP)
 
+# Prometheus and promtool (Debian's package) for the monitoring checks; needs root to install.
+system-deps:
+	@command -v promtool >/dev/null || { [ "$$(id -u)" = 0 ] && (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null) || echo "note: install Debian's 'prometheus' package for the monitoring tests (they skip without it)"; }
+
 demo: $(STAMP)
 	$(PY) -m demo
 
-test: $(STAMP)
+test: $(STAMP) system-deps
 	$(PY) -m pytest tests
 
 bench: $(STAMP)

@@ -21,17 +21,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--greedy", action="store_true", help="plain argmax: no sampling, penalties or n-gram blocking")
     p.add_argument("--max-new-tokens", type=int, default=SamplingConfig.max_new_tokens, help="reply length limit")
     p.add_argument("--seed", type=int, help="seed sampling for reproducible replies")
-    p.add_argument("--tokenizer", type=Path, default=Path(os.environ.get("BOT_TOKENIZER_DIR", DEFAULT_TOKENIZER)),
+    p.add_argument("--tokenizer", type=Path, default=Path(os.environ.get("BOT_TOKENIZER_DIR") or DEFAULT_TOKENIZER),
                    help="folder with tokenizer.json (default: what export wrote; env BOT_TOKENIZER_DIR)")
-    p.add_argument("--timeout", type=float, default=float(os.environ.get("TRITON_TIMEOUT", "10")),
+    p.add_argument("--timeout", type=float, default=float(os.environ.get("TRITON_TIMEOUT") or "10"),
                    help="seconds per Triton call (env TRITON_TIMEOUT)")
     return p.parse_args(argv)
 
 
 def build_bot(args: argparse.Namespace) -> ChatBot:
     """The dialogue core from flags and TRITON_URL / TRITON_MODEL."""
-    client = TritonClient(os.environ.get("TRITON_URL", "127.0.0.1:8000"),
-                          os.environ.get("TRITON_MODEL", io.DEFAULT_MODEL_NAME), timeout=args.timeout)
+    client = TritonClient(os.environ.get("TRITON_URL") or "127.0.0.1:8000",
+                          os.environ.get("TRITON_MODEL") or io.DEFAULT_MODEL_NAME, timeout=args.timeout)
     sampling = (SamplingConfig.greedy if args.greedy else SamplingConfig)(max_new_tokens=args.max_new_tokens)
     return ChatBot(client, DialogueTokenizer(args.tokenizer), sampling, seed=args.seed)
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from bot.sampling import SamplingConfig, next_token
-from bot.triton_client import TritonClient, TritonUnavailable
+from bot.triton_client import SequenceLost, TritonClient, TritonUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -34,8 +34,9 @@ async def generate(client: TritonClient, prompt_ids: list[int], cfg: SamplingCon
                    rng: np.random.Generator, resumes: int = 2) -> Generation:
     """Sample a reply to `prompt_ids`; END is always sent, also on errors and cancellation.
 
-    If Triton becomes unavailable mid-reply, the sequence is restarted (START over the whole
-    context, which is idempotent) up to `resumes` times before the error is raised."""
+    If Triton becomes unavailable or loses the sequence mid-reply, the sequence is restarted
+    (START over the whole context, which is idempotent) up to `resumes` times before the error
+    is raised."""
     seq = new_sequence_id()
     context = list(prompt_ids)
     tokens: list[int] = []
@@ -55,7 +56,7 @@ async def generate(client: TritonClient, prompt_ids: list[int], cfg: SamplingCon
             t = time.perf_counter()
             try:
                 logits = await client.step(seq, [token])
-            except TritonUnavailable as exc:
+            except (TritonUnavailable, SequenceLost) as exc:
                 if resumes <= 0:
                     raise
                 resumes -= 1

@@ -34,6 +34,11 @@ class TritonRequestError(TritonError):
     """Triton refused the request itself (bad ids, too long a context): retrying won't help."""
 
 
+class SequenceLost(TritonRequestError):
+    """The server holds no cache for this sequence (restarted, idle timeout, another replica):
+    the generation can go on only by starting the sequence again."""
+
+
 @dataclass(frozen=True)
 class ModelInfo:
     """What the client must know of the served model (from its config.pbtxt parameters)."""
@@ -55,6 +60,8 @@ def _classify(exc: BaseException) -> TritonError:
         if exc.status() in _TRANSIENT_STATUS or "not ready" in text or "unavailable" in text.lower() \
                 or "Stub process" in text:
             return TritonUnavailable(f"Triton unavailable: {text}")
+        if "START" in text or "unknown sequence" in text:
+            return SequenceLost(f"Triton lost the sequence: {text}")
         return TritonRequestError(f"Triton refused the request: {text}")
     return TritonError(f"{exc.__class__.__name__}: {exc}")
 

@@ -31,9 +31,10 @@ def ensure_checkpoint(output: Path, data: Path, base_model: str, steps: int) -> 
     from training.config import TrainConfig
     from training.train import train
 
-    stage(1, f"train: fine-tuning {base_model} on {data} for {steps} steps → {output}")
+    resume = any((output / "checkpoints").glob("checkpoint-*"))  # an interrupted earlier run
+    stage(1, f"train: {'resuming' if resume else 'fine-tuning'} {base_model} on {data} for {steps} steps → {output}")
     return train(TrainConfig(data=data, output=output, base_model=base_model, max_steps=steps,
-                             logging_steps=50, save_steps=steps))
+                             logging_steps=50, save_steps=100, resume=resume))
 
 
 def ensure_export(checkpoint: Path, repository: Path) -> Path:

@@ -146,3 +146,41 @@ def test_refused_request_is_not_retried(triton):
 
     with pytest.raises(TritonRequestError, match="must be in"):
         asyncio.run(run(body)(triton.url))
+
+
+class Disrupted(TritonClient):
+    """A client whose sequence is disrupted once, at the 5th token step."""
+
+    def __init__(self, url, how):
+        super().__init__(url)
+        self.how, self.steps, self.restarts = how, 0, 0
+
+    async def step(self, sequence_id, ids, start=False, end=False):
+        if start and self.steps:
+            self.restarts += 1
+        if not start and not end:
+            self.steps += 1
+            if self.steps == 5:
+                if self.how == "unavailable":
+                    raise TritonUnavailable("connection reset (injected)")
+                await super().end(sequence_id)  # the server forgets the sequence: next step is refused
+        return await super().step(sequence_id, ids, start, end)
+
+
+@pytest.mark.parametrize("how", ["unavailable", "sequence lost"])
+def test_generation_survives_a_disruption_by_restarting_the_sequence(triton, tokenizer, how):
+    ids = tokenizer.encode(build_prompt(DIALOGUES[1]))
+    cfg = SamplingConfig.greedy(max_new_tokens=12, stop_ids=())
+
+    async def body():
+        plain, disrupted = TritonClient(triton.url), Disrupted(triton.url, how)
+        try:
+            a = await generate(plain, ids, cfg, np.random.default_rng(0))
+            b = await generate(disrupted, ids, cfg, np.random.default_rng(0))
+            return a.tokens, b.tokens, disrupted.restarts
+        finally:
+            await plain.close()
+            await disrupted.close()
+
+    plain, disrupted, restarts = asyncio.run(body())
+    assert restarts == 1 and disrupted == plain and len(plain) == 12
