@@ -1,9 +1,15 @@
 """The server model's core: GPT-2 steps on onnxruntime with each sequence's KV cache kept here.
 
 Pure numpy + onnxruntime (no Triton imports), so it runs and is tested in-process as well as
-inside Triton's python backend (serve/model.py). Steps of several sequences run as one batched ORT
-call: past caches are left-padded to the longest, new tokens right-padded to the longest, and the
-attention mask hides the padding, so each sequence sees exactly its own context.
+inside Triton's python backend (serve/model.py).
+
+Caches live in *groups*: sequences that were last run together share one batched cache
+(`[rows, heads, length, head_dim]` per layer) and an attention mask saying which of its
+positions hold real tokens. While the same sequences keep stepping together (the common case:
+conversations decoding in lockstep), a step feeds the group's arrays to ORT as they are and keeps
+ORT's outputs as the new cache: no copy per step, whatever the context length. A row whose
+sequence misses a step gets a masked filler position; a sequence that starts, or a batch that
+mixes groups, is gathered once into a new group (left-padded, padding masked).
 """
 from __future__ import annotations
 
@@ -36,10 +42,21 @@ class Step:
     end: bool = False
 
 
-@dataclass
+@dataclass(eq=False)
+class _Group:
+    past: list[np.ndarray]  # 2 × layers arrays [rows, heads, length, head_dim]: key, value per layer
+    mask: np.ndarray  # [rows, length] int64: 1 where the row holds a real token
+    rows: list[int | None]  # sequence id of each row; None: the sequence left
+
+    def live(self) -> int:
+        return sum(r is not None for r in self.rows)
+
+
+@dataclass(eq=False)
 class _Cache:
-    past: list[np.ndarray]  # 2 × layers arrays [1, heads, length, head_dim]: key, value per layer
-    length: int
+    group: _Group
+    row: int
+    length: int  # tokens of context (the next position id)
     last_used: float = field(default_factory=time.monotonic)
 
 
@@ -78,17 +95,23 @@ class KVEngine:
         self.max_sequences = max_sequences
         self.caches: dict[int, _Cache] = {}
         self.lock = threading.Lock()
+        self.gathers = 0  # steps that had to copy caches into a new group (for tests and tuning)
         self._past_names = [io.onnx_past(i, k) for i in range(self.layers) for k in ("key", "value")]
         self._present_names = [io.onnx_present(i, k) for i in range(self.layers) for k in ("key", "value")]
 
     # ---- bookkeeping ----------------------------------------------------------------------
+    def _drop(self, sequence_id: int) -> None:
+        cache = self.caches.pop(sequence_id, None)
+        if cache is not None:
+            cache.group.rows[cache.row] = None  # the row's memory goes with the group's last member
+
     def evict_idle(self, now: float | None = None) -> int:
         """Free caches unused for idle_seconds (abandoned sequences); returns how many."""
         now = time.monotonic() if now is None else now
         with self.lock:
             stale = [s for s, c in self.caches.items() if now - c.last_used > self.idle_seconds]
             for s in stale:
-                del self.caches[s]
+                self._drop(s)
         if stale:
             log.info("freed %d idle sequence cache(s)", len(stale))
         return len(stale)
@@ -121,65 +144,93 @@ class KVEngine:
         with self.lock:
             for i, step in enumerate(steps):
                 if step.start:
-                    self.caches.pop(step.sequence_id, None)
+                    self._drop(step.sequence_id)
                 try:
                     self._check(step)
                 except StepError as exc:
                     results[i] = exc
                     continue
                 if step.ids.size == 0:
-                    self.caches.pop(step.sequence_id, None)
+                    self._drop(step.sequence_id)
                     results[i] = np.zeros((1, 0), np.float32)
                 else:
                     runnable.append(i)
-        while runnable:  # one ORT call per round; a sequence appears at most once per round
-            seen, batch, later = set(), [], []
-            for i in runnable:
-                (later if steps[i].sequence_id in seen else batch).append(i)
-                seen.add(steps[i].sequence_id)
-            for i, logits in zip(batch, self._run([steps[i] for i in batch])):
-                results[i] = logits
-            runnable = later
+            while runnable:  # one ORT call per round; a sequence appears at most once per round
+                seen, batch, later = set(), [], []
+                for i in runnable:
+                    (later if steps[i].sequence_id in seen else batch).append(i)
+                    seen.add(steps[i].sequence_id)
+                for i, logits in zip(batch, self._run([steps[i] for i in batch])):
+                    results[i] = logits
+                runnable = later
+            self._enforce_limit()
         return results
 
+    def _enforce_limit(self) -> None:
+        over = len(self.caches) - self.max_sequences
+        if over > 0:  # least recently used first
+            for sid in sorted(self.caches, key=lambda k: self.caches[k].last_used)[:over]:
+                log.warning("cache limit %d reached: freeing sequence %d", self.max_sequences, sid)
+                self._drop(sid)
+
+    def _in_place_group(self, steps: list[Step]) -> _Group | None:
+        """The group these steps can run in as it is, or None when they must be gathered."""
+        if any(s.start for s in steps) or len({s.ids.size for s in steps}) != 1:
+            return None
+        groups = {id(self.caches[s.sequence_id].group): self.caches[s.sequence_id].group for s in steps}
+        if len(groups) != 1:
+            return None
+        group = next(iter(groups.values()))
+        fits = group.mask.shape[1] + steps[0].ids.size <= self.max_positions
+        return group if fits and 2 * len(steps) >= len(group.rows) else None  # rows mostly busy
+
+    def _gather(self, steps: list[Step]) -> _Group:
+        """A new group holding exactly these sequences' caches, left-padded and masked."""
+        self.gathers += 1
+        parts = []
+        for s in steps:
+            cache = None if s.start else self.caches[s.sequence_id]
+            keep = None if cache is None else cache.group.mask[cache.row].astype(bool)
+            parts.append((cache, keep))
+        width = max(0 if c is None else c.length for c, _ in parts)
+        past = [np.zeros((len(steps), self.heads, width, self.head_dim), self.dtype) for _ in self._past_names]
+        mask = np.zeros((len(steps), width), np.int64)
+        for r, (cache, keep) in enumerate(parts):
+            if cache is not None:
+                for k, arr in enumerate(past):
+                    arr[r, :, width - cache.length:] = cache.group.past[k][cache.row][:, keep]
+                mask[r, width - cache.length:] = 1
+                cache.group.rows[cache.row] = None
+        return _Group(past, mask, [s.sequence_id for s in steps])
+
     def _run(self, steps: list[Step]) -> list[np.ndarray]:
-        pasts = [None if s.start else self.caches[s.sequence_id] for s in steps]
-        lengths = [0 if c is None else c.length for c in pasts]
-        sizes = [s.ids.size for s in steps]
-        b, p_max, n_max = len(steps), max(lengths), max(sizes)
-        ids = np.zeros((b, n_max), np.int64)
-        mask = np.zeros((b, p_max + n_max), np.int64)
-        pos = np.zeros((b, n_max), np.int64)
-        for r, (s, p, n) in enumerate(zip(steps, lengths, sizes)):
+        group = self._in_place_group(steps) or self._gather(steps)
+        rows = len(group.rows)
+        row_of = {s.sequence_id: r for r, s in enumerate(steps)} if group.rows == [s.sequence_id for s in steps] \
+            else {s.sequence_id: self.caches[s.sequence_id].row for s in steps}
+        width = max(s.ids.size for s in steps)
+        ids = np.zeros((rows, width), np.int64)
+        new_mask = np.zeros((rows, width), np.int64)
+        pos = np.zeros((rows, width), np.int64)
+        for s in steps:
+            r, n = row_of[s.sequence_id], s.ids.size
+            start = 0 if s.start else self.caches[s.sequence_id].length
             ids[r, :n] = s.ids
-            mask[r, p_max - p:p_max + n] = 1
-            pos[r] = np.minimum(p + np.arange(n_max), self.max_positions - 1)
+            new_mask[r, :n] = 1
+            pos[r] = np.minimum(start + np.arange(width), self.max_positions - 1)
+        mask = np.concatenate([group.mask, new_mask], axis=1)
         feed = {io.ONNX_INPUT_IDS: ids, io.ONNX_ATTENTION_MASK: mask, io.ONNX_POSITION_IDS: pos}
-        for k, name in enumerate(self._past_names):
-            if b == 1 and pasts[0] is not None:
-                feed[name] = pasts[0].past[k]
-                continue
-            arr = np.zeros((b, self.heads, p_max, self.head_dim), self.dtype)
-            for r, c in enumerate(pasts):
-                if c is not None:
-                    arr[r, :, p_max - c.length:] = c.past[k][0]
-            feed[name] = arr
+        feed.update(zip(self._past_names, group.past))
         outputs = self.session.run([io.ONNX_LOGITS, *self._present_names], feed)
-        logits, presents = outputs[0], outputs[1:]
-        now = time.monotonic()
-        with self.lock:
-            for r, (s, p, n) in enumerate(zip(steps, lengths, sizes)):
-                if s.end:
-                    self.caches.pop(s.sequence_id, None)
-                    continue
-                if b == 1:
-                    past = presents
-                else:
-                    past = [np.ascontiguousarray(x[r:r + 1, :, p_max - p:p_max + n]) for x in presents]
-                self.caches[s.sequence_id] = _Cache(past, p + n, now)
-            over = len(self.caches) - self.max_sequences
-            if over > 0:  # least recently used first
-                for sid in sorted(self.caches, key=lambda k: self.caches[k].last_used)[:over]:
-                    log.warning("cache limit %d reached: freeing sequence %d", self.max_sequences, sid)
-                    del self.caches[sid]
-        return [logits[r, n - 1:n].astype(np.float32) for r, n in enumerate(sizes)]
+        group.past, group.mask = outputs[1:], mask
+        now, results = time.monotonic(), []
+        for s in steps:
+            r, n = row_of[s.sequence_id], s.ids.size
+            length = n + (0 if s.start else self.caches[s.sequence_id].length)
+            if s.end:
+                self.caches.pop(s.sequence_id, None)
+                group.rows[r] = None
+            else:
+                self.caches[s.sequence_id] = _Cache(group, r, length, now)
+            results.append(outputs[0][r, n - 1:n].astype(np.float32))
+        return results
