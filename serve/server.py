@@ -11,6 +11,7 @@ its own ports and shared-memory prefix so several can run side by side.
 from __future__ import annotations
 
 import atexit
+import ctypes
 import importlib.util
 import logging
 import os
@@ -55,6 +56,11 @@ def _wheel_root() -> Path:
     if not (root / "bin" / "tritonserver").exists():
         raise TritonServerError(f"no tritonserver binary under {root}: reinstall nvidia-pytriton")
     return root
+
+
+def _die_with_parent() -> None:
+    """In the child: get SIGTERM when our process dies, even by SIGKILL (Linux prctl)."""
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 @dataclass
@@ -152,7 +158,7 @@ class TritonServer:
         out = open(self.log_file, "ab") if self.log_file else None
         log.info("starting tritonserver on %s (metrics :%d)", self.url, self.metrics_port)
         self.process = subprocess.Popen(cmd, env=self.environment(root), stdout=out, stderr=out,
-                                        start_new_session=True)
+                                        start_new_session=True, preexec_fn=_die_with_parent)
         if out:
             out.close()
         atexit.register(self.stop)  # never leave a server behind when the caller dies
