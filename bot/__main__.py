@@ -24,7 +24,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--tokenizer", type=Path, default=Path(os.environ.get("BOT_TOKENIZER_DIR") or DEFAULT_TOKENIZER),
                    help="folder with tokenizer.json (default: what export wrote; env BOT_TOKENIZER_DIR)")
     p.add_argument("--timeout", type=float, default=float(os.environ.get("TRITON_TIMEOUT") or "10"),
-                   help="seconds per Triton call (env TRITON_TIMEOUT)")
+                   help="seconds per Triton call; in Telegram also per whole reply (env TRITON_TIMEOUT)")
     return p.parse_args(argv)
 
 
