@@ -129,8 +129,10 @@ class TritonClient:
         inp = triton_http.InferInput(io.INPUT_IDS, list(data.shape), io.INPUT_IDS_DTYPE)
         inp.set_data_from_numpy(data, binary_data=True)
         out = [triton_http.InferRequestedOutput(io.LOGITS, binary_data=True)]
-        # The header lets a load balancer keep all steps of one sequence on one replica.
-        headers = {"X-Sequence-Id": str(sequence_id)}
+        # X-Sequence-Id lets a load balancer keep all steps of one sequence on one replica.
+        # identity: aiohttp asks for gzip by default, and Triton compressing 200 KB of logits
+        # per step costs more than the step's whole network time.
+        headers = {"X-Sequence-Id": str(sequence_id), "Accept-Encoding": "identity"}
 
         async def once():
             result = await self._call(lambda: self.client.infer(

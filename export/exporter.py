@@ -142,9 +142,14 @@ def export(checkpoint: Path, repository: Path, name: str = io.DEFAULT_MODEL_NAME
         qdiff = qtop1 = None
         if quantize == "int8":
             from onnxruntime.quantization import QuantType, quantize_dynamic
+            from onnxruntime.quantization.shape_inference import quant_pre_process
 
-            quantized = onnx_dir / "model.int8.onnx"
-            quantize_dynamic(onnx_path, quantized, weight_type=QuantType.QInt8)
+            # Folding constants first turns the tied lm_head weight (a Transpose of the embedding)
+            # into a constant, so its MatMul, the largest, is quantized too: 44 -> 18.5 ms/token
+            # on ruDialoGPT-small's shape (2 CPU threads).
+            folded, quantized = onnx_dir / "model.folded.onnx", onnx_dir / "model.int8.onnx"
+            quant_pre_process(onnx_path, folded, skip_symbolic_shape=True)
+            quantize_dynamic(folded, quantized, weight_type=QuantType.QInt8)
             q = served_logits(quantized, ids, prompt_len, serving.max_positions, provider)
             qdiff = float(np.abs(q - reference).max())
             qtop1 = float(np.mean(q.argmax(-1) == reference.argmax(-1)))

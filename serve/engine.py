@@ -66,6 +66,9 @@ def make_session(onnx_path: str, provider: str = "cpu", threads: int = 0, device
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
+    # Idle ORT threads would otherwise spin between steps and take the CPU from Triton's HTTP
+    # handling and from the client when they share a machine.
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if provider == "cuda":
         if "CUDAExecutionProvider" not in ort.get_available_providers():
             raise RuntimeError("execution_provider=cuda but this onnxruntime has no CUDA provider: "
