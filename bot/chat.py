@@ -83,11 +83,12 @@ class ChatBot:
         """The reply to the last turn; an empty one is retried once with sampling, then a fallback."""
         t0 = time.perf_counter()
         ids = await self.prompt_ids(turns)
-        gen = await generate(self.client, ids, self.sampling, self.rng)
+        limit = (await self.client.model_info()).max_positions
+        gen = await generate(self.client, ids, self.sampling, self.rng, max_positions=limit)
         text = clean_reply(self.tokenizer.decode(gen.tokens))
         if not text:
             log.info("empty reply: retrying once with sampling")
             gen = await generate(self.client, ids, SamplingConfig(stop_ids=self.sampling.stop_ids,
-                                 max_new_tokens=self.sampling.max_new_tokens), self.rng)
+                                 max_new_tokens=self.sampling.max_new_tokens), self.rng, max_positions=limit)
             text = clean_reply(self.tokenizer.decode(gen.tokens)) or FALLBACK_REPLY
         return Reply(text, gen, time.perf_counter() - t0, len(ids))

@@ -31,12 +31,12 @@ def new_sequence_id() -> int:
 
 
 async def generate(client: TritonClient, prompt_ids: list[int], cfg: SamplingConfig,
-                   rng: np.random.Generator, resumes: int = 2) -> Generation:
+                   rng: np.random.Generator, resumes: int = 2, max_positions: int | None = None) -> Generation:
     """Sample a reply to `prompt_ids`; END is always sent, also on errors and cancellation.
 
     If Triton becomes unavailable or loses the sequence mid-reply, the sequence is restarted
     (START over the whole context, which is idempotent) up to `resumes` times before the error
-    is raised."""
+    is raised. With `max_positions`, generation also stops where the model's context ends."""
     seq = new_sequence_id()
     context = list(prompt_ids)
     tokens: list[int] = []
@@ -51,7 +51,7 @@ async def generate(client: TritonClient, prompt_ids: list[int], cfg: SamplingCon
                 return gen
             tokens.append(token)
             context.append(token)
-            if len(tokens) >= cfg.max_new_tokens:
+            if len(tokens) >= cfg.max_new_tokens or (max_positions and len(context) >= max_positions):
                 return gen
             t = time.perf_counter()
             try:

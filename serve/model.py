@@ -41,8 +41,10 @@ class TritonPythonModel:
             name="rudialogpt_cached_sequences", kind=pb_utils.MetricFamily.GAUGE,
             description="Sequences whose KV cache the model holds"), pb_utils.MetricFamily(
             name="rudialogpt_cached_tokens", kind=pb_utils.MetricFamily.GAUGE,
-            description="Tokens of context held in KV caches")]
-        self.sequences_gauge, self.tokens_gauge = (f.Metric(labels=labels) for f in self.families)
+            description="Tokens of context held in KV caches"), pb_utils.MetricFamily(
+            name="rudialogpt_cache_gathers", kind=pb_utils.MetricFamily.GAUGE,
+            description="Steps that copied caches into a new batch group (since load)")]
+        self.sequences_gauge, self.tokens_gauge, self.gathers_gauge = (f.Metric(labels=labels) for f in self.families)
         self.stop = threading.Event()
         self.sweeper = threading.Thread(target=self._sweep, daemon=True)
         self.sweeper.start()
@@ -59,6 +61,7 @@ class TritonPythonModel:
         with self.engine.lock:
             self.sequences_gauge.set(len(self.engine.caches))
         self.tokens_gauge.set(self.engine.cached_tokens())
+        self.gathers_gauge.set(self.engine.gathers)
 
     def execute(self, requests):
         steps, errors = [], {}

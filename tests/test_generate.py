@@ -99,20 +99,46 @@ def cached_sequences(triton) -> float:
     return float(re.search(r'^rudialogpt_cached_sequences\{[^}]*model="rudialogpt"[^}]*\} (\S+)$', text, re.M).group(1))
 
 
+class Slow(TritonClient):
+    """A client whose token steps take at least 50 ms: a long generation to cancel midway."""
+
+    async def step(self, sequence_id, ids, start=False, end=False):
+        if not start and not end:
+            await asyncio.sleep(0.05)
+        return await super().step(sequence_id, ids, start, end)
+
+
 def test_end_is_sent_also_on_cancellation(triton, tokenizer):
     ids = tokenizer.encode(build_prompt(DIALOGUES[1]))
-    cfg = SamplingConfig(max_new_tokens=500, stop_ids=())
+    cfg = SamplingConfig(max_new_tokens=400, stop_ids=())
+
+    async def body():
+        client = Slow(triton.url)
+        try:
+            task = asyncio.create_task(generate(client, ids, cfg, np.random.default_rng(0)))
+            await asyncio.sleep(0.3)
+            assert cached_sequences(triton) == 1  # mid-generation: the server holds its cache
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            await asyncio.sleep(0.2)
+        finally:
+            await client.close()
+
+    asyncio.run(body())
+    assert cached_sequences(triton) == 0
+
+
+def test_generation_stops_at_the_models_context(triton, tokenizer):
+    ids = tokenizer.encode(build_prompt(DIALOGUES[1]))
+    cfg = SamplingConfig(max_new_tokens=2000, stop_ids=())
 
     async def body(client):
-        task = asyncio.create_task(generate(client, ids, cfg, np.random.default_rng(0)))
-        await asyncio.sleep(0.15)
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
-        await asyncio.sleep(0.2)
+        info = await client.model_info()
+        return info, await generate(client, ids, cfg, np.random.default_rng(0), max_positions=info.max_positions)
 
-    asyncio.run(run(body)(triton.url))
-    assert cached_sequences(triton) == 0
+    info, gen = asyncio.run(run(body)(triton.url))
+    assert len(ids) + len(gen.tokens) == info.max_positions and not gen.stopped
 
 
 def test_chat_reply_is_clean_and_trimmed_to_fit(triton, tokenizer):
