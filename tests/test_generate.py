@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import time
 import urllib.request
 
 import numpy as np
@@ -210,3 +211,42 @@ def test_generation_survives_a_disruption_by_restarting_the_sequence(triton, tok
 
     plain, disrupted, restarts = asyncio.run(body())
     assert restarts == 1 and disrupted == plain and len(plain) == 12
+
+
+@pytest.mark.timeout(180)
+def test_triton_killed_mid_generation_is_a_typed_error_then_recovers(model_repository, tokenizer, tmp_path):
+    """SIGKILL the server during a reply: TritonUnavailable within the timeout; after a restart on
+    the same ports the next generation works."""
+    from serve.server import TritonServer, free_port
+
+    server = TritonServer(model_repository, free_port(), free_port(), free_port(), log_file=tmp_path / "t.log")
+    ids = tokenizer.encode(build_prompt(DIALOGUES[1]))
+    cfg = SamplingConfig(max_new_tokens=300, stop_ids=())
+
+    async def killed():
+        client = Slow(server.url, timeout=2.0, retries=2)
+        try:
+            task = asyncio.create_task(generate(client, ids, cfg, np.random.default_rng(0)))
+            await asyncio.sleep(0.3)
+            server.kill()
+            t0 = time.monotonic()
+            with pytest.raises(TritonUnavailable):
+                await task
+            return time.monotonic() - t0
+        finally:
+            await client.close()
+
+    async def normal():
+        client = TritonClient(server.url)
+        try:
+            return await generate(client, ids, SamplingConfig.greedy(max_new_tokens=8, stop_ids=()),
+                                  np.random.default_rng(0))
+        finally:
+            await client.close()
+
+    with server:
+        took = asyncio.run(killed())
+        assert took < 10  # timeout 2 s, two resumes with backoff, retried START
+        server.stop()
+        server.start()
+        assert len(asyncio.run(normal()).tokens) == 8
