@@ -8,6 +8,8 @@ import urllib.request
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 import tritonclient.http as http
 from tritonclient.utils import InferenceServerException
 
@@ -154,6 +156,8 @@ BAD_REQUESTS = [
     ("float ids", dict(ids=[1.0, 2.0], dtype=np.float32), "data-type"),
     ("rank 3", dict(ids=[1, 2], shape=(1, 1, 2)), "shape"),
     ("longer than the model's positions", dict(ids=[5] * 600), "exceeds"),
+    ("3000-token prompt", dict(ids=[5] * 3000), "exceeds"),
+    ("int32 ids", dict(ids=[1, 2], dtype=np.int32), "data-type"),
 ]
 
 
@@ -173,3 +177,23 @@ def test_step_of_unknown_sequence_is_refused(client):
 def test_metrics_count_successes(triton, client, sample_ids):
     step(client, 801, sample_ids, start=True, end=True)
     assert metric(triton, "nv_inference_request_success") > 0
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(n=st.integers(0, 40), low=st.integers(-(2**40), 2**40), span=st.integers(0, 2**20),
+       dtype=st.sampled_from([np.int64, np.int32, np.float32, np.uint8]), start=st.booleans(),
+       end=st.booleans())
+def test_fuzzed_requests_get_logits_or_an_error_never_a_dead_server(client, n, low, span, dtype, start, end):
+    """Random shapes, values and dtypes: each request is answered or refused; the server stays up."""
+    vocab = int(client.get_model_config("rudialogpt")["parameters"][io.PARAM_VOCAB_SIZE]["string_value"])
+    ids = np.random.default_rng(n).integers(low, low + span + 1, n)
+    try:
+        logits = step(client, 900 + n, ids.astype(dtype), start=start, end=end, dtype=dtype)
+        assert logits.shape in ((vocab,), (0,)) and np.isfinite(logits).all()
+    except InferenceServerException:
+        pass
+    assert client.is_model_ready("rudialogpt")
+    try:  # leave no cache behind for the tests that count them
+        step(client, 900 + n, [], end=True)
+    except InferenceServerException:
+        pass
