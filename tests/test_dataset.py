@@ -44,6 +44,7 @@ def tokenizer():
         (b"context_1,context_2,reply\na,b,c\n",
          "missing column(s) context_3, response; found context_1, context_2, reply"),
         (b"context_1;context_2;context_3;response\n;;a;b\n", "use commas as delimiter"),
+        (",,Привет,Здравствуй\n,,Как дела?,Хорошо\n".encode(), "the header must be context_1,context_2"),
         (b"context_1\tcontext_2\tcontext_3\tresponse\n\t\ta\tb\n", "use commas as delimiter"),
         ((HEADER.strip() + ",response\n" + ROW.strip() + ",x\n").encode(), "duplicate column names response"),
         (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00", "binary file"),
