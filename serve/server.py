@@ -207,6 +207,7 @@ class TritonServer:
         if self.process and self.process.poll() is None:
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait()
+        self.stop()  # nothing left to stop: removes the backend copy
 
     def __enter__(self) -> "TritonServer":
         return self.start()

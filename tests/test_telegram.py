@@ -289,7 +289,7 @@ def test_slow_reply_blocks_neither_typing_nor_other_chats_and_one_chat_stays_in_
 
 
 def test_triton_down_slow_and_back(tg, settings, model_repository, tokenizer, tmp_path):
-    """A separate Triton: stopped, then started again on the same ports; frozen, then resumed."""
+    """A separate Triton: SIGKILLed, then started again on the same ports; frozen, then resumed."""
     server = TritonServer(model_repository, free_port(), free_port(), free_port(), log_file=tmp_path / "triton.log")
     metrics, bot = Metrics(), chatbot(server.url, tokenizer, timeout=3.0)
     up = lambda: metrics.registry.get_sample_value("bot_triton_up")  # noqa: E731
@@ -297,7 +297,7 @@ def test_triton_down_slow_and_back(tg, settings, model_repository, tokenizer, tm
     async def body():
         async with running(build_application(bot, settings, metrics, health_every=0.2)):
             await say(tg, CHAT, "Привет!")
-            await asyncio.to_thread(server.stop)
+            await asyncio.to_thread(server.kill)  # SIGKILL: no graceful shutdown
             await tg.wait_for(lambda: up() == 0)  # the health check noticed
             down_s = await say(tg, CHAT, "Ты тут?")
             await asyncio.to_thread(server.start)
