@@ -26,7 +26,9 @@ CONTEXT_TURNS = 3  # ruDialoGPT was trained with three turns of context
 # text, so a user cannot inject turns into the prompt.
 _MARKER_RE = re.compile(r"@+\s*(?:ПЕРВЫЙ|ВТОРОЙ)\s*@+", re.IGNORECASE)
 _SPACE_RE = re.compile(r"\s+")
-_CONTROL_RE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+# ASCII controls, and invisible format characters (zero-width space, bidi overrides, BOM) that
+# would make an "empty" message or reorder the prompt; the zero-width joiner stays (emoji).
+_CONTROL_RE = re.compile("[\x00-\x08\x0b-\x1f\x7f\u200b\u200c\u200e\u200f\u202a-\u202e\u2060-\u2069\ufeff]")
 
 
 def clean_turn(text: object) -> str:
