@@ -120,19 +120,20 @@ def test_python_m_bot_sigkilled_between_two_messages(tg, triton, model_repositor
         return len(tg.texts(CHAT)) >= n and (tmp_path / "data" / FILENAME).exists() \
             and len(rows(tmp_path / "data", CHAT)) >= 2 * n and acked(tg, update)
 
+    def exchange(n: int, text: str, bot: subprocess.Popen) -> None:
+        update = tg.message(CHAT, text)
+        asyncio.run(tg.wait_for(lambda: replied(n, update) or bot.poll() is not None, timeout=90))
+        assert bot.poll() is None, (tmp_path / f"bot{n}.log").read_text()
+
     first = start_bot(1)
     try:
-        update = tg.message(CHAT, "Меня зовут Аня")
-        asyncio.run(tg.wait_for(lambda: replied(1, update) or first.poll() is not None, timeout=90))
-        assert first.poll() is None, (tmp_path / "bot1.log").read_text()
+        exchange(1, "Меня зовут Аня", first)
     finally:
         first.kill()  # SIGKILL: no shutdown of any kind
         first.wait()
     second = start_bot(2)
     try:
-        update = tg.message(CHAT, "Как меня зовут?")
-        asyncio.run(tg.wait_for(lambda: replied(2, update) or second.poll() is not None, timeout=90))
-        assert second.poll() is None, (tmp_path / "bot2.log").read_text()
+        exchange(2, "Как меня зовут?", second)
     finally:
         second.send_signal(signal.SIGTERM)
         second.wait(timeout=30)
