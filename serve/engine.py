@@ -48,9 +48,6 @@ class _Group:
     mask: np.ndarray  # [rows, length] int64: 1 where the row holds a real token
     rows: list[int | None]  # sequence id of each row; None: the sequence left
 
-    def live(self) -> int:
-        return sum(r is not None for r in self.rows)
-
 
 @dataclass(eq=False)
 class _Cache:
@@ -209,8 +206,7 @@ class KVEngine:
     def _run(self, steps: list[Step]) -> list[np.ndarray]:
         group = self._in_place_group(steps) or self._gather(steps)
         rows = len(group.rows)
-        row_of = {s.sequence_id: r for r, s in enumerate(steps)} if group.rows == [s.sequence_id for s in steps] \
-            else {s.sequence_id: self.caches[s.sequence_id].row for s in steps}
+        row_of = {sid: r for r, sid in enumerate(group.rows) if sid is not None}
         width = max(s.ids.size for s in steps)
         ids = np.zeros((rows, width), np.int64)
         new_mask = np.zeros((rows, width), np.int64)
