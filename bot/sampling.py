@@ -42,44 +42,44 @@ class SamplingConfig:
         return replace(self, **changes)
 
 
-def apply_repetition_penalty(logits: np.ndarray, context: np.ndarray, penalty: float) -> np.ndarray:
-    """Divide positive (multiply negative) logits of tokens already in the context by `penalty`."""
+def apply_repetition_penalty(scores: np.ndarray, context: np.ndarray, penalty: float) -> None:
+    """In place: divide positive (multiply negative) scores of tokens already in the context."""
     if penalty == 1.0 or context.size == 0:
-        return logits
-    out = logits.copy()
-    seen = np.unique(context)
-    scores = out[seen]
-    out[seen] = np.where(scores > 0, scores / penalty, scores * penalty)
-    return out
+        return
+    seen = scores[context]  # gathered before writing, so repeated ids are harmless
+    scores[context] = np.where(seen > 0, seen / penalty, seen * penalty)
 
 
-def banned_ngram_tokens(context: np.ndarray, n: int) -> list[int]:
-    """Tokens that would complete an n-gram that already occurs in the context."""
+def banned_ngram_tokens(context: np.ndarray, n: int) -> np.ndarray:
+    """Tokens that would complete an n-gram that already occurs in the context (in its order)."""
     if n <= 0 or context.size < n:
-        return []
-    prefix = tuple(context[len(context) - n + 1:].tolist()) if n > 1 else ()
-    tokens = context.tolist()
-    return [tokens[i + n - 1] for i in range(len(tokens) - n + 1)
-            if tuple(tokens[i:i + n - 1]) == prefix]
+        return np.empty(0, dtype=np.int64)
+    starts = context.size - n + 1  # n-grams in the context
+    hit = np.ones(starts, dtype=bool)
+    for j, token in enumerate(context[starts:]):  # the last n - 1 tokens, the prefix to match
+        hit &= context[j:j + starts] == token
+    return context[n - 1:][hit]
 
 
-def filter_top_k(logits: np.ndarray, k: int) -> np.ndarray:
-    if k <= 0 or k >= logits.size:
-        return logits
-    kth = np.partition(logits, -k)[-k]
-    return np.where(logits < kth, -np.inf, logits)
+def top_k_ids(scores: np.ndarray, k: int) -> np.ndarray:
+    """Ids (ascending) of the k best finite scores, ties with the k-th kept; k = 0 keeps all finite."""
+    if 0 < k < scores.size:
+        kth = np.partition(scores, -k)[-k]  # O(vocab), no sort
+        if kth > -np.inf:
+            return np.flatnonzero(scores >= kth)
+    return np.flatnonzero(scores > -np.inf)
 
 
-def filter_top_p(logits: np.ndarray, p: float) -> np.ndarray:
-    """Keep the most likely tokens whose probabilities add up to at least p (always one)."""
-    if p >= 1.0:
-        return logits
-    order = np.argsort(logits)[::-1]
-    probs = softmax(logits[order])
-    keep = np.cumsum(probs) - probs < p  # a token stays while the mass before it is below p
-    out = np.full_like(logits, -np.inf)
-    out[order[keep]] = logits[order[keep]]
-    return out
+def top_p_mask(values: np.ndarray, p: float) -> np.ndarray:
+    """Which of `values` form the smallest most likely set with probability >= p (always one);
+    among equal values at the cut, the earlier ones stay."""
+    keep = np.ones(values.size, dtype=bool)
+    if p >= 1.0 or values.size == 0:
+        return keep
+    order = np.argsort(-values, kind="stable")
+    probs = softmax(values[order])
+    keep[order[np.cumsum(probs) - probs >= p]] = False  # dropped: the mass before it reached p
+    return keep
 
 
 def softmax(x: np.ndarray) -> np.ndarray:
@@ -87,18 +87,33 @@ def softmax(x: np.ndarray) -> np.ndarray:
     return e / e.sum()
 
 
+def candidates(logits: np.ndarray, context: np.ndarray, cfg: SamplingConfig) -> tuple[np.ndarray, np.ndarray]:
+    """The tokens that may come next (ascending ids) and their processed scores (float64).
+
+    The order of transformers' generate(): repetition penalty, n-gram ban, then, when sampling,
+    temperature, top-k and top-p; greedy keeps the single best. Top-p sorts only top-k's
+    survivors. Empty when the context bans every token."""
+    scores = np.array(logits, dtype=np.float64).reshape(-1)
+    apply_repetition_penalty(scores, context, cfg.repetition_penalty)
+    scores[banned_ngram_tokens(context, cfg.no_repeat_ngram_size)] = -np.inf
+    if not cfg.do_sample:
+        best = np.argmax(scores, keepdims=True)
+        return (best, scores[best]) if scores[best[0]] > -np.inf else (best[:0], scores[:0])
+    scores /= cfg.temperature
+    ids = top_k_ids(scores, cfg.top_k)
+    values = scores[ids]
+    keep = top_p_mask(values, cfg.top_p)
+    return ids[keep], values[keep]
+
+
 def next_token(logits: np.ndarray, context: np.ndarray, cfg: SamplingConfig,
                rng: np.random.Generator) -> int:
     """The next token id after `context` (prompt + reply so far) given the model's `logits`."""
-    scores = np.asarray(logits, dtype=np.float64).reshape(-1)
-    scores = apply_repetition_penalty(scores, context, cfg.repetition_penalty)
-    banned = banned_ngram_tokens(context, cfg.no_repeat_ngram_size)
-    if banned:
-        scores = scores.copy()
-        scores[banned] = -np.inf
-        if not np.isfinite(scores).any():  # everything banned: fall back to the unfiltered choice
-            return int(np.argmax(logits))
+    ids, scores = candidates(logits, np.asarray(context, dtype=np.int64), cfg)
+    if ids.size == 0:  # everything banned: fall back to the unfiltered choice
+        return int(np.argmax(logits))
     if not cfg.do_sample:
-        return int(np.argmax(scores))
-    scores = filter_top_p(filter_top_k(scores / cfg.temperature, cfg.top_k), cfg.top_p)
-    return int(rng.choice(scores.size, p=softmax(scores)))
+        return int(ids[0])
+    # Inverse-CDF draw of one uniform: what rng.choice(ids.size, p=...) does, minus its checks.
+    cdf = np.cumsum(softmax(scores))
+    return int(ids[np.searchsorted(cdf / cdf[-1], rng.random(), side="right")])

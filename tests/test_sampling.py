@@ -1,11 +1,12 @@
-"""bot/sampling.py: validation, each processor, and the sampling distribution."""
+"""bot/sampling.py: validation, each processor, the sampling distribution, and parity with
+transformers' own logits processors and with the previous full-vocabulary implementation."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from bot.sampling import (SamplingConfig, apply_repetition_penalty, banned_ngram_tokens, filter_top_k,
-                          filter_top_p, next_token, softmax)
+from bot.sampling import (SamplingConfig, apply_repetition_penalty, banned_ngram_tokens, candidates, next_token,
+                          softmax, top_k_ids, top_p_mask)
 
 INVALID = [
     (dict(temperature=0), "temperature"),
@@ -32,9 +33,9 @@ def test_defaults_are_the_cards():
 
 
 def test_repetition_penalty_lowers_seen_tokens_both_signs():
-    logits = np.array([2.0, -2.0, 1.0])
-    out = apply_repetition_penalty(logits, np.array([0, 1]), 2.0)
-    assert out.tolist() == [1.0, -4.0, 1.0]
+    scores = np.array([2.0, -2.0, 1.0])
+    apply_repetition_penalty(scores, np.array([0, 1, 0, 0]), 2.0)  # a repeated id is penalized once
+    assert scores.tolist() == [1.0, -4.0, 1.0]
 
 
 @pytest.mark.parametrize("context,n,banned", [
@@ -47,18 +48,21 @@ def test_repetition_penalty_lowers_seen_tokens_both_signs():
     ([1, 2, 1], 0, []),
 ])
 def test_banned_ngrams(context, n, banned):
-    assert banned_ngram_tokens(np.array(context), n) == banned
+    assert banned_ngram_tokens(np.array(context), n).tolist() == banned
 
 
-def test_top_k_keeps_k_best():
-    out = filter_top_k(np.array([0.1, 3.0, 2.0, -1.0, 2.5]), 2)
-    assert np.isfinite(out).tolist() == [False, True, False, False, True]
+def test_top_k_keeps_k_best_and_ties():
+    assert top_k_ids(np.array([0.1, 3.0, 2.0, -1.0, 2.5]), 2).tolist() == [1, 4]
+    assert top_k_ids(np.array([0.1, 3.0, 2.5, -1.0, 2.5]), 2).tolist() == [1, 2, 4]  # a tie with the k-th stays
+    assert top_k_ids(np.array([1.0, -np.inf, 2.0]), 0).tolist() == [0, 2]  # off: every finite score
+    assert top_k_ids(np.array([1.0, -np.inf, -np.inf]), 2).tolist() == [0]  # fewer finite than k
 
 
 @pytest.mark.parametrize("p,kept", [(0.5, 1), (0.7, 2), (0.9, 3), (0.99, 4), (1.0, 4)])
 def test_top_p_keeps_smallest_set_with_mass(p, kept):
-    logits = np.log(np.array([0.6, 0.25, 0.1, 0.05]))
-    assert np.isfinite(filter_top_p(logits, p)).sum() == kept
+    logits = np.log(np.array([0.1, 0.6, 0.05, 0.25]))
+    mask = top_p_mask(logits, p)
+    assert mask.sum() == kept and mask[1]  # the most likely always stays
 
 
 def test_greedy_is_argmax_without_penalties():
@@ -99,3 +103,106 @@ def test_temperature_flattens():
 def test_all_banned_falls_back_to_argmax():
     cfg = SamplingConfig(no_repeat_ngram_size=1, top_k=0)
     assert next_token(np.array([1.0, 0.0]), np.array([0, 1]), cfg, np.random.default_rng(0)) == 0
+
+
+def _cases(n: int, vocab: int, seed: int, ties: bool = True):
+    """Random logits (with a few exact ties at the top), and contexts drawn from a small id range
+    so that repeated tokens and repeated n-grams are common."""
+    rng = np.random.default_rng(seed)
+    for _ in range(n):
+        logits = (rng.normal(size=vocab) * rng.uniform(0.5, 4)).astype(np.float32)
+        if ties:
+            logits[rng.integers(0, vocab, 3)] = logits.max()
+        context = rng.integers(0, min(vocab, 40), rng.integers(0, 80))
+        yield logits, context
+
+
+CONFIGS = [
+    SamplingConfig(),  # the card's
+    SamplingConfig(temperature=0.7, top_k=0, top_p=0.9),
+    SamplingConfig(top_k=5, top_p=1.0, repetition_penalty=1.5, no_repeat_ngram_size=3),
+    SamplingConfig(temperature=1.0, top_k=50, top_p=0.5, repetition_penalty=1.0, no_repeat_ngram_size=0),
+    SamplingConfig(top_k=1, top_p=0.95, no_repeat_ngram_size=1),
+]
+
+
+def _transformers_scores(logits, context, cfg):
+    """transformers' processors in generate()'s order (float64, so rounding cannot decide a cut)."""
+    import torch
+    from transformers import (LogitsProcessorList, NoRepeatNGramLogitsProcessor, RepetitionPenaltyLogitsProcessor,
+                              TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper)
+
+    procs = [RepetitionPenaltyLogitsProcessor(cfg.repetition_penalty)]
+    if cfg.no_repeat_ngram_size:
+        procs.append(NoRepeatNGramLogitsProcessor(cfg.no_repeat_ngram_size))
+    procs.append(TemperatureLogitsWarper(cfg.temperature))
+    if cfg.top_k:
+        procs.append(TopKLogitsWarper(cfg.top_k))
+    if cfg.top_p < 1.0:
+        procs.append(TopPLogitsWarper(cfg.top_p))
+    ids = torch.tensor(np.asarray(context, dtype=np.int64)).reshape(1, -1)
+    return LogitsProcessorList(procs)(ids, torch.tensor(logits, dtype=torch.float64).reshape(1, -1))[0].numpy()
+
+
+@pytest.mark.parametrize("cfg", CONFIGS, ids=lambda c: f"k{c.top_k}-p{c.top_p}-t{c.temperature}-n{c.no_repeat_ngram_size}")
+@pytest.mark.parametrize("vocab", [60, 50261])
+def test_processed_scores_equal_transformers_processors(cfg, vocab):
+    for logits, context in _cases(200 if vocab < 1000 else 20, vocab, seed=vocab + cfg.top_k):
+        ids, scores = candidates(logits, context, cfg)
+        ours = np.full(vocab, -np.inf)
+        ours[ids] = scores
+        theirs = _transformers_scores(logits, context, cfg)
+        kept = np.isfinite(theirs)
+        # Which of several equal scores a top-p cut keeps is up to the sort: there, the same values.
+        np.testing.assert_allclose(np.sort(scores), np.sort(theirs[kept]), rtol=1e-12)
+        before_top_p = _transformers_scores(logits, context, cfg.with_(top_p=1.0))
+        if not np.isin(theirs[kept].min(), before_top_p[~kept]):
+            assert np.array_equal(np.isfinite(ours), kept)
+
+
+@pytest.mark.parametrize("penalty,n", [(1.3, 2), (1.0, 0), (2.0, 3)])
+def test_greedy_equals_argmax_of_transformers_processed_scores(penalty, n):
+    cfg = SamplingConfig.greedy().with_(repetition_penalty=penalty, no_repeat_ngram_size=n)
+    for logits, context in _cases(200, 60, seed=n):
+        theirs = _transformers_scores(logits, context, cfg.with_(top_k=0, top_p=1.0))
+        if np.isfinite(theirs).any():
+            assert next_token(logits, context, cfg, np.random.default_rng(0)) == int(np.argmax(theirs))
+
+
+def _previous_next_token(logits, context, cfg, rng):
+    """The full-vocabulary implementation this module replaced (argsort of every score)."""
+    scores = np.asarray(logits, dtype=np.float64).reshape(-1).copy()
+    if cfg.repetition_penalty != 1.0 and context.size:
+        seen = np.unique(context)
+        scores[seen] = np.where(scores[seen] > 0, scores[seen] / cfg.repetition_penalty,
+                                scores[seen] * cfg.repetition_penalty)
+    n = cfg.no_repeat_ngram_size
+    if n > 0 and context.size >= n:
+        toks = context.tolist()
+        prefix = tuple(toks[len(toks) - n + 1:])
+        scores[[toks[i + n - 1] for i in range(len(toks) - n + 1) if tuple(toks[i:i + n - 1]) == prefix]] = -np.inf
+        if not np.isfinite(scores).any():
+            return int(np.argmax(logits))
+    if not cfg.do_sample:
+        return int(np.argmax(scores))
+    scores = scores / cfg.temperature
+    if 0 < cfg.top_k < scores.size:
+        scores = np.where(scores < np.partition(scores, -cfg.top_k)[-cfg.top_k], -np.inf, scores)
+    if cfg.top_p < 1.0:
+        order = np.argsort(scores)[::-1]
+        probs = softmax(scores[order])
+        keep = np.cumsum(probs) - probs < cfg.top_p
+        kept = np.full_like(scores, -np.inf)
+        kept[order[keep]] = scores[order[keep]]
+        scores = kept
+    return int(rng.choice(scores.size, p=softmax(scores)))
+
+
+@pytest.mark.parametrize("cfg", CONFIGS + [SamplingConfig.greedy()], ids=str)
+def test_same_draws_as_the_previous_implementation(cfg):
+    """Same seed, same token: only the work per token changed. (Equal scores at the top-p cut are
+    the exception: the old code left their order to the sort, now the lower id goes first.)"""
+    for i, (logits, context) in enumerate(_cases(300, 2000, seed=7, ties=False)):
+        a = next_token(logits, context, cfg, np.random.default_rng(i))
+        b = _previous_next_token(logits, context, cfg, np.random.default_rng(i))
+        assert a == b, f"case {i}"
