@@ -30,19 +30,48 @@ def new_sequence_id() -> int:
     return secrets.randbits(63) or 1
 
 
+PROMPT_CHUNK = 256  # prompt tokens per step: a long prompt delays the other chats by one chunk per round
+
+
 async def generate(client: TritonClient, prompt_ids: list[int], cfg: SamplingConfig,
-                   rng: np.random.Generator, resumes: int = 2, max_positions: int | None = None) -> Generation:
+                   rng: np.random.Generator, resumes: int = 2, max_positions: int | None = None,
+                   *, prompt_chunk: int | None = PROMPT_CHUNK) -> Generation:
     """Sample a reply to `prompt_ids`; END is always sent, also on errors and cancellation.
 
-    If Triton becomes unavailable or loses the sequence mid-reply, the sequence is restarted
-    (START over the whole context, which is idempotent) up to `resumes` times before the error
-    is raised. With `max_positions`, generation also stops where the model's context ends."""
+    The prompt goes in chunks of `prompt_chunk` tokens (START with the first, continuation
+    steps for the rest; only the last chunk's logits are used; None sends it whole). If Triton
+    becomes unavailable or loses the sequence mid-reply, the sequence is restarted (START over
+    the whole context, which is idempotent) up to `resumes` times before the error is raised.
+    With `max_positions`, generation also stops where the model's context ends."""
+    if prompt_chunk is not None and prompt_chunk < 1:
+        raise ValueError(f"prompt_chunk must be >= 1 token (or None for the whole prompt), got {prompt_chunk}")
     seq = new_sequence_id()
     context = list(prompt_ids)
     tokens: list[int] = []
+    chunk = prompt_chunk or max(len(context), 1)
+
+    async def feed(new: list[int] | None) -> np.ndarray:
+        """Logits after `new` (None: the whole context from START, in chunks), resuming on loss."""
+        nonlocal resumes
+        while True:
+            steps = [(context[i:i + chunk], i == 0) for i in range(0, max(len(context), 1), chunk)] if new is None \
+                else [(new, False)]
+            start = False
+            try:
+                for ids, start in steps:
+                    logits = await client.step(seq, ids, start=start)
+                return logits
+            except (TritonUnavailable, SequenceLost) as exc:
+                if start or resumes <= 0:  # a START was retried already
+                    raise
+                resumes -= 1
+                log.warning("step failed (%s): restarting the sequence over %d tokens", exc, len(context))
+                await asyncio.sleep(0.2)
+                new = None
+
     t0 = time.perf_counter()
     try:
-        logits = await client.step(seq, context, start=True)
+        logits = await feed(None)
         gen = Generation(tokens, stopped=False, first_token_s=time.perf_counter() - t0)
         while True:
             token = next_token(logits, np.asarray(context, dtype=np.int64), cfg, rng)
@@ -54,15 +83,7 @@ async def generate(client: TritonClient, prompt_ids: list[int], cfg: SamplingCon
             if len(tokens) >= cfg.max_new_tokens or (max_positions and len(context) >= max_positions):
                 return gen
             t = time.perf_counter()
-            try:
-                logits = await client.step(seq, [token])
-            except (TritonUnavailable, SequenceLost) as exc:
-                if resumes <= 0:
-                    raise
-                resumes -= 1
-                log.warning("step failed (%s): restarting the sequence over %d tokens", exc, len(context))
-                await asyncio.sleep(0.2)
-                logits = await client.step(seq, context, start=True)
+            logits = await feed([token])
             gen.step_s.append(time.perf_counter() - t)
     finally:
         # Shielded so that a cancelled reply still frees the server's cache.

@@ -8,8 +8,10 @@ recovers by restarting the sequence with START over the whole context, which is 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from dataclasses import dataclass
+from urllib.parse import quote
 
 import aiohttp
 import numpy as np
@@ -17,6 +19,7 @@ import tritonclient.http.aio as triton_http
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 from tritonclient.utils import InferenceServerException
 
+from bot.step_gate import GateConfig, StepGate
 from contract import triton_io as io
 
 log = logging.getLogger(__name__)
@@ -53,7 +56,7 @@ _TRANSIENT_STATUS = {"502", "503", "504"}
 def _classify(exc: BaseException) -> TritonError:
     if isinstance(exc, TritonError):
         return exc
-    if isinstance(exc, (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError, OSError)):
+    if isinstance(exc, (aiohttp.ClientError, asyncio.TimeoutError, OSError, EOFError)):  # EOF: connection dropped
         return TritonUnavailable(f"Triton unreachable: {exc.__class__.__name__}: {exc}")
     if isinstance(exc, InferenceServerException):
         text = exc.message() or str(exc)
@@ -66,14 +69,57 @@ def _classify(exc: BaseException) -> TritonError:
     return TritonError(f"{exc.__class__.__name__}: {exc}")
 
 
+class _Pool:
+    """Keep-alive HTTP/1.1 connections to Triton for inference requests, written as prebuilt
+    bytes: once the step gate releases a round, its requests leave back to back (tens of µs
+    apart), well within the sequence batcher's queue delay, and Triton runs them as one batch."""
+
+    def __init__(self, url: str):
+        self.host, _, port = url.rpartition(":")
+        self.port = int(port)
+        self.idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+
+    async def post(self, head: bytes, body: bytes) -> tuple[int, dict[str, str], bytes]:
+        """Status, headers (lower-case names) and body of one request; the connection is reused
+        only after a complete response (on any error or cancellation it is closed)."""
+        reader, writer = self.idle.pop() if self.idle else await asyncio.open_connection(self.host, self.port)
+        try:
+            writer.write(head + body)
+            lines = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
+            status = int(lines[0].split(" ", 2)[1])
+            headers = {k.strip().lower(): v.strip() for k, _, v in (h.partition(":") for h in lines[1:] if h)}
+            if "content-length" not in headers:
+                raise ConnectionError(f"Triton answered without Content-Length: {lines[0]}")
+            data = await reader.readexactly(int(headers["content-length"]))
+        except BaseException:
+            writer.close()
+            raise
+        if headers.get("connection", "").lower() == "close":
+            writer.close()
+        else:
+            self.idle.append((reader, writer))
+        return status, headers, data
+
+    def close(self) -> None:
+        for _, writer in self.idle:
+            writer.close()
+        self.idle = []
+
+
 class TritonClient:
-    """Async client of the ruDialoGPT model on Triton; one connection pool, reused."""
+    """Async client of the ruDialoGPT model on Triton; one connection pool, reused.
+
+    Its step gate (bot/step_gate.py) lines up the token steps of all generations that run
+    through this client, so that they reach Triton's batcher as one batch per round."""
 
     def __init__(self, url: str = "127.0.0.1:8000", model: str = io.DEFAULT_MODEL_NAME,
-                 timeout: float = 10.0, retries: int = 3):
+                 timeout: float = 10.0, retries: int = 3, gate: GateConfig | None = None):
         if "://" in url:
             raise ValueError(f"TRITON_URL is host:port, without a scheme: got {url!r}")
         self.url, self.model, self.timeout, self.retries = url, model, timeout, retries
+        self.gate = StepGate(gate)
+        self._pool = _Pool(url)
+        self._infer_path = f"/v2/models/{quote(model)}/infer"
         self._client: triton_http.InferenceServerClient | None = None
         self._info: ModelInfo | None = None
 
@@ -84,13 +130,15 @@ class TritonClient:
         return self._client
 
     async def close(self) -> None:
+        self._pool.close()
         if self._client is not None:
             await self._client.close()
             self._client = None
 
     async def _call(self, coro_fn):
-        try:
-            return await asyncio.wait_for(coro_fn(), self.timeout)
+        try:  # asyncio.timeout, not wait_for: no extra task, so a released round is sent at once
+            async with asyncio.timeout(self.timeout):
+                return await coro_fn()
         except BaseException as exc:
             if isinstance(exc, asyncio.CancelledError):
                 raise
@@ -124,27 +172,55 @@ class TritonClient:
 
     async def step(self, sequence_id: int, ids: list[int] | np.ndarray, start: bool = False,
                    end: bool = False) -> np.ndarray:
-        """Feed `ids` to the sequence; the logits [vocab] after them. START steps are retried."""
+        """Feed `ids` to the sequence; the logits [vocab] after them. START steps are retried.
+
+        A step that is neither START nor END first waits at the step gate (at most its
+        `in_flight_s`); START makes the sequence a member of the gate, END removes it."""
+        head, body = self._request(sequence_id, ids, start, end)  # built before the gate
+
+        async def once():
+            status, headers, data = await self._call(lambda: self._pool.post(head, body))
+            if status != 200:
+                try:
+                    text = json.loads(data)["error"]
+                except (ValueError, KeyError, TypeError):
+                    text = data[:200].decode("utf-8", "replace")
+                raise _classify(InferenceServerException(text, status=str(status)))
+            result = triton_http.InferenceServerClient.parse_response_body(
+                data, header_length=headers.get("inference-header-content-length"))
+            return result.as_numpy(io.LOGITS)[0]
+
+        if end:
+            self.gate.left(sequence_id)
+            return await once()
+        if start:
+            self.gate.started(sequence_id)
+        else:
+            await self.gate.wait(sequence_id)
+        try:
+            if not start:
+                return await once()
+            async for attempt in self._retrying():
+                with attempt:
+                    return await once()
+        finally:
+            self.gate.answered(sequence_id)
+
+    def _request(self, sequence_id: int, ids, start: bool, end: bool) -> tuple[bytes, bytes]:
+        """HTTP head and body of one infer request (KServe v2, binary tensors)."""
         data = np.asarray(ids, dtype=np.int64).reshape(1, -1)
         inp = triton_http.InferInput(io.INPUT_IDS, list(data.shape), io.INPUT_IDS_DTYPE)
         inp.set_data_from_numpy(data, binary_data=True)
         out = [triton_http.InferRequestedOutput(io.LOGITS, binary_data=True)]
+        body, json_size = triton_http.InferenceServerClient.generate_request_body(
+            [inp], outputs=out, sequence_id=sequence_id, sequence_start=start, sequence_end=end)
         # X-Sequence-Id lets a load balancer keep all steps of one sequence on one replica.
-        # identity: aiohttp asks for gzip by default, and Triton compressing 200 KB of logits
-        # per step costs more than the step's whole network time.
-        headers = {"X-Sequence-Id": str(sequence_id), "Accept-Encoding": "identity"}
-
-        async def once():
-            result = await self._call(lambda: self.client.infer(
-                self.model, [inp], outputs=out, sequence_id=sequence_id, sequence_start=start,
-                sequence_end=end, headers=headers))
-            return result.as_numpy(io.LOGITS)[0]
-
-        if not start:
-            return await once()
-        async for attempt in self._retrying():
-            with attempt:
-                return await once()
+        # identity: compressing 200 KB of logits per step costs Triton more than the network.
+        head = (f"POST {self._infer_path} HTTP/1.1\r\nHost: {self.url}\r\n"
+                f"Content-Type: application/octet-stream\r\nInference-Header-Content-Length: {json_size}\r\n"
+                f"Content-Length: {len(body)}\r\nX-Sequence-Id: {sequence_id}\r\n"
+                "Accept-Encoding: identity\r\n\r\n")
+        return head.encode("ascii"), body
 
     async def end(self, sequence_id: int) -> None:
         """Free the sequence's cache on the server (best effort: the idle timeout is the backstop)."""
