@@ -11,6 +11,7 @@ sys.path.insert(0, str(ROOT))
 
 SAMPLE_CSV = ROOT / "training" / "data.csv"
 IDLE_MODEL = "rudialogpt_idle"
+BATCH_MODEL = "rudialogpt_batch"  # a 5 ms queue delay: counts batches, robust to a busy machine
 
 
 @pytest.fixture(scope="session")
@@ -33,6 +34,8 @@ def model_repository(tiny_checkpoint, tmp_path_factory) -> Path:
     export(tiny_checkpoint, repo, serving=ServingConfig(idle_seconds=120, max_queue_delay_us=200))
     # The same model with a 2 s idle timeout, for the test that abandoned caches are freed.
     export(tiny_checkpoint, repo, name=IDLE_MODEL, serving=ServingConfig(idle_seconds=2))
+    # The same model with a long queue delay, for the test that the step gate forms full batches.
+    export(tiny_checkpoint, repo, name=BATCH_MODEL, serving=ServingConfig(idle_seconds=120, max_queue_delay_us=5000))
     return repo
 
 

@@ -95,6 +95,27 @@ def test_concurrent_conversations_equal_alone(triton, tokenizer):
     assert together == alone
 
 
+@pytest.mark.parametrize("chunk", [1, 7, 64])
+def test_chunked_prompt_equals_the_whole_prompt_and_transformers(triton, tokenizer, hf, chunk):
+    """START with the first chunk, continuation steps for the rest: the same greedy reply."""
+    ids = tokenizer.encode(build_prompt(DIALOGUES[1] * 3))
+    assert len(ids) > 64
+    cfg = SamplingConfig.greedy(max_new_tokens=16, stop_ids=tokenizer.stop_ids)
+
+    async def body(client):
+        return [(await generate(client, ids, cfg, np.random.default_rng(0), prompt_chunk=c)).tokens
+                for c in (chunk, None)]
+
+    chunked, whole = asyncio.run(run(body)(triton.url))
+    assert chunked == whole == hf_greedy(hf, ids, tokenizer.stop_ids, 16)
+
+
+def test_prompt_chunk_must_be_positive():
+    with pytest.raises(ValueError, match="prompt_chunk"):
+        asyncio.run(generate(TritonClient("127.0.0.1:9"), [1, 2], SamplingConfig(), np.random.default_rng(0),
+                             prompt_chunk=0))
+
+
 def cached_sequences(triton) -> float:
     text = urllib.request.urlopen(triton.metrics_url, timeout=5).read().decode()
     return float(re.search(r'^rudialogpt_cached_sequences\{[^}]*model="rudialogpt"[^}]*\} (\S+)$', text, re.M).group(1))
@@ -194,16 +215,18 @@ class Disrupted(TritonClient):
         return await super().step(sequence_id, ids, start, end)
 
 
+@pytest.mark.parametrize("chunk", [None, 4], ids=["whole-prompt", "disrupted-mid-prompt"])
 @pytest.mark.parametrize("how", ["unavailable", "sequence lost"])
-def test_generation_survives_a_disruption_by_restarting_the_sequence(triton, tokenizer, how):
+def test_generation_survives_a_disruption_by_restarting_the_sequence(triton, tokenizer, how, chunk):
     ids = tokenizer.encode(build_prompt(DIALOGUES[1]))
+    assert len(ids) > 4 * 5  # with chunks of 4, the 5th continuation step is still in the prompt
     cfg = SamplingConfig.greedy(max_new_tokens=12, stop_ids=())
 
     async def body():
         plain, disrupted = TritonClient(triton.url), Disrupted(triton.url, how)
         try:
             a = await generate(plain, ids, cfg, np.random.default_rng(0))
-            b = await generate(disrupted, ids, cfg, np.random.default_rng(0))
+            b = await generate(disrupted, ids, cfg, np.random.default_rng(0), prompt_chunk=chunk)
             return a.tokens, b.tokens, disrupted.restarts
         finally:
             await plain.close()
