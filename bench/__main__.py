@@ -17,6 +17,7 @@ import numpy as np
 
 from bench.report import write_report
 from bench.runners import prompts, run_ort, run_transformers, run_triton
+from bench.scenarios import run_scenarios
 
 log = logging.getLogger("bench")
 
@@ -61,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--prompt-lengths", default="50,1000", help="prompt tokens, comma separated")
     p.add_argument("--new-tokens", type=int, default=40)
     p.add_argument("--threads", type=int, default=2, help="CPU threads for torch and onnxruntime")
+    p.add_argument("--no-scenarios", action="store_true", help="skip the many-chats scenarios (bench/scenarios.py)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     logging.getLogger("export").setLevel(logging.WARNING)
@@ -76,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     work = args.out / f"work-{args.shape}"
     ckpt = build_model(args.shape, work / "checkpoint")
     repo = work / "model_repository"
-    serving = ServingConfig(intra_op_threads=args.threads, max_queue_delay_us=200)
+    serving = ServingConfig(intra_op_threads=args.threads)
     for name, quantize in (("rudialogpt", None), ("rudialogpt_int8", "int8")):
         if not (repo / name / "1" / "model.onnx").exists():
             t0 = time.monotonic()
@@ -106,7 +108,9 @@ def main(argv: list[str] | None = None) -> int:
                     log.info("%-12s prompt %4d x%d: %6.1f ms/token (p95 %6.1f), ttft %7.1f ms, %6.1f tok/s",
                              backend, length, n, result["ms_per_token_median"], result["ms_per_token_p95"],
                              result["ttft_ms_median"], result["tokens_per_s"])
-    paths = write_report(rows, args.out, args.shape, vars(args))
+        scenarios = None if args.no_scenarios else run_scenarios(
+            server.url, engine, vocab, min(lengths), max(lengths), max(conc), args.new_tokens)
+    paths = write_report(rows, args.out, args.shape, vars(args), scenarios)
     for path in paths:
         print(path)
     return 0

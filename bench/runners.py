@@ -51,15 +51,17 @@ def run_transformers(model, batch: list[list[int]], new_tokens: int) -> Timing:
                   len(batch) * new_tokens)
 
 
-def run_ort(engine, batch: list[list[int]], new_tokens: int) -> Timing:
-    """(2) onnxruntime in-process with past: the server's engine, without Triton or HTTP."""
+def run_ort(engine, batch: list[list[int]], new_tokens: int, pick=None) -> Timing:
+    """(2) onnxruntime in-process with past: the server's engine, without Triton or HTTP.
+    `pick(conversation, logits)` chooses each next token (default: greedy)."""
     from serve.engine import Step
 
+    pick = pick or (lambda i, x: int(np.argmax(x)))
     t0 = time.perf_counter()
     logits = engine.step([Step(i + 1, np.array(p), start=True) for i, p in enumerate(batch)])
     stamps = [time.perf_counter()]
     for k in range(new_tokens - 1):
-        nxt = [int(np.argmax(x[0])) for x in logits]
+        nxt = [pick(i, x[0]) for i, x in enumerate(logits)]
         last = k == new_tokens - 2
         logits = engine.step([Step(i + 1, np.array([t]), end=last) for i, t in enumerate(nxt)])
         stamps.append(time.perf_counter())
@@ -68,19 +70,22 @@ def run_ort(engine, batch: list[list[int]], new_tokens: int) -> Timing:
                   stamps[-1] - t0, len(batch) * new_tokens)
 
 
-def run_triton(url: str, model: str, batch: list[list[int]], new_tokens: int) -> Timing:
-    """(3)/(4) the bot's own client and generate loop against the real Triton, conversations concurrent."""
+def run_triton(url: str, model: str, batch: list[list[int]], new_tokens: int, sampling=None, gate=None,
+               **generate_kwargs) -> Timing:
+    """(3)/(4) the bot's own client and generate loop against the real Triton, conversations concurrent
+    (greedy unless `sampling`; `gate`: the client's GateConfig; the rest goes to generate())."""
     from bot.generate import generate
     from bot.sampling import SamplingConfig
     from bot.triton_client import TritonClient
 
-    cfg = SamplingConfig.greedy(max_new_tokens=new_tokens)
+    cfg = (sampling or SamplingConfig.greedy()).with_(max_new_tokens=new_tokens, stop_ids=())
 
     async def all_at_once():
-        client = TritonClient(url, model, timeout=120)
+        client = TritonClient(url, model, timeout=120, gate=gate)
         try:
             t0 = time.perf_counter()
-            gens = await asyncio.gather(*(generate(client, p, cfg, np.random.default_rng(0)) for p in batch))
+            gens = await asyncio.gather(*(generate(client, p, cfg, np.random.default_rng(i), **generate_kwargs)
+                                          for i, p in enumerate(batch)))
             return gens, time.perf_counter() - t0
         finally:
             await client.close()

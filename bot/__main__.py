@@ -10,6 +10,7 @@ from pathlib import Path
 
 from bot.chat import DEFAULT_TOKENIZER, ChatBot, DialogueTokenizer
 from bot.sampling import SamplingConfig
+from bot.step_gate import GateConfig
 from bot.triton_client import TritonClient
 from contract import triton_io as io
 
@@ -31,7 +32,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def build_bot(args: argparse.Namespace) -> ChatBot:
     """The dialogue core from flags and TRITON_URL / TRITON_MODEL."""
     client = TritonClient(os.environ.get("TRITON_URL") or "127.0.0.1:8000",
-                          os.environ.get("TRITON_MODEL") or io.DEFAULT_MODEL_NAME, timeout=args.timeout)
+                          os.environ.get("TRITON_MODEL") or io.DEFAULT_MODEL_NAME, timeout=args.timeout,
+                          gate=GateConfig(enabled=os.environ.get("TRITON_STEP_GATE", "1") != "0"))
     sampling = (SamplingConfig.greedy if args.greedy else SamplingConfig)(max_new_tokens=args.max_new_tokens)
     return ChatBot(client, DialogueTokenizer(args.tokenizer), sampling, seed=args.seed)
 

@@ -20,7 +20,10 @@ def test_bench_tiny_smoke(tmp_path):
     assert len(report["rows"]) == 4 * 2 * 2
     for row in report["rows"]:
         assert row["ms_per_token_median"] > 0 and row["tokens_per_s"] > 0
-    assert len(report["ratios"]) == 4 and all(math.isfinite(r["value"]) for r in report["ratios"])
+    assert len(report["ratios"]) == 3 and all(math.isfinite(r["value"]) for r in report["ratios"])
+    targets = report["scenario_targets"]  # bench/scenarios.py: (a)-(d) and the sampling cost
+    assert len(targets) == 8 and all(math.isfinite(t["value"]) and t["value"] > 0 for t in targets)
+    assert {r["mode"] for r in report["scenarios"]["churn"]} == {"before", "after"}
     table = (tmp_path / "bench-tiny.md").read_text()
-    assert "(3) client → Triton fp32" in table and "| target |" in table
+    assert "(3) client → Triton fp32" in table and "| target |" in table and "| churn | after |" in table
     assert (tmp_path / "bench-tiny.png").read_bytes()[:4] == b"\x89PNG"
