@@ -24,6 +24,7 @@ import asyncio
 from dataclasses import dataclass
 
 _STARTING, _BUSY, _IN_FLIGHT, _WAITING = "starting", "busy", "in flight", "waiting"
+_STALE_S = 60.0  # a member busy this long is forgotten
 
 
 @dataclass(frozen=True)
@@ -64,7 +65,10 @@ class StepGate:
     def started(self, sequence_id: int) -> None:
         """The sequence's START is being sent: it is a member from now on."""
         if self.config.enabled:
-            self._members[sequence_id] = _Member(_STARTING, self._now())
+            now = self._now()
+            for stale in [s for s, m in self._members.items() if m.state == _BUSY and now - m.since > _STALE_S]:
+                del self._members[stale]  # its owner never sent END (a bare client.step user)
+            self._members[sequence_id] = _Member(_STARTING, now)
             self._check()
 
     def answered(self, sequence_id: int) -> None:
@@ -115,7 +119,7 @@ class StepGate:
         if not self._waiters:
             return
         deadline = self._deadline()
-        if self._now() < deadline:
+        if self._now() < deadline - 1e-4:  # timers may fire a hair early
             self._timer = asyncio.get_running_loop().call_at(deadline, self._check)
             return
         now = self._now()

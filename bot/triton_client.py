@@ -74,15 +74,26 @@ class _Pool:
     bytes: once the step gate releases a round, its requests leave back to back (tens of µs
     apart), well within the sequence batcher's queue delay, and Triton runs them as one batch."""
 
+    MAX_IDLE_S = 30.0  # an idle connection older than this is closed, not reused (proxies drop them)
+
     def __init__(self, url: str):
         self.host, _, port = url.rpartition(":")
         self.port = int(port)
-        self.idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+        self.idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter, float]] = []
+
+    async def _connection(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        now = asyncio.get_running_loop().time()
+        while self.idle:
+            reader, writer, since = self.idle.pop()
+            if not reader.at_eof() and now - since < self.MAX_IDLE_S:  # at EOF: the server closed it
+                return reader, writer
+            writer.close()
+        return await asyncio.open_connection(self.host, self.port)
 
     async def post(self, head: bytes, body: bytes) -> tuple[int, dict[str, str], bytes]:
         """Status, headers (lower-case names) and body of one request; the connection is reused
         only after a complete response (on any error or cancellation it is closed)."""
-        reader, writer = self.idle.pop() if self.idle else await asyncio.open_connection(self.host, self.port)
+        reader, writer = await self._connection()
         try:
             writer.write(head + body)
             lines = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
@@ -97,11 +108,11 @@ class _Pool:
         if headers.get("connection", "").lower() == "close":
             writer.close()
         else:
-            self.idle.append((reader, writer))
+            self.idle.append((reader, writer, asyncio.get_running_loop().time()))
         return status, headers, data
 
     def close(self) -> None:
-        for _, writer in self.idle:
+        for _, writer, _ in self.idle:
             writer.close()
         self.idle = []
 
