@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import json
-import urllib.request
 
 import numpy as np
 import pytest
 
+from bench.scenarios import model_stats
 from bot.generate import generate
 from bot.sampling import SamplingConfig
 from bot.step_gate import GateConfig, StepGate
@@ -114,12 +113,6 @@ def test_gate_off_holds_nothing():
 
 # ---- through the real Triton -----------------------------------------------------------------
 
-def model_stats(triton, model: str) -> tuple[int, int]:
-    with urllib.request.urlopen(f"http://{triton.url}/v2/models/{model}/stats", timeout=5) as r:
-        s = json.load(r)["model_stats"][0]
-    return s["inference_count"], s["execution_count"]
-
-
 def prompts(n: int, seed: int = 0) -> list[list[int]]:
     rng = np.random.default_rng(seed)
     return [rng.integers(10, 1000, int(rng.integers(8, 40))).tolist() for _ in range(n)]
@@ -135,9 +128,9 @@ def test_eight_conversations_step_as_one_batch_and_equal_their_solo_replies(trit
         client = TritonClient(triton.url, BATCH_MODEL)
         try:
             alone = [(await generate(client, p, cfg, np.random.default_rng(0))).tokens for p in batch]
-            before = model_stats(triton, BATCH_MODEL)
+            before = model_stats(triton.url, BATCH_MODEL)
             together = await asyncio.gather(*(generate(client, p, cfg, np.random.default_rng(0)) for p in batch))
-            after = model_stats(triton, BATCH_MODEL)
+            after = model_stats(triton.url, BATCH_MODEL)
             return alone, [g.tokens for g in together], before, after, len(client.gate)
         finally:
             await client.close()
