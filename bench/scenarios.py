@@ -11,12 +11,14 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 
 import numpy as np
 
 from bench.runners import prompts, run_ort, run_triton
 
+log = logging.getLogger("bench.scenarios")
 BEFORE = dict(gate=False, prompt_chunk=None)  # each conversation on its own, prompts whole
 AFTER = dict(gate=True, prompt_chunk=256)  # the bot's defaults
 
@@ -162,10 +164,14 @@ def sampling_cost(vocab: int, repeats: int = 200) -> float:
 
 def run_scenarios(url: str, engine, vocab: int, prompt: int, long_prompt: int, n: int, new_tokens: int) -> dict:
     """Every scenario, in one run against the server at `url`."""
-    return {"sampled": sampled(url, engine, n, prompt, vocab, new_tokens),
-            "churn": [churn(url, n, 3, max(20, long_prompt // 2), vocab, new_tokens, m) for m in ("before", "after")],
-            "newcomer": [newcomer(url, n - 1, prompt, long_prompt, vocab, new_tokens, m) for m in ("before", "after")],
-            "sampling_ms_per_token": sampling_cost(vocab)}
+    out = {"sampled": sampled(url, engine, n, prompt, vocab, new_tokens)}
+    log.info("sampled x%d: %s", n, out["sampled"])
+    out["churn"] = [churn(url, n, 3, max(20, long_prompt // 2), vocab, new_tokens, m) for m in ("before", "after")]
+    log.info("churn: %s", out["churn"])
+    out["newcomer"] = [newcomer(url, n - 1, prompt, long_prompt, vocab, new_tokens, m) for m in ("before", "after")]
+    log.info("newcomer: %s", out["newcomer"])
+    out["sampling_ms_per_token"] = sampling_cost(vocab)
+    return out
 
 
 def _row(rows, **match):
