@@ -19,7 +19,7 @@ class ServingConfig:
     intra_op_threads: int = 0  # onnxruntime threads per instance; 0 lets ORT choose
     max_batch_size: int = 8  # most sequences batched into one ORT call
     max_candidate_sequences: int = 64  # sequences Triton keeps active at once (others wait)
-    max_queue_delay_us: int = 500  # how long a step may wait for others to batch with
+    max_queue_delay_us: int = 2000  # how long a step may wait for the rest of its round (lone steps pay it all)
     idle_seconds: int = 60  # a sequence idle this long is freed (Triton's slot and our cache)
     onnx_file: str = "model.onnx"  # the model's file in the version folder
 
