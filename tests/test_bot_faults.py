@@ -18,7 +18,8 @@ import pytest
 from bot.console import UNAVAILABLE
 from bot.history import FILENAME, History
 from bot.metrics import Metrics
-from bot.telegram import SORRY, build_application
+from bot.handlers import SORRY
+from bot.telegram import build_application
 from contract.dialogue import CONTEXT_TURNS, FIRST, SECOND
 from serve.server import TritonServer, free_port
 from tests.fake_telegram import FakeTelegram
@@ -54,7 +55,7 @@ def model_ready(server: TritonServer, model: str) -> bool:
 
 @pytest.mark.timeout(120)
 def test_stub_killed_alone_then_triton_restarted(tg, settings, model_repository, tokenizer, tmp_path, caplog):
-    caplog.set_level(logging.WARNING, logger="bot.telegram")
+    caplog.set_level(logging.WARNING, logger="bot.dialogues")
     # A graceful stop waits out tritonserver's exit timeout (10 s by default) while the bot's
     # keep-alive connection is open, and a model whose stub died never unloads: 3 s is enough.
     server = TritonServer(model_repository, free_port(), free_port(), free_port(), log_file=tmp_path / "triton.log",

@@ -20,14 +20,16 @@ import pytest
 from prometheus_client import generate_latest
 from telegram.ext import Application
 
-import bot.telegram as telegram_bot
+import bot.dialogues as dialogues_module
 from bot.chat import ChatBot, DialogueTokenizer, Reply
 from bot.console import RESET_DONE, UNAVAILABLE
 from bot.history import History
 from bot.metrics import Metrics
 from bot.sampling import SamplingConfig
-from bot.telegram import (ALLOWED_UPDATES, HELP, NOT_TEXT, REFUSED, SORRY, START, STATE, Dialogues, Settings,
-                          build_application, split_message)
+from bot.dialogues import Dialogues
+from bot.handlers import HELP, NOT_TEXT, REFUSED, SORRY, START, STATE
+from bot.settings import Settings
+from bot.telegram import ALLOWED_UPDATES, build_application
 from bot.triton_client import TritonClient
 from serve.server import TritonServer, free_port
 from tests.fake_telegram import FakeTelegram
@@ -119,52 +121,6 @@ def saved_turns(settings: Settings, chat_id: int) -> list[str]:
 
 def generated(text: str) -> bool:
     return bool(text.strip()) and text not in (UNAVAILABLE, SORRY, NOT_TEXT, HELP, START)
-
-
-# -- units ----------------------------------------------------------------------------------
-
-@pytest.mark.parametrize("text, limit, expected", [
-    ("", 4096, []),
-    ("короткий ответ", 4096, ["короткий ответ"]),
-    ("a" * 4096, 4096, ["a" * 4096]),
-    ("a" * 4097, 4096, ["a" * 4096, "a"]),
-    ("ab cd ef", 5, ["ab cd", "ef"]),
-    ("😀😀😀", 4, ["😀😀", "😀"]),  # an emoji is 2 UTF-16 units, Telegram's measure
-])
-def test_split_message(text, limit, expected):
-    assert split_message(text, limit) == expected
-
-
-@pytest.mark.parametrize("text", [" ".join(["слово"] * 2000), "😀" * 5000, "x" * 10_000 + " хвост"])
-def test_long_replies_are_split_into_telegram_sized_parts(text):
-    parts = split_message(text)
-    assert len(parts) > 1
-    assert all(0 < len(p.encode("utf-16-le")) // 2 <= 4096 and p == p.strip() for p in parts)
-    assert "".join(parts).replace(" ", "") == text.replace(" ", "")
-
-
-def test_settings_defaults_and_token_not_in_repr():
-    s = Settings.from_env({"TELEGRAM_BOT_TOKEN": "123:secret", "ALLOWED_CHAT_IDS": " 5, -100200,",
-                           "TELEGRAM_BASE_URL": "http://127.0.0.1:8081/"})
-    assert (s.base_url, s.data_dir, s.metrics_port, s.webhook_port) == ("http://127.0.0.1:8081", Path("data"), 9100, 8443)
-    assert s.allowed_chat_ids == {5, -100200}
-    assert "secret" not in repr(s)
-
-
-@pytest.mark.parametrize("env, webhook, names", [
-    ({"TELEGRAM_BOT_TOKEN": ""}, False, "TELEGRAM_BOT_TOKEN"),
-    ({"TELEGRAM_BOT_TOKEN": "  "}, False, "TELEGRAM_BOT_TOKEN"),
-    ({"ALLOWED_CHAT_IDS": "1,two"}, False, "ALLOWED_CHAT_IDS"),
-    ({"BOT_METRICS_PORT": "nine"}, False, "BOT_METRICS_PORT"),
-    ({}, True, "BOT_WEBHOOK_URL"),
-    ({"BOT_WEBHOOK_URL": "https://bot.example.com/hook"}, True, "BOT_WEBHOOK_SECRET"),
-    ({"BOT_WEBHOOK_URL": "https://bot.example.com/hook", "BOT_WEBHOOK_SECRET": "no spaces"}, True,
-     "BOT_WEBHOOK_SECRET"),
-])
-def test_settings_errors_name_the_variable(env, webhook, names):
-    env = {"TELEGRAM_BOT_TOKEN": "123:abc", **env}
-    with pytest.raises(ValueError, match=names):
-        Settings.from_env(env, webhook=webhook)
 
 
 # -- the bot against the fake Bot API and the real Triton ----------------------------------
@@ -269,7 +225,7 @@ def test_group_answers_only_when_mentioned_or_replied_to(tg, settings, triton, t
 
 def test_slow_reply_blocks_neither_typing_nor_other_chats_and_one_chat_stays_in_order(
         tg, settings, triton, tokenizer, monkeypatch):
-    monkeypatch.setattr(telegram_bot, "TYPING_EVERY", 0.1)
+    monkeypatch.setattr(dialogues_module, "TYPING_EVERY", 0.1)
     bot = chatbot(triton.url, tokenizer, timeout=30)
 
     async def body():
