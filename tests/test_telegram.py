@@ -523,6 +523,22 @@ def test_python_m_bot_webhook_mode(tg, triton, model_repository, tmp_path):
     assert tg.token.lower() not in (out + err).lower()
 
 
+def test_python_m_bot_long_polling_streams_drafts(tg, triton, model_repository, tmp_path):
+    env = bot_env(tg, tmp_path, TRITON_URL=triton.url, TRITON_MODEL="rudialogpt", BOT_DRAFT_INTERVAL="0.05")
+    proc = subprocess.Popen(python_m_bot(model_repository, "--max-new-tokens", "40", "--seed", "3"), cwd=ROOT,
+                            env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:  # run_polling itself: its start-up, the handlers, its shutdown on SIGTERM
+        tg.message(CHAT, "Привет! Расскажи, как прошёл твой день?")
+        asyncio.run(tg.wait_for(lambda: tg.texts(CHAT) or proc.poll() is not None, timeout=60))
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    [reply], drafts = tg.texts(CHAT), tg.of("sendMessageDraft", CHAT)
+    assert generated(reply) and drafts and reply.startswith(drafts[-1]["text"])
+    assert "drafts every 0.05 s" in err and "first text after" in err
+
+
 @pytest.mark.parametrize("token, message", [("", "TELEGRAM_BOT_TOKEN is not set"),
                                             ("999:REJECTED-token", "TELEGRAM_BOT_TOKEN was rejected")])
 def test_python_m_bot_missing_or_rejected_token_exits_2(tg, model_repository, tmp_path, token, message):
