@@ -58,6 +58,8 @@ class Drafts:
         if not (await asyncio.wait({self._task}, timeout=FINISH_WAIT))[0]:
             self._task.cancel()
             await asyncio.wait({self._task})
+        if not self._task.cancelled() and (error := self._task.exception()):
+            log.error("chat %d: drafts stopped by an unexpected error", self.chat_id, exc_info=error)
 
     async def _send_drafts(self) -> None:
         while True:
