@@ -31,6 +31,7 @@ PARAM_SLOT_LENGTH = "slot_length"  # positions one slot holds: the longest conte
 PARAM_NUM_LAYERS = "num_layers"  # transformer layers (past_key_values.N)
 PARAM_NUM_HEADS = "num_heads"
 PARAM_HEAD_DIM = "head_dim"
+META_RAGGED_CHUNKS = "ragged_chunks"  # serving graph metadata: "1" if rows may carry chunks of any length
 
 # ONNX inputs and outputs. The serving graph (export/serving_graph.py) and optimum's export of
 # GPT-2 with task "text-generation-with-past" (the reference) share the first four names.

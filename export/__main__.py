@@ -21,6 +21,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fp16", action="store_true", help="half precision (GPU serving; needs --device cuda)")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
                    help="export device; cuda also makes the model serve with the CUDA provider")
+    p.add_argument("--ragged-chunks", choices=["auto", "yes", "no"], default="auto",
+                   help="rows of one call may carry chunks of different lengths (needs onnxruntime >= 1.32 "
+                        "where the model is served); auto: yes for the CPU, no for CUDA")
     p.add_argument("--tolerance", type=float, default=None,
                    help="max |Δlogit| ONNX vs PyTorch (default 1e-3 fp32, 5e-2 fp16)")
     p.add_argument("--max-batch-size", type=int, default=d.max_batch_size, help="requests per execute()")
@@ -45,7 +48,8 @@ def main(argv: list[str] | None = None) -> int:
                             intra_op_threads=args.threads)
     try:
         result = export(args.checkpoint, args.repository, args.name, args.quantize, args.fp16,
-                        args.device, args.tolerance, serving)
+                        args.device, args.tolerance, serving,
+                        None if args.ragged_chunks == "auto" else args.ragged_chunks == "yes")
     except ExportError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

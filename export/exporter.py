@@ -67,12 +67,15 @@ MIN_TOP1 = {"fp32": 1.0, "fp16": 0.9}  # share of positions whose most likely to
 
 def export(checkpoint: Path, repository: Path, name: str = io.DEFAULT_MODEL_NAME,
            quantize: str | None = None, fp16: bool = False, device: str = "cpu",
-           tolerance: float | None = None, serving: ServingConfig | None = None) -> ExportResult:
+           tolerance: float | None = None, serving: ServingConfig | None = None,
+           ragged: bool | None = None) -> ExportResult:
     """Export `checkpoint` into `repository/name`, verified against PyTorch; replaces it atomically.
 
     optimum's export (task text-generation-with-past) is made and checked first: it is the
     reference. The served model is the serving graph (export/serving_graph.py) built from the same
-    weights, checked against PyTorch on the served path and on a ragged batch."""
+    weights, checked against PyTorch on the served path and on a ragged batch. `ragged` (default:
+    on for the CPU, off for CUDA, whose newest onnxruntime-gpu lacks it) lets rows of one call
+    carry chunks of different lengths (export/serving_graph.build)."""
     from optimum.exporters.onnx import main_export
 
     from export import serving_graph, verify
@@ -86,6 +89,9 @@ def export(checkpoint: Path, repository: Path, name: str = io.DEFAULT_MODEL_NAME
         raise ExportError("--fp16 exports for GPU serving: add --device cuda (on a machine with a GPU)")
     if fp16 and quantize:
         raise ExportError("choose one of --fp16 (GPU) and --quantize int8 (CPU)")
+    if device == "cuda" and not fp16:
+        raise ExportError("--device cuda needs --fp16: onnxruntime's CUDA GroupQueryAttention runs fp16 only")
+    ragged = device != "cuda" if ragged is None else ragged
     precision = "fp16" if fp16 else "fp32"
     tolerance = DEFAULT_TOLERANCE[precision] if tolerance is None else tolerance
     serving = replace(serving or ServingConfig(), name=name, vocab_size=int(config["vocab_size"]),
@@ -98,6 +104,9 @@ def export(checkpoint: Path, repository: Path, name: str = io.DEFAULT_MODEL_NAME
         raise ExportError(f"--max-batch-size {serving.max_batch_size} exceeds --kv-slots {serving.kv_slots}: "
                           "every sequence of a batch needs its own KV slot")
     provider = serving.execution_provider
+    if provider == "cuda" and "CUDAExecutionProvider" not in _ort_providers():
+        log.info("this onnxruntime has no CUDA provider: the fp16 graph is checked on the CPU provider")
+        provider = "cpu"
 
     repository.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=repository))
@@ -117,7 +126,7 @@ def export(checkpoint: Path, repository: Path, name: str = io.DEFAULT_MODEL_NAME
         onnx_path = staging / "model.onnx"
         try:
             graph = serving_graph.build(cfg, weights, np.float16 if fp16 else np.float32,
-                                        lm_head_matmul=quantize == "int8")
+                                        lm_head_matmul=quantize == "int8", ragged=ragged)
         except ValueError as exc:
             raise ExportError(f"{checkpoint}: {exc}") from exc
         serving_graph.save(graph, onnx_path)
@@ -171,6 +180,12 @@ def export(checkpoint: Path, repository: Path, name: str = io.DEFAULT_MODEL_NAME
              serving.kv_slots, serving.context, serving.kv_bytes / 1e6, time.monotonic() - t0)
     return ExportResult(final, final / "1" / "model.onnx", dev.max_abs, qdiff, qtop1,
                         time.monotonic() - t0, asdict(serving), dev.top1, ref.max_abs)
+
+
+def _ort_providers() -> list[str]:
+    import onnxruntime
+
+    return onnxruntime.get_available_providers()
 
 
 def _save_tokenizer(checkpoint: Path, dest: Path) -> None:

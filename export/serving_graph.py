@@ -35,11 +35,15 @@ def load_weights(checkpoint: Path) -> tuple[dict, dict[str, np.ndarray]]:
 
 
 def build(config: dict, weights: dict[str, np.ndarray], dtype=np.float32,
-          lm_head_matmul: bool = False) -> onnx.ModelProto:
+          lm_head_matmul: bool = False, ragged: bool = True) -> onnx.ModelProto:
     """The serving graph for a GPT-2 `config` with `weights`, in `dtype` (float32 or float16).
 
     `lm_head_matmul` writes the lm_head as a MatMul on a transposed copy of the embedding instead
-    of a Gemm on the embedding itself: int8 dynamic quantization only quantizes MatMuls."""
+    of a Gemm on the embedding itself: int8 dynamic quantization only quantizes MatMuls.
+    `ragged` passes `query_seqlens` to GroupQueryAttention (onnxruntime >= 1.32; the newest
+    onnxruntime-gpu, 1.31, lacks it): rows of one call may then carry chunks of different lengths
+    and idle rows. Without it every row of a call carries the same number of tokens, and the
+    engine runs multi-token chunks one row per call (`ragged_chunks` in the model's metadata)."""
     layers, heads, hidden = config["n_layer"], config["n_head"], config["n_embd"]
     head_dim = hidden // heads
     eps = float(config.get("layer_norm_epsilon", 1e-5))
@@ -82,7 +86,7 @@ def build(config: dict, weights: dict[str, np.ndarray], dtype=np.float32,
         qkv = linear(a, f"{p}.attn.c_attn", f"{p}/qkv")
         attn = node("GroupQueryAttention",
                     [qkv, "", "", io.serving_past(i, "key"), io.serving_past(i, "value"), seqlens_k, total,
-                     *[""] * 9, io.ONNX_QUERY_SEQLENS],
+                     *([""] * 9 + [io.ONNX_QUERY_SEQLENS] if ragged else [])],
                     [f"{p}/attn", io.serving_present(i, "key"), io.serving_present(i, "value")],
                     domain="com.microsoft", num_heads=heads, kv_num_heads=heads,
                     scale=float(1.0 / np.sqrt(head_dim)))
@@ -123,7 +127,8 @@ def build(config: dict, weights: dict[str, np.ndarray], dtype=np.float32,
                               producer_name="rudialogpt-export")
     model.ir_version = 8
     meta = {io.PARAM_NUM_LAYERS: layers, io.PARAM_NUM_HEADS: heads, io.PARAM_HEAD_DIM: head_dim,
-            io.PARAM_VOCAB_SIZE: config["vocab_size"], io.PARAM_MAX_POSITIONS: config["n_positions"]}
+            io.PARAM_VOCAB_SIZE: config["vocab_size"], io.PARAM_MAX_POSITIONS: config["n_positions"],
+            io.META_RAGGED_CHUNKS: int(ragged)}
     helper.set_model_props(model, {k: str(v) for k, v in meta.items()})
     return model
 

@@ -128,6 +128,7 @@ class KVEngine:
         meta = session.get_modelmeta().custom_metadata_map
         self.max_positions = int(meta[io.PARAM_MAX_POSITIONS])
         self.slot_length = min(slot_length or self.max_positions, self.max_positions)
+        self.ragged = meta.get(io.META_RAGGED_CHUNKS, "1") == "1"  # see export/serving_graph.build
         self.slots = slots
         self.idle_seconds = idle_seconds
         on_cuda = session.get_providers()[0] == "CUDAExecutionProvider"
@@ -242,11 +243,13 @@ class KVEngine:
         """Rows split into calls over contiguous slot ranges, merged while that is cheaper.
 
         A call costs CALL_OVERHEAD_TOKENS plus (slots bound) × (widest chunk) tokens: idle slots
-        inside the range and padding both count. Every bound slot must have room for the chunk."""
+        inside the range and padding both count. Every bound slot must have room for the chunk.
+        A graph without ragged chunks runs each multi-token chunk in a call of its own."""
         calls: list[list[_Row]] = []
         lengths = {s.slot: s.length for s in self.seqs.values()}
         for row in sorted(rows, key=lambda r: r.seq.slot):
-            if calls:
+            alone = not self.ragged and (row.ids.size > 1 or (calls and calls[-1][0].ids.size > 1))
+            if calls and not alone:
                 current = calls[-1]
                 lo, width = current[0].seq.slot, max(r.ids.size for r in current)
                 hi = current[-1].seq.slot + 1
@@ -262,6 +265,11 @@ class KVEngine:
             calls.append([row])
         return calls
 
+    def _total(self, seqlens_k: np.ndarray) -> int:
+        """GQA's total_sequence_length: with ragged chunks an upper bound (the slot length), else
+        the call's longest context, as the kernel uses it to tell a first prompt from later steps."""
+        return self.slot_length if self.ragged else int(seqlens_k.max()) + 1
+
     def _run(self, call: list[_Row], results: list) -> None:
         lo, hi = call[0].seq.slot, call[-1].seq.slot + 1
         width, rows = max(r.ids.size for r in call), hi - lo
@@ -271,7 +279,9 @@ class KVEngine:
         query = np.zeros(rows, np.int32)
         for seq in self.seqs.values():  # idle rows keep their length (a free slot counts as 1)
             if lo <= seq.slot < hi:
-                seqlens_k[seq.slot - lo] = max(seq.length, 1) - 1
+                # Without query_seqlens an idle row takes one filler token at position `length`,
+                # past its context, where its next real token will overwrite it.
+                seqlens_k[seq.slot - lo] = max(seq.length, 1) - 1 if self.ragged else seq.length
         for r in call:
             b, n, past = r.seq.slot - lo, r.ids.size, r.seq.length
             ids[b, :n] = r.ids
@@ -279,7 +289,7 @@ class KVEngine:
             seqlens_k[b], query[b] = past + n - 1, n
         binding = self.session.io_binding()
         for name, array in ((io.ONNX_INPUT_IDS, ids), (io.ONNX_POSITION_IDS, pos), (io.ONNX_SEQLENS_K, seqlens_k),
-                            (io.ONNX_TOTAL_SEQUENCE_LENGTH, np.array(self.slot_length, np.int32)),
+                            (io.ONNX_TOTAL_SEQUENCE_LENGTH, np.array(self._total(seqlens_k), np.int32)),
                             (io.ONNX_QUERY_SEQLENS, query)):
             binding.bind_cpu_input(name, array)
         binding.bind_output(io.ONNX_LOGITS, "cpu")

@@ -190,3 +190,26 @@ def test_an_optimum_graph_is_refused_with_the_fix(tmp_path, tiny_checkpoint):
     main_export(str(tiny_checkpoint), output=tmp_path, task="text-generation-with-past", do_validation=False)
     with pytest.raises(ValueError, match="re-export"):
         KVEngine(make_session(str(tmp_path / "model.onnx")))
+
+
+def test_a_graph_without_ragged_chunks_serves_the_same(tiny_checkpoint, tmp_path, ref):
+    """The layout onnxruntime-gpu 1.31 can run (no query_seqlens), through the same engine on the CPU."""
+    from export import serving_graph, verify
+
+    cfg, weights = serving_graph.load_weights(tiny_checkpoint)
+    serving_graph.save(serving_graph.build(cfg, weights, ragged=False), tmp_path / "uniform.onnx")
+    session = make_session(str(tmp_path / "uniform.onnx"))
+    dev = verify.check_graph(tmp_path / "uniform.onnx", verify.torch_reference(tiny_checkpoint))
+    assert dev.max_abs < 1e-4 and dev.top1 == 1.0
+    e = KVEngine(session, slots=4)
+    assert not e.ragged
+    seqs = {k: tokens(70 + k, 2 + k) for k in range(1, 4)}
+    e.step([Step(k, np.array(p), start=True) for k, p in seqs.items()])
+    assert e.calls == 3  # prompts of different lengths: one call each
+    for t in range(4):
+        present = [k for k in seqs if not (k == 2 and t in (1, 2))]  # an idle row in the middle
+        out = e.step([Step(k, np.array([30 + t])) for k in present])
+        for k, logits in zip(present, out):
+            seqs[k].append(30 + t)
+            assert close(logits, ref(seqs[k]))
+    assert e.calls == 3 + 4 and e.rows_idle == 2

@@ -105,6 +105,21 @@ def test_flag_conflicts_are_named(tmp_path, tiny_checkpoint):
         export(tiny_checkpoint, tmp_path, fp16=True)
     with pytest.raises(ExportError, match="int8"):
         export(tiny_checkpoint, tmp_path, quantize="int4")
+    with pytest.raises(ExportError, match="--device cuda needs --fp16"):
+        export(tiny_checkpoint, tmp_path, device="cuda")
+
+
+def test_a_cuda_export_is_fp16_without_ragged_chunks_and_checked_here(tmp_path, tiny_checkpoint):
+    """What `--device cuda --fp16` writes for onnxruntime-gpu, checked on this machine's CPU provider."""
+    import onnx
+
+    result = export(tiny_checkpoint, tmp_path, fp16=True, device="cuda")
+    assert result.max_abs_diff < 5e-2 and result.top1 >= 0.9
+    config = validate((result.model_dir / "config.pbtxt").read_text())
+    assert config.parameters[io.PARAM_EXECUTION_PROVIDER].string_value == "cuda"
+    model = onnx.load(result.onnx_file)
+    assert {p.key: p.value for p in model.metadata_props}[io.META_RAGGED_CHUNKS] == "0"
+    assert model.graph.input[-1].type.tensor_type.elem_type == onnx.TensorProto.FLOAT16  # the KV buffers
 
 
 def test_int8_export_reports_deviation_and_replaces_atomically(tmp_path, tiny_checkpoint):
