@@ -52,10 +52,11 @@ class TritonPythonModel:
                              f"vocab {self.engine.vocab_size}, {self.engine.max_positions} positions")
 
     def _sweep(self):
-        """Free caches of abandoned sequences even when no request comes."""
+        """Free caches of abandoned sequences even when no request comes. No Metric.set here:
+        a metric call that starts after the server died blocks forever holding the stub's
+        message lock, and the stub then never exits. Gauges follow in the next execute()."""
         while not self.stop.wait(1.0):
             self.engine.evict_idle()
-            self._update_gauges()
 
     def _update_gauges(self):
         with self.engine.lock:
