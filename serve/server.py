@@ -182,8 +182,8 @@ class TritonServer:
         env["LD_LIBRARY_PATH"] = os.pathsep.join(d for d in libdirs if d)
         return env
 
-    def start(self) -> "TritonServer":
-        """Start the server and wait until it and every model are ready."""
+    def prepare(self) -> tuple[list[str], dict[str, str]]:
+        """Check the setup and make the backend copy; tritonserver's command line and environment."""
         repo = Path(self.repository)
         if not repo.is_dir():
             raise TritonServerError(f"model repository {repo} not found: run `python -m export` first")
@@ -193,13 +193,20 @@ class TritonServer:
         self._workdir = Path(tempfile.mkdtemp(prefix=f"tritonserver-{os.getpid()}-"))
         atexit.register(self.stop)  # never leave a server behind when the caller exits
         try:
-            cmd = self.command(root, self._backend_dir(root))
+            return self.command(root, self._backend_dir(root)), self.environment(root)
+        except BaseException:
+            self.stop()
+            raise
+
+    def start(self) -> "TritonServer":
+        """Start the server and wait until it and every model are ready."""
+        cmd, env = self.prepare()
+        try:
             log.info("starting tritonserver on %s (metrics :%d)", self.url, self.metrics_port)
             with open(self.log_file, "ab") if self.log_file else _no_file() as out:
                 # Its own process group (tritonserver and its stubs): stop() and the watchdog
                 # signal the whole group.
-                self.process = subprocess.Popen(cmd, env=self.environment(root), stdout=out, stderr=out,
-                                                start_new_session=True)
+                self.process = subprocess.Popen(cmd, env=env, stdout=out, stderr=out, start_new_session=True)
             self._watchdog = subprocess.Popen(
                 [sys.executable, "-I", "-S", str(WATCHDOG), str(os.getpid()), str(self.process.pid),
                  str(self._workdir), self.shm_prefix], start_new_session=True, stdin=subprocess.DEVNULL)

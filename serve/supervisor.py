@@ -48,18 +48,23 @@ class Supervision:
     stable_after: float = 120.0  # a server that lived this long resets the backoff
 
 
-def dead_stubs(server_pid: int) -> list[int]:
-    """Python-backend stubs of `server_pid` that have died (zombies: Triton never reaps them)."""
-    dead = []
-    for proc in Path("/proc").iterdir():
+def stub_processes(server_pid: int) -> dict[int, str]:
+    """The python-backend stubs that `server_pid` started: pid -> state ("Z": dead, never reaped)."""
+    stubs = {}
+    for proc in Path("/proc").glob("[0-9]*"):
         try:
             comm, _, rest = (proc / "stat").read_text().rpartition(")")
             state, ppid = rest.split()[:2]
-        except (ValueError, OSError):  # not a process, or gone meanwhile
+        except (ValueError, OSError):  # gone meanwhile
             continue
-        if int(ppid) == server_pid and state == "Z" and comm.endswith(f"({STUB_COMM}"):
-            dead.append(int(proc.name))
-    return dead
+        if int(ppid) == server_pid and comm.endswith(f"({STUB_COMM}"):
+            stubs[int(proc.name)] = state
+    return stubs
+
+
+def dead_stubs(server_pid: int) -> list[int]:
+    """Python-backend stubs of `server_pid` that have died (Triton never reaps nor restarts them)."""
+    return [pid for pid, state in stub_processes(server_pid).items() if state == "Z"]
 
 
 def watch(process: subprocess.Popen, url: str, model: str, rules: Supervision,
@@ -167,13 +172,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", default=io.DEFAULT_MODEL_NAME, help="the model to probe")
     p.add_argument("--load-timeout", type=float, default=600.0, help="seconds the model may take to load")
     p.add_argument("--check-every", type=float, default=Supervision.check_every, help="seconds between probes")
+    p.add_argument("--probe-timeout", type=float, default=Supervision.probe_timeout,
+                   help="seconds one probe may take")
     p.add_argument("command", nargs=argparse.REMAINDER, help="-- tritonserver ARGS...")
     args = p.parse_args(argv)
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not command:
         p.error("give the server's command after --, e.g. -- tritonserver --model-repository=/models")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    return run_container(command, args.url, args.model, Supervision(check_every=args.check_every),
+    return run_container(command, args.url, args.model, Supervision(check_every=args.check_every,
+                                                                        probe_timeout=args.probe_timeout),
                          args.load_timeout)
 
 
