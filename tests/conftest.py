@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -38,6 +39,33 @@ def leftovers(pids: set[int]) -> list[str]:
         launcher = int(proc.name) in pids and int(proc.name) != os.getpid()
         if state != "Z" and (launcher or any(m in cmdline for m in marks)):
             found.append(f"process {proc.name}: {cmdline[:150]}")
+    return found
+
+
+def start_launcher(repository: Path, log_dir: Path) -> tuple[subprocess.Popen, str]:
+    """`python -m serve` (the supervised launcher) on free ports, probing every second; its url."""
+    from serve.server import free_port
+
+    ports = [str(free_port()) for _ in range(3)]
+    with open(log_dir / "serve.log", "wb") as out:
+        launcher = subprocess.Popen(
+            [sys.executable, "-m", "serve", "--repository", str(repository), "--http-port", ports[0],
+             "--grpc-port", ports[1], "--metrics-port", ports[2], "--check-every", "1",
+             "--log-file", str(log_dir / "triton.log")], cwd=ROOT, stdout=out, stderr=out)
+    register_launcher(launcher.pid)
+    return launcher, f"127.0.0.1:{ports[0]}"
+
+
+def tritonservers_of(parent: int) -> list[int]:
+    """Pids of the tritonserver processes that `parent` started."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            comm, _, rest = stat.read_text().rpartition(")")
+            if comm.endswith("(tritonserver") and int(rest.split()[1]) == parent:
+                found.append(int(stat.parent.name))
+        except (OSError, ValueError, IndexError):
+            continue
     return found
 
 

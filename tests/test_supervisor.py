@@ -24,7 +24,7 @@ from bot.triton_client import ModelDown, TritonClient
 from serve.health import ModelDead, is_alive, probe
 from serve.server import TritonServer, TritonServerError, clean_stale, free_port
 from serve.supervisor import EXIT_MODEL_DEAD, stub_processes
-from tests.conftest import IDLE_MODEL, ROOT, leftovers, register_launcher
+from tests.conftest import IDLE_MODEL, ROOT, leftovers, start_launcher, tritonservers_of
 
 TIMINGS = Path(tempfile.gettempdir()) / f"self-healing-timings-{os.getpid()}.json"
 
@@ -131,38 +131,19 @@ def check_a_dead_stub_is_seen(server: TritonServer) -> None:
 
 # ---- `python -m serve` replaces a dead model; SIGKILL of the launcher leaves nothing ------------
 
-def launcher_children(launcher: int) -> list[int]:
-    return [int(p.parent.name) for p in Path("/proc").glob("[0-9]*/stat")
-            if _stat(p)[:2] == ("tritonserver", launcher)]
-
-
-def _stat(path: Path) -> tuple[str, int]:
-    try:
-        comm, _, rest = path.read_text().rpartition(")")
-        return comm.partition("(")[2], int(rest.split()[1])
-    except (OSError, ValueError, IndexError):
-        return "", 0
-
-
 @pytest.mark.timeout(240)
 def test_launcher_replaces_a_dead_model_and_leaves_nothing(model_repository, tmp_path):
-    ports = [free_port(), free_port(), free_port()]
-    url, log = f"127.0.0.1:{ports[0]}", tmp_path / "serve.log"
-    with open(log, "wb") as out:
-        launcher = subprocess.Popen(
-            [sys.executable, "-m", "serve", "--repository", str(model_repository), "--http-port", str(ports[0]),
-             "--grpc-port", str(ports[1]), "--metrics-port", str(ports[2]), "--check-every", "1",
-             "--log-file", str(tmp_path / "triton.log")], cwd=ROOT, stdout=out, stderr=out)
-    register_launcher(launcher.pid)
+    launcher, url = start_launcher(model_repository, tmp_path)
+    log = tmp_path / "serve.log"
     recovery = {"stub": [], "tritonserver": []}
     try:
         assert wait_for(lambda: is_alive(url), timeout=90, every=0.5), log.read_text()
         for fault in ["stub", "tritonserver", "stub", "tritonserver"]:
-            [server] = launcher_children(launcher.pid)
+            [server] = tritonservers_of(launcher.pid)
             stubs = list(stub_processes(server))
             killed = time.monotonic()
             os.kill(stubs[0] if fault == "stub" else server, signal.SIGKILL)
-            assert wait_for(lambda: launcher_children(launcher.pid) not in ([server], []) and is_alive(url),
+            assert wait_for(lambda: tritonservers_of(launcher.pid) not in ([server], []) and is_alive(url),
                             timeout=30, every=0.1), log.read_text()
             recovery[fault].append(time.monotonic() - killed)
             time.sleep(max(0.0, killed + 5 - time.monotonic()))
@@ -193,8 +174,7 @@ def test_container_entrypoint_exits_when_the_stub_hangs(model_repository, tmp_pa
                  "--probe-timeout", "2", "--", *command], cwd=ROOT, env=env, stdout=out, stderr=out)
         log = tmp_path / "supervisor.log"
         assert wait_for(lambda: b"watching it" in log.read_bytes(), timeout=60, every=0.5), log.read_text()
-        [tritonserver] = [int(p.parent.name) for p in Path("/proc").glob("[0-9]*/stat")
-                          if _stat(p) == ("tritonserver", supervisor.pid)]
+        [tritonserver] = tritonservers_of(supervisor.pid)
         group = list(stub_processes(tritonserver))
         stopped = time.monotonic()
         os.kill(model_stub(tritonserver), signal.SIGSTOP)  # hung, not dead: only a real inference tells
