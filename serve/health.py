@@ -60,11 +60,16 @@ def is_alive(url: str = "127.0.0.1:8000", model: str = io.DEFAULT_MODEL_NAME, ti
     return True
 
 
+def add_target_arguments(p: argparse.ArgumentParser) -> None:
+    """--url and --model: which server and model to probe (this CLI and the supervisor's)."""
+    p.add_argument("--url", default="127.0.0.1:8000", help="Triton HTTP host:port")
+    p.add_argument("--model", default=io.DEFAULT_MODEL_NAME, help="model to probe")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m serve.health", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--url", default="127.0.0.1:8000", help="Triton HTTP host:port")
-    p.add_argument("--model", default=io.DEFAULT_MODEL_NAME, help="model to probe")
+    add_target_arguments(p)
     p.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the reply")
     args = p.parse_args(argv)
     try:

@@ -26,8 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from contract import triton_io as io
-from serve.health import ModelDead, probe
+from serve.health import ModelDead, add_target_arguments, probe
 
 log = logging.getLogger(__name__)
 
@@ -168,8 +167,7 @@ def run_container(command: list[str], url: str, model: str, rules: Supervision, 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m serve.supervisor", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--url", default="127.0.0.1:8000", help="the server's HTTP host:port, for the probe")
-    p.add_argument("--model", default=io.DEFAULT_MODEL_NAME, help="the model to probe")
+    add_target_arguments(p)
     p.add_argument("--load-timeout", type=float, default=600.0, help="seconds the model may take to load")
     p.add_argument("--check-every", type=float, default=Supervision.check_every, help="seconds between probes")
     p.add_argument("--probe-timeout", type=float, default=Supervision.probe_timeout,
