@@ -74,7 +74,7 @@ def test_ten_sigkills_of_tritonserver_leave_no_stub(model_repository, tmp_path):
         starter.join()
         began = time.monotonic()
         try:
-            time.sleep(1.0)
+            time.sleep(1.0 if run == 0 else 0.0)
             assert server.process.poll() is None, "the server died with the thread that started it"
             probe(server.url)
             probe(server.url, IDLE_MODEL)
