@@ -36,6 +36,14 @@ def group_alive(pgid: int) -> bool:
     return False
 
 
+def exited(pid: int) -> bool:
+    """Gone, or a zombie its parent has not reaped yet."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] == "Z"
+    except OSError:
+        return True
+
+
 def stop_group(pgid: int, grace: float) -> None:
     """SIGTERM the group, SIGKILL what is left after `grace` seconds."""
     for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 2.0)):
@@ -68,6 +76,10 @@ def main(argv: list[str]) -> int:
         fd = os.pidfd_open(launcher)
     except ProcessLookupError:
         fd = None  # already gone
+    except (OSError, AttributeError):  # Linux < 5.3 or Python < 3.9: look every half second
+        while not exited(launcher):
+            time.sleep(0.5)
+        fd = None
     if fd is not None:
         select.select([fd], [], [])  # readable once the launcher has exited
     stop_group(pgid, grace=5.0)

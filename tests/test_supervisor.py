@@ -263,3 +263,25 @@ def test_failed_start_leaves_no_temp_folder_nor_open_log(tmp_path, monkeypatch):
     assert set(Path(tempfile.gettempdir()).glob(f"tritonserver-{os.getpid()}-*")) == before
     open_files = {os.path.realpath(f"/proc/self/fd/{fd}") for fd in os.listdir("/proc/self/fd")}
     assert str(tmp_path / "triton.log") not in open_files
+
+
+def test_watchdog_cleans_up_when_its_launcher_dies(tmp_path):
+    launcher = subprocess.Popen(["sleep", "600"])
+    group = subprocess.Popen(["sleep", "600"], start_new_session=True)  # stands in for tritonserver
+    workdir, region = tmp_path / "tritonserver-x", Path("/dev/shm") / f"triton_watchdogtest_{os.getpid()}_r"
+    workdir.mkdir()
+    region.write_bytes(b"x")
+    watchdog = subprocess.Popen([sys.executable, "-I", "-S", str(ROOT / "serve" / "watchdog.py"), str(launcher.pid),
+                                 str(group.pid), str(workdir), region.name[:-1]])
+    try:
+        time.sleep(0.5)
+        assert watchdog.poll() is None and group.poll() is None  # the launcher lives: nothing happens
+        launcher.kill()  # left unreaped on purpose: a zombie launcher counts as dead
+        assert watchdog.wait(timeout=15) == 0
+        assert group.wait(timeout=5) == -signal.SIGTERM  # asked to stop first
+        assert not workdir.exists() and not region.exists()
+    finally:
+        for p in (launcher, group, watchdog):
+            p.kill()
+            p.wait()
+        region.unlink(missing_ok=True)
