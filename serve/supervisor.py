@@ -41,16 +41,31 @@ class Supervision:
     check_every: float = 2.0  # seconds between liveness probes (a real one-token inference)
     probe_timeout: float = 10.0  # seconds one probe may take (a busy server queues it)
     failures: int = 2  # probes failed in a row before the model counts as dead
-    poll_every: float = 0.25  # seconds between looks at the processes (exit, dead stub)
+    poll_every: float = 0.5  # seconds between looks at the processes (exit, dead stub)
     backoff_first: float = 1.0  # seconds before the first replacement
     backoff_max: float = 60.0  # the backoff doubles up to this
     stable_after: float = 120.0  # a server that lived this long resets the backoff
 
 
+def _children(pid: int) -> list[Path]:
+    """/proc entries of `pid`'s children: from each thread's `children` list where the kernel keeps
+    one (cheap), else from a scan of every process."""
+    lists = list(Path(f"/proc/{pid}/task").glob("*/children"))
+    if not lists:
+        return list(Path("/proc").glob("[0-9]*"))
+    kids = set()
+    for path in lists:
+        try:
+            kids.update(path.read_text().split())
+        except OSError:  # the thread ended meanwhile
+            continue
+    return [Path("/proc") / kid for kid in kids]
+
+
 def stub_processes(server_pid: int) -> dict[int, str]:
     """The python-backend stubs that `server_pid` started: pid -> state ("Z": dead, never reaped)."""
     stubs = {}
-    for proc in Path("/proc").glob("[0-9]*"):
+    for proc in _children(server_pid):
         try:
             comm, _, rest = (proc / "stat").read_text().rpartition(")")
             state, ppid = rest.split()[:2]
