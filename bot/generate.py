@@ -6,6 +6,7 @@ import logging
 import secrets
 import time
 from dataclasses import dataclass, field
+from typing import Awaitable, Callable
 
 import numpy as np
 
@@ -35,6 +36,7 @@ PROMPT_CHUNK = 256  # prompt tokens per step: a long prompt delays the other cha
 
 async def generate(client: TritonClient, prompt_ids: list[int], cfg: SamplingConfig,
                    rng: np.random.Generator, resumes: int = 2, max_positions: int | None = None,
+                   on_tokens: Callable[[list[int]], Awaitable[None] | None] | None = None,
                    *, prompt_chunk: int | None = PROMPT_CHUNK) -> Generation:
     """Sample a reply to `prompt_ids`; END is always sent, also on errors and cancellation.
 
@@ -42,7 +44,8 @@ async def generate(client: TritonClient, prompt_ids: list[int], cfg: SamplingCon
     steps for the rest; only the last chunk's logits are used; None sends it whole). If Triton
     becomes unavailable or loses the sequence mid-reply, the sequence is restarted (START over
     the whole context, which is idempotent) up to `resumes` times before the error is raised.
-    With `max_positions`, generation also stops where the model's context ends."""
+    With `max_positions`, generation also stops where the model's context ends.
+    `on_tokens(tokens)`, if given, gets the reply's ids so far after each sampled token (awaited)."""
     if prompt_chunk is not None and prompt_chunk < 1:
         raise ValueError(f"prompt_chunk must be >= 1 token (or None for the whole prompt), got {prompt_chunk}")
     seq = new_sequence_id()
@@ -80,6 +83,8 @@ async def generate(client: TritonClient, prompt_ids: list[int], cfg: SamplingCon
                 return gen
             tokens.append(token)
             context.append(token)
+            if on_tokens and (pending := on_tokens(tokens)) is not None:
+                await pending
             if len(tokens) >= cfg.max_new_tokens or (max_positions and len(context) >= max_positions):
                 return gen
             t = time.perf_counter()

@@ -49,8 +49,9 @@ TRITON_METRICS = {
     "nv_cpu_utilization", "nv_cpu_memory_used_bytes", "nv_cpu_memory_total_bytes",
 }
 MODEL_METRICS = {"rudialogpt_cached_sequences"}
-BOT_METRICS = {"bot_replies_total", "bot_generated_tokens_total", "bot_errors_total", "bot_triton_up"}
-BOT_HISTOGRAMS = {"bot_reply_latency_seconds"}
+BOT_METRICS = {"bot_replies_total", "bot_generated_tokens_total", "bot_errors_total", "bot_triton_up",
+               "bot_drafts_total"}
+BOT_HISTOGRAMS = {"bot_reply_latency_seconds", "bot_first_text_seconds"}
 KNOWN_METRICS = TRITON_METRICS | MODEL_METRICS | BOT_METRICS | {
     h + suffix for h in BOT_HISTOGRAMS for suffix in ("_bucket", "_sum", "_count")}
 # What the dashboard must show (panels asked for: requests and failures, queue and compute time,
@@ -59,12 +60,13 @@ DASHBOARD_MUST_USE = {
     "nv_inference_request_success", "nv_inference_request_failure", "nv_inference_queue_duration_us",
     "nv_inference_compute_infer_duration_us", "nv_gpu_utilization", "nv_gpu_memory_used_bytes",
     "rudialogpt_cached_sequences", "bot_reply_latency_seconds_bucket", "bot_errors_total",
+    "bot_first_text_seconds_bucket",
 }
 # Every variable the bot reads, plus what compose itself needs.
 ENV_VARIABLES = {
     "TELEGRAM_BOT_TOKEN", "TELEGRAM_BASE_URL", "TRITON_URL", "TRITON_MODEL", "TRITON_TIMEOUT",
     "ALLOWED_CHAT_IDS", "BOT_DATA_DIR", "BOT_TOKENIZER_DIR", "BOT_METRICS_PORT", "BOT_WEBHOOK_URL",
-    "BOT_WEBHOOK_SECRET", "BOT_WEBHOOK_PORT", "GRAFANA_ADMIN_PASSWORD",
+    "BOT_WEBHOOK_SECRET", "BOT_WEBHOOK_PORT", "BOT_DRAFT_INTERVAL", "GRAFANA_ADMIN_PASSWORD",
 }
 FLOATING_TAGS = {"latest", "stable", "lts", "edge", "nightly", "main", "master"}
 
@@ -205,7 +207,7 @@ def test_triton_service_is_internal_and_fixed():
     assert "--model-control-mode=none" in command and "--model-repository=/models" in command
     assert "./model_repository:/models:ro" in triton["volumes"]
     assert triton["environment"]["RUDIALOGPT_EXECUTION_PROVIDER"] == "cuda"
-    assert "http://localhost:8000/v2/health/ready" in triton["healthcheck"]["test"]
+    assert triton["healthcheck"]["test"][1:4] == ["python3", "-m", "serve.health"]  # a real inference
     assert triton["shm_size"]
     gpu = triton["deploy"]["resources"]["reservations"]["devices"][0]
     assert gpu["driver"] == "nvidia" and gpu["capabilities"] == ["gpu"]
