@@ -34,6 +34,14 @@ from tests.test_telegram import (CHAT, ROOT, bot_env, chatbot, generated, no_lea
 TIMEOUT = 5.0  # the bot's TRITON_TIMEOUT here
 
 
+def model_stub(server: int, model: str = "rudialogpt") -> int:
+    """The python-backend stub of `model` (the repository serves several models, one stub each)."""
+    for pid in stub_processes(server):
+        if f"/{model}/1/" in Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"):
+            return pid
+    raise AssertionError(f"no stub of {model} under tritonserver {server}")
+
+
 @pytest.mark.timeout(180)
 def test_model_killed_bot_answers_again_with_no_action(tg, settings, model_repository, tokenizer, tmp_path, caplog):
     caplog.set_level(logging.WARNING, logger="bot.dialogues")
@@ -53,7 +61,7 @@ def test_model_killed_bot_answers_again_with_no_action(tg, settings, model_repos
             await say(tg, CHAT, "Привет!")
             for fault in ("stub", "tritonserver"):
                 [server] = tritonservers_of(launcher.pid)
-                target = next(iter(stub_processes(server))) if fault == "stub" else server
+                target = model_stub(server) if fault == "stub" else server
                 os.kill(target, signal.SIGKILL)
                 killed = time.monotonic()
                 seen["unavailable_s"].append(await say(tg, CHAT, "Ты тут?"))
