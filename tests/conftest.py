@@ -15,7 +15,6 @@ sys.path.insert(0, str(ROOT))
 
 SAMPLE_CSV = ROOT / "training" / "data.csv"
 IDLE_MODEL = "rudialogpt_idle"
-BATCH_MODEL = "rudialogpt_batch"  # a 5 ms queue delay: counts batches, robust to a busy machine
 # Launchers of this run: pytest itself and every `python -m serve` a test starts (register_launcher).
 # A launcher's pid is in the names of what it creates: /tmp/tritonserver-<pid>-*, /dev/shm/triton_<pid>_*.
 LAUNCHERS = {os.getpid()}
@@ -102,8 +101,6 @@ def model_repository(tiny_checkpoint, tmp_path_factory) -> Path:
     export(tiny_checkpoint, repo, serving=ServingConfig(idle_seconds=120, max_queue_delay_us=200))
     # The same model with a 2 s idle timeout, for the test that abandoned caches are freed.
     export(tiny_checkpoint, repo, name=IDLE_MODEL, serving=ServingConfig(idle_seconds=2))
-    # The same model with a long queue delay, for the test that the step gate forms full batches.
-    export(tiny_checkpoint, repo, name=BATCH_MODEL, serving=ServingConfig(idle_seconds=120, max_queue_delay_us=5000))
     return repo
 
 
