@@ -11,11 +11,10 @@ import logging
 import os
 import re
 import time
-import weakref
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import AsyncIterator, Mapping
+from typing import AsyncContextManager, AsyncIterator, Mapping
 from urllib.parse import urlsplit
 
 from telegram import BotCommand, Message, Update
@@ -26,7 +25,7 @@ from telegram.ext import (AIORateLimiter, Application, ApplicationBuilder, Comma
 
 from bot.chat import ChatBot, Reply
 from bot.console import RESET_DONE, UNAVAILABLE
-from bot.history import History
+from bot.history import DatabaseSettings, Store, StoreUnavailable, open_store
 from bot.metrics import Metrics
 from bot.triton_client import TritonError, TritonUnavailable
 from contract.dialogue import CONTEXT_TURNS, clean_turn
@@ -69,6 +68,7 @@ class Settings:
     webhook_url: str = ""
     webhook_secret: str = field(default="", repr=False)
     webhook_port: int = 8443
+    database: DatabaseSettings = DatabaseSettings()  # BOT_DATABASE_URL etc.: PostgreSQL history
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ, webhook: bool = False) -> Settings:
@@ -84,7 +84,8 @@ class Settings:
         settings = cls(token, env.get("TELEGRAM_BASE_URL", cls.base_url).rstrip("/"),
                        Path(env.get("BOT_DATA_DIR") or cls.data_dir), allowed,
                        _int(env, "BOT_METRICS_PORT", cls.metrics_port), env.get("BOT_WEBHOOK_URL", ""),
-                       env.get("BOT_WEBHOOK_SECRET", ""), _int(env, "BOT_WEBHOOK_PORT", cls.webhook_port))
+                       env.get("BOT_WEBHOOK_SECRET", ""), _int(env, "BOT_WEBHOOK_PORT", cls.webhook_port),
+                       DatabaseSettings.from_env(env))
         if webhook and not settings.webhook_url.startswith("https://"):
             raise ValueError("--webhook needs BOT_WEBHOOK_URL, the public https:// URL Telegram posts to")
         if webhook and not re.fullmatch(r"[A-Za-z0-9_-]{1,256}", settings.webhook_secret):
@@ -175,28 +176,25 @@ async def typing(message: Message) -> AsyncIterator[None]:
 class Dialogues:
     """What the handlers share: the model, the history, the metrics and a lock per chat."""
 
-    def __init__(self, chatbot: ChatBot, history: History, metrics: Metrics, health_every: float):
+    def __init__(self, chatbot: ChatBot, history: Store, metrics: Metrics, health_every: float):
         self.chatbot, self.history, self.metrics, self.health_every = chatbot, history, metrics, health_every
-        self._locks: weakref.WeakValueDictionary[int, asyncio.Lock] = weakref.WeakValueDictionary()
         self._background: set[asyncio.Task] = set()
         self._watcher: asyncio.Task | None = None
 
-    def lock(self, chat_id: int) -> asyncio.Lock:
-        """The chat's lock: its messages are answered one at a time, in order of arrival."""
-        lock = self._locks.get(chat_id)
-        if lock is None:
-            lock = self._locks[chat_id] = asyncio.Lock()
-        return lock
+    def lock(self, chat_id: int) -> AsyncContextManager[None]:
+        """The chat's lock: its messages are answered one at a time, in order of arrival (across
+        replicas with PostgreSQL)."""
+        return self.history.chat_turn(chat_id)
 
     async def answer(self, message: Message, text: str) -> None:
         """Store the user's turn, generate under "typing…", send the reply and store it."""
         chat_id = message.chat_id
         async with self.lock(chat_id):
-            self.history.add(chat_id, "user", text)
+            await self.history.add(chat_id, "user", text)
             started = time.perf_counter()
             try:
                 async with typing(message):
-                    reply = await self._reply_within(self.history.turns(chat_id, CONTEXT_TURNS))
+                    reply = await self._reply_within(await self.history.turns(chat_id, CONTEXT_TURNS))
             except TritonError as exc:
                 unavailable = isinstance(exc, TritonUnavailable)
                 self.metrics.errors.labels("triton_unavailable" if unavailable else "triton_request").inc()
@@ -207,7 +205,7 @@ class Dialogues:
             self.metrics.triton_up.set(1)
             for part in split_message(reply.text):
                 await message.reply_text(part)
-            self.history.add(chat_id, "bot", reply.text)
+            await self.history.add(chat_id, "bot", reply.text)
             self.metrics.replies.inc()
             self.metrics.latency.observe(time.perf_counter() - started)
             self.metrics.tokens.inc(len(reply.generation.tokens))
@@ -241,7 +239,7 @@ class Dialogues:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        self.history.close()
+        await self.history.close()
         await self.chatbot.client.close()
 
 
@@ -263,7 +261,7 @@ async def reset(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     """Forget this chat's dialogue (after any reply still being written)."""
     dialogues, chat_id = _dialogues(context), update.effective_chat.id
     async with dialogues.lock(chat_id):
-        dialogues.history.reset(chat_id)
+        await dialogues.history.reset(chat_id)
     await update.effective_message.reply_text(RESET_DONE)
 
 
@@ -289,17 +287,19 @@ async def refuse(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
 async def on_error(update: object, context: ContextTypes.DEFAULT_TYPE) -> None:
     """Log the error with its traceback and apologise to the user."""
     log.error("error while handling an update", exc_info=context.error)
-    kind = "telegram" if isinstance(context.error, TelegramError) else "unexpected"
+    unavailable = isinstance(context.error, StoreUnavailable)  # the history's database is down
+    kind = "telegram" if isinstance(context.error, TelegramError) else "database" if unavailable else "unexpected"
     _dialogues(context).metrics.errors.labels(kind).inc()
     if isinstance(update, Update) and update.effective_message:
         try:
-            await update.effective_message.reply_text(SORRY)
+            await update.effective_message.reply_text(UNAVAILABLE if unavailable else SORRY)
         except TelegramError as exc:
             log.warning("could not apologise: %s", exc)
 
 
 async def post_init(application: Application) -> None:
-    """Publish the command menu and start the Triton health checks."""
+    """Connect the history, publish the command menu and start the Triton health checks."""
+    await application.bot_data[STATE].history.start()
     await application.bot.set_my_commands(COMMANDS)
     application.bot_data[STATE].watch_triton()
 
@@ -317,7 +317,7 @@ def build_application(chatbot: ChatBot, settings: Settings, metrics: Metrics | N
                    .base_url(f"{settings.base_url}/bot").base_file_url(f"{settings.base_url}/file/bot")
                    .rate_limiter(AIORateLimiter(max_retries=2)).concurrent_updates(True)
                    .post_init(post_init).post_shutdown(post_shutdown).build())
-    application.bot_data[STATE] = Dialogues(chatbot, History.in_dir(settings.data_dir), metrics or Metrics(),
+    application.bot_data[STATE] = Dialogues(chatbot, open_store(settings.data_dir, settings.database), metrics or Metrics(),
                                             health_every)
     addressed = Addressed()
     allowed = filters.Chat(chat_id=settings.allowed_chat_ids) if settings.allowed_chat_ids else filters.ALL
@@ -346,7 +346,7 @@ def run_telegram(chatbot: ChatBot, webhook: bool = False) -> None:
             raise ValueError(f"BOT_METRICS_PORT {settings.metrics_port}: {exc}") from None
     application = build_application(chatbot, settings, metrics)
     log.info("Telegram bot: %s, history in %s, metrics on %s", "webhook" if webhook else "long polling",
-             settings.data_dir, settings.metrics_port or "off")
+             application.bot_data[STATE].history.where, settings.metrics_port or "off")
     try:
         if webhook:
             application.run_webhook(listen="0.0.0.0", port=settings.webhook_port,

@@ -201,7 +201,7 @@ def test_start_help_reset_and_unknown_command(tg, settings, triton, tokenizer):
             await say(tg, CHAT, "/help")
             await say(tg, CHAT, "Меня зовут Аня")
             await say(tg, CHAT, "/reset")
-            assert dialogues.history.turns(CHAT, 10) == []
+            assert await dialogues.history.turns(CHAT, 10) == []
             await say(tg, CHAT, "Что нового?")
             await say(tg, CHAT, "/unknown")
 
