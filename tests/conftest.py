@@ -83,6 +83,11 @@ class PostgresServer:
         return f"postgresql://{self.SUPERUSER}:{password or self.password}@127.0.0.1:{self.port}/{database}"
 
     def start(self) -> None:
+        """Start the server (a no-op when it runs)."""
+        status = subprocess.run([self.bin / "pg_ctl", "-D", self.data, "status"], user=self.user,
+                                capture_output=True)
+        if status.returncode == 0:
+            return
         self._pg("pg_ctl", "-D", self.data, "-l", self.log, "-w", "-t", "60", "start", "-o",
                  f"-p {self.port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={self.folder} "
                  "-c fsync=off -c max_connections=300 -c shared_buffers=32MB")
