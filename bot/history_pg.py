@@ -184,7 +184,7 @@ class PostgresStore:
             while True:
                 await asyncio.sleep(self.settings.lock_seconds / 3)
                 await conn.execute("SELECT 1", timeout=self.settings.lock_seconds / 3)
-        except TRANSIENT as exc:
+        except (*TRANSIENT, asyncpg.PostgresError) as exc:  # e.g. ended after a freeze: idle too long
             log.warning("chat %d: its lock was lost with its connection (%s)", chat_id, exc or type(exc).__name__)
 
     @asynccontextmanager
@@ -199,10 +199,12 @@ class PostgresStore:
                 await asyncio.wait({beat})
                 try:
                     await transaction.commit()  # releases the lock
-                except TRANSIENT as exc:  # the lock went with the connection
-                    log.warning("chat %d: lock connection lost at the end of its turn (%s)", chat_id, exc)
+                except (*TRANSIENT, asyncpg.PostgresError) as exc:  # the lock went with the connection
+                    log.warning("chat %d: lock connection lost by the end of its turn (%s)", chat_id,
+                                exc or type(exc).__name__)
                     conn.terminate()
-                await self._lock_pool.release(conn)
+                finally:
+                    await self._lock_pool.release(conn)
 
     async def close(self) -> None:
         for pool in (self._lock_pool, self._pool):
