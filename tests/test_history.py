@@ -167,20 +167,21 @@ def test_concurrent_tasks_of_many_chats(backend):
     run(backend, body)
 
 
+async def turn(store: Store, chat: int, name: str, hold: float, log: list[str]) -> None:
+    """Hold the chat's turn for `hold` seconds; log when it was entered and left."""
+    async with store.chat_turn(chat):
+        log.append(f"{name} in")
+        await asyncio.sleep(hold)
+        log.append(f"{name} out")
+
+
 def test_chat_turn_lets_one_task_in_per_chat(backend):
     """Turns of one chat run one after another, in order of arrival; other chats don't wait."""
     async def body(store: Store) -> None:
         log: list[str] = []
-
-        async def turn(chat: int, name: str, hold: float) -> None:
-            async with store.chat_turn(chat):
-                log.append(f"{name} in")
-                await asyncio.sleep(hold)
-                log.append(f"{name} out")
-
-        first = asyncio.create_task(turn(CHAT, "a", 0.3))
+        first = asyncio.create_task(turn(store, CHAT, "a", 0.3, log))
         await asyncio.sleep(0.1)
-        await asyncio.gather(first, turn(CHAT, "b", 0), turn(OTHER, "c", 0))
+        await asyncio.gather(first, turn(store, CHAT, "b", 0, log), turn(store, OTHER, "c", 0, log))
         assert log == ["a in", "c in", "c out", "a out", "b in", "b out"]
 
     run(backend, body)
@@ -277,17 +278,10 @@ def test_a_live_holder_keeps_its_lock_past_the_bound(database_url):
         await a.start()
         await b.start()
         log: list[str] = []
-
-        async def turn(store: PostgresStore, name: str, hold: float) -> None:
-            async with store.chat_turn(CHAT):
-                log.append(f"{name} in")
-                await asyncio.sleep(hold)
-                log.append(f"{name} out")
-
         try:
-            first = asyncio.create_task(turn(a, "a", 3.0))  # three bounds long
+            first = asyncio.create_task(turn(a, CHAT, "a", 3.0, log))  # three bounds long
             await asyncio.sleep(0.3)
-            await asyncio.gather(first, turn(b, "b", 0))
+            await asyncio.gather(first, turn(b, CHAT, "b", 0, log))
         finally:
             await a.close()
             await b.close()
