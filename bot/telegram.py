@@ -317,8 +317,8 @@ def build_application(chatbot: ChatBot, settings: Settings, metrics: Metrics | N
                    .base_url(f"{settings.base_url}/bot").base_file_url(f"{settings.base_url}/file/bot")
                    .rate_limiter(AIORateLimiter(max_retries=2)).concurrent_updates(True)
                    .post_init(post_init).post_shutdown(post_shutdown).build())
-    application.bot_data[STATE] = Dialogues(chatbot, open_store(settings.data_dir, settings.database), metrics or Metrics(),
-                                            health_every)
+    history = open_store(settings.data_dir, settings.database)
+    application.bot_data[STATE] = Dialogues(chatbot, history, metrics or Metrics(), health_every)
     addressed = Addressed()
     allowed = filters.Chat(chat_id=settings.allowed_chat_ids) if settings.allowed_chat_ids else filters.ALL
     if settings.allowed_chat_ids:
