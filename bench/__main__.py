@@ -2,7 +2,8 @@
 
 Builds a GPT-2 of the chosen shape with random weights offline, exports it twice (fp32 and
 int8) into one Triton repository, starts the real tritonserver, and times 40 greedy tokens for
-1, 4 and 8 concurrent conversations with ~50- and ~1000-token prompts.
+1, 4 and 8 concurrent conversations with ~50- and ~1000-token prompts. The engine before v2
+(optimum's graph, the past concatenated every step) runs beside the serving graph's engine.
 """
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ SHAPES = {  # n_layer, n_head, n_embd, vocab, positions
     "tiny": dict(n_layer=2, n_head=2, n_embd=64, vocab_size=2000, n_positions=2048),
     "small": dict(n_layer=12, n_head=12, n_embd=768, vocab_size=50261, n_positions=2048),  # ruDialoGPT-small
 }
-BACKENDS = ["transformers", "ort", "triton_fp32", "triton_int8"]
+BACKENDS = ["transformers", "ort_v1", "ort", "triton_fp32", "triton_int8"]
 
 
 def build_model(shape: str, folder: Path) -> Path:
@@ -68,7 +69,10 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from transformers import AutoModelForCausalLM
 
+    from optimum.exporters.onnx import main_export
+
     from export import ServingConfig, export
+    from export.optimum_engine import OptimumEngine
     from serve.engine import KVEngine, make_session
     from serve.server import TritonServer, free_port
 
@@ -76,23 +80,30 @@ def main(argv: list[str] | None = None) -> int:
     work = args.out / f"work-{args.shape}"
     ckpt = build_model(args.shape, work / "checkpoint")
     repo = work / "model_repository"
-    serving = ServingConfig(intra_op_threads=args.threads, max_queue_delay_us=200)
+    most = max(int(c) for c in args.concurrency.split(","))
+    serving = ServingConfig(intra_op_threads=args.threads, max_queue_delay_us=200, kv_slots=most,
+                            max_batch_size=most)
     for name, quantize in (("rudialogpt", None), ("rudialogpt_int8", "int8")):
         if not (repo / name / "1" / "model.onnx").exists():
             t0 = time.monotonic()
             export(ckpt, repo, name=name, quantize=quantize, serving=serving)
             log.info("exported %s in %.0f s", name, time.monotonic() - t0)
+    if not (work / "optimum" / "model.onnx").exists():
+        main_export(str(ckpt), output=work / "optimum", task="text-generation-with-past", do_validation=False)
     model = AutoModelForCausalLM.from_pretrained(ckpt).eval()
-    engine = KVEngine(make_session(str(repo / "rudialogpt" / "1" / "model.onnx"), threads=args.threads),
-                      SHAPES[args.shape]["n_positions"])
-    vocab = SHAPES[args.shape]["vocab_size"]
     conc = [int(c) for c in args.concurrency.split(",")]
+    engine = KVEngine(make_session(str(repo / "rudialogpt" / "1" / "model.onnx"), threads=args.threads),
+                      slots=max(conc))
+    engine_v1 = OptimumEngine(make_session(str(work / "optimum" / "model.onnx"), threads=args.threads),
+                              SHAPES[args.shape]["n_positions"])
+    vocab = SHAPES[args.shape]["vocab_size"]
     lengths = [int(n) for n in args.prompt_lengths.split(",")]
 
     rows = []
     with TritonServer(repo, free_port(), free_port(), free_port(), log_file=work / "tritonserver.log") as server:
         runners = {
             "transformers": lambda b: run_transformers(model, b, args.new_tokens),
+            "ort_v1": lambda b: run_ort(engine_v1, b, args.new_tokens),
             "ort": lambda b: run_ort(engine, b, args.new_tokens),
             "triton_fp32": lambda b: run_triton(server.url, "rudialogpt", b, args.new_tokens),
             "triton_int8": lambda b: run_triton(server.url, "rudialogpt_int8", b, args.new_tokens),

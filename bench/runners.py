@@ -52,7 +52,7 @@ def run_transformers(model, batch: list[list[int]], new_tokens: int) -> Timing:
 
 
 def run_ort(engine, batch: list[list[int]], new_tokens: int) -> Timing:
-    """(2) onnxruntime in-process with past: the server's engine, without Triton or HTTP."""
+    """(2) onnxruntime in-process: the server's engine (or the one before v2), without Triton or HTTP."""
     from serve.engine import Step
 
     t0 = time.perf_counter()

@@ -26,25 +26,41 @@ PARAM_INTRA_OP_THREADS = "intra_op_threads"  # onnxruntime threads; "0" lets ORT
 PARAM_VOCAB_SIZE = "vocab_size"  # the model's vocabulary (ids must be below it)
 PARAM_MAX_POSITIONS = "max_positions"  # longest context a sequence may reach
 PARAM_IDLE_SECONDS = "cache_idle_seconds"  # a cache unused this long is freed
-PARAM_MAX_SEQUENCES = "max_sequences"  # most caches held at once
+PARAM_KV_SLOTS = "kv_slots"  # KV-cache slots: most sequences cached at once
+PARAM_SLOT_LENGTH = "slot_length"  # positions one slot holds: the longest context a sequence may reach
 PARAM_NUM_LAYERS = "num_layers"  # transformer layers (past_key_values.N)
 PARAM_NUM_HEADS = "num_heads"
 PARAM_HEAD_DIM = "head_dim"
+META_RAGGED_CHUNKS = "ragged_chunks"  # serving graph metadata: "1" if rows may carry chunks of any length
 
-# The ONNX graph as optimum exports GPT-2 with task "text-generation-with-past".
-ONNX_INPUT_IDS = "input_ids"
-ONNX_ATTENTION_MASK = "attention_mask"
-ONNX_POSITION_IDS = "position_ids"
-ONNX_LOGITS = "logits"
+# ONNX inputs and outputs. The serving graph (export/serving_graph.py) and optimum's export of
+# GPT-2 with task "text-generation-with-past" (the reference) share the first four names.
+ONNX_INPUT_IDS = "input_ids"  # int64 [rows, chunk]
+ONNX_ATTENTION_MASK = "attention_mask"  # optimum's graph only
+ONNX_POSITION_IDS = "position_ids"  # int64 [rows, chunk]
+ONNX_LOGITS = "logits"  # serving graph: fp32 [rows, vocab] of each row's last real token
+ONNX_SEQLENS_K = "seqlens_k"  # int32 [rows]: tokens of context after the step, minus one
+ONNX_TOTAL_SEQUENCE_LENGTH = "total_sequence_length"  # int32 scalar: the slot length (an upper bound)
+ONNX_QUERY_SEQLENS = "query_seqlens"  # int32 [rows]: real tokens in the row's chunk (0: idle row)
+
+
+def serving_past(layer: int, kind: str) -> str:
+    """Serving graph: one layer's KV buffer as input (`kind` "key" or "value"), bound in place."""
+    return f"past_{kind}.{layer}"
+
+
+def serving_present(layer: int, kind: str) -> str:
+    """Serving graph: the same buffer as output (bound to the same memory as the input)."""
+    return f"present_{kind}.{layer}"
 
 
 def onnx_past(layer: int, kind: str) -> str:
-    """Input name of one layer's past keys or values (`kind` is "key" or "value")."""
+    """optimum's graph: input name of one layer's past keys or values ("key" or "value")."""
     return f"past_key_values.{layer}.{kind}"
 
 
 def onnx_present(layer: int, kind: str) -> str:
-    """Output name of one layer's updated keys or values."""
+    """optimum's graph: output name of one layer's keys or values, past and new concatenated."""
     return f"present.{layer}.{kind}"
 
 

@@ -21,10 +21,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fp16", action="store_true", help="half precision (GPU serving; needs --device cuda)")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
                    help="export device; cuda also makes the model serve with the CUDA provider")
-    p.add_argument("--tolerance", type=float, default=1e-3, help="max |Δlogit| ONNX vs PyTorch")
-    p.add_argument("--max-batch-size", type=int, default=d.max_batch_size, help="sequences per ORT call")
-    p.add_argument("--max-sequences", type=int, default=d.max_candidate_sequences,
-                   help="sequences Triton keeps active at once")
+    p.add_argument("--ragged-chunks", choices=["auto", "yes", "no"], default="auto",
+                   help="rows of one call may carry chunks of different lengths (needs onnxruntime >= 1.32 "
+                        "where the model is served); auto: yes for the CPU, no for CUDA")
+    p.add_argument("--tolerance", type=float, default=None,
+                   help="max |Δlogit| ONNX vs PyTorch (default 1e-3 fp32, 5e-2 fp16)")
+    p.add_argument("--max-batch-size", type=int, default=d.max_batch_size, help="requests per execute()")
+    p.add_argument("--kv-slots", type=int, default=d.kv_slots,
+                   help="KV-cache slots: sequences generating at once (each holds one from START to END)")
+    p.add_argument("--slot-length", type=int, default=d.slot_length,
+                   help="positions per slot: the longest context (0: the model's positions)")
     p.add_argument("--queue-delay-us", type=int, default=d.max_queue_delay_us, help="batching wait per step")
     p.add_argument("--idle-seconds", type=int, default=d.idle_seconds, help="free a sequence idle this long")
     p.add_argument("--threads", type=int, default=d.intra_op_threads, help="onnxruntime threads (0: auto)")
@@ -32,12 +38,18 @@ def main(argv: list[str] | None = None) -> int:
     # onnxruntime's quantizer logs every tensor on the root logger: only ours speak at INFO.
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("export").setLevel(logging.INFO)
-    serving = ServingConfig(max_batch_size=args.max_batch_size, max_candidate_sequences=args.max_sequences,
+    for flag, value in (("--kv-slots", args.kv_slots), ("--max-batch-size", args.max_batch_size)):
+        if value < 1:
+            p.error(f"{flag} must be at least 1, got {value}")
+    if args.slot_length < 0:
+        p.error(f"--slot-length must be >= 0 (0: the model's positions), got {args.slot_length}")
+    serving = ServingConfig(max_batch_size=args.max_batch_size, kv_slots=args.kv_slots, slot_length=args.slot_length,
                             max_queue_delay_us=args.queue_delay_us, idle_seconds=args.idle_seconds,
                             intra_op_threads=args.threads)
     try:
         result = export(args.checkpoint, args.repository, args.name, args.quantize, args.fp16,
-                        args.device, args.tolerance, serving)
+                        args.device, args.tolerance, serving,
+                        None if args.ragged_chunks == "auto" else args.ragged_chunks == "yes")
     except ExportError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -14,14 +14,28 @@ class ServingConfig:
 
     name: str = io.DEFAULT_MODEL_NAME  # model name in the repository and in client requests
     vocab_size: int = 50261  # LOGITS width; token ids must be below it
-    max_positions: int = 2048  # longest context one sequence may reach
+    max_positions: int = 2048  # the model's positions (from the checkpoint)
     execution_provider: str = "cpu"  # "cpu" here, "cuda" on a GPU host
     intra_op_threads: int = 0  # onnxruntime threads per instance; 0 lets ORT choose
-    max_batch_size: int = 8  # most sequences batched into one ORT call
-    max_candidate_sequences: int = 64  # sequences Triton keeps active at once (others wait)
+    max_batch_size: int = 8  # most requests Triton hands one execute()
+    kv_slots: int = 8  # KV-cache slots = sequences Triton keeps active at once (others queue)
+    slot_length: int = 0  # positions per slot = longest context a sequence may reach; 0: max_positions
+    kv_dtype_bytes: int = 4  # bytes per cached value: 4 (fp32), 2 (fp16); set by export
+    layers: int = 0  # model shape, for the memory estimate; set by export
+    hidden: int = 0
     max_queue_delay_us: int = 500  # how long a step may wait for others to batch with
     idle_seconds: int = 60  # a sequence idle this long is freed (Triton's slot and our cache)
     onnx_file: str = "model.onnx"  # the model's file in the version folder
+
+    @property
+    def context(self) -> int:
+        """The longest context a sequence may reach: the slot length, at most the model's positions."""
+        return min(self.slot_length or self.max_positions, self.max_positions)
+
+    @property
+    def kv_bytes(self) -> int:
+        """Memory the model instance allocates for its KV slots."""
+        return self.kv_slots * self.context * self.layers * 2 * self.hidden * self.kv_dtype_bytes
 
 
 def render(cfg: ServingConfig) -> str:
@@ -31,9 +45,10 @@ def render(cfg: ServingConfig) -> str:
         io.PARAM_EXECUTION_PROVIDER: cfg.execution_provider,
         io.PARAM_INTRA_OP_THREADS: cfg.intra_op_threads,
         io.PARAM_VOCAB_SIZE: cfg.vocab_size,
-        io.PARAM_MAX_POSITIONS: cfg.max_positions,
+        io.PARAM_MAX_POSITIONS: cfg.context,
         io.PARAM_IDLE_SECONDS: cfg.idle_seconds,
-        io.PARAM_MAX_SEQUENCES: cfg.max_candidate_sequences,
+        io.PARAM_KV_SLOTS: cfg.kv_slots,
+        io.PARAM_SLOT_LENGTH: cfg.context,
     }
     param_text = "\n".join(
         f'parameters {{ key: "{k}" value {{ string_value: "{v}" }} }}' for k, v in params.items())
@@ -62,12 +77,15 @@ output [
 sequence_batching {{
   max_sequence_idle_microseconds: {cfg.idle_seconds * 1_000_000}
   oldest {{
-    max_candidate_sequences: {cfg.max_candidate_sequences}
+    max_candidate_sequences: {cfg.kv_slots}  # one per KV slot of the model
     preferred_batch_size: [ {cfg.max_batch_size} ]
     max_queue_delay_microseconds: {cfg.max_queue_delay_us}
   }}
 }}
 
+# KIND_CPU also on a GPU host: the python backend places nothing itself; the model's
+# onnxruntime session (execution_provider) puts the graph and the KV slots on the GPU.
+# KV slots: {cfg.kv_slots} x {cfg.context} positions = {cfg.kv_bytes / 1e6:.1f} MB.
 instance_group [ {{ count: 1, kind: KIND_CPU }} ]
 
 {param_text}

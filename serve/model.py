@@ -31,37 +31,52 @@ class TritonPythonModel:
         session = make_session(str(folder / params.get(io.PARAM_ONNX_FILE, "model.onnx")), provider,
                                int(params.get(io.PARAM_INTRA_OP_THREADS, "0")),
                                int(args.get("model_instance_device_id", 0) or 0))
-        self.engine = KVEngine(session, int(params[io.PARAM_MAX_POSITIONS]),
-                               float(params.get(io.PARAM_IDLE_SECONDS, "60")),
-                               int(params.get(io.PARAM_MAX_SEQUENCES, "256")))
+        self.engine = KVEngine(session, int(params[io.PARAM_KV_SLOTS]), int(params[io.PARAM_SLOT_LENGTH]),
+                               float(params[io.PARAM_IDLE_SECONDS]),
+                               int(args.get("model_instance_device_id", 0) or 0))
         self.logger = pb_utils.Logger
         labels = {"model": args["model_name"], "version": args["model_version"]}
         # The families must outlive their metrics: keep them on the instance.
         self.families = [pb_utils.MetricFamily(
             name="rudialogpt_cached_sequences", kind=pb_utils.MetricFamily.GAUGE,
-            description="Sequences whose KV cache the model holds"), pb_utils.MetricFamily(
+            description="Sequences holding a KV slot"), pb_utils.MetricFamily(
             name="rudialogpt_cached_tokens", kind=pb_utils.MetricFamily.GAUGE,
-            description="Tokens of context held in KV caches"), pb_utils.MetricFamily(
-            name="rudialogpt_cache_gathers", kind=pb_utils.MetricFamily.GAUGE,
-            description="Steps that copied caches into a new batch group (since load)")]
-        self.sequences_gauge, self.tokens_gauge, self.gathers_gauge = (f.Metric(labels=labels) for f in self.families)
+            description="Tokens of context held in KV slots"), pb_utils.MetricFamily(
+            name="rudialogpt_kv_slots_free", kind=pb_utils.MetricFamily.GAUGE,
+            description="KV slots free for new sequences"), pb_utils.MetricFamily(
+            name="rudialogpt_engine_rows", kind=pb_utils.MetricFamily.GAUGE,
+            description="Rows bound to onnxruntime calls since load, by kind (active, idle)")]
+        self.sequences_gauge, self.tokens_gauge, self.free_gauge = (f.Metric(labels=labels) for f in self.families[:3])
+        self.active_rows_gauge = self.families[3].Metric(labels={**labels, "kind": "active"})
+        self.idle_rows_gauge = self.families[3].Metric(labels={**labels, "kind": "idle"})
+        self._update_gauges()  # from initialize(): the server is alive, and the values start right
         self.stop = threading.Event()
         self.sweeper = threading.Thread(target=self._sweep, daemon=True)
         self.sweeper.start()
-        self.logger.log_info(f"rudialogpt: {provider} provider, {self.engine.layers} layers, "
-                             f"vocab {self.engine.vocab_size}, {self.engine.max_positions} positions")
+        e = self.engine
+        self.logger.log_info(f"rudialogpt: {provider} provider, {e.layers} layers, vocab {e.vocab_size}; "
+                             f"KV: {e.slots} slots x {e.slot_length} positions, {e.kv.nbytes / 1e9:.2f} GB "
+                             f"{e.kv.dtype.__name__} on {e.device}")
 
     def _sweep(self):
-        """Free caches of abandoned sequences even when no request comes."""
+        """Free slots of abandoned sequences even when no request comes.
+
+        It never touches a metric: a Metric.set() that starts after the server died blocks
+        forever holding the stub's message lock, and the stub then never exits. The gauges are
+        updated in execute() only (an idle server shows the values of its last request)."""
         while not self.stop.wait(1.0):
             self.engine.evict_idle()
-            self._update_gauges()
 
     def _update_gauges(self):
-        with self.engine.lock:
-            self.sequences_gauge.set(len(self.engine.caches))
-        self.tokens_gauge.set(self.engine.cached_tokens())
-        self.gathers_gauge.set(self.engine.gathers)
+        e = self.engine
+        with e.lock:
+            sequences, tokens = len(e.seqs), sum(s.length for s in e.seqs.values())
+            free, bound, idle = e.slots - len(e.seqs), e.rows_bound, e.rows_idle
+        self.sequences_gauge.set(sequences)
+        self.tokens_gauge.set(tokens)
+        self.free_gauge.set(free)
+        self.active_rows_gauge.set(bound - idle)
+        self.idle_rows_gauge.set(idle)
 
     def execute(self, requests):
         steps, errors = [], {}

@@ -16,11 +16,11 @@ def test_bench_tiny_smoke(tmp_path):
                           cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads((tmp_path / "bench-tiny.json").read_text())
-    assert {r["backend"] for r in report["rows"]} == {"transformers", "ort", "triton_fp32", "triton_int8"}
-    assert len(report["rows"]) == 4 * 2 * 2
+    assert {r["backend"] for r in report["rows"]} == {"transformers", "ort_v1", "ort", "triton_fp32", "triton_int8"}
+    assert len(report["rows"]) == 5 * 2 * 2
     for row in report["rows"]:
         assert row["ms_per_token_median"] > 0 and row["tokens_per_s"] > 0
-    assert len(report["ratios"]) == 4 and all(math.isfinite(r["value"]) for r in report["ratios"])
+    assert len(report["ratios"]) == 6 and all(math.isfinite(r["value"]) for r in report["ratios"])
     table = (tmp_path / "bench-tiny.md").read_text()
     assert "(3) client → Triton fp32" in table and "| target |" in table
     assert (tmp_path / "bench-tiny.png").read_bytes()[:4] == b"\x89PNG"

@@ -72,7 +72,8 @@ def test_ready_and_metadata(triton, client):
 
 def test_token_by_token_matches_pytorch_and_ort(client, sample_ids, torch_logits, model_repository):
     """Prompt step then single tokens through Triton == PyTorch on the whole text == ORT in-process."""
-    from export.exporter import served_logits
+    from export.verify import served_path
+    from serve.engine import KVEngine, make_session
 
     n = 8
     served = [step(client, 101, sample_ids[:n], start=True)]
@@ -80,7 +81,8 @@ def test_token_by_token_matches_pytorch_and_ort(client, sample_ids, torch_logits
     step(client, 101, [], end=True)
     served = np.stack(served)
     assert np.abs(served - torch_logits[n - 1:]).max() < 1e-4
-    in_process = served_logits(model_repository / "rudialogpt" / "1" / "model.onnx", sample_ids, n, 512)
+    engine = KVEngine(make_session(str(model_repository / "rudialogpt" / "1" / "model.onnx")), slots=1)
+    in_process = np.concatenate([v for _, v in sorted(served_path(engine, sample_ids, n).items())])
     assert np.abs(served - in_process).max() < 1e-5
 
 
@@ -142,8 +144,12 @@ def test_idle_sequence_cache_is_freed(triton, client, sample_ids):
     step(client, 501, sample_ids, start=True, model=IDLE_MODEL)
     assert metric(triton, "rudialogpt_cached_sequences", IDLE_MODEL) == 1
     deadline = time.monotonic() + 15
-    while metric(triton, "rudialogpt_cached_sequences", IDLE_MODEL) and time.monotonic() < deadline:
+    while time.monotonic() < deadline:
         time.sleep(0.5)
+        # The gauges are updated by requests only: a one-token START|END step of another sequence.
+        step(client, 502, [5], start=True, end=True, model=IDLE_MODEL)
+        if metric(triton, "rudialogpt_cached_sequences", IDLE_MODEL) == 0:
+            break
     assert metric(triton, "rudialogpt_cached_sequences", IDLE_MODEL) == 0
     with pytest.raises(InferenceServerException):  # the sequence is gone: a plain step is refused
         step(client, 501, [5], model=IDLE_MODEL)

@@ -1,0 +1,202 @@
+"""The pre-v2 engine, over optimum's graph: the reference the serving graph is checked against.
+
+Until Engine v2 this was serve/engine.py. It now runs optimum's export (`text-generation-with-past`)
+for the exporter's reference check and as the "today's engine" baseline of `python -m bench`:
+every step feeds the whole past to ORT and keeps the `present` outputs, which concatenate it.
+
+Caches live in *groups*: sequences that were last run together share one batched cache
+(`[rows, heads, length, head_dim]` per layer) and an attention mask saying which of its
+positions hold real tokens. While the same sequences keep stepping together (the common case:
+conversations decoding in lockstep), a step feeds the group's arrays to ORT as they are and keeps
+ORT's outputs as the new cache: no copy per step, whatever the context length. A row whose
+sequence misses a step gets a masked filler position; a sequence that starts, or a batch that
+mixes groups, is gathered once into a new group (left-padded, padding masked).
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnxruntime as ort
+
+from contract import triton_io as io
+from serve.engine import StepError, Step  # noqa: F401  (the same request types as the server's)
+
+log = logging.getLogger(__name__)
+
+_ORT_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
+
+
+@dataclass(eq=False)
+class _Group:
+    past: list[np.ndarray]  # 2 × layers arrays [rows, heads, length, head_dim]: key, value per layer
+    mask: np.ndarray  # [rows, length] int64: 1 where the row holds a real token
+    rows: list[int | None]  # sequence id of each row; None: the sequence left
+
+
+@dataclass(eq=False)
+class _Cache:
+    group: _Group
+    row: int
+    length: int  # tokens of context (the next position id)
+    last_used: float = field(default_factory=time.monotonic)
+
+
+class OptimumEngine:
+    """Runs steps of many sequences, holding each sequence's KV cache between its steps."""
+
+    def __init__(self, session: ort.InferenceSession, max_positions: int,
+                 idle_seconds: float = 60.0, max_sequences: int = 256):
+        self.session = session
+        inputs = {i.name: i for i in session.get_inputs()}
+        self.layers = sum(1 for name in inputs if name.endswith(".key"))
+        past0 = inputs[io.onnx_past(0, "key")]
+        self.heads, self.head_dim = past0.shape[1], past0.shape[3]
+        self.dtype = _ORT_DTYPES[past0.type]
+        self.vocab_size = session.get_outputs()[0].shape[-1]
+        self.max_positions = max_positions
+        self.idle_seconds = idle_seconds
+        self.max_sequences = max_sequences
+        self.caches: dict[int, _Cache] = {}
+        self.lock = threading.Lock()
+        self.gathers = 0  # steps that had to copy caches into a new group (for tests and tuning)
+        self._past_names = [io.onnx_past(i, k) for i in range(self.layers) for k in ("key", "value")]
+        self._present_names = [io.onnx_present(i, k) for i in range(self.layers) for k in ("key", "value")]
+
+    # ---- bookkeeping ----------------------------------------------------------------------
+    def _drop(self, sequence_id: int) -> None:
+        cache = self.caches.pop(sequence_id, None)
+        if cache is not None:
+            cache.group.rows[cache.row] = None  # the row's memory goes with the group's last member
+
+    def evict_idle(self, now: float | None = None) -> int:
+        """Free caches unused for idle_seconds (abandoned sequences); returns how many."""
+        now = time.monotonic() if now is None else now
+        with self.lock:
+            stale = [s for s, c in self.caches.items() if now - c.last_used > self.idle_seconds]
+            for s in stale:
+                self._drop(s)
+        if stale:
+            log.info("freed %d idle sequence cache(s)", len(stale))
+        return len(stale)
+
+    def cached_tokens(self) -> int:
+        with self.lock:
+            return sum(c.length for c in self.caches.values())
+
+    def _check(self, step: Step) -> None:
+        ids = step.ids
+        if ids.ndim != 1:
+            raise StepError(f"{io.INPUT_IDS} must have shape [1, n], got a batch row of shape {ids.shape}")
+        if ids.size == 0 and not step.end:
+            raise StepError(f"{io.INPUT_IDS} is empty: send at least one token id (empty only with END)")
+        if ids.size and (ids.min() < 0 or ids.max() >= self.vocab_size):
+            raise StepError(f"token ids must be in [0, {self.vocab_size}), got {int(ids.min())}..{int(ids.max())}")
+        if not step.start and step.sequence_id not in self.caches:
+            raise StepError(f"unknown sequence {step.sequence_id}: begin it with the START flag "
+                            f"(caches idle for {self.idle_seconds:.0f} s are freed)")
+        past = 0 if step.start else self.caches[step.sequence_id].length
+        if past + ids.size > self.max_positions:
+            raise StepError(f"context of {past + ids.size} tokens exceeds the model's {self.max_positions} "
+                            "positions: end this sequence and start a shorter one")
+
+    # ---- the step ---------------------------------------------------------------------------
+    def step(self, steps: list[Step]) -> list[np.ndarray | StepError]:
+        """Logits [1, vocab] after each step (empty [1, 0] for a bare END), or its StepError."""
+        results: list[np.ndarray | StepError | None] = [None] * len(steps)
+        runnable: list[int] = []
+        with self.lock:
+            for i, step in enumerate(steps):
+                if step.start:
+                    self._drop(step.sequence_id)
+                try:
+                    self._check(step)
+                except StepError as exc:
+                    results[i] = exc
+                    continue
+                if step.ids.size == 0:
+                    self._drop(step.sequence_id)
+                    results[i] = np.zeros((1, 0), np.float32)
+                else:
+                    runnable.append(i)
+            while runnable:  # one ORT call per round; a sequence appears at most once per round
+                seen, batch, later = set(), [], []
+                for i in runnable:
+                    (later if steps[i].sequence_id in seen else batch).append(i)
+                    seen.add(steps[i].sequence_id)
+                for i, logits in zip(batch, self._run([steps[i] for i in batch])):
+                    results[i] = logits
+                runnable = later
+            self._enforce_limit()
+        return results
+
+    def _enforce_limit(self) -> None:
+        over = len(self.caches) - self.max_sequences
+        if over > 0:  # least recently used first
+            for sid in sorted(self.caches, key=lambda k: self.caches[k].last_used)[:over]:
+                log.warning("cache limit %d reached: freeing sequence %d", self.max_sequences, sid)
+                self._drop(sid)
+
+    def _in_place_group(self, steps: list[Step]) -> _Group | None:
+        """The group these steps can run in as it is, or None when they must be gathered."""
+        if any(s.start for s in steps) or len({s.ids.size for s in steps}) != 1:
+            return None
+        groups = {id(self.caches[s.sequence_id].group): self.caches[s.sequence_id].group for s in steps}
+        if len(groups) != 1:
+            return None
+        group = next(iter(groups.values()))
+        fits = group.mask.shape[1] + steps[0].ids.size <= self.max_positions
+        return group if fits and 2 * len(steps) >= len(group.rows) else None  # rows mostly busy
+
+    def _gather(self, steps: list[Step]) -> _Group:
+        """A new group holding exactly these sequences' caches, left-padded and masked."""
+        self.gathers += 1
+        parts = []
+        for s in steps:
+            cache = None if s.start else self.caches[s.sequence_id]
+            keep = None if cache is None else cache.group.mask[cache.row].astype(bool)
+            parts.append((cache, keep))
+        width = max(0 if c is None else c.length for c, _ in parts)
+        past = [np.zeros((len(steps), self.heads, width, self.head_dim), self.dtype) for _ in self._past_names]
+        mask = np.zeros((len(steps), width), np.int64)
+        for r, (cache, keep) in enumerate(parts):
+            if cache is not None:
+                for k, arr in enumerate(past):
+                    arr[r, :, width - cache.length:] = cache.group.past[k][cache.row][:, keep]
+                mask[r, width - cache.length:] = 1
+                cache.group.rows[cache.row] = None
+        return _Group(past, mask, [s.sequence_id for s in steps])
+
+    def _run(self, steps: list[Step]) -> list[np.ndarray]:
+        group = self._in_place_group(steps) or self._gather(steps)
+        rows = len(group.rows)
+        row_of = {sid: r for r, sid in enumerate(group.rows) if sid is not None}
+        width = max(s.ids.size for s in steps)
+        ids = np.zeros((rows, width), np.int64)
+        new_mask = np.zeros((rows, width), np.int64)
+        pos = np.zeros((rows, width), np.int64)
+        for s in steps:
+            r, n = row_of[s.sequence_id], s.ids.size
+            start = 0 if s.start else self.caches[s.sequence_id].length
+            ids[r, :n] = s.ids
+            new_mask[r, :n] = 1
+            pos[r] = np.minimum(start + np.arange(width), self.max_positions - 1)
+        mask = np.concatenate([group.mask, new_mask], axis=1)
+        feed = {io.ONNX_INPUT_IDS: ids, io.ONNX_ATTENTION_MASK: mask, io.ONNX_POSITION_IDS: pos}
+        feed.update(zip(self._past_names, group.past))
+        outputs = self.session.run([io.ONNX_LOGITS, *self._present_names], feed)
+        group.past, group.mask = outputs[1:], mask
+        now, results = time.monotonic(), []
+        for s in steps:
+            r, n = row_of[s.sequence_id], s.ids.size
+            length = n + (0 if s.start else self.caches[s.sequence_id].length)
+            if s.end:
+                self.caches.pop(s.sequence_id, None)
+                group.rows[r] = None
+            else:
+                self.caches[s.sequence_id] = _Cache(group, r, length, now)
+            results.append(outputs[0][r, n - 1:n].astype(np.float32))
+        return results

@@ -1,0 +1,122 @@
+"""The exporter's checks: ONNX logits, computed the way Triton serves them, against PyTorch's."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from contract.dialogue import build_prompt
+
+SAMPLE_TURNS = ["Привет! Как прошли выходные?", "Отлично, ездили за город.", "Здорово! А погода была хорошая?"]
+SAMPLE_REPLY = " Да, солнечно и тепло весь день."
+SECOND_TURNS = ["Что посоветуешь почитать?"]
+SECOND_REPLY = " Возьми что-нибудь из Чехова, рассказы короткие."
+
+
+@dataclass
+class Texts:
+    """Token ids of the sample dialogues, their prompt lengths and PyTorch's logits at every position."""
+
+    ids: list[list[int]]
+    prompt_lens: list[int]
+    logits: list[np.ndarray]  # [len(ids[k]), vocab] each
+
+
+@dataclass
+class Deviation:
+    max_abs: float  # max |Δlogit| over every checked position
+    top1: float  # share of checked positions where both pick the same most likely token
+
+
+def torch_reference(checkpoint: Path) -> Texts:
+    """The sample dialogues tokenized and run through the checkpoint in PyTorch (fp32)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(checkpoint)
+    model = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32).eval()
+    texts = Texts([], [], [])
+    for turns, reply in ((SAMPLE_TURNS, SAMPLE_REPLY), (SECOND_TURNS, SECOND_REPLY)):
+        prompt = build_prompt(turns)
+        ids = tok(prompt + reply)["input_ids"]
+        with torch.no_grad():
+            texts.logits.append(model(torch.tensor([ids])).logits[0].numpy())
+        texts.ids.append(ids)
+        texts.prompt_lens.append(len(tok(prompt)["input_ids"]))
+    return texts
+
+
+def compare(served: dict[int, np.ndarray], reference: np.ndarray) -> Deviation:
+    """`served` maps a position to the logits after it; compared with PyTorch's at the same positions."""
+    got = np.stack([served[p].reshape(-1) for p in sorted(served)])
+    want = reference[sorted(served)]
+    return Deviation(float(np.abs(got - want).max()), float(np.mean(got.argmax(-1) == want.argmax(-1))))
+
+
+def worst(devs: list[Deviation]) -> Deviation:
+    return Deviation(max(d.max_abs for d in devs), min(d.top1 for d in devs))
+
+
+def served_path(engine, ids: list[int], prompt_len: int) -> dict[int, np.ndarray]:
+    """One sequence as Triton serves it: the prompt in one step, then one token per step."""
+    from serve.engine import Step
+
+    out = {prompt_len - 1: engine.step([Step(1, np.array(ids[:prompt_len]), start=True)])[0]}
+    for p in range(prompt_len, len(ids)):
+        out[p] = engine.step([Step(1, np.array([ids[p]]), end=p == len(ids) - 1)])[0]
+    return out
+
+
+def served_ragged(engine, texts: Texts, chunk: int = 3) -> list[dict[int, np.ndarray]]:
+    """Both dialogues at once, ragged: the first decodes token by token after its prompt while the
+    second joins on its second step and feeds its prompt in chunks of `chunk` tokens, so calls
+    mix a prompt chunk with single tokens at different context lengths; rows skip steps too."""
+    from serve.engine import Step
+
+    a, b = texts.ids
+    pa = texts.prompt_lens[0]
+    out: list[dict[int, np.ndarray]] = [{}, {}]
+    cursor = [pa, 0]  # next position to feed
+    out[0][pa - 1] = engine.step([Step(1, np.array(a[:pa]), start=True)])[0]
+    round_no = 0
+    while cursor[0] < len(a) or cursor[1] < len(b):
+        round_no += 1
+        steps, owners = [], []
+        if cursor[0] < len(a) and round_no % 4 != 3:  # sequence 1 skips every fourth step
+            steps.append(Step(1, np.array([a[cursor[0]]]), end=cursor[0] == len(a) - 1))
+            owners.append((0, cursor[0], 1))
+        if round_no >= 2 and cursor[1] < len(b):
+            n = chunk if cursor[1] < texts.prompt_lens[1] else 1
+            piece = b[cursor[1]:cursor[1] + n]
+            steps.append(Step(2, np.array(piece), start=cursor[1] == 0, end=cursor[1] + len(piece) == len(b)))
+            owners.append((1, cursor[1], len(piece)))
+        for (k, at, n), logits in zip(owners, engine.step(steps)):
+            if isinstance(logits, Exception):
+                raise logits
+            out[k][at + n - 1] = logits
+            cursor[k] = at + n
+    return out
+
+
+def check_graph(onnx_path: Path, texts: Texts, provider: str = "cpu") -> Deviation:
+    """The serving graph on the served path and ragged, against PyTorch: the worst deviation."""
+    from serve.engine import KVEngine, make_session
+
+    session = make_session(str(onnx_path), provider)
+    length = max(len(ids) for ids in texts.ids)
+    devs = [compare(served_path(KVEngine(session, slots=1, slot_length=length), ids, n), ref)
+            for ids, n, ref in zip(texts.ids, texts.prompt_lens, texts.logits)]
+    ragged = served_ragged(KVEngine(session, slots=3, slot_length=length), texts)
+    devs += [compare(served, ref) for served, ref in zip(ragged, texts.logits)]
+    return worst(devs)
+
+
+def check_optimum(onnx_path: Path, texts: Texts, max_positions: int) -> Deviation:
+    """optimum's export (the reference graph) on the served path, against PyTorch."""
+    from export.optimum_engine import OptimumEngine
+    from serve.engine import make_session
+
+    session = make_session(str(onnx_path))
+    return worst([compare(served_path(OptimumEngine(session, max_positions), ids, n), ref)
+                  for ids, n, ref in zip(texts.ids, texts.prompt_lens, texts.logits)])
