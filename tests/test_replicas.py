@@ -180,6 +180,7 @@ def test_a_replica_dying_mid_reply_leaves_the_chat_to_the_other(triton, model_re
             asyncio.run(wait(lambda: asyncio.sleep(0, bool(other.texts(chat))), timeout=LOCK_SECONDS + 60))
             waited = time.monotonic() - killed
             lost = held.texts(chat)  # before the hold is released: nothing got through
+            asyncio.run(wait(lambda: reply_stored(database_url, chat), timeout=10))  # just after it is sent
         finally:
             first.process.kill()
             first.process.wait()
@@ -195,6 +196,10 @@ def test_a_replica_dying_mid_reply_leaves_the_chat_to_the_other(triton, model_re
         assert waited < LOCK_SECONDS
     else:  # the hung holder's last keep-alive was at most a third of the bound before it froze
         assert LOCK_SECONDS * 2 / 3 - 0.5 < waited < LOCK_SECONDS + 30
+
+
+async def reply_stored(database_url: str, chat: int) -> bool:
+    return "bot" in [role for role, _ in (await all_rows(database_url))[chat]]
 
 
 async def lock_waiters_is(database_url: str, n: int) -> bool:
@@ -220,6 +225,26 @@ def test_unreachable_database_is_retried_then_named(tg, model_repository, tmp_pa
     assert result.stderr.count("database not reachable") >= 2  # retried, with backoff
     assert "s3cret-pw" not in result.stdout + result.stderr
     assert 3 <= took < 60
+
+
+def test_database_late_at_start_is_waited_for(tg, triton, model_repository, postgres, database_url, tmp_path):
+    postgres.stop()
+    try:
+        replica = Replica(tg, triton, model_repository, database_url, tmp_path / "bot.log",
+                          BOT_DATABASE_CONNECT_SECONDS="60")
+        asyncio.run(wait(lambda: asyncio.sleep(0, "database not reachable" in replica.log.read_text()
+                                               or replica.process.poll() is not None), timeout=120))
+        time.sleep(2)  # a few more tries
+    finally:
+        postgres.start()
+    try:
+        tg.message(FIRST_CHAT, "Привет!")
+        asyncio.run(tg.wait_for(lambda: tg.texts(FIRST_CHAT) or replica.process.poll() is not None, timeout=90))
+    finally:
+        code = replica.stop()
+    log = replica.log.read_text()
+    assert code == 0 and generated(tg.texts(FIRST_CHAT)[0]), log
+    assert log.count("database not reachable") >= 2 and "history: PostgreSQL" in log
 
 
 def test_wrong_password_is_refused_at_once(tg, model_repository, tmp_path, postgres):
@@ -253,6 +278,11 @@ def test_database_going_away_while_running(tg, triton, tokenizer, postgres, data
             await asyncio.sleep(1)  # the bot is retrying meanwhile
             await asyncio.to_thread(postgres.start)
             await tg.wait_for(lambda: len(tg.texts(FIRST_CHAT)) >= expected)
+
+            async def reply_stored() -> bool:  # stored just after it is sent
+                return (await dialogues.history.turns(FIRST_CHAT, 1)) == tg.texts(FIRST_CHAT)[-1:]
+
+            await wait(reply_stored, timeout=10)
             return await dialogues.history.turns(FIRST_CHAT, 100)
 
     try:
