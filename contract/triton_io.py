@@ -19,6 +19,10 @@ LOGITS_DTYPE = "FP32"
 FLAG_START = 1
 FLAG_END = 2
 
+# The liveness probe's correlation id (serve/health.py): one token with START|END. Above every id
+# a client draws (randbits(63)), so a probe never touches a real generation's cache.
+PROBE_SEQUENCE_ID = 2**63
+
 # config.pbtxt `parameters` the model reads (string values).
 PARAM_ONNX_FILE = "onnx_file"  # file name of the ONNX model in the version folder
 PARAM_EXECUTION_PROVIDER = "execution_provider"  # "cpu" or "cuda"

@@ -18,7 +18,7 @@ class ServingConfig:
     execution_provider: str = "cpu"  # "cpu" here, "cuda" on a GPU host
     intra_op_threads: int = 0  # onnxruntime threads per instance; 0 lets ORT choose
     max_batch_size: int = 8  # most requests Triton hands one execute()
-    kv_slots: int = 8  # KV-cache slots = sequences Triton keeps active at once (others queue)
+    kv_slots: int = 8  # KV-cache slots = sequences generating at once (others queue); +1 for the probe
     slot_length: int = 0  # positions per slot = longest context a sequence may reach; 0: max_positions
     kv_dtype_bytes: int = 4  # bytes per cached value: 4 (fp32), 2 (fp16); set by export
     layers: int = 0  # model shape, for the memory estimate; set by export
@@ -35,7 +35,7 @@ class ServingConfig:
     @property
     def kv_bytes(self) -> int:
         """Memory the model instance allocates for its KV slots."""
-        return self.kv_slots * self.context * self.layers * 2 * self.hidden * self.kv_dtype_bytes
+        return (self.kv_slots + 1) * self.context * self.layers * 2 * self.hidden * self.kv_dtype_bytes
 
 
 def render(cfg: ServingConfig) -> str:
@@ -77,7 +77,7 @@ output [
 sequence_batching {{
   max_sequence_idle_microseconds: {cfg.idle_seconds * 1_000_000}
   oldest {{
-    max_candidate_sequences: {cfg.kv_slots}  # one per KV slot of the model
+    max_candidate_sequences: {cfg.kv_slots + 1}  # one per KV slot, one for the liveness probe
     preferred_batch_size: [ {cfg.max_batch_size} ]
     max_queue_delay_microseconds: {cfg.max_queue_delay_us}
   }}

@@ -136,7 +136,9 @@ class KVEngine:
         on_cuda = session.get_providers()[0] == "CUDAExecutionProvider"
         self.device = "cuda" if on_cuda else "cpu"
         names = [(io.serving_past(i, k), io.serving_present(i, k)) for i in range(self.layers) for k in ("key", "value")]
-        self.kv = KVBuffers(names, slots, self.heads, self.slot_length, self.head_dim, self.dtype,
+        # One more slot than asked for, reserved for the liveness probe (io.PROBE_SEQUENCE_ID), so a
+        # probe never waits for a slot or takes one from a generation when all are held.
+        self.kv = KVBuffers(names, slots + 1, self.heads, self.slot_length, self.head_dim, self.dtype,
                             self.device, device_id)
         self.seqs: dict[int, _Seq] = {}
         self._free = list(range(slots))  # a heap: the lowest free slot first keeps live slots dense
@@ -148,12 +150,15 @@ class KVEngine:
     # ---- bookkeeping ----------------------------------------------------------------------
     def _drop(self, sequence_id: int) -> None:
         seq = self.seqs.pop(sequence_id, None)
-        if seq is not None:
+        if seq is not None and seq.slot < self.slots:
             heapq.heappush(self._free, seq.slot)
 
     def _allocate(self, sequence_id: int, busy: set[int]) -> _Seq:
+        if sequence_id == io.PROBE_SEQUENCE_ID:
+            seq = self.seqs[sequence_id] = _Seq(self.slots)
+            return seq
         if not self._free:  # every slot held: free the least recently used one not in this batch
-            idle = [s for s in self.seqs if s not in busy]
+            idle = [s for s in self.seqs if s not in busy and s != io.PROBE_SEQUENCE_ID]
             if not idle:
                 raise StepError(f"all {self.slots} KV slots are in use by this batch: raise kv_slots "
                                 "(python -m export --kv-slots) or lower max_batch_size")

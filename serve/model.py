@@ -70,8 +70,9 @@ class TritonPythonModel:
     def _update_gauges(self):
         e = self.engine
         with e.lock:
-            sequences, tokens = len(e.seqs), sum(s.length for s in e.seqs.values())
-            free, bound, idle = e.slots - len(e.seqs), e.rows_bound, e.rows_idle
+            held = [s for k, s in e.seqs.items() if k != io.PROBE_SEQUENCE_ID]
+            sequences, tokens = len(held), sum(s.length for s in held)
+            free, bound, idle = len(e._free), e.rows_bound, e.rows_idle
         self.sequences_gauge.set(sequences)
         self.tokens_gauge.set(tokens)
         self.free_gauge.set(free)

@@ -121,6 +121,16 @@ def test_full_slots_free_the_least_recently_used_sequence(session):
     assert sum(isinstance(o, StepError) and "KV slots" in str(o) for o in out) == 1
 
 
+def test_the_liveness_probe_has_its_own_slot(session, ref):
+    from contract import triton_io as io
+
+    e = KVEngine(session, slots=2)
+    e.step([Step(k, np.array([1, 2]), start=True) for k in (1, 2)])  # every slot held
+    out = e.step([Step(io.PROBE_SEQUENCE_ID, np.array([3]), start=True, end=True), Step(1, np.array([4]))])
+    assert close(out[0], ref([3])) and close(out[1], ref([1, 2, 4]))
+    assert sorted(e.seqs) == [1, 2] and not e._free  # no generation lost its slot, the probe left none
+
+
 def test_bad_steps_fail_alone(session, ref):
     e = KVEngine(session, slots=4, slot_length=16)
     out = e.step([Step(1, np.arange(17), start=True), Step(2, np.array([1])), Step(3, np.array([1, 2]), start=True),

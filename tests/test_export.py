@@ -24,7 +24,7 @@ def test_repository_layout(model_repository):
     assert config.sequence_batching.max_sequence_idle_microseconds == 120_000_000
     assert config.parameters[io.PARAM_MAX_POSITIONS].string_value == "512"
     slots = int(config.parameters[io.PARAM_KV_SLOTS].string_value)
-    assert config.sequence_batching.oldest.max_candidate_sequences == slots  # Triton admits one per slot
+    assert config.sequence_batching.oldest.max_candidate_sequences == slots + 1  # one per slot + the probe
 
 
 def test_the_served_graph_is_built_for_serving(model_repository):
