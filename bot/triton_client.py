@@ -14,10 +14,11 @@ from dataclasses import dataclass
 import aiohttp
 import numpy as np
 import tritonclient.http.aio as triton_http
-from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential
+from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential
 from tritonclient.utils import InferenceServerException
 
 from contract import triton_io as io
+from serve.health import is_alive
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +29,10 @@ class TritonError(RuntimeError):
 
 class TritonUnavailable(TritonError):
     """Triton is down, not ready, or too slow: transient; worth retrying later."""
+
+
+class ModelDown(TritonUnavailable):
+    """The model's process is dead ("Stub process ... is not healthy"): no retry, it won't heal soon."""
 
 
 class TritonRequestError(TritonError):
@@ -57,8 +62,9 @@ def _classify(exc: BaseException) -> TritonError:
         return TritonUnavailable(f"Triton unreachable: {exc.__class__.__name__}: {exc}")
     if isinstance(exc, InferenceServerException):
         text = exc.message() or str(exc)
-        if exc.status() in _TRANSIENT_STATUS or "not ready" in text or "unavailable" in text.lower() \
-                or "Stub process" in text:
+        if "Stub process" in text:
+            return ModelDown(f"Triton's model is dead: {text}")
+        if exc.status() in _TRANSIENT_STATUS or "not ready" in text or "unavailable" in text.lower():
             return TritonUnavailable(f"Triton unavailable: {text}")
         if "START" in text or "unknown sequence" in text:
             return SequenceLost(f"Triton lost the sequence: {text}")
@@ -97,16 +103,15 @@ class TritonClient:
             raise _classify(exc) from exc
 
     def _retrying(self) -> AsyncRetrying:
-        return AsyncRetrying(retry=retry_if_exception_type(TritonUnavailable),
+        return AsyncRetrying(retry=retry_if_exception(lambda e: isinstance(e, TritonUnavailable)
+                                                      and not isinstance(e, ModelDown)),
                              stop=stop_after_attempt(self.retries),
                              wait=wait_exponential(multiplier=0.2, max=2.0), reraise=True)
 
     async def is_ready(self) -> bool:
-        """Server live and the model ready (never raises)."""
-        try:
-            return bool(await self._call(lambda: self.client.is_model_ready(self.model)))
-        except TritonError:
-            return False
+        """The model answers a real inference (serve.health: Triton's own ready stays 200 when
+        the model's process is dead); never raises."""
+        return await asyncio.to_thread(is_alive, self.url, self.model, self.timeout)
 
     async def model_info(self) -> ModelInfo:
         """Vocabulary and context size of the served model (fetched once, with retries)."""

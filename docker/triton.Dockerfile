@@ -14,5 +14,15 @@ FROM nvcr.io/nvidia/tritonserver:25.01-py3
 RUN python3 -m pip install --no-cache-dir --break-system-packages onnxruntime-gpu==1.31.1 numpy==1.26.4 \
  && python3 -c "import onnxruntime as ort; assert 'CUDAExecutionProvider' in ort.get_available_providers()"
 
+# The liveness probe and the supervisor (standard library only). Triton keeps its health
+# endpoints at 200 when the model's stub process is dead; the supervisor notices (a real
+# inference, a zombie stub) and exits, so the container is restarted.
+WORKDIR /opt/rudialogpt
+COPY contract/ contract/
+COPY serve/__init__.py serve/health.py serve/supervisor.py serve/
+
 # The model is mounted at /models at run time (docker-compose.yml), not baked in.
 EXPOSE 8000 8001 8002
+HEALTHCHECK --interval=10s --timeout=15s --start-period=120s --retries=3 CMD ["python3", "-m", "serve.health", "--timeout", "10"]
+ENTRYPOINT ["python3", "-m", "serve.supervisor", "--"]
+CMD ["tritonserver", "--model-repository=/models"]

@@ -13,6 +13,7 @@ import numpy as np
 import onnx
 
 from contract import triton_io as io
+from export.replace import replace_dir
 from export.triton_config import ServingConfig, render, validate
 
 log = logging.getLogger(__name__)
@@ -169,10 +170,7 @@ def export(checkpoint: Path, repository: Path, name: str = io.DEFAULT_MODEL_NAME
         (model_dir / "config.pbtxt").write_text(text)
 
         final = repository / name
-        if final.exists():
-            old = staging / "previous"
-            final.rename(old)
-        model_dir.rename(final)
+        replace_dir(model_dir, final)  # the old or the new model is complete at every instant
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     size = sum(f.stat().st_size for f in (final / "1").glob("model.onnx*"))

@@ -1,4 +1,11 @@
-"""Local serving: the real tritonserver binary from the nvidia-pytriton wheel, on the CPU."""
-from serve.server import TritonServer, TritonServerError
+"""Local serving: the real tritonserver binary from the nvidia-pytriton wheel, on the CPU.
 
-__all__ = ["TritonServer", "TritonServerError"]
+Importing the package imports nothing else: the bot's image carries only `serve/health.py`.
+"""
+
+
+def __getattr__(name: str):
+    if name in ("TritonServer", "TritonServerError"):
+        from serve import server
+        return getattr(server, name)
+    raise AttributeError(name)

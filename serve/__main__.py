@@ -1,13 +1,20 @@
-"""`python -m serve --repository model_repository/`: the real Triton on this machine's CPU."""
+"""`python -m serve --repository model_repository/`: the real Triton on this machine's CPU, kept alive.
+
+The launcher watches the model (serve/supervisor.py) and replaces the whole server when
+tritonserver exits or its python-backend stub dies, with backoff; Ctrl-C/SIGTERM stops it.
+"""
 from __future__ import annotations
 
 import argparse
 import logging
 import signal
 import sys
+import threading
 from pathlib import Path
 
+from contract import triton_io as io
 from serve.server import TritonServer, TritonServerError
+from serve.supervisor import Supervision, supervise
 
 log = logging.getLogger("serve")
 
@@ -21,36 +28,32 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--grpc-port", type=int, default=8001)
     p.add_argument("--metrics-port", type=int, default=8002)
     p.add_argument("--log-file", type=Path, help="write the server's own log here")
+    p.add_argument("--model", default=io.DEFAULT_MODEL_NAME, help="the model whose liveness is watched")
+    p.add_argument("--check-every", type=float, default=Supervision.check_every,
+                   help="seconds between liveness probes (one real inference each)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
-    server = TritonServer(args.repository, args.http_port, args.grpc_port, args.metrics_port,
-                          host=args.host, log_file=args.log_file)
-    stopping = False
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
 
-    def on_signal(signum, _frame):
-        nonlocal stopping
-        if not stopping:
-            stopping = True
-            raise KeyboardInterrupt
+    def make_server() -> TritonServer:
+        return TritonServer(args.repository, args.http_port, args.grpc_port, args.metrics_port,
+                            host=args.host, log_file=args.log_file)
 
-    signal.signal(signal.SIGTERM, on_signal)
-    try:
-        server.start()
+    def on_ready(server: TritonServer) -> None:
         log.info("Triton ready: HTTP http://%s  gRPC %s:%d  metrics %s",
                  server.url, args.host, args.grpc_port, server.metrics_url)
         log.info("Ctrl-C to stop")
-        server.process.wait()
-        log.error("tritonserver exited with code %d", server.process.returncode)
-        return 1
+
+    try:
+        supervise(make_server, args.model, Supervision(check_every=args.check_every), stop, on_ready)
     except TritonServerError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        log.info("stopping Triton")
-        return 0
-    finally:
-        server.stop()
+    log.info("Triton stopped")
+    return 0
 
 
 if __name__ == "__main__":

@@ -11,10 +11,11 @@ its own ports and shared-memory prefix so several can run side by side.
 from __future__ import annotations
 
 import atexit
-import ctypes
+import contextlib
 import importlib.util
 import logging
 import os
+import re
 import shutil
 import signal
 import socket
@@ -32,6 +33,8 @@ log = logging.getLogger(__name__)
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV_MODEL_PYTHON = "TRITON_MODEL_PYTHON"  # a venv for model.py; default: <repo>/.venv-triton
+SHM = Path("/dev/shm")
+WATCHDOG = Path(__file__).with_name("watchdog.py")
 
 
 class TritonServerError(RuntimeError):
@@ -58,9 +61,36 @@ def _wheel_root() -> Path:
     return root
 
 
-def _die_with_parent() -> None:
-    """In the child: get SIGTERM when our process dies, even by SIGKILL (Linux prctl)."""
-    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def clean_stale() -> list[Path]:
+    """Remove backend copies and /dev/shm regions of launchers that are no longer running.
+
+    Names carry the launcher's pid (`tritonserver-<pid>-*`, `triton_<pid>_<port>_*`): only those
+    of a dead pid go, so other servers on the machine are never touched."""
+    removed = []
+    candidates = [(p, re.match(r"tritonserver-(\d+)-", p.name)) for p in Path(tempfile.gettempdir()).glob("tritonserver-*")]
+    candidates += [(p, re.match(r"triton_(\d+)_\d+_", p.name)) for p in SHM.glob("triton_*")]
+    for path, match in candidates:
+        if match and not _pid_alive(int(match[1])):
+            shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+            removed.append(path)
+    if removed:
+        log.info("removed %d leftover(s) of dead launchers: %s", len(removed), ", ".join(map(str, removed)))
+    return removed
+
+
+@contextlib.contextmanager
+def _no_file():
+    yield None
 
 
 @dataclass
@@ -77,6 +107,7 @@ class TritonServer:
     ready_timeout: float = 120.0  # seconds to wait for /v2/health/ready
     model_python: Path | None = None  # venv that runs model.py; None: $TRITON_MODEL_PYTHON or .venv-triton
     process: subprocess.Popen | None = field(default=None, init=False)
+    _watchdog: subprocess.Popen | None = field(default=None, init=False)
     _workdir: Path | None = field(default=None, init=False)
     _venv: Path | None = field(default=None, init=False)
     _python_version: str = field(default="", init=False)
@@ -89,6 +120,11 @@ class TritonServer:
     @property
     def metrics_url(self) -> str:
         return f"http://{self.host}:{self.metrics_port}/metrics"
+
+    @property
+    def shm_prefix(self) -> str:
+        """The python backend's /dev/shm region names start with this (pid: see clean_stale)."""
+        return f"triton_{os.getpid()}_{self.http_port}_"
 
     def model_env(self) -> Path:
         """The venv whose python3 runs model.py, checked for numpy<2 and onnxruntime."""
@@ -133,7 +169,7 @@ class TritonServer:
             "--allow-gpu-metrics=false",
             "--model-control-mode=none",
             "--exit-timeout-secs=10",
-            f"--backend-config=python,shm-region-prefix-name=triton_{os.getpid()}_{self.http_port}_",
+            f"--backend-config=python,shm-region-prefix-name={self.shm_prefix}",
             *self.extra_args,
         ]
 
@@ -146,23 +182,34 @@ class TritonServer:
         env["LD_LIBRARY_PATH"] = os.pathsep.join(d for d in libdirs if d)
         return env
 
-    def start(self) -> "TritonServer":
-        """Start the server and wait until it and every model are ready."""
+    def prepare(self) -> tuple[list[str], dict[str, str]]:
+        """Check the setup and make the backend copy; tritonserver's command line and environment."""
         repo = Path(self.repository)
         if not repo.is_dir():
             raise TritonServerError(f"model repository {repo} not found: run `python -m export` first")
         root = _wheel_root()
         self._venv = self.model_env()
-        self._workdir = Path(tempfile.mkdtemp(prefix="tritonserver-"))
-        cmd = self.command(root, self._backend_dir(root))
-        out = open(self.log_file, "ab") if self.log_file else None
-        log.info("starting tritonserver on %s (metrics :%d)", self.url, self.metrics_port)
-        self.process = subprocess.Popen(cmd, env=self.environment(root), stdout=out, stderr=out,
-                                        start_new_session=True, preexec_fn=_die_with_parent)
-        if out:
-            out.close()
-        atexit.register(self.stop)  # never leave a server behind when the caller dies
+        clean_stale()
+        self._workdir = Path(tempfile.mkdtemp(prefix=f"tritonserver-{os.getpid()}-"))
+        atexit.register(self.stop)  # never leave a server behind when the caller exits
         try:
+            return self.command(root, self._backend_dir(root)), self.environment(root)
+        except BaseException:
+            self.stop()
+            raise
+
+    def start(self) -> "TritonServer":
+        """Start the server and wait until it and every model are ready."""
+        cmd, env = self.prepare()
+        try:
+            log.info("starting tritonserver on %s (metrics :%d)", self.url, self.metrics_port)
+            with open(self.log_file, "ab") if self.log_file else _no_file() as out:
+                # Its own process group (tritonserver and its stubs): stop() and the watchdog
+                # signal the whole group.
+                self.process = subprocess.Popen(cmd, env=env, stdout=out, stderr=out, start_new_session=True)
+            self._watchdog = subprocess.Popen(
+                [sys.executable, "-I", "-S", str(WATCHDOG), str(os.getpid()), str(self.process.pid),
+                 str(self._workdir), self.shm_prefix], start_new_session=True, stdin=subprocess.DEVNULL)
             self.wait_ready()
         except BaseException:
             self.stop()
@@ -188,26 +235,39 @@ class TritonServer:
         raise TritonServerError(f"tritonserver not ready after {self.ready_timeout:.0f} s")
 
     def stop(self, timeout: float = 20.0) -> None:
-        """SIGTERM, wait for a graceful exit (in-flight requests finish), then SIGKILL."""
+        """SIGTERM, wait for a graceful exit (in-flight requests finish), then SIGKILL; then
+        remove every trace: stubs left in the group, shared memory, the backend copy."""
         if self.process and self.process.poll() is None:
             os.killpg(self.process.pid, signal.SIGTERM)
             try:
                 self.process.wait(timeout)
             except subprocess.TimeoutExpired:
                 log.warning("tritonserver did not stop in %.0f s: killing it", timeout)
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
+        self._cleanup()
+
+    def kill(self) -> None:
+        """SIGKILL the whole process group at once (a dead model, fault tests), then clean up."""
+        self._cleanup()
+
+    def _cleanup(self) -> None:
+        if self._workdir is None:  # not started, or cleaned up already
+            return
+        if self.process:
+            try:
+                os.killpg(self.process.pid, signal.SIGKILL)  # the server, or stubs that outlived it
+            except (ProcessLookupError, PermissionError):
+                pass
+            self.process.wait()
+        if self._watchdog:
+            self._watchdog.terminate()
+            self._watchdog.wait()
+            self._watchdog = None
+        for region in SHM.glob(f"{self.shm_prefix}*"):
+            region.unlink(missing_ok=True)
         if self._workdir:
             shutil.rmtree(self._workdir, ignore_errors=True)
             self._workdir = None
         atexit.unregister(self.stop)
-
-    def kill(self) -> None:
-        """SIGKILL the whole process group at once (for fault tests)."""
-        if self.process and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait()
-        self.stop()  # nothing left to stop: removes the backend copy
 
     def __enter__(self) -> "TritonServer":
         return self.start()

@@ -2,9 +2,12 @@
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -14,6 +17,70 @@ sys.path.insert(0, str(ROOT))
 
 SAMPLE_CSV = ROOT / "training" / "data.csv"
 IDLE_MODEL = "rudialogpt_idle"
+# Launchers of this run: pytest itself and every `python -m serve` a test starts (register_launcher).
+# A launcher's pid is in the names of what it creates: /tmp/tritonserver-<pid>-*, /dev/shm/triton_<pid>_*.
+LAUNCHERS = {os.getpid()}
+
+
+def register_launcher(pid: int) -> None:
+    """Count a launcher process started by a test in the end-of-run leak check."""
+    LAUNCHERS.add(pid)
+
+
+def leftovers(pids: set[int]) -> list[str]:
+    """Processes, /dev/shm regions and temp folders of these launchers' servers still there."""
+    marks = [f"tritonserver-{p}-" for p in pids] + [f"triton_{p}_" for p in pids]
+    found = [str(path) for p in pids for path in
+             [*Path(tempfile.gettempdir()).glob(f"tritonserver-{p}-*"), *Path("/dev/shm").glob(f"triton_{p}_*")]]
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            state = (proc / "stat").read_text().rpartition(")")[2].split()[0]
+        except (OSError, IndexError):
+            continue
+        launcher = int(proc.name) in pids and int(proc.name) != os.getpid()
+        if state != "Z" and (launcher or any(m in cmdline for m in marks)):
+            found.append(f"process {proc.name}: {cmdline[:150]}")
+    return found
+
+
+def start_launcher(repository: Path, log_dir: Path) -> tuple[subprocess.Popen, str]:
+    """`python -m serve` (the supervised launcher) on free ports, probing every second; its url."""
+    from serve.server import free_port
+
+    ports = [str(free_port()) for _ in range(3)]
+    with open(log_dir / "serve.log", "wb") as out:
+        launcher = subprocess.Popen(
+            [sys.executable, "-m", "serve", "--repository", str(repository), "--http-port", ports[0],
+             "--grpc-port", ports[1], "--metrics-port", ports[2], "--check-every", "1",
+             "--log-file", str(log_dir / "triton.log")], cwd=ROOT, stdout=out, stderr=out)
+    register_launcher(launcher.pid)
+    return launcher, f"127.0.0.1:{ports[0]}"
+
+
+def tritonservers_of(parent: int) -> list[int]:
+    """Pids of the tritonserver processes that `parent` started."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            comm, _, rest = stat.read_text().rpartition(")")
+            if comm.endswith("(tritonserver") and int(rest.split()[1]) == parent:
+                found.append(int(stat.parent.name))
+        except (OSError, ValueError, IndexError):
+            continue
+    return found
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Fail the run if any server of this run left a process, shm region or temp folder behind."""
+    deadline = time.monotonic() + 15  # a watchdog may still be stopping a SIGKILLed launcher's server
+    while (left := leftovers(LAUNCHERS)) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    if left:
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter:
+            reporter.write_line("LEAK: left behind by this test run:\n  " + "\n  ".join(left), red=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 @pytest.fixture(scope="session")
@@ -58,9 +125,6 @@ class PostgresServer:
     SUPERUSER = "bot"
 
     def __init__(self, port: int):
-        import secrets
-        import tempfile
-
         bins = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"))
         pg_ctl = shutil.which("pg_ctl") or (str(bins[-1]) if bins else None)
         if pg_ctl is None:

@@ -1,5 +1,6 @@
-"""Faults around the Telegram bot: the python backend's stub killed alone, the bot process killed
-between two messages, hostile text. The real Application, the fake Bot API, real tritonservers."""
+"""Faults around the Telegram bot: the model's stub or tritonserver killed under the supervised
+launcher, the bot process killed between two messages, hostile text. The real Application, the
+fake Bot API, real tritonservers."""
 from __future__ import annotations
 
 import asyncio
@@ -8,8 +9,7 @@ import os
 import signal
 import sqlite3
 import subprocess
-import urllib.error
-import urllib.request
+import time
 from contextlib import closing
 from pathlib import Path
 
@@ -20,78 +20,61 @@ from bot.history import FILENAME, History
 from bot.metrics import Metrics
 from bot.telegram import SORRY, build_application
 from contract.dialogue import CONTEXT_TURNS, FIRST, SECOND
-from serve.server import TritonServer, free_port
+from serve.health import is_alive
+from serve.supervisor import stub_processes
+from tests.conftest import start_launcher, tritonservers_of
 from tests.fake_telegram import FakeTelegram
 from tests.test_telegram import (CHAT, ROOT, bot_env, chatbot, generated, no_leaked_threads,  # noqa: F401
                                  python_m_bot, running, saved_turns, say, settings, tg, tokenizer)
 
 
-# -- the python backend's stub process dies, tritonserver lives on --------------------------
+# -- the model dies under `python -m serve`: the user waits, nobody acts -------------------------
 
-def python_stub(server: TritonServer, model: str) -> int:
-    """The pid of the python backend stub that runs `model` (a child of tritonserver), from /proc."""
-    pids = []
-    for proc in Path("/proc").iterdir():
-        try:
-            ppid = int((proc / "stat").read_text().rpartition(")")[2].split()[1])
-            args = (proc / "cmdline").read_bytes().split(b"\0")
-        except (ValueError, OSError):  # not a process, or gone meanwhile
-            continue
-        if ppid == server.process.pid and args[0].endswith(b"/triton_python_backend_stub") \
-                and args[1].endswith(f"/{model}/1/model.py".encode()):
-            pids.append(int(proc.name))
-    [pid] = pids
-    return pid
+TIMEOUT = 5.0  # the bot's TRITON_TIMEOUT here
 
 
-def model_ready(server: TritonServer, model: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"http://{server.url}/v2/models/{model}/ready", timeout=5) as r:
-            return r.status == 200
-    except (urllib.error.URLError, OSError):
-        return False
-
-
-@pytest.mark.timeout(120)
-def test_stub_killed_alone_then_triton_restarted(tg, settings, model_repository, tokenizer, tmp_path, caplog):
+@pytest.mark.timeout(180)
+def test_model_killed_bot_answers_again_with_no_action(tg, settings, model_repository, tokenizer, tmp_path, caplog):
     caplog.set_level(logging.WARNING, logger="bot.telegram")
-    # A graceful stop waits out tritonserver's exit timeout (10 s by default) while the bot's
-    # keep-alive connection is open, and a model whose stub died never unloads: 3 s is enough.
-    server = TritonServer(model_repository, free_port(), free_port(), free_port(), log_file=tmp_path / "triton.log",
-                          extra_args=["--exit-timeout-secs=3"])
-    metrics, bot = Metrics(), chatbot(server.url, tokenizer, timeout=10.0)
-    seen = {}
+    launcher, url = start_launcher(model_repository, tmp_path)
+    metrics, bot = Metrics(), chatbot(url, tokenizer, timeout=TIMEOUT)
+    seen = {"unavailable_s": [], "recovery_s": []}
+
+    async def until_a_real_reply(killed: float) -> None:
+        while not generated(tg.texts(CHAT)[-1]):
+            assert time.monotonic() - killed < 30, "no real reply 30 s after the kill"
+            await asyncio.sleep(1.0)
+            await say(tg, CHAT, "А теперь?")
+        seen["recovery_s"].append(time.monotonic() - killed)
 
     async def body():
         async with running(build_application(bot, settings, metrics)):
             await say(tg, CHAT, "Привет!")
-            os.kill(python_stub(server, "rudialogpt"), signal.SIGKILL)
-            seen["down_s"] = await say(tg, CHAT, "Ты тут?")
-            # tritonserver itself lives on and still calls the model ready: only inference tells.
-            seen["alive"] = server.process.poll() is None
-            seen["ready"] = await asyncio.to_thread(model_ready, server, "rudialogpt")
-            await asyncio.to_thread(server.stop)
-            await asyncio.to_thread(server.start)  # the same ports
-            await say(tg, CHAT, "А теперь?")
+            for fault in ("stub", "tritonserver"):
+                [server] = tritonservers_of(launcher.pid)
+                target = next(iter(stub_processes(server))) if fault == "stub" else server
+                os.kill(target, signal.SIGKILL)
+                killed = time.monotonic()
+                seen["unavailable_s"].append(await say(tg, CHAT, "Ты тут?"))
+                assert tg.texts(CHAT)[-1] == UNAVAILABLE
+                await until_a_real_reply(killed)
 
-    server.start()
     try:
+        assert asyncio.run(tg.wait_for(lambda: is_alive(url), timeout=90)) is not None
         asyncio.run(body())
     finally:
-        server.stop()
+        launcher.send_signal(signal.SIGTERM)
+        launcher.wait(timeout=60)
+    assert launcher.returncode == 0, (tmp_path / "serve.log").read_text()
     texts = tg.texts(CHAT)
-    assert len(texts) == 3 and texts[1] == UNAVAILABLE
-    assert generated(texts[0]) and generated(texts[2])
-    # Within the client's timeout (and some slack): no hang. Each of the client's 3 tries of the
-    # START step waits on the dead stub (~1 s here), and backs off between tries: ~4 s in all.
-    assert seen["down_s"] < 10 + 4
-    assert seen["alive"] and seen["ready"]
-    assert "Stub process 'rudialogpt_0_0' is not healthy" in caplog.text  # what Triton answered
-    assert metrics.registry.get_sample_value("bot_errors_total", {"kind": "triton_unavailable"}) == 1
+    assert all(generated(t) or t == UNAVAILABLE for t in texts) and SORRY not in texts
+    # No futile START retries against a dead model: the unavailable reply comes within the timeout.
+    assert max(seen["unavailable_s"]) <= TIMEOUT
     assert metrics.registry.get_sample_value("bot_errors_total", {"kind": "unexpected"}) == 0
-    # The failed message was kept and answered together with the next one.
-    assert saved_turns(settings, CHAT) == ["Привет!", texts[0], "Ты тут?\nА теперь?", texts[2]]
-    assert bot.prompts[-1] == ["Привет!", texts[0], "Ты тут?\nА теперь?"]
+    # Failed messages were kept and answered together with the next one.
+    turns = saved_turns(settings, CHAT)
+    assert turns[0] == "Привет!" and turns[2].startswith("Ты тут?\nА теперь?") and generated(turns[3])
+    print(f"\nbot: unavailable reply after {seen['unavailable_s']} s; kill -> real reply {seen['recovery_s']} s")
 
 
 # -- `python -m bot` SIGKILLed between two messages ------------------------------------------

@@ -1,0 +1,85 @@
+"""Is the model alive? One real inference, not Triton's own health endpoints.
+
+Triton 2.51 keeps `/v2/health/ready`, `/v2/health/live` and `/v2/models/<m>/ready` at 200 after
+its python-backend stub died; only an inference tells ("Stub process ... is not healthy"). The
+probe sends one token with START|END on a reserved correlation id (contract PROBE_SEQUENCE_ID):
+the model runs it, answers logits, and frees the cache at once. The launcher's supervisor, the
+Triton container's entrypoint and healthcheck, the Kubernetes probes and the bot's `bot_triton_up`
+all use `probe()`. Standard library only, so it runs in every image:
+
+    python -m serve.health [--url 127.0.0.1:8000] [--model rudialogpt] [--timeout 5]
+
+exits 0 ("alive") or 1 with the reason on one line.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import urllib.error
+import urllib.request
+
+from contract import triton_io as io
+
+
+class ModelDead(RuntimeError):
+    """The model did not answer a real inference; the message says what happened."""
+
+
+def probe(url: str = "127.0.0.1:8000", model: str = io.DEFAULT_MODEL_NAME, timeout: float = 5.0) -> None:
+    """Run one START|END inference of one token; raise ModelDead unless logits come back."""
+    body = json.dumps({
+        "parameters": {"sequence_id": io.PROBE_SEQUENCE_ID, "sequence_start": True, "sequence_end": True},
+        "inputs": [{"name": io.INPUT_IDS, "shape": [1, 1], "datatype": io.INPUT_IDS_DTYPE, "data": [0]}],
+        # binary logits: JSON numbers for a 50k vocabulary cost ~40 ms
+        "outputs": [{"name": io.LOGITS, "parameters": {"binary_data": True}}],
+    }).encode()
+    request = urllib.request.Request(f"http://{url}/v2/models/{model}/infer", body,
+                                     {"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as reply:
+            size = int(reply.headers.get("Inference-Header-Content-Length") or 0)
+            header = json.loads(reply.read()[:size] if size else reply.read())
+    except urllib.error.HTTPError as exc:
+        text = exc.read().decode(errors="replace").strip()
+        raise ModelDead(f"model {model!r} at {url}: HTTP {exc.code} {text}") from None
+    except (OSError, ValueError) as exc:  # refused, reset, timed out, not JSON
+        raise ModelDead(f"model {model!r} at {url}: {exc.__class__.__name__}: {exc}") from None
+    outputs = {o.get("name"): o for o in header.get("outputs", [])}
+    shape = outputs.get(io.LOGITS, {}).get("shape") or [0]
+    if shape[-1] <= 0:
+        raise ModelDead(f"model {model!r} at {url}: answered without logits: {header}")
+
+
+def is_alive(url: str = "127.0.0.1:8000", model: str = io.DEFAULT_MODEL_NAME, timeout: float = 5.0) -> bool:
+    """probe() as a bool."""
+    try:
+        probe(url, model, timeout)
+    except ModelDead:
+        return False
+    return True
+
+
+def add_target_arguments(p: argparse.ArgumentParser) -> None:
+    """--url and --model: which server and model to probe (this CLI and the supervisor's)."""
+    p.add_argument("--url", default="127.0.0.1:8000", help="Triton HTTP host:port")
+    p.add_argument("--model", default=io.DEFAULT_MODEL_NAME, help="model to probe")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m serve.health", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_target_arguments(p)
+    p.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the reply")
+    args = p.parse_args(argv)
+    try:
+        probe(args.url, args.model, args.timeout)
+    except ModelDead as exc:
+        print(f"dead: {exc}", file=sys.stderr)
+        return 1
+    print("alive")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
