@@ -10,6 +10,7 @@ from pathlib import Path
 
 from bot.chat import DEFAULT_TOKENIZER, ChatBot, DialogueTokenizer
 from bot.sampling import SamplingConfig
+from bot.settings import seconds, triton_timeout
 from bot.triton_client import TritonClient
 from contract import triton_io as io
 
@@ -23,9 +24,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, help="seed sampling for reproducible replies")
     p.add_argument("--tokenizer", type=Path, default=Path(os.environ.get("BOT_TOKENIZER_DIR") or DEFAULT_TOKENIZER),
                    help="folder with tokenizer.json (default: what export wrote; env BOT_TOKENIZER_DIR)")
-    p.add_argument("--timeout", type=float, default=float(os.environ.get("TRITON_TIMEOUT") or "10"),
-                   help="seconds per Triton call; in Telegram also per whole reply (env TRITON_TIMEOUT)")
-    return p.parse_args(argv)
+    p.add_argument("--timeout", type=str, help="seconds per Triton call; in Telegram also per whole reply "
+                   "(default: env TRITON_TIMEOUT, else 10)")
+    args = p.parse_args(argv)
+    try:
+        args.timeout = triton_timeout() if args.timeout is None else seconds("--timeout", args.timeout, 0.0)
+    except ValueError as exc:
+        p.error(str(exc))
+    return args
 
 
 def build_bot(args: argparse.Namespace) -> ChatBot:

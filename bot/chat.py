@@ -12,6 +12,7 @@ from tokenizers import Tokenizer
 
 from bot.generate import Generation, generate
 from bot.sampling import SamplingConfig
+from bot.streaming import OnText, on_tokens
 from bot.triton_client import TritonClient
 from contract import triton_io as io
 from contract.dialogue import FIRST, build_prompt, clean_reply, fit_turns
@@ -79,16 +80,21 @@ class ChatBot:
         kept = fit_turns(turns, self.tokenizer.count, budget, self.tokenizer.keep_last)
         return self.tokenizer.encode(build_prompt(kept))
 
-    async def reply(self, turns: list[str]) -> Reply:
-        """The reply to the last turn; an empty one is retried once with sampling, then a fallback."""
+    async def reply(self, turns: list[str], on_text: OnText | None = None) -> Reply:
+        """The reply to the last turn; an empty one is retried once with sampling, then a fallback.
+
+        `on_text(text)`, if given, gets the visible reply each time it grows while it is generated;
+        every such text is the start of the returned reply's text."""
         t0 = time.perf_counter()
         ids = await self.prompt_ids(turns)
         limit = (await self.client.model_info()).max_positions
-        gen = await generate(self.client, ids, self.sampling, self.rng, max_positions=limit)
+        stream = (lambda: on_tokens(self.tokenizer.decode, on_text)) if on_text else (lambda: None)
+        gen = await generate(self.client, ids, self.sampling, self.rng, max_positions=limit, on_tokens=stream())
         text = clean_reply(self.tokenizer.decode(gen.tokens))
         if not text:
             log.info("empty reply: retrying once with sampling")
             gen = await generate(self.client, ids, SamplingConfig(stop_ids=self.sampling.stop_ids,
-                                 max_new_tokens=self.sampling.max_new_tokens), self.rng, max_positions=limit)
+                                 max_new_tokens=self.sampling.max_new_tokens), self.rng, max_positions=limit,
+                                 on_tokens=stream())
             text = clean_reply(self.tokenizer.decode(gen.tokens)) or FALLBACK_REPLY
         return Reply(text, gen, time.perf_counter() - t0, len(ids))

@@ -6,6 +6,7 @@ import logging
 import secrets
 import time
 from dataclasses import dataclass, field
+from typing import Awaitable, Callable
 
 import numpy as np
 
@@ -31,12 +32,14 @@ def new_sequence_id() -> int:
 
 
 async def generate(client: TritonClient, prompt_ids: list[int], cfg: SamplingConfig,
-                   rng: np.random.Generator, resumes: int = 2, max_positions: int | None = None) -> Generation:
+                   rng: np.random.Generator, resumes: int = 2, max_positions: int | None = None,
+                   on_tokens: Callable[[list[int]], Awaitable[None] | None] | None = None) -> Generation:
     """Sample a reply to `prompt_ids`; END is always sent, also on errors and cancellation.
 
     If Triton becomes unavailable or loses the sequence mid-reply, the sequence is restarted
     (START over the whole context, which is idempotent) up to `resumes` times before the error
-    is raised. With `max_positions`, generation also stops where the model's context ends."""
+    is raised. With `max_positions`, generation also stops where the model's context ends.
+    `on_tokens(tokens)`, if given, gets the reply's ids so far after each sampled token (awaited)."""
     seq = new_sequence_id()
     context = list(prompt_ids)
     tokens: list[int] = []
@@ -51,6 +54,8 @@ async def generate(client: TritonClient, prompt_ids: list[int], cfg: SamplingCon
                 return gen
             tokens.append(token)
             context.append(token)
+            if on_tokens and (pending := on_tokens(tokens)) is not None:
+                await pending
             if len(tokens) >= cfg.max_new_tokens or (max_positions and len(context) >= max_positions):
                 return gen
             t = time.perf_counter()

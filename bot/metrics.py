@@ -5,6 +5,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Proc
 
 ERROR_KINDS = ("triton_unavailable", "triton_request", "telegram", "database", "unexpected")
 LATENCY_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 8.0, 13.0, 20.0, 30.0)
+FIRST_TEXT_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0)
+DRAFT_RESULTS = ("sent", "failed")
 
 
 class Metrics:
@@ -15,14 +17,21 @@ class Metrics:
         self.replies = Counter("bot_replies", "Replies sent to users", registry=self.registry)
         self.latency = Histogram("bot_reply_latency_seconds", "From taking up a message to its reply sent",
                                  buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.first_text = Histogram("bot_first_text_seconds", "From taking up a message to the first text the "
+                                    "user sees: a draft in private chats, else the reply",
+                                    buckets=FIRST_TEXT_BUCKETS, registry=self.registry)
+        self.drafts = Counter("bot_drafts", "Drafts (sendMessageDraft) of replies being generated, by result",
+                              ["result"], registry=self.registry)
         self.tokens = Counter("bot_generated_tokens", "Tokens generated for sent replies",
                               registry=self.registry)
         self.errors = Counter("bot_errors", "Failures by kind", ["kind"], registry=self.registry)
         self.triton_up = Gauge("bot_triton_up", "1 while Triton answers (last reply or health check)",
                                registry=self.registry)
         ProcessCollector(registry=self.registry)
-        for kind in ERROR_KINDS:  # every kind is exported from the start, at 0
+        for kind in ERROR_KINDS:  # every label is exported from the start, at 0
             self.errors.labels(kind)
+        for result in DRAFT_RESULTS:
+            self.drafts.labels(result)
 
     def serve(self, port: int) -> None:
         """Expose /metrics on 0.0.0.0:`port` from a daemon thread."""

@@ -1,5 +1,8 @@
 """A fake Telegram Bot API on 127.0.0.1 for tests: serves queued updates, records every call.
 
+sendMessageDraft answers as the real API does: only to private chats, with a non-zero draft_id.
+`fail_next` makes calls of a method fail (429 comes with retry_after, as Telegram's flood control).
+
 It runs in threads (http.server), so the bot under test may live in the test's event loop or in
 another process. Methods are answered at `/bot<TOKEN>/<method>` as the real API does; a wrong
 token gets 401, an unknown method 404.
@@ -11,7 +14,7 @@ import itertools
 import json
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable
 from urllib.parse import parse_qsl
@@ -27,6 +30,7 @@ class Call:
     params: dict[str, str]  # as sent (form fields; objects JSON-encoded)
     token: str
     ok: bool = False  # answered with success
+    at: float = field(default_factory=time.monotonic)  # when the request arrived
 
 
 class FakeTelegram:
@@ -37,7 +41,7 @@ class FakeTelegram:
         self.calls: list[Call] = []
         self._updates: list[dict] = []
         self._chats: dict[int, dict] = {}
-        self._failures: dict[str, tuple[int, str]] = {}
+        self._failures: dict[str, list[tuple[int, str]]] = {}
         self._changed = threading.Condition()
         self._ids = itertools.count(1)
         self._closing = False
@@ -86,13 +90,18 @@ class FakeTelegram:
             self._changed.notify_all()
         return update
 
-    def fail_next(self, method: str, code: int, description: str) -> None:
-        """Make the next call of `method` fail with this Bot API error."""
-        self._failures[method] = (code, description)
+    def fail_next(self, method: str, code: int, description: str, times: int = 1) -> None:
+        """Make the next `times` calls of `method` fail with this Bot API error."""
+        self._failures.setdefault(method, []).extend([(code, description)] * times)
 
     def of(self, method: str, chat_id: int | None = None) -> list[dict[str, str]]:
         """The params of every successful call of `method` (to `chat_id`, if given), in order."""
         return [c.params for c in list(self.calls) if c.ok and c.method == method
+                and (chat_id is None or c.params.get("chat_id") == str(chat_id))]
+
+    def tried(self, method: str, chat_id: int | None = None) -> list[Call]:
+        """Every call of `method` (to `chat_id`, if given), answered with success or not, in order."""
+        return [c for c in list(self.calls) if c.method == method
                 and (chat_id is None or c.params.get("chat_id") == str(chat_id))]
 
     def texts(self, chat_id: int) -> list[str]:
@@ -122,6 +131,17 @@ class FakeTelegram:
                     return self._updates[:int(params.get("limit", 100))]
                 self._changed.wait(left)
 
+    def _draft(self, params: dict[str, str]) -> tuple[int, str] | None:
+        """The error the Bot API gives a sendMessageDraft with these params, if any."""
+        chat = self._chats.get(int(params["chat_id"]), {"type": "private"})
+        if chat["type"] != "private":
+            return 400, "Bad Request: message drafts can be sent only to private chats"
+        if int(params.get("draft_id") or 0) == 0:
+            return 400, "Bad Request: draft_id must be non-zero"
+        if len(params.get("text", "").encode("utf-16-le")) // 2 > 4096:
+            return 400, "Bad Request: text is too long"
+        return None
+
     def _sent(self, params: dict[str, str]) -> dict:
         chat_id = int(params["chat_id"])
         return {"message_id": next(self._ids), "date": int(time.time()), "from": BOT_USER,
@@ -129,13 +149,18 @@ class FakeTelegram:
 
     def answer(self, method: str, params: dict[str, str]) -> tuple[int, dict]:
         """The HTTP status and JSON body the Bot API would answer."""
-        if method in self._failures:
-            code, description = self._failures.pop(method)
-            return code, {"ok": False, "error_code": code, "description": description}
+        failure = self._failures[method].pop(0) if self._failures.get(method) else None
+        if method == "sendMessageDraft":
+            failure = failure or self._draft(params)
+        if failure:
+            code, description = failure
+            extra = {"parameters": {"retry_after": 1}} if code == 429 else {}  # flood control: wait 1 s
+            return code, {"ok": False, "error_code": code, "description": description, **extra}
         results: dict[str, Callable[[], Any]] = {
             "getMe": lambda: BOT_USER,
             "getUpdates": lambda: self._get_updates(params),
             "sendMessage": lambda: self._sent(params),
+            "sendMessageDraft": lambda: True,
             "sendChatAction": lambda: True,
             "setMyCommands": lambda: True,
             "deleteWebhook": lambda: True,

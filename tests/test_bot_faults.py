@@ -18,7 +18,8 @@ import pytest
 from bot.console import UNAVAILABLE
 from bot.history import FILENAME, History
 from bot.metrics import Metrics
-from bot.telegram import SORRY, build_application
+from bot.handlers import SORRY
+from bot.telegram import build_application
 from contract.dialogue import CONTEXT_TURNS, FIRST, SECOND
 from serve.health import is_alive
 from serve.supervisor import stub_processes
@@ -35,7 +36,7 @@ TIMEOUT = 5.0  # the bot's TRITON_TIMEOUT here
 
 @pytest.mark.timeout(180)
 def test_model_killed_bot_answers_again_with_no_action(tg, settings, model_repository, tokenizer, tmp_path, caplog):
-    caplog.set_level(logging.WARNING, logger="bot.telegram")
+    caplog.set_level(logging.WARNING, logger="bot.dialogues")
     launcher, url = start_launcher(model_repository, tmp_path)
     metrics, bot = Metrics(), chatbot(url, tokenizer, timeout=TIMEOUT)
     seen = {"unavailable_s": [], "recovery_s": []}

@@ -1,10 +1,20 @@
-"""`python -m bot --console` as a user runs it, against the real Triton."""
+"""The console chat against the real Triton: `python -m bot --console` piped, and on a terminal (a pty)."""
 from __future__ import annotations
 
+import asyncio
+import io
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
+
+from bot.chat import ChatBot, DialogueTokenizer
+from bot.console import run_console
+from bot.sampling import SamplingConfig
+from bot.triton_client import TritonClient
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -43,3 +53,86 @@ def test_missing_tokenizer_names_the_fix(triton, tmp_path):
     proc = subprocess.run([sys.executable, "-m", "bot", "--console", "--tokenizer", str(tmp_path)],
                           input="", capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 2 and "python -m export" in proc.stderr
+
+
+def test_piped_output_is_plain_lines(triton, model_repository):
+    proc = console(triton, model_repository, "Привет!\nКак дела?\n", "--seed", "2")
+    assert proc.returncode == 0 and len(proc.stdout.splitlines()) == 2
+    assert "\r" not in proc.stdout and "\033" not in proc.stdout  # nothing meant for a terminal
+
+
+class Watched(ChatBot):
+    """The real ChatBot; after each growth of the visible reply, what the terminal has received."""
+
+    def __init__(self, *args, screen, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.screen, self.seen = screen, []
+
+    async def reply(self, turns, on_text=None):
+        async def watched(text):
+            on_text(text)  # the console writes the line so far
+            self.seen.append((text, self.screen()))
+
+        return await super().reply(turns, on_text=watched if on_text else None)
+
+
+def test_on_a_terminal_the_reply_grows_as_it_is_generated(triton, model_repository):
+    master, slave = os.openpty()
+    os.set_blocking(master, False)
+    received = bytearray()
+
+    def screen() -> str:
+        while True:
+            try:
+                received.extend(os.read(master, 65536))
+            except BlockingIOError:
+                return received.decode(errors="replace").replace("\r\n", "\n")
+
+    tokenizer = DialogueTokenizer(model_repository / "rudialogpt" / "tokenizer")
+    bot = Watched(TritonClient(triton.url, "rudialogpt"), tokenizer, SamplingConfig(max_new_tokens=24), seed=0,
+                  screen=screen)
+    bot.sampling = bot.sampling.with_(stop_ids=())  # long replies
+
+    async def chat(terminal) -> None:
+        try:
+            await run_console(bot, io.StringIO("Привет!\n\nКак дела?\n"), terminal)
+        finally:
+            await bot.client.close()
+
+    with open(slave, "w", encoding="utf-8") as terminal:
+        assert terminal.isatty()
+        asyncio.run(chat(terminal))
+        lines = screen().splitlines()
+    os.close(master)
+    assert len(lines) == 2 and all(lines)
+    assert len(bot.seen) >= 4
+    for text, shown in bot.seen:  # each growth was on the terminal at once, before the line ended
+        assert shown.endswith(text) and shown.rsplit("\n", 1)[-1] == text
+    assert {shown.count("\n") for _, shown in bot.seen} == {0, 1}  # both replies streamed
+
+
+def test_ctrl_c_ends_the_chat_at_once(triton, model_repository):
+    env = dict(os.environ, TRITON_URL=triton.url, TRITON_MODEL="rudialogpt")
+    proc = subprocess.Popen([sys.executable, "-m", "bot", "--console", "--tokenizer",
+                             str(model_repository / "rudialogpt" / "tokenizer"), "--max-new-tokens", "8"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            cwd=ROOT, env=env)
+    try:
+        proc.stdin.write("Привет!\n")
+        proc.stdin.flush()
+        assert proc.stdout.readline().strip()  # a reply: now it waits for the next line
+        proc.send_signal(signal.SIGINT)  # stdin stays open: no line, no EOF
+        assert proc.wait(timeout=20) == 0
+    finally:
+        proc.kill()
+        proc.communicate()
+
+
+@pytest.mark.parametrize("value", ["ten", "0", "-1"])
+def test_bad_triton_timeout_is_a_clear_error(triton, model_repository, value):
+    env = dict(os.environ, TRITON_URL=triton.url, TRITON_TIMEOUT=value)
+    proc = subprocess.run([sys.executable, "-m", "bot", "--console", "--tokenizer",
+                           str(model_repository / "rudialogpt" / "tokenizer")],
+                          input="Привет!\n", capture_output=True, text=True, cwd=ROOT, env=env, timeout=60)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert f"TRITON_TIMEOUT must be a number of seconds > 0, got '{value}'" in proc.stderr

@@ -50,8 +50,9 @@ TRITON_METRICS = {
     "nv_cpu_utilization", "nv_cpu_memory_used_bytes", "nv_cpu_memory_total_bytes",
 }
 MODEL_METRICS = {"rudialogpt_cached_sequences"}
-BOT_METRICS = {"bot_replies_total", "bot_generated_tokens_total", "bot_errors_total", "bot_triton_up"}
-BOT_HISTOGRAMS = {"bot_reply_latency_seconds"}
+BOT_METRICS = {"bot_replies_total", "bot_generated_tokens_total", "bot_errors_total", "bot_triton_up",
+               "bot_drafts_total"}
+BOT_HISTOGRAMS = {"bot_reply_latency_seconds", "bot_first_text_seconds"}
 KNOWN_METRICS = TRITON_METRICS | MODEL_METRICS | BOT_METRICS | {
     h + suffix for h in BOT_HISTOGRAMS for suffix in ("_bucket", "_sum", "_count")}
 # What the dashboard must show (panels asked for: requests and failures, queue and compute time,
@@ -60,12 +61,13 @@ DASHBOARD_MUST_USE = {
     "nv_inference_request_success", "nv_inference_request_failure", "nv_inference_queue_duration_us",
     "nv_inference_compute_infer_duration_us", "nv_gpu_utilization", "nv_gpu_memory_used_bytes",
     "rudialogpt_cached_sequences", "bot_reply_latency_seconds_bucket", "bot_errors_total",
+    "bot_first_text_seconds_bucket",
 }
 # Every variable the bot reads, plus what compose itself needs.
 ENV_VARIABLES = {
     "TELEGRAM_BOT_TOKEN", "TELEGRAM_BASE_URL", "TRITON_URL", "TRITON_MODEL", "TRITON_TIMEOUT",
     "ALLOWED_CHAT_IDS", "BOT_DATA_DIR", "BOT_TOKENIZER_DIR", "BOT_METRICS_PORT", "BOT_WEBHOOK_URL",
-    "BOT_WEBHOOK_SECRET", "BOT_WEBHOOK_PORT", "GRAFANA_ADMIN_PASSWORD", "BOT_DATABASE_URL",
+    "BOT_WEBHOOK_SECRET", "BOT_WEBHOOK_PORT", "BOT_DRAFT_INTERVAL", "GRAFANA_ADMIN_PASSWORD", "BOT_DATABASE_URL",
     "BOT_DATABASE_CONNECT_SECONDS", "BOT_DATABASE_RETRY_SECONDS", "BOT_CHAT_LOCK_SECONDS", "POSTGRES_PASSWORD",
 }
 FLOATING_TAGS = {"latest", "stable", "lts", "edge", "nightly", "main", "master"}

@@ -17,7 +17,9 @@ import pytest
 from bot.console import UNAVAILABLE
 from bot.history import DatabaseSettings
 from bot.metrics import Metrics
-from bot.telegram import SORRY, Settings, build_application
+from bot.handlers import SORRY
+from bot.settings import Settings
+from bot.telegram import build_application
 from serve.server import free_port
 from tests.fake_telegram import FakeTelegram
 from tests.test_telegram import (ROOT, bot_env, chatbot, generated, no_leaked_threads, python_m_bot,  # noqa: F401

@@ -20,17 +20,21 @@ import pytest
 from prometheus_client import generate_latest
 from telegram.ext import Application
 
-import bot.telegram as telegram_bot
+import bot.dialogues as dialogues_module
 from bot.chat import ChatBot, DialogueTokenizer, Reply
 from bot.console import RESET_DONE, UNAVAILABLE
 from bot.history import History
 from bot.metrics import Metrics
 from bot.sampling import SamplingConfig
-from bot.telegram import (ALLOWED_UPDATES, HELP, NOT_TEXT, REFUSED, SORRY, START, STATE, Dialogues, Settings,
-                          build_application, split_message)
+from bot.streaming import OnText
+from bot.dialogues import Dialogues
+from bot.handlers import HELP, NOT_TEXT, REFUSED, SORRY, START, STATE
+from bot.settings import Settings
+from bot.telegram import ALLOWED_UPDATES, build_application
 from bot.triton_client import TritonClient
 from serve.server import TritonServer, free_port
 from tests.fake_telegram import FakeTelegram
+from tests.test_generate import Slow, cached_sequences
 
 ROOT = Path(__file__).resolve().parent.parent
 CHAT, OTHER, GROUP = 1001, 2002, -1003003
@@ -42,21 +46,28 @@ pytestmark = pytest.mark.timeout(300)
 
 
 class RecordingChatBot(ChatBot):
-    """The real ChatBot; records every prompt's turns, holds replies to "HOLD" until released and
-    fails on "BOOM" with an unexpected error."""
+    """The real ChatBot; records every prompt's turns, holds replies to "HOLD" until released,
+    stalls replies to "STALL" after their first visible text (mid-generation: Triton holds the
+    sequence) until released, and fails on "BOOM" with an unexpected error."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.prompts: list[list[str]] = []
         self.release = asyncio.Event()
 
-    async def reply(self, turns: list[str]) -> Reply:
+    async def reply(self, turns: list[str], on_text: OnText | None = None) -> Reply:
         self.prompts.append(list(turns))
         if "HOLD" in turns[-1]:
             await self.release.wait()
         if "BOOM" in turns[-1]:
             raise RuntimeError("a bug")
-        return await super().reply(turns)
+        if "STALL" in turns[-1] and on_text:
+            show = on_text
+
+            async def on_text(text: str) -> None:
+                show(text)
+                await self.release.wait()
+        return await super().reply(turns, on_text=on_text)
 
 
 @pytest.fixture(scope="module")
@@ -87,21 +98,30 @@ def chatbot(url: str, tokenizer: DialogueTokenizer, timeout: float = 10.0) -> Re
                             SamplingConfig(max_new_tokens=12), seed=0)
 
 
+def streaming_chatbot(url: str, tokenizer: DialogueTokenizer, timeout: float = 10.0) -> RecordingChatBot:
+    """A chatbot whose replies take 24 tokens of >= 50 ms each (no stop token): long enough to stream."""
+    bot = RecordingChatBot(Slow(url, "rudialogpt", timeout=timeout), tokenizer, SamplingConfig(max_new_tokens=24), seed=0)
+    bot.sampling = bot.sampling.with_(stop_ids=())
+    return bot
+
+
 @asynccontextmanager
 async def running(application: Application) -> AsyncIterator[Dialogues]:
-    """The application as run_polling runs it (same hooks, same order), in the test's event loop."""
-    await application.initialize()
-    await application.post_init(application)
-    await application.updater.start_polling(poll_interval=0.05, timeout=1, allowed_updates=ALLOWED_UPDATES)
-    await application.start()
+    """The application in the test's event loop, as PTB documents it for a loop of one's own (with
+    run_polling's hooks, in its order). `python -m bot` tests run the real run_polling/run_webhook."""
     try:
-        yield application.bot_data[STATE]
+        async with application:  # initialize() … shutdown()
+            await application.post_init(application)
+            await application.updater.start_polling(poll_interval=0.05, timeout=1, allowed_updates=ALLOWED_UPDATES)
+            await application.start()
+            try:
+                yield application.bot_data[STATE]
+            finally:
+                await application.updater.stop()
+                await application.stop()
     finally:
-        await application.updater.stop()
-        await application.stop()
-        await application.shutdown()
         await application.post_shutdown(application)
-        assert asyncio.all_tasks() == {asyncio.current_task()}  # nothing left running
+    assert asyncio.all_tasks() == {asyncio.current_task()}  # nothing left running
 
 
 async def say(tg: FakeTelegram, chat_id: int, text: str | None = None, **kw) -> float:
@@ -119,52 +139,6 @@ def saved_turns(settings: Settings, chat_id: int) -> list[str]:
 
 def generated(text: str) -> bool:
     return bool(text.strip()) and text not in (UNAVAILABLE, SORRY, NOT_TEXT, HELP, START)
-
-
-# -- units ----------------------------------------------------------------------------------
-
-@pytest.mark.parametrize("text, limit, expected", [
-    ("", 4096, []),
-    ("короткий ответ", 4096, ["короткий ответ"]),
-    ("a" * 4096, 4096, ["a" * 4096]),
-    ("a" * 4097, 4096, ["a" * 4096, "a"]),
-    ("ab cd ef", 5, ["ab cd", "ef"]),
-    ("😀😀😀", 4, ["😀😀", "😀"]),  # an emoji is 2 UTF-16 units, Telegram's measure
-])
-def test_split_message(text, limit, expected):
-    assert split_message(text, limit) == expected
-
-
-@pytest.mark.parametrize("text", [" ".join(["слово"] * 2000), "😀" * 5000, "x" * 10_000 + " хвост"])
-def test_long_replies_are_split_into_telegram_sized_parts(text):
-    parts = split_message(text)
-    assert len(parts) > 1
-    assert all(0 < len(p.encode("utf-16-le")) // 2 <= 4096 and p == p.strip() for p in parts)
-    assert "".join(parts).replace(" ", "") == text.replace(" ", "")
-
-
-def test_settings_defaults_and_token_not_in_repr():
-    s = Settings.from_env({"TELEGRAM_BOT_TOKEN": "123:secret", "ALLOWED_CHAT_IDS": " 5, -100200,",
-                           "TELEGRAM_BASE_URL": "http://127.0.0.1:8081/"})
-    assert (s.base_url, s.data_dir, s.metrics_port, s.webhook_port) == ("http://127.0.0.1:8081", Path("data"), 9100, 8443)
-    assert s.allowed_chat_ids == {5, -100200}
-    assert "secret" not in repr(s)
-
-
-@pytest.mark.parametrize("env, webhook, names", [
-    ({"TELEGRAM_BOT_TOKEN": ""}, False, "TELEGRAM_BOT_TOKEN"),
-    ({"TELEGRAM_BOT_TOKEN": "  "}, False, "TELEGRAM_BOT_TOKEN"),
-    ({"ALLOWED_CHAT_IDS": "1,two"}, False, "ALLOWED_CHAT_IDS"),
-    ({"BOT_METRICS_PORT": "nine"}, False, "BOT_METRICS_PORT"),
-    ({}, True, "BOT_WEBHOOK_URL"),
-    ({"BOT_WEBHOOK_URL": "https://bot.example.com/hook"}, True, "BOT_WEBHOOK_SECRET"),
-    ({"BOT_WEBHOOK_URL": "https://bot.example.com/hook", "BOT_WEBHOOK_SECRET": "no spaces"}, True,
-     "BOT_WEBHOOK_SECRET"),
-])
-def test_settings_errors_name_the_variable(env, webhook, names):
-    env = {"TELEGRAM_BOT_TOKEN": "123:abc", **env}
-    with pytest.raises(ValueError, match=names):
-        Settings.from_env(env, webhook=webhook)
 
 
 # -- the bot against the fake Bot API and the real Triton ----------------------------------
@@ -269,7 +243,7 @@ def test_group_answers_only_when_mentioned_or_replied_to(tg, settings, triton, t
 
 def test_slow_reply_blocks_neither_typing_nor_other_chats_and_one_chat_stays_in_order(
         tg, settings, triton, tokenizer, monkeypatch):
-    monkeypatch.setattr(telegram_bot, "TYPING_EVERY", 0.1)
+    monkeypatch.setattr(dialogues_module, "TYPING_EVERY", 0.1)
     bot = chatbot(triton.url, tokenizer, timeout=30)
 
     async def body():
@@ -367,6 +341,136 @@ def test_token_never_reaches_the_logs(tg, settings, triton, tokenizer, caplog):
     assert not [r for r in caplog.records if token in (r.getMessage() + (r.exc_text or "")).lower()]
 
 
+# -- replies streamed as drafts ------------------------------------------------------------
+
+def drafts_settings(settings: Settings, every: float) -> Settings:
+    return Settings(settings.token, settings.base_url, settings.data_dir, metrics_port=0, draft_every=every)
+
+
+def test_private_chat_sees_the_reply_grow_in_one_throttled_draft(tg, settings, triton, tokenizer):
+    every, metrics = 0.3, Metrics()
+
+    async def body():
+        async with running(build_application(streaming_chatbot(triton.url, tokenizer), drafts_settings(settings, every),
+                                             metrics)):
+            await say(tg, CHAT, "Привет! Как дела?")
+
+    asyncio.run(body())
+    drafts, [reply] = tg.tried("sendMessageDraft", CHAT), tg.texts(CHAT)
+    texts = [d.params["text"] for d in drafts]
+    assert len(drafts) >= 2 and all(d.ok for d in drafts)
+    assert len({d.params["draft_id"] for d in drafts}) == 1 and int(drafts[0].params["draft_id"]) != 0
+    assert all(b.startswith(a) and len(b) > len(a) for a, b in zip(texts, texts[1:]))  # it only grows
+    assert reply.startswith(texts[-1]) and generated(reply)  # drafts show the final text's start
+    assert all(b.at - a.at >= every for a, b in zip(drafts, drafts[1:]))  # the throttle holds
+    [message] = tg.tried("sendMessage", CHAT)
+    assert message.at > drafts[-1].at  # no draft after the message
+    value = metrics.registry.get_sample_value
+    assert value("bot_drafts_total", {"result": "sent"}) == len(drafts)
+    assert value("bot_first_text_seconds_count") == 1
+    assert value("bot_first_text_seconds_sum") < value("bot_reply_latency_seconds_sum")
+
+
+@pytest.mark.parametrize("code, description", [
+    (400, "Bad Request: TEXTDRAFT_PEER_INVALID"),
+    (429, "Too Many Requests: retry after 1"),  # flood control, retried by the rate limiter, then given up
+    (502, "Bad Gateway"),
+])
+def test_a_failing_draft_does_not_stop_the_reply(tg, settings, triton, tokenizer, caplog, code, description):
+    metrics = Metrics()
+    tg.fail_next("sendMessageDraft", code, description, times=3)
+
+    async def body():
+        async with running(build_application(streaming_chatbot(triton.url, tokenizer), drafts_settings(settings, 0.1),
+                                             metrics)):
+            await say(tg, CHAT, "Привет!")
+            await say(tg, CHAT, "Как дела?")  # the next reply tries drafts again
+
+    asyncio.run(body())
+    first, second = tg.texts(CHAT)
+    assert generated(first) and generated(second)
+    assert saved_turns(settings, CHAT) == ["Привет!", first, "Как дела?", second]
+    tried, [sent, _] = tg.tried("sendMessageDraft", CHAT), tg.tried("sendMessage", CHAT)
+    assert not [d for d in tried if d.at < sent.at and d.ok]  # the first reply's drafts stopped at the error
+    assert [d for d in tried if d.at > sent.at]  # the next reply tried again
+    assert "draft not shown" in caplog.text
+    assert metrics.registry.get_sample_value("bot_drafts_total", {"result": "failed"}) >= 1
+    assert metrics.registry.get_sample_value("bot_errors_total", {"kind": "telegram"}) == 0
+
+
+def test_groups_get_typing_and_one_message_but_no_draft(tg, settings, triton, tokenizer):
+    async def body():
+        async with running(build_application(streaming_chatbot(triton.url, tokenizer), drafts_settings(settings, 0.1))):
+            await say(tg, GROUP, "@dialogue_test_bot привет", chat_type="supergroup")
+            await say(tg, CHAT, "привет")
+
+    asyncio.run(body())
+    assert generated(tg.texts(GROUP)[0]) and tg.of("sendChatAction", GROUP)
+    assert tg.tried("sendMessageDraft", GROUP) == [] and tg.of("sendMessageDraft", CHAT)
+
+
+def test_reset_and_a_new_message_while_a_reply_streams_wait_their_turn(tg, settings, triton, tokenizer):
+    bot = streaming_chatbot(triton.url, tokenizer, timeout=30)
+
+    async def body():
+        async with running(build_application(bot, drafts_settings(settings, 0.1))) as dialogues:
+            tg.message(CHAT, "STALL расскажи что-нибудь")
+            await tg.wait_for(lambda: tg.of("sendMessageDraft", CHAT))  # it streams, then stalls
+            assert cached_sequences(triton) == 1  # mid-generation
+            tg.message(CHAT, "/reset")
+            await asyncio.sleep(0.3)  # in this order
+            tg.message(CHAT, "второе")
+            await asyncio.sleep(0.5)
+            assert tg.texts(CHAT) == [] and len(bot.prompts) == 1
+            assert await dialogues.history.turns(CHAT, 10) == ["STALL расскажи что-нибудь"]
+            bot.release.set()
+            await tg.wait_for(lambda: len(tg.texts(CHAT)) == 3)
+
+    asyncio.run(body())
+    first, reset_done, second = tg.texts(CHAT)
+    assert generated(first) and reset_done == RESET_DONE and generated(second)
+    assert bot.prompts[-1] == ["второе"] and saved_turns(settings, CHAT) == ["второе", second]
+    assert cached_sequences(triton) == 0  # every generation ended (END sent)
+
+
+def test_a_reply_interrupted_midstream_still_ends_its_sequence(tg, settings, triton, tokenizer):
+    bot = streaming_chatbot(triton.url, tokenizer, timeout=2)
+
+    async def body():
+        async with running(build_application(bot, drafts_settings(settings, 0.1))):
+            await say(tg, CHAT, "STALL первый")  # never released: the reply times out
+            assert cached_sequences(triton) == 0
+            tg.message(CHAT, "STALL второй")
+            await tg.wait_for(lambda: len(tg.of("sendMessageDraft", CHAT)) > 1 and cached_sequences(triton) == 1)
+        # stopped while the second reply streams: PTB waits for the handler, whose reply times out
+
+    asyncio.run(body())
+    assert tg.texts(CHAT) == [UNAVAILABLE, UNAVAILABLE]
+    assert cached_sequences(triton) == 0
+
+
+def test_bare_commands_in_a_group_are_for_whoever_is_addressed(tg, settings, triton, tokenizer):
+    group = {"chat_type": "supergroup"}
+
+    async def body():
+        async with running(build_application(chatbot(triton.url, tokenizer), settings)) as dialogues:
+            await say(tg, GROUP, "@dialogue_test_bot привет", **group)
+            tg.message(GROUP, "/reset", **group)  # meant for another bot
+            tg.message(GROUP, "/reset@other_bot", **group)
+            tg.message(GROUP, "/help", **group)
+            await say(tg, GROUP, "/help@dialogue_test_bot", **group)
+            assert len(await dialogues.history.turns(GROUP, 10)) == 2
+            await say(tg, GROUP, "/reset", reply_to_bot=True, **group)
+            assert await dialogues.history.turns(GROUP, 10) == []
+            await say(tg, GROUP, "@dialogue_test_bot привет", **group)
+            await say(tg, GROUP, "/reset@dialogue_test_bot", **group)
+
+    asyncio.run(body())
+    texts = tg.texts(GROUP)
+    assert texts[1:3] == [HELP, RESET_DONE] and texts[4] == RESET_DONE and len(texts) == 5
+    assert saved_turns(settings, GROUP) == []
+
+
 # -- `python -m bot` ------------------------------------------------------------------------
 
 def bot_env(tg: FakeTelegram, tmp_path: Path, **env: str) -> dict[str, str]:
@@ -419,6 +523,22 @@ def test_python_m_bot_webhook_mode(tg, triton, model_repository, tmp_path):
     assert proc.returncode == 0, err
     assert generated(tg.texts(CHAT)[0]) and tg.texts(OTHER) == []
     assert tg.token.lower() not in (out + err).lower()
+
+
+def test_python_m_bot_long_polling_streams_drafts(tg, triton, model_repository, tmp_path):
+    env = bot_env(tg, tmp_path, TRITON_URL=triton.url, TRITON_MODEL="rudialogpt", BOT_DRAFT_INTERVAL="0.05")
+    proc = subprocess.Popen(python_m_bot(model_repository, "--max-new-tokens", "40", "--seed", "3"), cwd=ROOT,
+                            env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:  # run_polling itself: its start-up, the handlers, its shutdown on SIGTERM
+        tg.message(CHAT, "Привет! Расскажи, как прошёл твой день?")
+        asyncio.run(tg.wait_for(lambda: tg.texts(CHAT) or proc.poll() is not None, timeout=60))
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    [reply], drafts = tg.texts(CHAT), tg.of("sendMessageDraft", CHAT)
+    assert generated(reply) and drafts and reply.startswith(drafts[-1]["text"])
+    assert "drafts every 0.05 s" in err and "first text after" in err
 
 
 @pytest.mark.parametrize("token, message", [("", "TELEGRAM_BOT_TOKEN is not set"),

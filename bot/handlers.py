@@ -1,0 +1,115 @@
+"""The Telegram handlers, the texts they answer with, and the filters that route updates to them."""
+from __future__ import annotations
+
+import logging
+
+from telegram import BotCommand, Message, Update
+from telegram.constants import ChatType
+from telegram.error import TelegramError
+from telegram.ext import Application, CommandHandler, ContextTypes, MessageHandler, filters
+
+from bot.console import RESET_DONE, UNAVAILABLE
+from bot.dialogues import Dialogues
+from bot.history import StoreUnavailable
+from bot.text import without_mention
+from contract.dialogue import clean_turn
+
+log = logging.getLogger(__name__)
+
+START = ("Привет! Я бот-собеседник: отвечаю с помощью нейросети ruDialoGPT и помню три последние "
+         "реплики разговора. Просто напиши мне что-нибудь.\n/help — подсказка, /reset — начать заново.")
+HELP = ("Пиши сообщения — я отвечаю, учитывая три последние реплики.\n"
+        "/reset — забыть разговор и начать сначала.\n"
+        "В группе я отвечаю, когда меня упоминают (@имя) или отвечают на моё сообщение.\n"
+        "Ответы пишет нейросеть: они бывают странными и не обязательно верны.")
+NOT_TEXT = "Я понимаю только текст — напиши, пожалуйста, словами."
+REFUSED = "Извините, в этом чате бот недоступен."
+SORRY = "Что-то пошло не так. Попробуйте, пожалуйста, ещё раз чуть позже."
+COMMANDS = [BotCommand("start", "что это за бот"), BotCommand("help", "подсказка"),
+            BotCommand("reset", "начать разговор заново")]
+STATE = "dialogues"  # key of the Dialogues in application.bot_data
+
+
+class Addressed(filters.MessageFilter):
+    """Private chats; in groups only messages that mention the bot (also /cmd@bot) or reply to one of its messages."""
+
+    def filter(self, message: Message) -> bool:
+        if message.chat.type == ChatType.PRIVATE:
+            return True
+        bot = message.get_bot()
+        replied = message.reply_to_message
+        if replied and replied.from_user and replied.from_user.id == bot.id:
+            return True
+        return f"@{bot.username}".lower() in (message.text or message.caption or "").lower()
+
+
+def dialogues(context: ContextTypes.DEFAULT_TYPE) -> Dialogues:
+    """The application's Dialogues."""
+    return context.bot_data[STATE]
+
+
+async def start(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """Greet the user and say what the bot is."""
+    await update.effective_message.reply_text(START)
+
+
+async def help_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """Explain how to talk to the bot."""
+    await update.effective_message.reply_text(HELP)
+
+
+async def reset(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """Forget this chat's dialogue (after any reply still being written)."""
+    chat_id = update.effective_chat.id
+    async with dialogues(context).lock(chat_id):
+        await dialogues(context).history.reset(chat_id)
+    await update.effective_message.reply_text(RESET_DONE)
+
+
+async def on_text(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """Answer a text message (without the bot's @mention); blank ones are ignored."""
+    message = update.effective_message
+    if text := clean_turn(without_mention(message.text, context.bot.username)):
+        await dialogues(context).answer(message, text)
+
+
+async def not_text(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """Tell the user that only text is understood (stickers, photos, voice…)."""
+    await update.effective_message.reply_text(NOT_TEXT)
+
+
+async def refuse(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """Refuse a chat that is not on ALLOWED_CHAT_IDS."""
+    log.info("chat %d is not allowed", update.effective_chat.id)
+    await update.effective_message.reply_text(REFUSED)
+
+
+async def on_error(update: object, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """Log the error with its traceback and apologise to the user."""
+    log.error("error while handling an update", exc_info=context.error)
+    unavailable = isinstance(context.error, StoreUnavailable)  # the history's database is down
+    kind = "telegram" if isinstance(context.error, TelegramError) else "database" if unavailable else "unexpected"
+    dialogues(context).metrics.errors.labels(kind).inc()
+    if isinstance(update, Update) and update.effective_message:
+        try:
+            await update.effective_message.reply_text(UNAVAILABLE if unavailable else SORRY)
+        except TelegramError as exc:
+            log.warning("could not apologise: %s", exc)
+
+
+def add_handlers(application: Application, allowed_chat_ids: frozenset[int]) -> None:
+    """Route updates: only addressed messages (commands too) from allowed chats reach the dialogue."""
+    addressed = Addressed()
+    allowed = filters.Chat(chat_id=allowed_chat_ids) if allowed_chat_ids else filters.ALL
+    if allowed_chat_ids:
+        application.add_handler(MessageHandler(addressed & ~allowed, refuse))
+    answered = allowed & addressed
+    application.add_handlers([
+        CommandHandler("start", start, filters=answered),
+        CommandHandler("help", help_command, filters=answered),
+        CommandHandler("reset", reset, filters=answered),
+        MessageHandler(answered & filters.COMMAND, help_command),
+        MessageHandler(answered & filters.TEXT, on_text),
+        MessageHandler(answered & ~filters.StatusUpdate.ALL, not_text),
+    ])
+    application.add_error_handler(on_error)
