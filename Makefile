@@ -20,9 +20,12 @@ $(STAMP): requirements/bot.txt requirements/dev.txt requirements/triton.txt Make
 
 venv: $(STAMP)
 
-# Prometheus and promtool (Debian's package) for the monitoring checks; needs root to install.
+# Debian's packages for the tests; needs root to install. Prometheus and promtool for the
+# monitoring checks; the PostgreSQL server for the history and replica tests (tests/conftest.py
+# starts a throwaway cluster, as the `postgres` user when run as root).
 system-deps:
 	@command -v promtool >/dev/null || { [ "$$(id -u)" = 0 ] && (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null) || echo "note: install Debian's 'prometheus' package for the monitoring tests (they skip without it)"; }
+	@ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql >/dev/null) || echo "note: install Debian's 'postgresql' package for the PostgreSQL tests (they skip without it)"; }
 
 demo: $(STAMP)
 	$(PY) -m demo

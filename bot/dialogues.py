@@ -10,9 +10,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import weakref
 from contextlib import asynccontextmanager
-from typing import AsyncIterator
+from typing import AsyncContextManager, AsyncIterator
 
 from telegram import Message
 from telegram.constants import ChatAction, ChatType
@@ -21,7 +20,7 @@ from telegram.error import TelegramError
 from bot.chat import ChatBot, Reply
 from bot.console import UNAVAILABLE
 from bot.drafts import Drafts
-from bot.history import History
+from bot.history import Store
 from bot.metrics import Metrics
 from bot.streaming import OnText
 from bot.text import split_message
@@ -55,20 +54,17 @@ async def typing(message: Message) -> AsyncIterator[None]:
 class Dialogues:
     """The model, the history and the metrics, with a lock per chat; answers one message at a time per chat."""
 
-    def __init__(self, chatbot: ChatBot, history: History, metrics: Metrics, health_every: float,
+    def __init__(self, chatbot: ChatBot, history: Store, metrics: Metrics, health_every: float,
                  draft_every: float = 0.0):
         self.chatbot, self.history, self.metrics = chatbot, history, metrics
         self.health_every, self.draft_every = health_every, draft_every
-        self._locks: weakref.WeakValueDictionary[int, asyncio.Lock] = weakref.WeakValueDictionary()
         self._background: set[asyncio.Task] = set()
         self._watcher: asyncio.Task | None = None
 
-    def lock(self, chat_id: int) -> asyncio.Lock:
-        """The chat's lock: its messages are answered one at a time, in order of arrival."""
-        lock = self._locks.get(chat_id)
-        if lock is None:
-            lock = self._locks[chat_id] = asyncio.Lock()
-        return lock
+    def lock(self, chat_id: int) -> AsyncContextManager[None]:
+        """The chat's lock: its messages are answered one at a time, in order of arrival (across
+        replicas with PostgreSQL)."""
+        return self.history.chat_turn(chat_id)
 
     def streams(self, message: Message) -> bool:
         """Whether the reply to `message` is shown as drafts: only private chats have them."""
@@ -78,14 +74,14 @@ class Dialogues:
         """Store the user's turn, generate under "typing…" (and drafts), send the reply and store it."""
         chat_id = message.chat_id
         async with self.lock(chat_id):
-            self.history.add(chat_id, "user", text)
+            await self.history.add(chat_id, "user", text)
             started = time.perf_counter()
             drafts = Drafts(message.get_bot(), chat_id, self.draft_every if self.streams(message) else 0,
                             self.metrics)
             try:
                 async with typing(message), drafts:
                     on_text = drafts.show if drafts.every else None
-                    reply = await self._reply_within(self.history.turns(chat_id, CONTEXT_TURNS), on_text)
+                    reply = await self._reply_within(await self.history.turns(chat_id, CONTEXT_TURNS), on_text)
             except TritonError as exc:
                 unavailable = isinstance(exc, TritonUnavailable)
                 self.metrics.errors.labels("triton_unavailable" if unavailable else "triton_request").inc()
@@ -96,7 +92,7 @@ class Dialogues:
             self.metrics.triton_up.set(1)
             for part in split_message(reply.text):
                 await message.reply_text(part)
-            self.history.add(chat_id, "bot", reply.text)
+            await self.history.add(chat_id, "bot", reply.text)
             self._count(reply, started, drafts.first_shown)
 
     def _count(self, reply: Reply, started: float, first_shown: float | None) -> None:
@@ -136,5 +132,5 @@ class Dialogues:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        self.history.close()
+        await self.history.close()
         await self.chatbot.client.close()

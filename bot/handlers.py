@@ -8,8 +8,9 @@ from telegram.constants import ChatType
 from telegram.error import TelegramError
 from telegram.ext import Application, CommandHandler, ContextTypes, MessageHandler, filters
 
-from bot.console import RESET_DONE
+from bot.console import RESET_DONE, UNAVAILABLE
 from bot.dialogues import Dialogues
+from bot.history import StoreUnavailable
 from bot.text import without_mention
 from contract.dialogue import clean_turn
 
@@ -61,7 +62,7 @@ async def reset(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     """Forget this chat's dialogue (after any reply still being written)."""
     chat_id = update.effective_chat.id
     async with dialogues(context).lock(chat_id):
-        dialogues(context).history.reset(chat_id)
+        await dialogues(context).history.reset(chat_id)
     await update.effective_message.reply_text(RESET_DONE)
 
 
@@ -86,11 +87,12 @@ async def refuse(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
 async def on_error(update: object, context: ContextTypes.DEFAULT_TYPE) -> None:
     """Log the error with its traceback and apologise to the user."""
     log.error("error while handling an update", exc_info=context.error)
-    kind = "telegram" if isinstance(context.error, TelegramError) else "unexpected"
+    unavailable = isinstance(context.error, StoreUnavailable)  # the history's database is down
+    kind = "telegram" if isinstance(context.error, TelegramError) else "database" if unavailable else "unexpected"
     dialogues(context).metrics.errors.labels(kind).inc()
     if isinstance(update, Update) and update.effective_message:
         try:
-            await update.effective_message.reply_text(SORRY)
+            await update.effective_message.reply_text(UNAVAILABLE if unavailable else SORRY)
         except TelegramError as exc:
             log.warning("could not apologise: %s", exc)
 

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
 
+from bot.history import DatabaseSettings
+
 TELEGRAM_API = "https://api.telegram.org"
 
 
@@ -57,6 +59,7 @@ class Settings:
     webhook_secret: str = field(default="", repr=False)  # BOT_WEBHOOK_SECRET: checked on every post
     webhook_port: int = 8443  # BOT_WEBHOOK_PORT: where the webhook listens
     draft_every: float = 1.0  # BOT_DRAFT_INTERVAL: seconds from one draft's answer to the next draft (0: no drafts)
+    database: DatabaseSettings = DatabaseSettings()  # BOT_DATABASE_URL etc.: the history in PostgreSQL
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ, webhook: bool = False) -> Settings:
@@ -75,7 +78,8 @@ class Settings:
         settings = cls(token, base_url, Path(env.get("BOT_DATA_DIR") or cls.data_dir), allowed,
                        env_int(env, "BOT_METRICS_PORT", cls.metrics_port), env.get("BOT_WEBHOOK_URL", ""),
                        env.get("BOT_WEBHOOK_SECRET", ""), env_int(env, "BOT_WEBHOOK_PORT", cls.webhook_port),
-                       env_seconds(env, "BOT_DRAFT_INTERVAL", cls.draft_every, allow_zero=True))
+                       env_seconds(env, "BOT_DRAFT_INTERVAL", cls.draft_every, allow_zero=True),
+                       DatabaseSettings.from_env(env))
         if webhook and not settings.webhook_url.startswith("https://"):
             raise ValueError("--webhook needs BOT_WEBHOOK_URL, the public https:// URL Telegram posts to")
         if webhook and not re.fullmatch(r"[A-Za-z0-9_-]{1,256}", settings.webhook_secret):

@@ -17,7 +17,7 @@ from telegram.ext import AIORateLimiter, Application, ApplicationBuilder
 from bot.chat import ChatBot
 from bot.dialogues import Dialogues
 from bot.handlers import COMMANDS, STATE, add_handlers
-from bot.history import History
+from bot.history import open_store
 from bot.metrics import Metrics
 from bot.redact import hide_token_in_logs
 from bot.settings import Settings
@@ -29,7 +29,8 @@ ALLOWED_UPDATES = [Update.MESSAGE]
 
 
 async def post_init(application: Application) -> None:
-    """Publish the command menu and start the Triton health checks."""
+    """Connect the history, publish the command menu and start the Triton health checks."""
+    await application.bot_data[STATE].history.start()
     await application.bot.set_my_commands(COMMANDS)
     application.bot_data[STATE].watch_triton()
 
@@ -47,7 +48,8 @@ def build_application(chatbot: ChatBot, settings: Settings, metrics: Metrics | N
                    .base_url(f"{settings.base_url}/bot").base_file_url(f"{settings.base_url}/file/bot")
                    .rate_limiter(AIORateLimiter(max_retries=2)).concurrent_updates(True)
                    .post_init(post_init).post_shutdown(post_shutdown).build())
-    application.bot_data[STATE] = Dialogues(chatbot, History.in_dir(settings.data_dir), metrics or Metrics(),
+    history = open_store(settings.data_dir, settings.database)
+    application.bot_data[STATE] = Dialogues(chatbot, history, metrics or Metrics(),
                                             health_every, settings.draft_every)
     add_handlers(application, settings.allowed_chat_ids)
     return application
@@ -64,7 +66,7 @@ def run_telegram(chatbot: ChatBot, webhook: bool = False) -> None:
             raise ValueError(f"BOT_METRICS_PORT {settings.metrics_port}: {exc}") from None
     application = build_application(chatbot, settings, metrics)
     log.info("Telegram bot: %s, history in %s, metrics on %s, drafts %s", "webhook" if webhook else "long polling",
-             settings.data_dir, settings.metrics_port or "off",
+             application.bot_data[STATE].history.where, settings.metrics_port or "off",
              f"every {settings.draft_every:g} s" if settings.draft_every else "off")
     try:
         if webhook:

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import os
+import secrets
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -114,3 +116,79 @@ def triton(model_repository, tmp_path_factory):
     server.model_name = "rudialogpt"
     with server:
         yield server
+
+
+class PostgresServer:
+    """A throwaway PostgreSQL cluster from Debian's `postgresql` package (`make system-deps`) on
+    127.0.0.1:`port`, password auth over TCP. initdb refuses root: as root it runs as `postgres`."""
+
+    SUPERUSER = "bot"
+
+    def __init__(self, port: int):
+        bins = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"))
+        pg_ctl = shutil.which("pg_ctl") or (str(bins[-1]) if bins else None)
+        if pg_ctl is None:
+            pytest.skip("no PostgreSQL server: install Debian's 'postgresql' package (make system-deps)")
+        self.bin, self.port, self.password = Path(pg_ctl).resolve().parent, port, secrets.token_urlsafe(16)
+        self.folder = Path(tempfile.mkdtemp(prefix="pytest-postgres-"))  # not under root's 0700 tmp_path
+        self.data, self.log = self.folder / "data", self.folder / "server.log"
+        self.user = "postgres" if os.geteuid() == 0 else None
+        if self.user:
+            shutil.chown(self.folder, self.user)
+        (self.folder / "pw").write_text(self.password)
+        self._pg("initdb", "-D", self.data, "-U", self.SUPERUSER, "--pwfile", self.folder / "pw", "-E", "UTF8",
+                 "--locale", "C", "--auth-local", "trust", "--auth-host", "scram-sha-256", "--no-sync")
+
+    def _pg(self, program: str, *args: object) -> None:
+        subprocess.run([self.bin / program, *map(str, args)], user=self.user, check=True, cwd=self.folder,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=120)
+
+    def url(self, database: str = "bot", password: str | None = None) -> str:
+        return f"postgresql://{self.SUPERUSER}:{password or self.password}@127.0.0.1:{self.port}/{database}"
+
+    def start(self) -> None:
+        """Start the server (a no-op when it runs)."""
+        status = subprocess.run([self.bin / "pg_ctl", "-D", self.data, "status"], user=self.user,
+                                capture_output=True)
+        if status.returncode == 0:
+            return
+        self._pg("pg_ctl", "-D", self.data, "-l", self.log, "-w", "-t", "60", "start", "-o",
+                 f"-p {self.port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={self.folder} "
+                 "-c fsync=off -c max_connections=300 -c shared_buffers=32MB")
+
+    def stop(self) -> None:
+        """A fast shutdown: open connections are ended, as when the database goes away."""
+        self._pg("pg_ctl", "-D", self.data, "-m", "fast", "-w", "stop")
+
+    def execute(self, sql: str, database: str = "postgres") -> None:
+        self._pg("psql", "-h", self.folder, "-p", self.port, "-U", self.SUPERUSER, "-d", database,
+                 "-v", "ON_ERROR_STOP=1", "-qc", sql)
+
+    def close(self) -> None:
+        try:
+            self.stop()
+        finally:
+            shutil.rmtree(self.folder, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """The real PostgreSQL server for the history tests, on a free port."""
+    from serve.server import free_port
+
+    server = PostgresServer(free_port())
+    server.start()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def database_url(postgres, request) -> str:
+    """A fresh, empty database on the session's server for one test; dropped after it."""
+    import re
+    import uuid
+
+    name = "t_" + re.sub(r"\W", "_", request.node.name.lower())[:40] + "_" + uuid.uuid4().hex[:8]
+    postgres.execute(f'CREATE DATABASE "{name}"')
+    yield postgres.url(name)
+    postgres.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

@@ -168,11 +168,11 @@ def test_hostile_text(tg, settings, triton, tokenizer, text, stored):
     expected = 2 if stored is not None else 1
 
     async def body():
-        async with running(build_application(bot, settings)) as dialogues:
+        async with running(build_application(bot, settings)):
             tg.message(CHAT, text)
             tg.message(CHAT, "Пока")  # answered after it (one lock per chat): a sync point
             await tg.wait_for(lambda: len(tg.texts(CHAT)) >= expected
-                              and dialogues.history.turns(CHAT, 1) == [tg.texts(CHAT)[-1]], timeout=40)
+                              and saved_turns(settings, CHAT)[-1:] == [tg.texts(CHAT)[-1]], timeout=40)
             return [await bot.prompt_ids(p) for p in bot.prompts], (await bot.client.model_info()).max_positions
 
     prompts, max_positions = asyncio.run(body())

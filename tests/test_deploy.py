@@ -25,7 +25,8 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = ROOT / "docker-compose.yml"
 WEBHOOK_OVERRIDE = ROOT / "docker" / "compose.webhook.yml"
-COMPOSE_FILES = [COMPOSE, WEBHOOK_OVERRIDE]
+POSTGRES_OVERRIDE = ROOT / "docker" / "compose.postgres.yml"
+COMPOSE_FILES = [COMPOSE, WEBHOOK_OVERRIDE, POSTGRES_OVERRIDE]
 DOCKERFILES = sorted((ROOT / "docker").glob("*.Dockerfile"))
 ENV_EXAMPLE = ROOT / ".env.example"
 PROMETHEUS_CONFIG = ROOT / "monitoring" / "prometheus.yml"
@@ -66,7 +67,8 @@ DASHBOARD_MUST_USE = {
 ENV_VARIABLES = {
     "TELEGRAM_BOT_TOKEN", "TELEGRAM_BASE_URL", "TRITON_URL", "TRITON_MODEL", "TRITON_TIMEOUT",
     "ALLOWED_CHAT_IDS", "BOT_DATA_DIR", "BOT_TOKENIZER_DIR", "BOT_METRICS_PORT", "BOT_WEBHOOK_URL",
-    "BOT_WEBHOOK_SECRET", "BOT_WEBHOOK_PORT", "BOT_DRAFT_INTERVAL", "GRAFANA_ADMIN_PASSWORD",
+    "BOT_WEBHOOK_SECRET", "BOT_WEBHOOK_PORT", "BOT_DRAFT_INTERVAL", "GRAFANA_ADMIN_PASSWORD", "BOT_DATABASE_URL",
+    "BOT_DATABASE_CONNECT_SECONDS", "BOT_DATABASE_RETRY_SECONDS", "BOT_CHAT_LOCK_SECONDS", "POSTGRES_PASSWORD",
 }
 FLOATING_TAGS = {"latest", "stable", "lts", "edge", "nightly", "main", "master"}
 
@@ -221,7 +223,7 @@ def test_only_grafana_and_the_webhook_are_published(path):
         ports = set(service.get("ports", []))
         assert ports <= allowed.get(name, set()), f"{path.name}: {name} publishes {ports}"
     published = {name for name, s in compose(path)["services"].items() if s.get("ports")}
-    assert published == ({"grafana"} if path == COMPOSE else {"bot"})
+    assert published == {COMPOSE: {"grafana"}, WEBHOOK_OVERRIDE: {"bot"}}.get(path, set())
 
 
 def test_webhook_override_switches_the_bot_to_webhook_mode():
@@ -560,3 +562,44 @@ def test_dashboard_metrics_exist_on_the_live_server(triton):
         rule["metricsQuery"].replace("<<.LabelMatchers>>", "").replace("<<.GroupBy>>", "pod"))}
     wanted = {m for m in used if m in TRITON_METRICS | MODEL_METRICS and not m.startswith("nv_gpu_")}
     assert wanted and wanted <= live, f"not on the live server: {sorted(wanted - live)}"
+
+
+# --- PostgreSQL history (docker/compose.postgres.yml, k8s/postgres.yaml) -----------------------
+
+def test_postgres_override_gives_the_bot_its_database():
+    services = compose(POSTGRES_OVERRIDE)["services"]
+    postgres, bot = services["postgres"], services["bot"]
+    assert "ports" not in postgres and postgres["expose"] == ["5432"]  # internal network only
+    assert "pg_isready -U bot -d bot" in postgres["healthcheck"]["test"][1]
+    assert postgres["volumes"] == ["postgres-data:/var/lib/postgresql/data"]
+    assert "postgres-data" in compose(POSTGRES_OVERRIDE)["volumes"]
+    assert bot["depends_on"]["postgres"]["condition"] == "service_healthy"
+    password = postgres["environment"]["POSTGRES_PASSWORD"]
+    assert password.startswith("${POSTGRES_PASSWORD:?")  # required, never a default
+    user, db = postgres["environment"]["POSTGRES_USER"], postgres["environment"]["POSTGRES_DB"]
+    assert bot["environment"]["BOT_DATABASE_URL"] == f"postgresql://{user}:{password}@postgres:5432/{db}"
+
+
+def test_k8s_bot_replicas_use_the_database():
+    bot = k8s_resource("Deployment", "bot")
+    assert bot["spec"]["replicas"] > 1
+    [container] = bot["spec"]["template"]["spec"]["containers"]
+    [url] = [e for e in container["env"] if e["name"] == "BOT_DATABASE_URL"]
+    assert url["valueFrom"]["secretKeyRef"] == {"name": "postgres", "key": "BOT_DATABASE_URL"}  # not optional
+    assert "BOT_DATA_DIR" not in k8s_resource("ConfigMap", "bot")["data"]
+    secret = load_yaml(K8S / "postgres-secret.example.yaml")
+    assert set(secret["stringData"]) == {"POSTGRES_PASSWORD", "BOT_DATABASE_URL"}
+    assert not any(secret["stringData"].values())
+
+
+def test_k8s_postgres_keeps_its_data_and_serves_the_url():
+    statefulset, service = k8s_resource("StatefulSet", "postgres"), k8s_resource("Service", "postgres")
+    [container] = statefulset["spec"]["template"]["spec"]["containers"]
+    [claim] = statefulset["spec"]["volumeClaimTemplates"]
+    mount = next(m for m in container["volumeMounts"] if m["name"] == claim["metadata"]["name"])
+    env = {e["name"]: e for e in container["env"]}
+    assert env["PGDATA"]["value"].startswith(mount["mountPath"] + "/")
+    assert env["POSTGRES_PASSWORD"]["valueFrom"]["secretKeyRef"]["name"] == "postgres"
+    assert (env["POSTGRES_USER"]["value"], env["POSTGRES_DB"]["value"]) == ("bot", "bot")
+    assert service["spec"]["ports"][0]["port"] == 5432 and "type" not in service["spec"]  # ClusterIP
+    assert "pg_isready" in container["readinessProbe"]["exec"]["command"]

@@ -1,29 +1,70 @@
-"""bot/history.py: the SQLite dialogue store of the Telegram bot."""
+"""bot/history.py and bot/history_pg.py: the same store tests against SQLite and a real PostgreSQL."""
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import threading
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import AsyncIterator, Awaitable, Callable
 
+import asyncpg
 import pytest
 
-from bot.history import FILENAME, History
+from bot.history import FILENAME, DatabaseSettings, History, SQLiteStore, Store, open_store
+from bot.history_pg import MIGRATIONS, PostgresStore, redact
 
-CHAT, OTHER = 42, -100777
+CHAT, OTHER = 42, -1001234567890  # a supergroup id needs 64 bits
+Body = Callable[[Store], Awaitable[None]]
 
 
-@pytest.fixture
-def history(tmp_path):
-    with History.in_dir(tmp_path) as store:
+@pytest.fixture(params=["sqlite", "postgresql"])
+def backend(request, tmp_path) -> tuple[Path, DatabaseSettings]:
+    """open_store's arguments for each backend; PostgreSQL gets a fresh database."""
+    url = request.getfixturevalue("database_url") if request.param == "postgresql" else ""
+    return tmp_path / "data", DatabaseSettings(url, connect_seconds=5, retry_seconds=2, lock_seconds=3)
+
+
+@asynccontextmanager
+async def opened(backend: tuple[Path, DatabaseSettings], keep: int | None = None) -> AsyncIterator[Store]:
+    store = open_store(*backend)
+    if keep is not None:
+        store = (PostgresStore(backend[1], keep) if backend[1].url
+                 else SQLiteStore(backend[0], keep))
+    await store.start()
+    try:
         yield store
+    finally:
+        await store.close()
 
 
-def fill(store: History, messages: list[tuple[str, str]], chat: int = CHAT) -> None:
+def run(backend, body: Body, keep: int | None = None) -> None:
+    async def main() -> None:
+        async with opened(backend, keep) as store:
+            await body(store)
+
+    asyncio.run(main())
+
+
+async def fill(store: Store, messages: list[tuple[str, str]], chat: int = CHAT) -> None:
     for role, text in messages:
-        store.add(chat, role, text)
+        await store.add(chat, role, text)
 
 
 DIALOGUE = [("user", "Привет"), ("bot", "Привет!"), ("user", "Как дела?"), ("bot", "Хорошо."),
             ("user", "Что делаешь?")]
+
+
+def test_open_store_picks_the_backend(backend):
+    async def body(store: Store) -> None:
+        url = backend[1].url
+        if url:
+            assert isinstance(store, PostgresStore) and store.where == f"PostgreSQL {redact(url)}"
+            assert url.split(":")[2].split("@")[0] not in store.where  # the password
+        else:
+            assert isinstance(store, SQLiteStore) and store.where == f"SQLite {backend[0] / FILENAME}"
+
+    run(backend, body)
 
 
 @pytest.mark.parametrize("n, expected", [
@@ -33,51 +74,139 @@ DIALOGUE = [("user", "Привет"), ("bot", "Привет!"), ("user", "Как
     (5, [text for _, text in DIALOGUE]),
     (50, [text for _, text in DIALOGUE]),
 ])
-def test_last_n_turns_oldest_first(history, n, expected):
-    fill(history, DIALOGUE)
-    assert history.turns(CHAT, n) == expected
+def test_last_n_turns_oldest_first(backend, n, expected):
+    async def body(store: Store) -> None:
+        await fill(store, DIALOGUE)
+        assert await store.turns(CHAT, n) == expected
+
+    run(backend, body)
 
 
 @pytest.mark.parametrize("messages, expected", [
     ([("user", "а"), ("user", "б")], ["а\nб"]),  # the model failed after "а": one user turn
     ([("user", "x"), ("bot", "y"), ("user", "а"), ("user", "б"), ("user", "в")], ["x", "y", "а\nб\nв"]),
     ([("bot", "y"), ("user", "а"), ("user", "б")], ["y", "а\nб"]),
-], ids=["two", "three-after-a-reply", "after-bot"])
-def test_consecutive_messages_of_one_speaker_are_one_turn(history, messages, expected):
-    fill(history, messages)
-    assert history.turns(CHAT, 3) == expected
+    ([("user", "1"), ("bot", "2"), ("user", "3"), ("user", "4"), ("bot", "5"), ("user", "6")], ["3\n4", "5", "6"]),
+], ids=["two", "three-after-a-reply", "after-bot", "merged-counts-once"])
+def test_consecutive_messages_of_one_speaker_are_one_turn(backend, messages, expected):
+    async def body(store: Store) -> None:
+        await fill(store, messages)
+        assert await store.turns(CHAT, 3) == expected
+
+    run(backend, body)
 
 
-def test_merged_turn_counts_once_towards_n(history):
-    fill(history, [("user", "1"), ("bot", "2"), ("user", "3"), ("user", "4"), ("bot", "5"), ("user", "6")])
-    assert history.turns(CHAT, 3) == ["3\n4", "5", "6"]
+TEXTS = ["Привет 👋🏽 как дела? 🇷🇺", "emoji only 😀😃😄", "tab\tand\nnewline", "'; DROP TABLE messages; --",
+         "x" * 10_000, "中文 עברית العربية", "$1 %s ? :name"]
 
 
-@pytest.mark.parametrize("text", ["Привет 👋🏽 как дела? 🇷🇺", "emoji only 😀😃😄", "tab\tand\nnewline",
-                                  "'; DROP TABLE messages; --", "x" * 10_000, "中文 עברית العربية"])
-def test_text_comes_back_unchanged(history, text):
-    history.add(CHAT, "user", text)
-    assert history.turns(CHAT, 3) == [text]
+def test_text_comes_back_unchanged(backend):
+    async def body(store: Store) -> None:
+        for chat, text in enumerate(TEXTS):
+            await store.add(chat, "user", text)
+        assert [await store.turns(chat, 3) for chat in range(len(TEXTS))] == [[t] for t in TEXTS]
+
+    run(backend, body)
 
 
-def test_reset_forgets_only_that_chat(history):
-    fill(history, DIALOGUE)
-    fill(history, [("user", "чужой"), ("bot", "разговор")], chat=OTHER)
-    assert history.reset(CHAT) == len(DIALOGUE)
-    assert history.turns(CHAT, 3) == []
-    assert history.turns(OTHER, 3) == ["чужой", "разговор"]
-    history.add(CHAT, "user", "Начнём сначала")
-    assert history.turns(CHAT, 3) == ["Начнём сначала"]
-    assert history.reset(12345) == 0  # an unknown chat is fine
+def test_reset_forgets_only_that_chat(backend):
+    async def body(store: Store) -> None:
+        await fill(store, DIALOGUE)
+        await fill(store, [("user", "чужой"), ("bot", "разговор")], chat=OTHER)
+        assert await store.reset(CHAT) == len(DIALOGUE)
+        assert await store.turns(CHAT, 3) == []
+        assert await store.turns(OTHER, 3) == ["чужой", "разговор"]
+        await store.add(CHAT, "user", "Начнём сначала")
+        assert await store.turns(CHAT, 3) == ["Начнём сначала"]
+        assert await store.reset(12345) == 0  # an unknown chat is fine
+
+    run(backend, body)
 
 
-def test_history_survives_reopening(tmp_path):
-    with History.in_dir(tmp_path) as store:
-        fill(store, DIALOGUE)
-        store.reset(OTHER)
-    with History.in_dir(tmp_path) as store:
-        assert store.turns(CHAT, 3) == ["Как дела?", "Хорошо.", "Что делаешь?"]
+def test_history_survives_reopening(backend):
+    async def write(store: Store) -> None:
+        await fill(store, DIALOGUE)
 
+    async def read(store: Store) -> None:
+        assert await store.turns(CHAT, 3) == ["Как дела?", "Хорошо.", "Что делаешь?"]
+
+    run(backend, write)
+    run(backend, read)
+
+
+def test_old_rows_are_pruned_per_chat(backend):
+    async def body(store: Store) -> None:
+        for i in range(10):
+            await store.add(CHAT, "user" if i % 2 == 0 else "bot", str(i))
+        await store.add(OTHER, "user", "x")
+        assert await store.turns(CHAT, 100) == ["6", "7", "8", "9"]
+        assert await store.turns(OTHER, 100) == ["x"]
+
+    run(backend, body, keep=4)
+
+
+def test_unknown_role_is_refused(backend):
+    async def body(store: Store) -> None:
+        with pytest.raises(ValueError, match="role must be 'user' or 'bot'"):
+            await store.add(CHAT, "system", "x")  # type: ignore[arg-type]
+        assert await store.turns(CHAT, 3) == []
+
+    run(backend, body)
+
+
+def test_concurrent_tasks_of_many_chats(backend):
+    async def writer(store: Store, chat: int) -> None:
+        for i in range(30):
+            await store.add(chat, "user" if i % 2 == 0 else "bot", f"{chat}-{i}")
+
+    async def body(store: Store) -> None:
+        await asyncio.gather(*(writer(store, chat) for chat in range(8)))
+        for chat in range(8):
+            assert await store.turns(chat, 30) == [f"{chat}-{i}" for i in range(30)]
+
+    run(backend, body)
+
+
+async def turn(store: Store, chat: int, name: str, hold: float, log: list[str]) -> None:
+    """Hold the chat's turn for `hold` seconds; log when it was entered and left."""
+    async with store.chat_turn(chat):
+        log.append(f"{name} in")
+        await asyncio.sleep(hold)
+        log.append(f"{name} out")
+
+
+def test_chat_turn_lets_one_task_in_per_chat(backend):
+    """Turns of one chat run one after another, in order of arrival; other chats don't wait."""
+    async def body(store: Store) -> None:
+        log: list[str] = []
+        first = asyncio.create_task(turn(store, CHAT, "a", 0.3, log))
+        await asyncio.sleep(0.1)
+        await asyncio.gather(first, turn(store, CHAT, "b", 0, log), turn(store, OTHER, "c", 0, log))
+        assert log == ["a in", "c in", "c out", "a out", "b in", "b out"]
+
+    run(backend, body)
+
+
+def test_database_settings_from_env():
+    env = {"BOT_DATABASE_URL": " postgresql://bot:pw@db:5432/bot ", "BOT_CHAT_LOCK_SECONDS": "12.5"}
+    s = DatabaseSettings.from_env(env)
+    assert (s.url, s.connect_seconds, s.retry_seconds, s.lock_seconds) == ("postgresql://bot:pw@db:5432/bot", 60, 10, 12.5)
+    assert "pw" not in repr(s) and DatabaseSettings.from_env({}).url == ""
+
+
+@pytest.mark.parametrize("env, name", [
+    ({"BOT_DATABASE_URL": "mysql://bot@db/bot"}, "BOT_DATABASE_URL"),
+    ({"BOT_DATABASE_URL": "db:5432"}, "BOT_DATABASE_URL"),
+    ({"BOT_CHAT_LOCK_SECONDS": "soon"}, "BOT_CHAT_LOCK_SECONDS"),
+    ({"BOT_DATABASE_RETRY_SECONDS": "-1"}, "BOT_DATABASE_RETRY_SECONDS"),
+    ({"BOT_DATABASE_CONNECT_SECONDS": "0"}, "BOT_DATABASE_CONNECT_SECONDS"),
+])
+def test_database_settings_errors_name_the_variable(env, name):
+    with pytest.raises(ValueError, match=name):
+        DatabaseSettings.from_env(env)
+
+
+# -- SQLite only -------------------------------------------------------------------------------
 
 def test_every_message_is_committed_at_once_in_wal_mode(tmp_path):
     """A second connection (another process after a crash) sees each message as soon as it is added."""
@@ -91,29 +220,90 @@ def test_every_message_is_committed_at_once_in_wal_mode(tmp_path):
             other.close()
 
 
-def test_old_rows_are_pruned_per_chat(tmp_path):
-    with History(tmp_path / "h.sqlite3", keep=4) as store:
-        for i in range(10):
-            store.add(CHAT, "user" if i % 2 == 0 else "bot", str(i))
-        store.add(OTHER, "user", "x")
-        rows = store._db.execute("SELECT chat_id, text FROM messages ORDER BY id").fetchall()
-    assert rows == [(CHAT, "6"), (CHAT, "7"), (CHAT, "8"), (CHAT, "9"), (OTHER, "x")]
+def test_sqlite_shared_between_threads(tmp_path):
+    with History.in_dir(tmp_path) as history:
+        def writer(chat: int) -> None:
+            for i in range(50):
+                history.add(chat, "user" if i % 2 == 0 else "bot", f"{chat}-{i}")
+
+        threads = [threading.Thread(target=writer, args=(chat,)) for chat in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        for chat in range(4):
+            assert history.turns(chat, 50) == [f"{chat}-{i}" for i in range(50)]
 
 
-def test_unknown_role_is_refused(history):
-    with pytest.raises(sqlite3.IntegrityError):
-        history.add(CHAT, "system", "x")  # type: ignore[arg-type]
+# -- PostgreSQL only ---------------------------------------------------------------------------
+
+def settings(url: str, **kw: float) -> DatabaseSettings:
+    return DatabaseSettings(url, **{"connect_seconds": 5, "retry_seconds": 2, "lock_seconds": 3, **kw})
 
 
-def test_shared_between_threads(history):
-    def writer(chat: int) -> None:
-        for i in range(50):
-            history.add(chat, "user" if i % 2 == 0 else "bot", f"{chat}-{i}")
+def test_schema_is_created_once_and_versioned(database_url):
+    async def main() -> list[int]:
+        stores = [PostgresStore(settings(database_url)) for _ in range(3)]
+        await asyncio.gather(*(s.start() for s in stores))  # three replicas starting at once
+        for s in stores:
+            await s.close()
+        conn = await asyncpg.connect(database_url)
+        try:
+            return [r["version"] for r in await conn.fetch("SELECT version FROM schema_version ORDER BY version")]
+        finally:
+            await conn.close()
 
-    threads = [threading.Thread(target=writer, args=(chat,)) for chat in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    for chat in range(4):
-        assert history.turns(chat, 50) == [f"{chat}-{i}" for i in range(50)]
+    assert asyncio.run(main()) == list(range(1, len(MIGRATIONS) + 1))
+
+
+def test_a_newer_schema_is_refused(database_url):
+    async def main() -> None:
+        store = PostgresStore(settings(database_url))
+        await store.start()
+        await store.close()
+        conn = await asyncpg.connect(database_url)
+        await conn.execute("INSERT INTO schema_version (version) VALUES ($1)", len(MIGRATIONS) + 1)
+        await conn.close()
+        with pytest.raises(ValueError, match=rf"BOT_DATABASE_URL: .*schema v{len(MIGRATIONS) + 1}, newer"):
+            await PostgresStore(settings(database_url)).start()
+
+    asyncio.run(main())
+
+
+def test_the_lock_of_a_hung_holder_goes_after_the_bound(database_url):
+    """A holder that stops talking (a frozen replica) loses the chat's lock after lock_seconds."""
+    async def main() -> float:
+        waiter = PostgresStore(settings(database_url, lock_seconds=2))
+        await waiter.start()
+        hung = await asyncpg.connect(database_url)  # what a frozen replica's lock connection looks like
+        try:
+            await hung.execute("BEGIN; SET LOCAL idle_in_transaction_session_timeout = 2000; "
+                               f"SELECT pg_advisory_xact_lock({CHAT})")
+            start = asyncio.get_running_loop().time()
+            async with waiter.chat_turn(CHAT):
+                return asyncio.get_running_loop().time() - start
+        finally:
+            hung.terminate()
+            await waiter.close()
+
+    waited = asyncio.run(main())
+    assert 1.5 < waited < 10
+
+
+def test_a_live_holder_keeps_its_lock_past_the_bound(database_url):
+    """The holder's keep-alive queries: a reply longer than lock_seconds keeps the chat's lock."""
+    async def main() -> list[str]:
+        a, b = PostgresStore(settings(database_url, lock_seconds=1)), PostgresStore(settings(database_url))
+        await a.start()
+        await b.start()
+        log: list[str] = []
+        try:
+            first = asyncio.create_task(turn(a, CHAT, "a", 3.0, log))  # three bounds long
+            await asyncio.sleep(0.3)
+            await asyncio.gather(first, turn(b, CHAT, "b", 0, log))
+        finally:
+            await a.close()
+            await b.close()
+        return log
+
+    assert asyncio.run(main()) == ["a in", "a out", "b in", "b out"]

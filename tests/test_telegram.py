@@ -175,7 +175,7 @@ def test_start_help_reset_and_unknown_command(tg, settings, triton, tokenizer):
             await say(tg, CHAT, "/help")
             await say(tg, CHAT, "Меня зовут Аня")
             await say(tg, CHAT, "/reset")
-            assert dialogues.history.turns(CHAT, 10) == []
+            assert await dialogues.history.turns(CHAT, 10) == []
             await say(tg, CHAT, "Что нового?")
             await say(tg, CHAT, "/unknown")
 
@@ -422,7 +422,7 @@ def test_reset_and_a_new_message_while_a_reply_streams_wait_their_turn(tg, setti
             tg.message(CHAT, "второе")
             await asyncio.sleep(0.5)
             assert tg.texts(CHAT) == [] and len(bot.prompts) == 1
-            assert dialogues.history.turns(CHAT, 10) == ["STALL расскажи что-нибудь"]
+            assert await dialogues.history.turns(CHAT, 10) == ["STALL расскажи что-нибудь"]
             bot.release.set()
             await tg.wait_for(lambda: len(tg.texts(CHAT)) == 3)
 
@@ -459,9 +459,9 @@ def test_bare_commands_in_a_group_are_for_whoever_is_addressed(tg, settings, tri
             tg.message(GROUP, "/reset@other_bot", **group)
             tg.message(GROUP, "/help", **group)
             await say(tg, GROUP, "/help@dialogue_test_bot", **group)
-            assert len(dialogues.history.turns(GROUP, 10)) == 2
+            assert len(await dialogues.history.turns(GROUP, 10)) == 2
             await say(tg, GROUP, "/reset", reply_to_bot=True, **group)
-            assert dialogues.history.turns(GROUP, 10) == []
+            assert await dialogues.history.turns(GROUP, 10) == []
             await say(tg, GROUP, "@dialogue_test_bot привет", **group)
             await say(tg, GROUP, "/reset@dialogue_test_bot", **group)
 
