@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -20,6 +21,14 @@ IDLE_MODEL = "rudialogpt_idle"
 # Launchers of this run: pytest itself and every `python -m serve` a test starts (register_launcher).
 # A launcher's pid is in the names of what it creates: /tmp/tritonserver-<pid>-*, /dev/shm/triton_<pid>_*.
 LAUNCHERS = {os.getpid()}
+
+
+def interruptible() -> None:
+    """Popen preexec_fn: the child gets SIGINT's default action, as under a terminal's Ctrl-C.
+
+    A test run started in the background by a non-interactive shell (CI, `nohup … &`) ignores
+    SIGINT, every child inherits that, and Python then installs no KeyboardInterrupt handler."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def register_launcher(pid: int) -> None:

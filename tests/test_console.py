@@ -15,6 +15,7 @@ from bot.chat import ChatBot, DialogueTokenizer
 from bot.console import run_console
 from bot.sampling import SamplingConfig
 from bot.triton_client import TritonClient
+from tests.conftest import interruptible
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -116,7 +117,7 @@ def test_ctrl_c_ends_the_chat_at_once(triton, model_repository):
     proc = subprocess.Popen([sys.executable, "-m", "bot", "--console", "--tokenizer",
                              str(model_repository / "rudialogpt" / "tokenizer"), "--max-new-tokens", "8"],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            cwd=ROOT, env=env)
+                            cwd=ROOT, env=env, preexec_fn=interruptible)
     try:
         proc.stdin.write("Привет!\n")
         proc.stdin.flush()

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from serve.server import free_port
+from tests.conftest import interruptible
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -27,7 +28,8 @@ def test_ctrl_c_in_the_chat_stops_triton(tiny_checkpoint, model_repository):
     # It starts a Triton of its own (the test must see it stop), reusing the checkpoint and the export.
     proc = subprocess.Popen([sys.executable, "-m", "demo", "--output", str(tiny_checkpoint), "--repository",
                              str(model_repository), "--http-port", str(port)], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env,
+                            preexec_fn=interruptible)
     try:
         proc.stdin.write("Привет!\n")
         proc.stdin.flush()
