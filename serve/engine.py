@@ -57,6 +57,17 @@ class _Seq:
     last_used: float = field(default_factory=time.monotonic)
 
 
+@dataclass(frozen=True)
+class Usage:
+    """What the engine holds, for the model's metrics (the liveness probe's slot not counted)."""
+
+    sequences: int  # sequences holding a slot
+    tokens: int  # tokens of context in those slots
+    free_slots: int
+    active_rows: int  # rows bound to onnxruntime calls since load that carried tokens
+    idle_rows: int  # rows bound since load without tokens (compute spent on nothing)
+
+
 @dataclass
 class _Row:
     index: int  # the step's index in the batch
@@ -179,9 +190,14 @@ class KVEngine:
             log.info("freed %d idle sequence slot(s)", len(stale))
         return len(stale)
 
-    def cached_tokens(self) -> int:
+    def usage(self) -> Usage:
         with self.lock:
-            return sum(c.length for c in self.seqs.values())
+            held = [s for k, s in self.seqs.items() if k != io.PROBE_SEQUENCE_ID]
+            return Usage(len(held), sum(s.length for s in held), len(self._free),
+                         self.rows_bound - self.rows_idle, self.rows_idle)
+
+    def cached_tokens(self) -> int:
+        return self.usage().tokens
 
     def _check(self, step: Step) -> None:
         ids = step.ids

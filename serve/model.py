@@ -68,16 +68,12 @@ class TritonPythonModel:
             self.engine.evict_idle()
 
     def _update_gauges(self):
-        e = self.engine
-        with e.lock:
-            held = [s for k, s in e.seqs.items() if k != io.PROBE_SEQUENCE_ID]
-            sequences, tokens = len(held), sum(s.length for s in held)
-            free, bound, idle = len(e._free), e.rows_bound, e.rows_idle
-        self.sequences_gauge.set(sequences)
-        self.tokens_gauge.set(tokens)
-        self.free_gauge.set(free)
-        self.active_rows_gauge.set(bound - idle)
-        self.idle_rows_gauge.set(idle)
+        usage = self.engine.usage()
+        self.sequences_gauge.set(usage.sequences)
+        self.tokens_gauge.set(usage.tokens)
+        self.free_gauge.set(usage.free_slots)
+        self.active_rows_gauge.set(usage.active_rows)
+        self.idle_rows_gauge.set(usage.idle_rows)
 
     def execute(self, requests):
         steps, errors = [], {}
