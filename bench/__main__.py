@@ -5,6 +5,7 @@ int8) into one Triton repository, starts the real tritonserver, and times 40 gre
 1, 4 and 8 concurrent conversations with ~50- and ~1000-token prompts. The engine before v2
 (optimum's graph, the past concatenated every step) runs beside the serving graph's engine.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -50,9 +51,13 @@ def build_model(shape: str, folder: Path) -> Path:
 
 def summarize(t) -> dict:
     ms = np.array(t.token_s) * 1000
-    return {"ms_per_token_median": float(np.median(ms)), "ms_per_token_p95": float(np.percentile(ms, 95)),
-            "ttft_ms_median": float(statistics.median(t.ttft_s) * 1000),
-            "tokens_per_s": t.tokens / t.wall_s, "wall_s": t.wall_s}
+    return {
+        "ms_per_token_median": float(np.median(ms)),
+        "ms_per_token_p95": float(np.percentile(ms, 95)),
+        "ttft_ms_median": float(statistics.median(t.ttft_s) * 1000),
+        "tokens_per_s": t.tokens / t.wall_s,
+        "wall_s": t.wall_s,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -63,15 +68,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--prompt-lengths", default="50,1000", help="prompt tokens, comma separated")
     p.add_argument("--new-tokens", type=int, default=40)
     p.add_argument("--threads", type=int, default=2, help="CPU threads for torch and onnxruntime")
-    p.add_argument("--no-scenarios", action="store_true", help="skip the many-chats scenarios (bench/scenarios.py)")
+    p.add_argument(
+        "--no-scenarios", action="store_true", help="skip the many-chats scenarios (bench/scenarios.py)"
+    )
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     logging.getLogger("export").setLevel(logging.WARNING)
 
     import torch
-    from transformers import AutoModelForCausalLM
-
     from optimum.exporters.onnx import main_export
+    from transformers import AutoModelForCausalLM
 
     from export import ServingConfig, export
     from export.optimum_engine import OptimumEngine
@@ -83,8 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     ckpt = build_model(args.shape, work / "checkpoint")
     repo = work / "model_repository"
     most = max(int(c) for c in args.concurrency.split(","))
-    serving = ServingConfig(intra_op_threads=args.threads, kv_slots=most,
-                            max_batch_size=most)
+    serving = ServingConfig(intra_op_threads=args.threads, kv_slots=most, max_batch_size=most)
     for name, quantize in (("rudialogpt", None), ("rudialogpt_int8", "int8")):
         if not (repo / name / "1" / "model.onnx").exists():
             t0 = time.monotonic()
@@ -94,15 +99,20 @@ def main(argv: list[str] | None = None) -> int:
         main_export(str(ckpt), output=work / "optimum", task="text-generation-with-past", do_validation=False)
     model = AutoModelForCausalLM.from_pretrained(ckpt).eval()
     conc = [int(c) for c in args.concurrency.split(",")]
-    engine = KVEngine(make_session(str(repo / "rudialogpt" / "1" / "model.onnx"), threads=args.threads),
-                      slots=max(conc))
-    engine_v1 = OptimumEngine(make_session(str(work / "optimum" / "model.onnx"), threads=args.threads),
-                              SHAPES[args.shape]["n_positions"])
+    engine = KVEngine(
+        make_session(str(repo / "rudialogpt" / "1" / "model.onnx"), threads=args.threads), slots=max(conc)
+    )
+    engine_v1 = OptimumEngine(
+        make_session(str(work / "optimum" / "model.onnx"), threads=args.threads),
+        SHAPES[args.shape]["n_positions"],
+    )
     vocab = SHAPES[args.shape]["vocab_size"]
     lengths = [int(n) for n in args.prompt_lengths.split(",")]
 
     rows = []
-    with TritonServer(repo, free_port(), free_port(), free_port(), log_file=work / "tritonserver.log") as server:
+    with TritonServer(
+        repo, free_port(), free_port(), free_port(), log_file=work / "tritonserver.log"
+    ) as server:
         runners = {
             "transformers": lambda b: run_transformers(model, b, args.new_tokens),
             "ort_v1": lambda b: run_ort(engine_v1, b, args.new_tokens),
@@ -116,11 +126,23 @@ def main(argv: list[str] | None = None) -> int:
                 for n in conc:
                     result = summarize(runner(prompts(n, length, vocab, seed=n + length)))
                     rows.append({"backend": backend, "prompt": length, "concurrency": n, **result})
-                    log.info("%-12s prompt %4d x%d: %6.1f ms/token (p95 %6.1f), ttft %7.1f ms, %6.1f tok/s",
-                             backend, length, n, result["ms_per_token_median"], result["ms_per_token_p95"],
-                             result["ttft_ms_median"], result["tokens_per_s"])
-        scenarios = None if args.no_scenarios else run_scenarios(
-            server.url, engine, vocab, min(lengths), max(lengths), max(conc), args.new_tokens)
+                    log.info(
+                        "%-12s prompt %4d x%d: %6.1f ms/token (p95 %6.1f), ttft %7.1f ms, %6.1f tok/s",
+                        backend,
+                        length,
+                        n,
+                        result["ms_per_token_median"],
+                        result["ms_per_token_p95"],
+                        result["ttft_ms_median"],
+                        result["tokens_per_s"],
+                    )
+        scenarios = (
+            None
+            if args.no_scenarios
+            else run_scenarios(
+                server.url, engine, vocab, min(lengths), max(lengths), max(conc), args.new_tokens
+            )
+        )
     paths = write_report(rows, args.out, args.shape, vars(args), scenarios)
     for path in paths:
         print(path)

@@ -6,6 +6,7 @@ and times 40 greedy tokens in-process and through the real Triton (model.py on o
 at 1 and 8 conversations, prompts of 50 and 1000 tokens. scripts/gpu_check.sh sets up the two
 environments it needs; results go to results/gpu-check.{md,json}.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,15 +26,21 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.gpu_check", description=__doc__)
     p.add_argument("--shape", choices=sorted(SHAPES), default="small")
     p.add_argument("--out", type=Path, default=Path("results"))
-    p.add_argument("--model-python", type=Path, required=True,
-                   help="venv with onnxruntime-gpu and numpy<2 that Triton's python backend runs model.py in")
+    p.add_argument(
+        "--model-python",
+        type=Path,
+        required=True,
+        help="venv with onnxruntime-gpu and numpy<2 that Triton's python backend runs model.py in",
+    )
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     import onnxruntime as ort
 
     if "CUDAExecutionProvider" not in ort.get_available_providers():
-        print("error: this onnxruntime has no CUDA provider: install onnxruntime-gpu (scripts/gpu_check.sh)",
-              file=sys.stderr)
+        print(
+            "error: this onnxruntime has no CUDA provider: install onnxruntime-gpu (scripts/gpu_check.sh)",
+            file=sys.stderr,
+        )
         return 2
     from export import ServingConfig, export, verify
     from serve.engine import KVEngine, make_session
@@ -42,39 +49,68 @@ def main(argv: list[str] | None = None) -> int:
     work = args.out / f"gpu-{args.shape}"
     ckpt = build_model(args.shape, work / "checkpoint")
     repo = work / "model_repository"
-    result = export(ckpt, repo, fp16=True, device="cuda", serving=ServingConfig(kv_slots=8, max_queue_delay_us=200))
+    result = export(
+        ckpt, repo, fp16=True, device="cuda", serving=ServingConfig(kv_slots=8, max_queue_delay_us=200)
+    )
     onnx_path = str(result.onnx_file)
     dev = verify.check_graph(result.onnx_file, verify.torch_reference(ckpt), "cuda")
     engine = KVEngine(make_session(onnx_path, "cuda"), slots=8)
     on_device = engine.kv.values[0].device_name().lower()
     assert on_device == "cuda", f"KV buffers are on {on_device}, not the GPU"
-    report = {"fp16_vs_pytorch_max_abs": dev.max_abs, "fp16_top1": dev.top1, "kv_device": on_device,
-              "kv_bytes": engine.kv.nbytes, "rows": []}
+    report = {
+        "fp16_vs_pytorch_max_abs": dev.max_abs,
+        "fp16_top1": dev.top1,
+        "kv_device": on_device,
+        "kv_bytes": engine.kv.nbytes,
+        "rows": [],
+    }
     vocab = SHAPES[args.shape]["vocab_size"]
     run_ort(engine, prompts(1, 16, vocab, seed=99), 8)  # warm-up
     for length in (50, 1000):
         for n in (1, 8):
-            report["rows"].append({"backend": "ort_cuda", "prompt": length, "concurrency": n,
-                                   **summarize(run_ort(engine, prompts(n, length, vocab, seed=n + length), 40))})
+            report["rows"].append(
+                {
+                    "backend": "ort_cuda",
+                    "prompt": length,
+                    "concurrency": n,
+                    **summarize(run_ort(engine, prompts(n, length, vocab, seed=n + length), 40)),
+                }
+            )
     del engine
     os.environ["RUDIALOGPT_EXECUTION_PROVIDER"] = "cuda"
     log_file = work / "tritonserver.log"
-    with TritonServer(repo, free_port(), free_port(), free_port(), log_file=log_file,
-                      model_python=args.model_python) as server:
+    with TritonServer(
+        repo, free_port(), free_port(), free_port(), log_file=log_file, model_python=args.model_python
+    ) as server:
         run_triton(server.url, "rudialogpt", prompts(1, 16, vocab, seed=99), 8)
         for length in (50, 1000):
             for n in (1, 8):
-                report["rows"].append({"backend": "triton_cuda", "prompt": length, "concurrency": n,
-                                       **summarize(run_triton(server.url, "rudialogpt",
-                                                              prompts(n, length, vocab, seed=n + length), 40))})
+                report["rows"].append(
+                    {
+                        "backend": "triton_cuda",
+                        "prompt": length,
+                        "concurrency": n,
+                        **summarize(
+                            run_triton(
+                                server.url, "rudialogpt", prompts(n, length, vocab, seed=n + length), 40
+                            )
+                        ),
+                    }
+                )
     served_on = "on cuda" in log_file.read_text()
     assert served_on, f"the served model did not report its KV cache on cuda ({log_file})"
-    lines = [f"fp16 vs PyTorch: max |Δlogit| {dev.max_abs:.3f}, top-1 {dev.top1:.0%}; KV buffers on {on_device} "
-             f"({engine_bytes_mb(report)} MB)", "", "| backend | prompt | conversations | ms/token | p95 | TTFT ms "
-             "| tokens/s |", "|---|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        f"fp16 vs PyTorch: max |Δlogit| {dev.max_abs:.3f}, top-1 {dev.top1:.0%}; KV buffers on {on_device} "
+        f"({engine_bytes_mb(report)} MB)",
+        "",
+        "| backend | prompt | conversations | ms/token | p95 | TTFT ms | tokens/s |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
     for r in report["rows"]:
-        lines.append(f"| {r['backend']} | {r['prompt']} | {r['concurrency']} | {r['ms_per_token_median']:.2f} | "
-                     f"{r['ms_per_token_p95']:.2f} | {r['ttft_ms_median']:.1f} | {r['tokens_per_s']:.1f} |")
+        lines.append(
+            f"| {r['backend']} | {r['prompt']} | {r['concurrency']} | {r['ms_per_token_median']:.2f} | "
+            f"{r['ms_per_token_p95']:.2f} | {r['ttft_ms_median']:.1f} | {r['tokens_per_s']:.1f} |"
+        )
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "gpu-check.md").write_text("\n".join(lines) + "\n")
     (args.out / "gpu-check.json").write_text(json.dumps(report, indent=2))

@@ -1,12 +1,17 @@
 """The benchmark's outputs: a Markdown table with the target ratios, JSON, and a PNG plot."""
+
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-LABELS = {"transformers": "(1) transformers generate", "ort_v1": "(2a) engine v1: optimum graph, past concatenated",
-          "ort": "(2) engine v2: serving graph, KV slots in place",
-          "triton_fp32": "(3) client → Triton fp32", "triton_int8": "(4) client → Triton int8"}
+LABELS = {
+    "transformers": "(1) transformers generate",
+    "ort_v1": "(2a) engine v1: optimum graph, past concatenated",
+    "ort": "(2) engine v2: serving graph, KV slots in place",
+    "triton_fp32": "(3) client → Triton fp32",
+    "triton_int8": "(4) client → Triton int8",
+}
 
 
 def _get(rows, backend, prompt, n, key):
@@ -21,32 +26,61 @@ def ratios(rows: list[dict]) -> list[dict]:
     short, long_ = min(r["prompt"] for r in rows), max(r["prompt"] for r in rows)
     lo, hi = min(r["concurrency"] for r in rows), max(r["concurrency"] for r in rows)
     ms = "ms_per_token_median"
-    return [
-        {"name": f"(3)/(2) ms/token, 1 conversation, prompt {short}", "target": "<= 1.15",
-         "value": _get(rows, "triton_fp32", short, lo, ms) / _get(rows, "ort", short, lo, ms), "ok_if": ("le", 1.15)},
-        {"name": f"(4)/(1) ms/token, 1 conversation, prompt {short}", "target": "<= 0.5",
-         "value": _get(rows, "triton_int8", short, lo, ms) / _get(rows, "transformers", short, lo, ms), "ok_if": ("le", 0.5)},
-    ] + [  # Engine v2
-        {"name": f"{LABELS[b][:3]} ms/token at prompt {long_} / at {short}, 1 conversation", "target": "<= 1.15",
-         "value": _get(rows, b, long_, lo, ms) / _get(rows, b, short, lo, ms), "ok_if": ("le", 1.15)}
-        for b in ("ort", "triton_fp32")
-    ] + [
-        {"name": f"(2)/(2a) ms/token, {hi} conversations, prompt {long_}", "target": "<= 0.5",
-         "value": _get(rows, "ort", long_, hi, ms) / _get(rows, "ort_v1", long_, hi, ms), "ok_if": ("le", 0.5)},
-        {"name": f"(2)/(2a) prompt step (TTFT) of {long_} tokens, 1 conversation", "target": "<= 0.7",
-         "value": _get(rows, "ort", long_, lo, "ttft_ms_median") / _get(rows, "ort_v1", long_, lo, "ttft_ms_median"),
-         "ok_if": ("le", 0.7)},
-    ]
+    return (
+        [
+            {
+                "name": f"(3)/(2) ms/token, 1 conversation, prompt {short}",
+                "target": "<= 1.15",
+                "value": _get(rows, "triton_fp32", short, lo, ms) / _get(rows, "ort", short, lo, ms),
+                "ok_if": ("le", 1.15),
+            },
+            {
+                "name": f"(4)/(1) ms/token, 1 conversation, prompt {short}",
+                "target": "<= 0.5",
+                "value": _get(rows, "triton_int8", short, lo, ms) / _get(rows, "transformers", short, lo, ms),
+                "ok_if": ("le", 0.5),
+            },
+        ]
+        + [  # Engine v2
+            {
+                "name": f"{LABELS[b][:3]} ms/token at prompt {long_} / at {short}, 1 conversation",
+                "target": "<= 1.15",
+                "value": _get(rows, b, long_, lo, ms) / _get(rows, b, short, lo, ms),
+                "ok_if": ("le", 1.15),
+            }
+            for b in ("ort", "triton_fp32")
+        ]
+        + [
+            {
+                "name": f"(2)/(2a) ms/token, {hi} conversations, prompt {long_}",
+                "target": "<= 0.5",
+                "value": _get(rows, "ort", long_, hi, ms) / _get(rows, "ort_v1", long_, hi, ms),
+                "ok_if": ("le", 0.5),
+            },
+            {
+                "name": f"(2)/(2a) prompt step (TTFT) of {long_} tokens, 1 conversation",
+                "target": "<= 0.7",
+                "value": _get(rows, "ort", long_, lo, "ttft_ms_median")
+                / _get(rows, "ort_v1", long_, lo, "ttft_ms_median"),
+                "ok_if": ("le", 0.7),
+            },
+        ]
+    )
 
 
 def markdown(rows: list[dict], shape: str) -> str:
-    lines = [f"Shape `{shape}`; greedy, ms per token after the first (median / p95), time to first token, "
-             "aggregate tokens/s.", "",
-             "| backend | prompt | conversations | ms/token | p95 | TTFT ms | tokens/s |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        f"Shape `{shape}`; greedy, ms per token after the first (median / p95), time to first token, "
+        "aggregate tokens/s.",
+        "",
+        "| backend | prompt | conversations | ms/token | p95 | TTFT ms | tokens/s |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
     for r in rows:
-        lines.append(f"| {LABELS[r['backend']]} | {r['prompt']} | {r['concurrency']} | {r['ms_per_token_median']:.1f} "
-                     f"| {r['ms_per_token_p95']:.1f} | {r['ttft_ms_median']:.0f} | {r['tokens_per_s']:.1f} |")
+        lines.append(
+            f"| {LABELS[r['backend']]} | {r['prompt']} | {r['concurrency']} | {r['ms_per_token_median']:.1f} "
+            f"| {r['ms_per_token_p95']:.1f} | {r['ttft_ms_median']:.0f} | {r['tokens_per_s']:.1f} |"
+        )
     lines += ["", "| target | wanted | measured | met |", "|---|---:|---:|:---:|"]
     for t in ratios(rows):
         op, bound = t["ok_if"]
@@ -63,14 +97,20 @@ def plot(rows: list[dict], path: Path, shape: str) -> None:
 
     prompts = sorted({r["prompt"] for r in rows})
     fig, axes = plt.subplots(1, len(prompts), figsize=(6 * len(prompts), 4), squeeze=False)
-    for ax, prompt in zip(axes[0], prompts):
+    for ax, prompt in zip(axes[0], prompts, strict=True):
         for backend, label in LABELS.items():
-            pts = sorted((r["concurrency"], r["ms_per_token_median"]) for r in rows
-                         if r["backend"] == backend and r["prompt"] == prompt)
+            pts = sorted(
+                (r["concurrency"], r["ms_per_token_median"])
+                for r in rows
+                if r["backend"] == backend and r["prompt"] == prompt
+            )
             if pts:
-                ax.plot(*zip(*pts), marker="o", label=label)
-        ax.set(title=f"{shape}: prompt {prompt} tokens", xlabel="concurrent conversations",
-               ylabel="ms per token (median)")
+                ax.plot(*zip(*pts, strict=True), marker="o", label=label)
+        ax.set(
+            title=f"{shape}: prompt {prompt} tokens",
+            xlabel="concurrent conversations",
+            ylabel="ms per token (median)",
+        )
         ax.grid(alpha=0.3)
     axes[0][0].legend()
     fig.tight_layout()
@@ -78,14 +118,26 @@ def plot(rows: list[dict], path: Path, shape: str) -> None:
     plt.close(fig)
 
 
-def write_report(rows: list[dict], out: Path, shape: str, settings: dict, scenarios: dict | None = None) -> list[Path]:
+def write_report(
+    rows: list[dict], out: Path, shape: str, settings: dict, scenarios: dict | None = None
+) -> list[Path]:
     from bench import scenarios as sc
 
     out.mkdir(parents=True, exist_ok=True)
     md, js, png = (out / f"bench-{shape}.{ext}" for ext in ("md", "json", "png"))
     md.write_text(markdown(rows, shape) + (sc.markdown(rows, scenarios) if scenarios else ""))
     extra = {"scenarios": scenarios, "scenario_targets": sc.targets(rows, scenarios)} if scenarios else {}
-    js.write_text(json.dumps({"shape": shape, "settings": {k: str(v) for k, v in settings.items()},
-                              "rows": rows, "ratios": ratios(rows), **extra}, indent=2))
+    js.write_text(
+        json.dumps(
+            {
+                "shape": shape,
+                "settings": {k: str(v) for k, v in settings.items()},
+                "rows": rows,
+                "ratios": ratios(rows),
+                **extra,
+            },
+            indent=2,
+        )
+    )
     plot(rows, png, shape)
     return [md, js, png]

@@ -4,6 +4,7 @@ Every runner generates `new_tokens` greedy tokens for `n` conversations at once 
 prompts of `prompt_len` ids and returns, per conversation, the time to the first token and the
 time of each later token.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -43,12 +44,23 @@ def run_transformers(model, batch: list[list[int]], new_tokens: int) -> Timing:
     ids = torch.tensor(batch)
     t0 = time.perf_counter()
     with torch.no_grad():
-        model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=new_tokens,
-                       min_new_tokens=new_tokens, pad_token_id=0, stopping_criteria=StoppingCriteriaList([Clock()]))
+        model.generate(
+            ids,
+            attention_mask=torch.ones_like(ids),
+            do_sample=False,
+            max_new_tokens=new_tokens,
+            min_new_tokens=new_tokens,
+            pad_token_id=0,
+            stopping_criteria=StoppingCriteriaList([Clock()]),
+        )
     wall = time.perf_counter() - t0
     steps = np.diff([t0, *stamps])
-    return Timing([float(steps[0])] * len(batch), [float(s) for s in steps[1:] for _ in batch], wall,
-                  len(batch) * new_tokens)
+    return Timing(
+        [float(steps[0])] * len(batch),
+        [float(s) for s in steps[1:] for _ in batch],
+        wall,
+        len(batch) * new_tokens,
+    )
 
 
 def run_ort(engine, batch: list[list[int]], new_tokens: int, pick=None) -> Timing:
@@ -66,12 +78,17 @@ def run_ort(engine, batch: list[list[int]], new_tokens: int, pick=None) -> Timin
         logits = engine.step([Step(i + 1, np.array([t]), end=last) for i, t in enumerate(nxt)])
         stamps.append(time.perf_counter())
     steps = np.diff([t0, *stamps])
-    return Timing([float(steps[0])] * len(batch), [float(s) for s in steps[1:] for _ in batch],
-                  stamps[-1] - t0, len(batch) * new_tokens)
+    return Timing(
+        [float(steps[0])] * len(batch),
+        [float(s) for s in steps[1:] for _ in batch],
+        stamps[-1] - t0,
+        len(batch) * new_tokens,
+    )
 
 
-def run_triton(url: str, model: str, batch: list[list[int]], new_tokens: int, sampling=None, gate=None,
-               **generate_kwargs) -> Timing:
+def run_triton(
+    url: str, model: str, batch: list[list[int]], new_tokens: int, sampling=None, gate=None, **generate_kwargs
+) -> Timing:
     """(3)/(4) the bot's own client and generate loop against the real Triton, conversations concurrent
     (greedy unless `sampling`; `gate`: the client's GateConfig; the rest goes to generate())."""
     from bot.generate import generate
@@ -84,12 +101,20 @@ def run_triton(url: str, model: str, batch: list[list[int]], new_tokens: int, sa
         client = TritonClient(url, model, timeout=120, gate=gate)
         try:
             t0 = time.perf_counter()
-            gens = await asyncio.gather(*(generate(client, p, cfg, np.random.default_rng(i), **generate_kwargs)
-                                          for i, p in enumerate(batch)))
+            gens = await asyncio.gather(
+                *(
+                    generate(client, p, cfg, np.random.default_rng(i), **generate_kwargs)
+                    for i, p in enumerate(batch)
+                )
+            )
             return gens, time.perf_counter() - t0
         finally:
             await client.close()
 
     gens, wall = asyncio.run(all_at_once())
-    return Timing([g.first_token_s for g in gens], [s for g in gens for s in g.step_s], wall,
-                  sum(len(g.tokens) for g in gens))
+    return Timing(
+        [g.first_token_s for g in gens],
+        [s for g in gens for s in g.step_s],
+        wall,
+        sum(len(g.tokens) for g in gens),
+    )

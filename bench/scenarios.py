@@ -8,6 +8,7 @@
 - (d) 7 conversations decoding while a 1000-token prompt arrives: their step times, before/after;
 - the client's sampling cost per token at the shape's vocabulary.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -32,8 +33,11 @@ def _client(url: str, model: str, gate: bool):
 
 def _steps(gens) -> dict:
     ms = np.array([s for g in gens for s in g.step_s]) * 1000
-    return {"ms_per_token_median": float(np.median(ms)), "ms_per_token_p95": float(np.percentile(ms, 95)),
-            "ms_per_token_max": float(ms.max())}
+    return {
+        "ms_per_token_median": float(np.median(ms)),
+        "ms_per_token_p95": float(np.percentile(ms, 95)),
+        "ms_per_token_max": float(ms.max()),
+    }
 
 
 def sampled(url: str, engine, n: int, prompt: int, vocab: int, new_tokens: int) -> list[dict]:
@@ -53,13 +57,27 @@ def sampled(url: str, engine, n: int, prompt: int, vocab: int, new_tokens: int) 
     rows = []
     for backend in ("ort", "triton_fp32"):
         before = model_stats(url, "rudialogpt")
-        timing = run_ort(engine, batch, new_tokens, pick) if backend == "ort" else \
-            run_triton(url, "rudialogpt", batch, new_tokens, sampling=cfg)
+        timing = (
+            run_ort(engine, batch, new_tokens, pick)
+            if backend == "ort"
+            else run_triton(url, "rudialogpt", batch, new_tokens, sampling=cfg)
+        )
         after = model_stats(url, "rudialogpt")
-        rows.append({"scenario": "sampled", "backend": backend, "prompt": prompt, "concurrency": n,
-                     "tokens_per_s": timing.tokens / timing.wall_s,
-                     "ms_per_token_median": float(np.median(timing.token_s) * 1000),
-                     **({"mean_batch": (after[0] - before[0]) / (after[1] - before[1])} if backend != "ort" else {})})
+        rows.append(
+            {
+                "scenario": "sampled",
+                "backend": backend,
+                "prompt": prompt,
+                "concurrency": n,
+                "tokens_per_s": timing.tokens / timing.wall_s,
+                "ms_per_token_median": float(np.median(timing.token_s) * 1000),
+                **(
+                    {"mean_batch": (after[0] - before[0]) / (after[1] - before[1])}
+                    if backend != "ort"
+                    else {}
+                ),
+            }
+        )
     return rows
 
 
@@ -73,25 +91,46 @@ def model_stats(url: str, model: str) -> tuple[int, int]:
     return stats["inference_count"], stats["execution_count"]
 
 
-def churn(url: str, users: int, replies: int, max_prompt: int, vocab: int, new_tokens: int, mode: str,
-          max_pause_s: float = 0.3) -> dict:
+def churn(
+    url: str,
+    users: int,
+    replies: int,
+    max_prompt: int,
+    vocab: int,
+    new_tokens: int,
+    mode: str,
+    max_pause_s: float = 0.3,
+) -> dict:
     """(c) users chatting at random: each sends `replies` messages with random prompt and reply
     lengths and pauses; the same draws before and after."""
     from bot.generate import generate
     from bot.sampling import SamplingConfig
 
     rng = np.random.default_rng(11)
-    plan = [[(rng.integers(10, vocab, int(rng.integers(20, max_prompt + 1))).tolist(),
-              int(rng.integers(5, new_tokens + 1)), float(rng.uniform(0, max_pause_s))) for _ in range(replies)]
-            for _ in range(users)]
+    plan = [
+        [
+            (
+                rng.integers(10, vocab, int(rng.integers(20, max_prompt + 1))).tolist(),
+                int(rng.integers(5, new_tokens + 1)),
+                float(rng.uniform(0, max_pause_s)),
+            )
+            for _ in range(replies)
+        ]
+        for _ in range(users)
+    ]
 
     async def user(client, u):
         out = []
         for ids, length, pause in plan[u]:
             await asyncio.sleep(pause)
             t = time.perf_counter()
-            g = await generate(client, ids, SamplingConfig(max_new_tokens=length), np.random.default_rng(u),
-                               prompt_chunk=(BEFORE if mode == "before" else AFTER)["prompt_chunk"])
+            g = await generate(
+                client,
+                ids,
+                SamplingConfig(max_new_tokens=length),
+                np.random.default_rng(u),
+                prompt_chunk=(BEFORE if mode == "before" else AFTER)["prompt_chunk"],
+            )
             out.append((g, time.perf_counter() - t))
         return out
 
@@ -106,10 +145,15 @@ def churn(url: str, users: int, replies: int, max_prompt: int, vocab: int, new_t
 
     results, wall = asyncio.run(everyone())
     gens = [g for g, _ in results]
-    return {"scenario": "churn", "mode": mode, "users": users, "replies": replies,
-            "tokens_per_s": sum(len(g.tokens) for g in gens) / wall,
-            "reply_tokens_per_s_median": float(np.median([len(g.tokens) / s for g, s in results])),
-            **_steps(gens)}
+    return {
+        "scenario": "churn",
+        "mode": mode,
+        "users": users,
+        "replies": replies,
+        "tokens_per_s": sum(len(g.tokens) for g in gens) / wall,
+        "reply_tokens_per_s_median": float(np.median([len(g.tokens) / s for g, s in results])),
+        **_steps(gens),
+    }
 
 
 def newcomer(url: str, n: int, prompt: int, long_prompt: int, vocab: int, new_tokens: int, mode: str) -> dict:
@@ -131,22 +175,31 @@ def newcomer(url: str, n: int, prompt: int, long_prompt: int, vocab: int, new_to
             if steps[0] >= 5 * n:
                 arrived.set()
             return await real_step(sequence_id, ids, start, end)
+
         client.step = counting_step
 
         async def newcomer_reply():
             await arrived.wait()
             return await generate(client, late, cfg, np.random.default_rng(0), prompt_chunk=chunk)
+
         try:
             late_task = asyncio.create_task(newcomer_reply())
-            gens = await asyncio.gather(*(generate(client, p, cfg, np.random.default_rng(0), prompt_chunk=chunk)
-                                          for p in batch))
+            gens = await asyncio.gather(
+                *(generate(client, p, cfg, np.random.default_rng(0), prompt_chunk=chunk) for p in batch)
+            )
             return gens, await late_task
         finally:
             await client.close()
 
     gens, late_gen = asyncio.run(run())
-    return {"scenario": "newcomer", "mode": mode, "concurrency": n, "long_prompt": long_prompt,
-            "newcomer_ttft_ms": late_gen.first_token_s * 1000, **_steps(gens)}
+    return {
+        "scenario": "newcomer",
+        "mode": mode,
+        "concurrency": n,
+        "long_prompt": long_prompt,
+        "newcomer_ttft_ms": late_gen.first_token_s * 1000,
+        **_steps(gens),
+    }
 
 
 def sampling_cost(vocab: int, repeats: int = 200) -> float:
@@ -162,13 +215,19 @@ def sampling_cost(vocab: int, repeats: int = 200) -> float:
     return (time.perf_counter() - t) / repeats * 1000
 
 
-def run_scenarios(url: str, engine, vocab: int, prompt: int, long_prompt: int, n: int, new_tokens: int) -> dict:
+def run_scenarios(
+    url: str, engine, vocab: int, prompt: int, long_prompt: int, n: int, new_tokens: int
+) -> dict:
     """Every scenario, in one run against the server at `url`."""
     out = {"sampled": sampled(url, engine, n, prompt, vocab, new_tokens)}
     log.info("sampled x%d: %s", n, out["sampled"])
-    out["churn"] = [churn(url, n, 3, max(20, long_prompt // 2), vocab, new_tokens, m) for m in ("before", "after")]
+    out["churn"] = [
+        churn(url, n, 3, max(20, long_prompt // 2), vocab, new_tokens, m) for m in ("before", "after")
+    ]
     log.info("churn: %s", out["churn"])
-    out["newcomer"] = [newcomer(url, n - 1, prompt, long_prompt, vocab, new_tokens, m) for m in ("before", "after")]
+    out["newcomer"] = [
+        newcomer(url, n - 1, prompt, long_prompt, vocab, new_tokens, m) for m in ("before", "after")
+    ]
     log.info("newcomer: %s", out["newcomer"])
     out["sampling_ms_per_token"] = sampling_cost(vocab)
     return out
@@ -182,47 +241,93 @@ def targets(rows: list[dict], sc: dict) -> list[dict]:
     """The issue's targets (a)-(d) and the sampling cost, measured in this run."""
     hi, long_ = max(r["concurrency"] for r in rows), max(r["prompt"] for r in rows)
     ms = "ms_per_token_median"
-    get = lambda backend: (_row(rows, backend=backend, prompt=long_, concurrency=hi) or {}).get(ms, float("nan"))
+
+    def get(backend):
+        return (_row(rows, backend=backend, prompt=long_, concurrency=hi) or {}).get(ms, float("nan"))
+
     a = {r["backend"]: r["tokens_per_s"] for r in sc["sampled"]}
     c = {r["mode"]: r for r in sc["churn"]}
     d = {r["mode"]: r for r in sc["newcomer"]}
     n = sc["sampled"][0]["concurrency"]
     return [
-        {"name": f"(a) served / in-process tokens/s, {n} conversations, card's sampling", "target": ">= 0.85",
-         "value": a["triton_fp32"] / a["ort"], "ok_if": ("ge", 0.85)},
-        {"name": f"(b) served / in-process ms/token, {hi} conversations, prompt {long_}", "target": "<= 1.25",
-         "value": get("triton_fp32") / get("ort"), "ok_if": ("le", 1.25)},
-        {"name": f"(b) served / transformers ms/token, {hi} conversations, prompt {long_}", "target": "< 1",
-         "value": get("triton_fp32") / get("transformers"), "ok_if": ("lt", 1.0)},
-        {"name": "(c) churn: median reply tokens/s, after / before", "target": "report",
-         "value": c["after"]["reply_tokens_per_s_median"] / c["before"]["reply_tokens_per_s_median"], "ok_if": None},
-        {"name": "(c) churn: p95 step time, after / before", "target": "report",
-         "value": c["after"]["ms_per_token_p95"] / c["before"]["ms_per_token_p95"], "ok_if": None},
-        {"name": f"(d) {d['after']['concurrency']} decoding while a {d['after']['long_prompt']}-token prompt "
-                 "arrives: p95 / median step", "target": "<= 2",
-         "value": d["after"]["ms_per_token_p95"] / d["after"][ms], "ok_if": ("le", 2.0)},
-        {"name": "(d) the same before (no gate, whole prompt): p95 / median step", "target": "report",
-         "value": d["before"]["ms_per_token_p95"] / d["before"][ms], "ok_if": None},
-        {"name": "sampling, card's settings: ms per token", "target": "<= 0.5",
-         "value": sc["sampling_ms_per_token"], "ok_if": ("le", 0.5)},
+        {
+            "name": f"(a) served / in-process tokens/s, {n} conversations, card's sampling",
+            "target": ">= 0.85",
+            "value": a["triton_fp32"] / a["ort"],
+            "ok_if": ("ge", 0.85),
+        },
+        {
+            "name": f"(b) served / in-process ms/token, {hi} conversations, prompt {long_}",
+            "target": "<= 1.25",
+            "value": get("triton_fp32") / get("ort"),
+            "ok_if": ("le", 1.25),
+        },
+        {
+            "name": f"(b) served / transformers ms/token, {hi} conversations, prompt {long_}",
+            "target": "< 1",
+            "value": get("triton_fp32") / get("transformers"),
+            "ok_if": ("lt", 1.0),
+        },
+        {
+            "name": "(c) churn: median reply tokens/s, after / before",
+            "target": "report",
+            "value": c["after"]["reply_tokens_per_s_median"] / c["before"]["reply_tokens_per_s_median"],
+            "ok_if": None,
+        },
+        {
+            "name": "(c) churn: p95 step time, after / before",
+            "target": "report",
+            "value": c["after"]["ms_per_token_p95"] / c["before"]["ms_per_token_p95"],
+            "ok_if": None,
+        },
+        {
+            "name": f"(d) {d['after']['concurrency']} decoding while a "
+            f"{d['after']['long_prompt']}-token prompt arrives: p95 / median step",
+            "target": "<= 2",
+            "value": d["after"]["ms_per_token_p95"] / d["after"][ms],
+            "ok_if": ("le", 2.0),
+        },
+        {
+            "name": "(d) the same before (no gate, whole prompt): p95 / median step",
+            "target": "report",
+            "value": d["before"]["ms_per_token_p95"] / d["before"][ms],
+            "ok_if": None,
+        },
+        {
+            "name": "sampling, card's settings: ms per token",
+            "target": "<= 0.5",
+            "value": sc["sampling_ms_per_token"],
+            "ok_if": ("le", 0.5),
+        },
     ]
 
 
 def markdown(rows: list[dict], sc: dict) -> str:
     """The scenarios' section of the report."""
-    f = lambda r, k, fmt=".1f": format(r[k], fmt) if k in r else ""
-    lines = ["", "Many chats at once (before: no step gate, whole prompts; after: the bot's defaults, gate on "
-             "and 256-token prompt chunks). ms/token: the decoding conversations' steps.", "",
-             "| scenario | mode | tokens/s | reply tok/s median | ms/token | p95 | max | newcomer TTFT ms |",
-             "|---|---|---:|---:|---:|---:|---:|---:|"]
+
+    def f(r, k, fmt=".1f"):
+        return format(r[k], fmt) if k in r else ""
+
+    lines = [
+        "",
+        "Many chats at once (before: no step gate, whole prompts; after: the bot's defaults, gate on "
+        "and 256-token prompt chunks). ms/token: the decoding conversations' steps.",
+        "",
+        "| scenario | mode | tokens/s | reply tok/s median | ms/token | p95 | max | newcomer TTFT ms |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
     for r in sc["churn"] + sc["newcomer"]:
-        lines.append(f"| {r['scenario']} | {r['mode']} | {f(r, 'tokens_per_s')} | {f(r, 'reply_tokens_per_s_median')} "
-                     f"| {f(r, 'ms_per_token_median')} | {f(r, 'ms_per_token_p95')} | {f(r, 'ms_per_token_max')} "
-                     f"| {f(r, 'newcomer_ttft_ms', '.0f')} |")
+        lines.append(
+            f"| {r['scenario']} | {r['mode']} | {f(r, 'tokens_per_s')} | {f(r, 'reply_tokens_per_s_median')} "
+            f"| {f(r, 'ms_per_token_median')} | {f(r, 'ms_per_token_p95')} | {f(r, 'ms_per_token_max')} "
+            f"| {f(r, 'newcomer_ttft_ms', '.0f')} |"
+        )
     for r in sc["sampled"]:
         batch = f" (Triton's mean batch {r['mean_batch']:.1f})" if "mean_batch" in r else ""
-        lines.append(f"| sampled x{r['concurrency']}, prompt {r['prompt']} | {r['backend']}{batch} "
-                     f"| {f(r, 'tokens_per_s')} | | {f(r, 'ms_per_token_median')} | | | |")
+        lines.append(
+            f"| sampled x{r['concurrency']}, prompt {r['prompt']} | {r['backend']}{batch} "
+            f"| {f(r, 'tokens_per_s')} | | {f(r, 'ms_per_token_median')} | | | |"
+        )
     lines += ["", "| target | wanted | measured | met |", "|---|---:|---:|:---:|"]
     for t in targets(rows, sc):
         ok = {"le": lambda v, b: v <= b, "ge": lambda v, b: v >= b, "lt": lambda v, b: v < b}

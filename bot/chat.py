@@ -1,4 +1,5 @@
 """The dialogue core shared by the console and Telegram: history in, one cleaned reply out."""
+
 from __future__ import annotations
 
 import json
@@ -30,14 +31,19 @@ class DialogueTokenizer:
         folder = Path(folder)
         path = folder / "tokenizer.json"
         if not path.exists():
-            raise FileNotFoundError(f"no tokenizer at {path}: run `python -m export`, or pass "
-                                    "--tokenizer (BOT_TOKENIZER_DIR) with a folder holding tokenizer.json")
+            raise FileNotFoundError(
+                f"no tokenizer at {path}: run `python -m export`, or pass "
+                "--tokenizer (BOT_TOKENIZER_DIR) with a folder holding tokenizer.json"
+            )
         self.tokenizer = Tokenizer.from_file(str(path))
         self.first_id = self.tokenizer.token_to_id(FIRST)
         if self.first_id is None:
             raise ValueError(f"{path} lacks the {FIRST} token: this is not a ruDialoGPT tokenizer")
-        eos = json.loads((folder / "tokenizer_config.json").read_text()).get("eos_token") \
-            if (folder / "tokenizer_config.json").exists() else None
+        eos = (
+            json.loads((folder / "tokenizer_config.json").read_text()).get("eos_token")
+            if (folder / "tokenizer_config.json").exists()
+            else None
+        )
         eos = eos.get("content") if isinstance(eos, dict) else eos
         eos_id = self.tokenizer.token_to_id(eos) if eos else None
         self.stop_ids = tuple(i for i in (self.first_id, eos_id) if i is not None)
@@ -67,8 +73,13 @@ class Reply:
 class ChatBot:
     """Turns the dialogue so far into the bot's next reply via Triton."""
 
-    def __init__(self, client: TritonClient, tokenizer: DialogueTokenizer, sampling: SamplingConfig,
-                 seed: int | None = None):
+    def __init__(
+        self,
+        client: TritonClient,
+        tokenizer: DialogueTokenizer,
+        sampling: SamplingConfig,
+        seed: int | None = None,
+    ):
         self.client, self.tokenizer = client, tokenizer
         self.sampling = sampling.with_(stop_ids=tokenizer.stop_ids)
         self.rng = np.random.default_rng(seed)
@@ -89,12 +100,19 @@ class ChatBot:
         ids = await self.prompt_ids(turns)
         limit = (await self.client.model_info()).max_positions
         stream = (lambda: on_tokens(self.tokenizer.decode, on_text)) if on_text else (lambda: None)
-        gen = await generate(self.client, ids, self.sampling, self.rng, max_positions=limit, on_tokens=stream())
+        gen = await generate(
+            self.client, ids, self.sampling, self.rng, max_positions=limit, on_tokens=stream()
+        )
         text = clean_reply(self.tokenizer.decode(gen.tokens))
         if not text:
             log.info("empty reply: retrying once with sampling")
-            gen = await generate(self.client, ids, SamplingConfig(stop_ids=self.sampling.stop_ids,
-                                 max_new_tokens=self.sampling.max_new_tokens), self.rng, max_positions=limit,
-                                 on_tokens=stream())
+            gen = await generate(
+                self.client,
+                ids,
+                SamplingConfig(stop_ids=self.sampling.stop_ids, max_new_tokens=self.sampling.max_new_tokens),
+                self.rng,
+                max_positions=limit,
+                on_tokens=stream(),
+            )
             text = clean_reply(self.tokenizer.decode(gen.tokens)) or FALLBACK_REPLY
         return Reply(text, gen, time.perf_counter() - t0, len(ids))

@@ -4,6 +4,7 @@ On a terminal the reply appears as it is generated (the line grows); piped, each
 whole, once it is complete. stdin is read by a daemon thread with os.read, so Ctrl-C ends the chat
 at once, also while that thread waits for a line.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -13,7 +14,8 @@ import logging
 import os
 import sys
 import threading
-from typing import AsyncIterator, Callable, TextIO
+from collections.abc import AsyncIterator, Callable
+from typing import TextIO
 
 from bot.chat import ChatBot
 from bot.triton_client import TritonError
@@ -77,14 +79,14 @@ class ReplyLine:
 
     def grow(self, text: str) -> None:
         """Show `text` (which starts with what is shown) at once."""
-        self.stdout.write(text[len(self.shown):])
+        self.stdout.write(text[len(self.shown) :])
         self.stdout.flush()
         self.shown = text
 
     def finish(self, text: str) -> None:
         """End the line with the whole reply (one line: newlines become spaces)."""
         text = text.replace("\n", " ")
-        self.stdout.write(text[len(self.shown):] if text.startswith(self.shown) else CLEAR_LINE + text)
+        self.stdout.write(text[len(self.shown) :] if text.startswith(self.shown) else CLEAR_LINE + text)
         self.stdout.write("\n")
         self.stdout.flush()
 
@@ -102,12 +104,12 @@ async def run_console(bot: ChatBot, stdin: TextIO = sys.stdin, stdout: TextIO = 
             out.finish(RESET_DONE)
             continue
         try:
-            reply = await bot.reply(history + [message], on_text=out.grow if out.live else None)
+            reply = await bot.reply([*history, message], on_text=out.grow if out.live else None)
         except TritonError as exc:
             log.error("no reply: %s", exc)
             out.finish(UNAVAILABLE)
             continue
         history.extend([message, reply.text])
-        del history[:-2 * CONTEXT_TURNS]
+        del history[: -2 * CONTEXT_TURNS]
         out.finish(reply.text)
         log.info("reply: %d tokens in %.0f ms", len(reply.generation.tokens), reply.seconds * 1000)

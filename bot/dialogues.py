@@ -5,13 +5,14 @@ concurrently. The user's message is stored before generating and the reply after
 (bot/history.py), so the dialogue survives restarts and failures. While a reply is generated the
 chat shows "typing…", and a private chat also the reply so far, as drafts (bot/drafts.py).
 """
+
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
-from contextlib import asynccontextmanager
-from typing import AsyncContextManager, AsyncIterator
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
 from telegram import Message
 from telegram.constants import ChatAction, ChatType
@@ -35,6 +36,7 @@ TYPING_EVERY = 4.0  # seconds between "typing…" actions (Telegram shows one fo
 @asynccontextmanager
 async def typing(message: Message) -> AsyncIterator[None]:
     """Show "typing…" in the message's chat until the block ends."""
+
     async def keep_typing() -> None:
         while True:
             try:
@@ -52,16 +54,22 @@ async def typing(message: Message) -> AsyncIterator[None]:
 
 
 class Dialogues:
-    """The model, the history and the metrics, with a lock per chat; answers one message at a time per chat."""
+    """The model, the history and the metrics, with a lock per chat: one message at a time per chat."""
 
-    def __init__(self, chatbot: ChatBot, history: Store, metrics: Metrics, health_every: float,
-                 draft_every: float = 0.0):
+    def __init__(
+        self,
+        chatbot: ChatBot,
+        history: Store,
+        metrics: Metrics,
+        health_every: float,
+        draft_every: float = 0.0,
+    ):
         self.chatbot, self.history, self.metrics = chatbot, history, metrics
         self.health_every, self.draft_every = health_every, draft_every
         self._background: set[asyncio.Task] = set()
         self._watcher: asyncio.Task | None = None
 
-    def lock(self, chat_id: int) -> AsyncContextManager[None]:
+    def lock(self, chat_id: int) -> AbstractAsyncContextManager[None]:
         """The chat's lock: its messages are answered one at a time, in order of arrival (across
         replicas with PostgreSQL)."""
         return self.history.chat_turn(chat_id)
@@ -76,12 +84,15 @@ class Dialogues:
         async with self.lock(chat_id):
             await self.history.add(chat_id, "user", text)
             started = time.perf_counter()
-            drafts = Drafts(message.get_bot(), chat_id, self.draft_every if self.streams(message) else 0,
-                            self.metrics)
+            drafts = Drafts(
+                message.get_bot(), chat_id, self.draft_every if self.streams(message) else 0, self.metrics
+            )
             try:
                 async with typing(message), drafts:
                     on_text = drafts.show if drafts.every else None
-                    reply = await self._reply_within(await self.history.turns(chat_id, CONTEXT_TURNS), on_text)
+                    reply = await self._reply_within(
+                        await self.history.turns(chat_id, CONTEXT_TURNS), on_text
+                    )
             except TritonError as exc:
                 unavailable = isinstance(exc, TritonUnavailable)
                 self.metrics.errors.labels("triton_unavailable" if unavailable else "triton_request").inc()
@@ -102,8 +113,12 @@ class Dialogues:
         self.metrics.latency.observe(now - started)
         self.metrics.first_text.observe((first_shown or now) - started)
         self.metrics.tokens.inc(len(reply.generation.tokens))
-        log.info("reply of %d tokens in %.0f ms, first text after %.0f ms", len(reply.generation.tokens),
-                 (now - started) * 1000, ((first_shown or now) - started) * 1000)
+        log.info(
+            "reply of %d tokens in %.0f ms, first text after %.0f ms",
+            len(reply.generation.tokens),
+            (now - started) * 1000,
+            ((first_shown or now) - started) * 1000,
+        )
 
     async def _reply_within(self, turns: list[str], on_text: OnText | None) -> Reply:
         """The model's reply, given up after the Triton client's timeout (cleanup goes on meanwhile)."""
@@ -119,6 +134,7 @@ class Dialogues:
 
     def watch_triton(self) -> None:
         """Keep bot_triton_up current also while nobody writes: a health check every `health_every` s."""
+
         async def watch() -> None:
             while True:
                 self.metrics.triton_up.set(await self.chatbot.client.is_ready())

@@ -7,6 +7,7 @@ than `every` seconds after the previous one was answered. Calls go through the a
 rate limiter (AIORateLimiter) like every other call. A draft that fails is logged and drafts stop
 for that reply; the reply itself is sent as always.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -27,7 +28,7 @@ FINISH_WAIT = 1.0  # seconds a draft call still in flight may delay the final me
 
 
 class Drafts:
-    """`async with Drafts(...) as drafts:` call `drafts.show(text)` as the reply grows; `every` 0: no drafts."""
+    """`async with Drafts(...) as drafts:` call `drafts.show(text)` as the reply grows (`every` 0: none)."""
 
     def __init__(self, bot: Bot, chat_id: int, every: float, metrics: Metrics):
         self.bot, self.chat_id, self.every, self.metrics = bot, chat_id, every, metrics
@@ -40,7 +41,7 @@ class Drafts:
 
     def show(self, text: str) -> None:
         """Make `text` the next draft (a later call before it leaves replaces it)."""
-        self._text = text[:fit(text, MessageLimit.MAX_TEXT_LENGTH)]
+        self._text = text[: fit(text, MessageLimit.MAX_TEXT_LENGTH)]
         self._changed.set()
 
     async def __aenter__(self) -> Drafts:
@@ -49,7 +50,7 @@ class Drafts:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        """Stop: a draft in flight gets FINISH_WAIT s to land before the final message, so it can't overwrite it."""
+        """Stop: a draft in flight gets FINISH_WAIT s to land before the final message (never over it)."""
         self._closing = True
         if self._task is None:
             return

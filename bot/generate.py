@@ -1,12 +1,13 @@
 """The generate loop: prompt ids in, reply ids out, one Triton step per token."""
+
 from __future__ import annotations
 
 import asyncio
 import logging
 import secrets
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Awaitable, Callable
 
 import numpy as np
 
@@ -34,10 +35,17 @@ def new_sequence_id() -> int:
 PROMPT_CHUNK = 256  # prompt tokens per step: a long prompt delays the other chats by one chunk per round
 
 
-async def generate(client: TritonClient, prompt_ids: list[int], cfg: SamplingConfig,
-                   rng: np.random.Generator, resumes: int = 2, max_positions: int | None = None,
-                   on_tokens: Callable[[list[int]], Awaitable[None] | None] | None = None,
-                   *, prompt_chunk: int | None = PROMPT_CHUNK) -> Generation:
+async def generate(
+    client: TritonClient,
+    prompt_ids: list[int],
+    cfg: SamplingConfig,
+    rng: np.random.Generator,
+    resumes: int = 2,
+    max_positions: int | None = None,
+    on_tokens: Callable[[list[int]], Awaitable[None] | None] | None = None,
+    *,
+    prompt_chunk: int | None = PROMPT_CHUNK,
+) -> Generation:
     """Sample a reply to `prompt_ids`; END is always sent, also on errors and cancellation.
 
     The prompt goes in chunks of `prompt_chunk` tokens (START with the first, continuation
@@ -47,7 +55,9 @@ async def generate(client: TritonClient, prompt_ids: list[int], cfg: SamplingCon
     With `max_positions`, generation also stops where the model's context ends.
     `on_tokens(tokens)`, if given, gets the reply's ids so far after each sampled token (awaited)."""
     if prompt_chunk is not None and prompt_chunk < 1:
-        raise ValueError(f"prompt_chunk must be >= 1 token (or None for the whole prompt), got {prompt_chunk}")
+        raise ValueError(
+            f"prompt_chunk must be >= 1 token (or None for the whole prompt), got {prompt_chunk}"
+        )
     seq = new_sequence_id()
     context = list(prompt_ids)
     tokens: list[int] = []
@@ -57,8 +67,11 @@ async def generate(client: TritonClient, prompt_ids: list[int], cfg: SamplingCon
         """Logits after `new` (None: the whole context from START, in chunks), resuming on loss."""
         nonlocal resumes
         while True:
-            steps = [(context[i:i + chunk], i == 0) for i in range(0, max(len(context), 1), chunk)] if new is None \
+            steps = (
+                [(context[i : i + chunk], i == 0) for i in range(0, max(len(context), 1), chunk)]
+                if new is None
                 else [(new, False)]
+            )
             start = False
             try:
                 for ids, start in steps:

@@ -1,4 +1,5 @@
 """The Telegram handlers, the texts they answer with, and the filters that route updates to them."""
+
 from __future__ import annotations
 
 import logging
@@ -16,22 +17,29 @@ from contract.dialogue import clean_turn
 
 log = logging.getLogger(__name__)
 
-START = ("Привет! Я бот-собеседник: отвечаю с помощью нейросети ruDialoGPT и помню три последние "
-         "реплики разговора. Просто напиши мне что-нибудь.\n/help — подсказка, /reset — начать заново.")
-HELP = ("Пиши сообщения — я отвечаю, учитывая три последние реплики.\n"
-        "/reset — забыть разговор и начать сначала.\n"
-        "В группе я отвечаю, когда меня упоминают (@имя) или отвечают на моё сообщение.\n"
-        "Ответы пишет нейросеть: они бывают странными и не обязательно верны.")
+START = (
+    "Привет! Я бот-собеседник: отвечаю с помощью нейросети ruDialoGPT и помню три последние "
+    "реплики разговора. Просто напиши мне что-нибудь.\n/help — подсказка, /reset — начать заново."
+)
+HELP = (
+    "Пиши сообщения — я отвечаю, учитывая три последние реплики.\n"
+    "/reset — забыть разговор и начать сначала.\n"
+    "В группе я отвечаю, когда меня упоминают (@имя) или отвечают на моё сообщение.\n"
+    "Ответы пишет нейросеть: они бывают странными и не обязательно верны."
+)
 NOT_TEXT = "Я понимаю только текст — напиши, пожалуйста, словами."
 REFUSED = "Извините, в этом чате бот недоступен."
 SORRY = "Что-то пошло не так. Попробуйте, пожалуйста, ещё раз чуть позже."
-COMMANDS = [BotCommand("start", "что это за бот"), BotCommand("help", "подсказка"),
-            BotCommand("reset", "начать разговор заново")]
+COMMANDS = [
+    BotCommand("start", "что это за бот"),
+    BotCommand("help", "подсказка"),
+    BotCommand("reset", "начать разговор заново"),
+]
 STATE = "dialogues"  # key of the Dialogues in application.bot_data
 
 
 class Addressed(filters.MessageFilter):
-    """Private chats; in groups only messages that mention the bot (also /cmd@bot) or reply to one of its messages."""
+    """Private chats; in groups only messages that mention the bot (/cmd@bot too) or reply to it."""
 
     def filter(self, message: Message) -> bool:
         if message.chat.type == ChatType.PRIVATE:
@@ -88,7 +96,13 @@ async def on_error(update: object, context: ContextTypes.DEFAULT_TYPE) -> None:
     """Log the error with its traceback and apologise to the user."""
     log.error("error while handling an update", exc_info=context.error)
     unavailable = isinstance(context.error, StoreUnavailable)  # the history's database is down
-    kind = "telegram" if isinstance(context.error, TelegramError) else "database" if unavailable else "unexpected"
+    kind = (
+        "telegram"
+        if isinstance(context.error, TelegramError)
+        else "database"
+        if unavailable
+        else "unexpected"
+    )
     dialogues(context).metrics.errors.labels(kind).inc()
     if isinstance(update, Update) and update.effective_message:
         try:
@@ -104,12 +118,14 @@ def add_handlers(application: Application, allowed_chat_ids: frozenset[int]) -> 
     if allowed_chat_ids:
         application.add_handler(MessageHandler(addressed & ~allowed, refuse))
     answered = allowed & addressed
-    application.add_handlers([
-        CommandHandler("start", start, filters=answered),
-        CommandHandler("help", help_command, filters=answered),
-        CommandHandler("reset", reset, filters=answered),
-        MessageHandler(answered & filters.COMMAND, help_command),
-        MessageHandler(answered & filters.TEXT, on_text),
-        MessageHandler(answered & ~filters.StatusUpdate.ALL, not_text),
-    ])
+    application.add_handlers(
+        [
+            CommandHandler("start", start, filters=answered),
+            CommandHandler("help", help_command, filters=answered),
+            CommandHandler("reset", reset, filters=answered),
+            MessageHandler(answered & filters.COMMAND, help_command),
+            MessageHandler(answered & filters.TEXT, on_text),
+            MessageHandler(answered & ~filters.StatusUpdate.ALL, not_text),
+        ]
+    )
     application.add_error_handler(on_error)

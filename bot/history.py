@@ -8,6 +8,7 @@ user wrote again after a failed reply) come back as one turn, so the prompt keep
 speakers. `chat_turn` is the per-chat lock: one reply at a time per chat (cluster-wide in
 PostgreSQL, per process in SQLite).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -16,10 +17,11 @@ import sqlite3
 import threading
 import time
 import weakref
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterable, Mapping
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import AsyncContextManager, AsyncIterator, Iterable, Literal, Mapping, Protocol
+from typing import Literal, Protocol
 
 Role = Literal["user", "bot"]
 FILENAME = "history.sqlite3"
@@ -57,7 +59,8 @@ class DatabaseSettings:
     """The PostgreSQL history's variables (the README lists them); no URL: SQLite in BOT_DATA_DIR."""
 
     url: str = field(default="", repr=False)  # BOT_DATABASE_URL, postgresql://user:password@host:port/db
-    connect_seconds: float = 60.0  # BOT_DATABASE_CONNECT_SECONDS: keep retrying the first connection this long
+    # BOT_DATABASE_CONNECT_SECONDS: keep retrying the first connection this long
+    connect_seconds: float = 60.0
     retry_seconds: float = 10.0  # BOT_DATABASE_RETRY_SECONDS: a lost connection is retried this long per call
     lock_seconds: float = 30.0  # BOT_CHAT_LOCK_SECONDS: a hung replica holds a chat's lock at most this long
 
@@ -67,9 +70,12 @@ class DatabaseSettings:
         url = env.get(DATABASE_URL, "").strip()
         if url and not url.startswith(("postgresql://", "postgres://")):
             raise ValueError(f"{DATABASE_URL} must be a postgresql://user:password@host:port/database URL")
-        return cls(url, _seconds(env, "BOT_DATABASE_CONNECT_SECONDS", cls.connect_seconds),
-                   _seconds(env, "BOT_DATABASE_RETRY_SECONDS", cls.retry_seconds),
-                   _seconds(env, "BOT_CHAT_LOCK_SECONDS", cls.lock_seconds))
+        return cls(
+            url,
+            _seconds(env, "BOT_DATABASE_CONNECT_SECONDS", cls.connect_seconds),
+            _seconds(env, "BOT_DATABASE_RETRY_SECONDS", cls.retry_seconds),
+            _seconds(env, "BOT_CHAT_LOCK_SECONDS", cls.lock_seconds),
+        )
 
 
 class Store(Protocol):
@@ -89,7 +95,7 @@ class Store(Protocol):
     async def reset(self, chat_id: int) -> int:
         """Forget the chat's dialogue; the number of messages forgotten."""
 
-    def chat_turn(self, chat_id: int) -> AsyncContextManager[None]:
+    def chat_turn(self, chat_id: int) -> AbstractAsyncContextManager[None]:
         """Hold the chat's lock for the block: one reply at a time per chat, in order of arrival."""
 
     async def close(self) -> None:
@@ -146,17 +152,22 @@ class History:
     def add(self, chat_id: int, role: Role, text: str) -> None:
         """Append one message and commit it; the chat's rows beyond `keep` are dropped."""
         with self._lock, self._db:
-            self._db.execute("INSERT INTO messages (chat_id, role, text, at) VALUES (?, ?, ?, ?)",
-                             (chat_id, role, text, time.time()))
-            self._db.execute("DELETE FROM messages WHERE chat_id = ? AND id <= (SELECT id FROM messages "
-                             "WHERE chat_id = ? ORDER BY id DESC LIMIT 1 OFFSET ?)",
-                             (chat_id, chat_id, self.keep))
+            self._db.execute(
+                "INSERT INTO messages (chat_id, role, text, at) VALUES (?, ?, ?, ?)",
+                (chat_id, role, text, time.time()),
+            )
+            self._db.execute(
+                "DELETE FROM messages WHERE chat_id = ? AND id <= (SELECT id FROM messages "
+                "WHERE chat_id = ? ORDER BY id DESC LIMIT 1 OFFSET ?)",
+                (chat_id, chat_id, self.keep),
+            )
 
     def turns(self, chat_id: int, n: int) -> list[str]:
         """The chat's last `n` turns, oldest first; a speaker's consecutive messages form one turn."""
         with self._lock:
-            rows = self._db.execute("SELECT role, text FROM messages WHERE chat_id = ? ORDER BY id DESC",
-                                    (chat_id,))
+            rows = self._db.execute(
+                "SELECT role, text FROM messages WHERE chat_id = ? ORDER BY id DESC", (chat_id,)
+            )
             return merge_turns(rows, n)
 
     def reset(self, chat_id: int) -> int:

@@ -10,6 +10,7 @@ ends a transaction idle for longer (idle_in_transaction_session_timeout). Messag
 other pooled connections and committed at once, as in SQLite. A lost connection is retried with
 backoff for BOT_DATABASE_RETRY_SECONDS, then the call raises StoreUnavailable.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -17,14 +18,23 @@ import logging
 import os
 import socket
 import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import AsyncIterator, Awaitable, Callable, TypeVar
+from typing import TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
-from bot.history import (DATABASE_URL, KEEP_ROWS, ChatLocks, DatabaseSettings, Role, StoreUnavailable, check_role,
-                         merge_turns)
+from bot.history import (
+    DATABASE_URL,
+    KEEP_ROWS,
+    ChatLocks,
+    DatabaseSettings,
+    Role,
+    StoreUnavailable,
+    check_role,
+    merge_turns,
+)
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -45,8 +55,12 @@ DATA_CONNECTIONS = 4  # per replica, for the short reads and writes
 LOCK_CONNECTIONS = 24  # per replica: chats whose turn it holds or waits for at one time
 # Errors after which the same call may work again: the server restarting, a network cut, a
 # connection the server ended. Anything else (bad SQL, a constraint) is raised at once.
-TRANSIENT = (OSError, asyncpg.PostgresConnectionError, asyncpg.exceptions.OperatorInterventionError,
-             asyncpg.InterfaceError)
+TRANSIENT = (
+    OSError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.exceptions.OperatorInterventionError,
+    asyncpg.InterfaceError,
+)
 REFUSED = (asyncpg.InvalidAuthorizationSpecificationError, asyncpg.InvalidCatalogNameError)
 
 
@@ -77,25 +91,36 @@ class PostgresStore:
                 await self._connect()
                 break
             except REFUSED as exc:
-                raise ValueError(f"{DATABASE_URL}: {self.where} refused the bot: {exc}; "
-                                 "fix the user, password or database name in the URL") from None
+                raise ValueError(
+                    f"{DATABASE_URL}: {self.where} refused the bot: {exc}; "
+                    "fix the user, password or database name in the URL"
+                ) from None
             except TRANSIENT as exc:
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    raise ValueError(f"{DATABASE_URL}: no PostgreSQL answered at {redact(self.settings.url)} "
-                                     f"within {self.settings.connect_seconds:g} s ({exc or type(exc).__name__}); "
-                                     "start the database or fix the URL") from None
-                log.warning("database not reachable (%s): retrying in %.1f s", exc or type(exc).__name__,
-                            min(delay, left))
+                    raise ValueError(
+                        f"{DATABASE_URL}: no PostgreSQL answered at {redact(self.settings.url)} "
+                        f"within {self.settings.connect_seconds:g} s ({exc or type(exc).__name__}); "
+                        "start the database or fix the URL"
+                    ) from None
+                log.warning(
+                    "database not reachable (%s): retrying in %.1f s",
+                    exc or type(exc).__name__,
+                    min(delay, left),
+                )
                 await asyncio.sleep(min(delay, left))
                 delay = min(delay * 2, 5.0)
         log.info("history: %s, schema v%d", self.where, await self._migrate())
 
     async def _connect(self) -> None:
-        options = dict(dsn=self.settings.url, timeout=5.0, server_settings={
-            "application_name": f"rudialogpt-bot {socket.gethostname()} {os.getpid()}"})
-        pool = await asyncpg.create_pool(min_size=1, max_size=DATA_CONNECTIONS,
-                                         command_timeout=self.settings.retry_seconds, **options)
+        options = dict(
+            dsn=self.settings.url,
+            timeout=5.0,
+            server_settings={"application_name": f"rudialogpt-bot {socket.gethostname()} {os.getpid()}"},
+        )
+        pool = await asyncpg.create_pool(
+            min_size=1, max_size=DATA_CONNECTIONS, command_timeout=self.settings.retry_seconds, **options
+        )
         try:
             self._lock_pool = await asyncpg.create_pool(min_size=1, max_size=LOCK_CONNECTIONS, **options)
         except BaseException:
@@ -107,12 +132,16 @@ class PostgresStore:
         """Apply the migrations the database lacks; the schema version it is at."""
         async with self._pool.acquire() as conn, conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock($1, $2)", *MIGRATION_LOCK)
-            await conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version integer PRIMARY KEY, "
-                               "at timestamptz NOT NULL DEFAULT now())")
+            await conn.execute(
+                "CREATE TABLE IF NOT EXISTS schema_version (version integer PRIMARY KEY, "
+                "at timestamptz NOT NULL DEFAULT now())"
+            )
             version = await conn.fetchval("SELECT coalesce(max(version), 0) FROM schema_version")
             if version > len(MIGRATIONS):
-                raise ValueError(f"{DATABASE_URL}: the database has history schema v{version}, newer than "
-                                 f"this bot's v{len(MIGRATIONS)}: run the newer bot")
+                raise ValueError(
+                    f"{DATABASE_URL}: the database has history schema v{version}, newer than "
+                    f"this bot's v{len(MIGRATIONS)}: run the newer bot"
+                )
             for number, sql in enumerate(MIGRATIONS[version:], version + 1):
                 await conn.execute(sql)
                 await conn.execute("INSERT INTO schema_version (version) VALUES ($1)", number)
@@ -128,10 +157,14 @@ class PostgresStore:
             except TRANSIENT as exc:
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    raise StoreUnavailable(f"{self.where} did not answer for "
-                                           f"{self.settings.retry_seconds:g} s: {exc}") from exc
-                log.warning("database call failed (%s): retrying in %.1f s", exc or type(exc).__name__,
-                            min(delay, left))
+                    raise StoreUnavailable(
+                        f"{self.where} did not answer for {self.settings.retry_seconds:g} s: {exc}"
+                    ) from exc
+                log.warning(
+                    "database call failed (%s): retrying in %.1f s",
+                    exc or type(exc).__name__,
+                    min(delay, left),
+                )
                 await asyncio.sleep(min(delay, left))
                 delay = min(delay * 2, 2.0)
 
@@ -147,20 +180,30 @@ class PostgresStore:
 
         async def insert(conn: asyncpg.Connection) -> None:
             async with conn.transaction():
-                await conn.execute("INSERT INTO messages (chat_id, role, text) VALUES ($1, $2, $3)",
-                                   chat_id, role, text)
-                await conn.execute("DELETE FROM messages WHERE chat_id = $1 AND id <= (SELECT id FROM messages "
-                                   "WHERE chat_id = $1 ORDER BY id DESC LIMIT 1 OFFSET $2)", chat_id, self.keep)
+                await conn.execute(
+                    "INSERT INTO messages (chat_id, role, text) VALUES ($1, $2, $3)", chat_id, role, text
+                )
+                await conn.execute(
+                    "DELETE FROM messages WHERE chat_id = $1 AND id <= (SELECT id FROM messages "
+                    "WHERE chat_id = $1 ORDER BY id DESC LIMIT 1 OFFSET $2)",
+                    chat_id,
+                    self.keep,
+                )
 
         await self._run(insert)
 
     async def turns(self, chat_id: int, n: int) -> list[str]:
-        rows = await self._run(lambda conn: conn.fetch(
-            "SELECT role, text FROM messages WHERE chat_id = $1 ORDER BY id DESC", chat_id))
+        rows = await self._run(
+            lambda conn: conn.fetch(
+                "SELECT role, text FROM messages WHERE chat_id = $1 ORDER BY id DESC", chat_id
+            )
+        )
         return merge_turns(((row["role"], row["text"]) for row in rows), n)
 
     async def reset(self, chat_id: int) -> int:
-        status = await self._run(lambda conn: conn.execute("DELETE FROM messages WHERE chat_id = $1", chat_id))
+        status = await self._run(
+            lambda conn: conn.execute("DELETE FROM messages WHERE chat_id = $1", chat_id)
+        )
         return int(status.split()[-1])
 
     async def _lock(self, chat_id: int) -> tuple[asyncpg.Connection, asyncpg.transaction.Transaction]:
@@ -185,7 +228,9 @@ class PostgresStore:
                 await asyncio.sleep(self.settings.lock_seconds / 3)
                 await conn.execute("SELECT 1", timeout=self.settings.lock_seconds / 3)
         except (*TRANSIENT, asyncpg.PostgresError) as exc:  # e.g. ended after a freeze: idle too long
-            log.warning("chat %d: its lock was lost with its connection (%s)", chat_id, exc or type(exc).__name__)
+            log.warning(
+                "chat %d: its lock was lost with its connection (%s)", chat_id, exc or type(exc).__name__
+            )
 
     @asynccontextmanager
     async def chat_turn(self, chat_id: int) -> AsyncIterator[None]:
@@ -200,8 +245,11 @@ class PostgresStore:
                 try:
                     await transaction.commit()  # releases the lock
                 except (*TRANSIENT, asyncpg.PostgresError) as exc:  # the lock went with the connection
-                    log.warning("chat %d: lock connection lost by the end of its turn (%s)", chat_id,
-                                exc or type(exc).__name__)
+                    log.warning(
+                        "chat %d: lock connection lost by the end of its turn (%s)",
+                        chat_id,
+                        exc or type(exc).__name__,
+                    )
                     conn.terminate()
                 finally:
                     await self._lock_pool.release(conn)

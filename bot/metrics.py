@@ -1,7 +1,15 @@
 """Prometheus metrics of the Telegram bot; the Grafana dashboard uses these exact names."""
+
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, start_http_server
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    start_http_server,
+)
 
 ERROR_KINDS = ("triton_unavailable", "triton_request", "telegram", "database", "unexpected")
 LATENCY_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 8.0, 13.0, 20.0, 30.0)
@@ -15,18 +23,32 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         self.replies = Counter("bot_replies", "Replies sent to users", registry=self.registry)
-        self.latency = Histogram("bot_reply_latency_seconds", "From taking up a message to its reply sent",
-                                 buckets=LATENCY_BUCKETS, registry=self.registry)
-        self.first_text = Histogram("bot_first_text_seconds", "From taking up a message to the first text the "
-                                    "user sees: a draft in private chats, else the reply",
-                                    buckets=FIRST_TEXT_BUCKETS, registry=self.registry)
-        self.drafts = Counter("bot_drafts", "Drafts (sendMessageDraft) of replies being generated, by result",
-                              ["result"], registry=self.registry)
-        self.tokens = Counter("bot_generated_tokens", "Tokens generated for sent replies",
-                              registry=self.registry)
+        self.latency = Histogram(
+            "bot_reply_latency_seconds",
+            "From taking up a message to its reply sent",
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.first_text = Histogram(
+            "bot_first_text_seconds",
+            "From taking up a message to the first text the "
+            "user sees: a draft in private chats, else the reply",
+            buckets=FIRST_TEXT_BUCKETS,
+            registry=self.registry,
+        )
+        self.drafts = Counter(
+            "bot_drafts",
+            "Drafts (sendMessageDraft) of replies being generated, by result",
+            ["result"],
+            registry=self.registry,
+        )
+        self.tokens = Counter(
+            "bot_generated_tokens", "Tokens generated for sent replies", registry=self.registry
+        )
         self.errors = Counter("bot_errors", "Failures by kind", ["kind"], registry=self.registry)
-        self.triton_up = Gauge("bot_triton_up", "1 while Triton answers (last reply or health check)",
-                               registry=self.registry)
+        self.triton_up = Gauge(
+            "bot_triton_up", "1 while Triton answers (last reply or health check)", registry=self.registry
+        )
         ProcessCollector(registry=self.registry)
         for kind in ERROR_KINDS:  # every label is exported from the start, at 0
             self.errors.labels(kind)

@@ -1,4 +1,5 @@
 """Keeping the bot token out of the logs: a filter on the root logger's handlers."""
+
 from __future__ import annotations
 
 import logging

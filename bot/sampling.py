@@ -1,4 +1,5 @@
 """Next-token choice from logits: pure numpy, no I/O (the order of transformers' processors)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
@@ -25,7 +26,10 @@ class SamplingConfig:
             (self.top_k >= 0, f"top_k must be >= 0 (0 = off), got {self.top_k}"),
             (0 < self.top_p <= 1, f"top_p must be in (0, 1], got {self.top_p}"),
             (self.repetition_penalty >= 1, f"repetition_penalty must be >= 1, got {self.repetition_penalty}"),
-            (self.no_repeat_ngram_size >= 0, f"no_repeat_ngram_size must be >= 0, got {self.no_repeat_ngram_size}"),
+            (
+                self.no_repeat_ngram_size >= 0,
+                f"no_repeat_ngram_size must be >= 0, got {self.no_repeat_ngram_size}",
+            ),
             (self.max_new_tokens >= 1, f"max_new_tokens must be >= 1, got {self.max_new_tokens}"),
         ]
         for ok, message in checks:
@@ -33,12 +37,19 @@ class SamplingConfig:
                 raise ValueError(message)
 
     @classmethod
-    def greedy(cls, **overrides) -> "SamplingConfig":
+    def greedy(cls, **overrides) -> SamplingConfig:
         """Plain argmax: no penalties, no n-gram blocking (matches generate(do_sample=False))."""
-        return cls(do_sample=False, temperature=1.0, top_k=0, top_p=1.0, repetition_penalty=1.0,
-                   no_repeat_ngram_size=0, **overrides)
+        return cls(
+            do_sample=False,
+            temperature=1.0,
+            top_k=0,
+            top_p=1.0,
+            repetition_penalty=1.0,
+            no_repeat_ngram_size=0,
+            **overrides,
+        )
 
-    def with_(self, **changes) -> "SamplingConfig":
+    def with_(self, **changes) -> SamplingConfig:
         return replace(self, **changes)
 
 
@@ -57,8 +68,8 @@ def banned_ngram_tokens(context: np.ndarray, n: int) -> np.ndarray:
     starts = context.size - n + 1  # n-grams in the context
     hit = np.ones(starts, dtype=bool)
     for j, token in enumerate(context[starts:]):  # the last n - 1 tokens, the prefix to match
-        hit &= context[j:j + starts] == token
-    return context[n - 1:][hit]
+        hit &= context[j : j + starts] == token
+    return context[n - 1 :][hit]
 
 
 def top_k_ids(scores: np.ndarray, k: int) -> np.ndarray:
@@ -106,8 +117,7 @@ def candidates(logits: np.ndarray, context: np.ndarray, cfg: SamplingConfig) -> 
     return ids[keep], values[keep]
 
 
-def next_token(logits: np.ndarray, context: np.ndarray, cfg: SamplingConfig,
-               rng: np.random.Generator) -> int:
+def next_token(logits: np.ndarray, context: np.ndarray, cfg: SamplingConfig, rng: np.random.Generator) -> int:
     """The next token id after `context` (prompt + reply so far) given the model's `logits`."""
     ids, scores = candidates(logits, np.asarray(context, dtype=np.int64), cfg)
     if ids.size == 0:  # everything banned: fall back to the unfiltered choice

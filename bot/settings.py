@@ -3,14 +3,15 @@
 A wrong value is a ValueError that names the variable and what it should be; `python -m bot`
 prints it as one `error: …` line and exits with status 2.
 """
+
 from __future__ import annotations
 
 import math
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping
 
 from bot.history import DatabaseSettings
 
@@ -58,15 +59,17 @@ class Settings:
     webhook_url: str = ""  # BOT_WEBHOOK_URL: public https:// URL Telegram posts to (webhook mode)
     webhook_secret: str = field(default="", repr=False)  # BOT_WEBHOOK_SECRET: checked on every post
     webhook_port: int = 8443  # BOT_WEBHOOK_PORT: where the webhook listens
-    draft_every: float = 1.0  # BOT_DRAFT_INTERVAL: seconds from one draft's answer to the next draft (0: no drafts)
-    database: DatabaseSettings = DatabaseSettings()  # BOT_DATABASE_URL etc.: the history in PostgreSQL
+    draft_every: float = 1.0  # BOT_DRAFT_INTERVAL: seconds between drafts (0: no drafts)
+    database: DatabaseSettings = field(default_factory=DatabaseSettings)  # BOT_DATABASE_URL etc.
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ, webhook: bool = False) -> Settings:
         """Read and check the variables; a ValueError names the one that is missing or wrong."""
         token = env.get("TELEGRAM_BOT_TOKEN", "").strip()
         if not token:
-            raise ValueError("TELEGRAM_BOT_TOKEN is not set: create a bot with @BotFather and export its token")
+            raise ValueError(
+                "TELEGRAM_BOT_TOKEN is not set: create a bot with @BotFather and export its token"
+            )
         ids = env.get("ALLOWED_CHAT_IDS", "")
         try:
             allowed = frozenset(int(i) for i in ids.split(",") if i.strip())
@@ -75,11 +78,18 @@ class Settings:
         base_url = env.get("TELEGRAM_BASE_URL", "").strip().rstrip("/") or cls.base_url
         if not base_url.startswith(("http://", "https://")):
             raise ValueError(f"TELEGRAM_BASE_URL must start with http:// or https://, got {base_url!r}")
-        settings = cls(token, base_url, Path(env.get("BOT_DATA_DIR") or cls.data_dir), allowed,
-                       env_int(env, "BOT_METRICS_PORT", cls.metrics_port), env.get("BOT_WEBHOOK_URL", ""),
-                       env.get("BOT_WEBHOOK_SECRET", ""), env_int(env, "BOT_WEBHOOK_PORT", cls.webhook_port),
-                       env_seconds(env, "BOT_DRAFT_INTERVAL", cls.draft_every, allow_zero=True),
-                       DatabaseSettings.from_env(env))
+        settings = cls(
+            token,
+            base_url,
+            Path(env.get("BOT_DATA_DIR") or cls.data_dir),
+            allowed,
+            env_int(env, "BOT_METRICS_PORT", cls.metrics_port),
+            env.get("BOT_WEBHOOK_URL", ""),
+            env.get("BOT_WEBHOOK_SECRET", ""),
+            env_int(env, "BOT_WEBHOOK_PORT", cls.webhook_port),
+            env_seconds(env, "BOT_DRAFT_INTERVAL", cls.draft_every, allow_zero=True),
+            DatabaseSettings.from_env(env),
+        )
         if webhook and not settings.webhook_url.startswith("https://"):
             raise ValueError("--webhook needs BOT_WEBHOOK_URL, the public https:// URL Telegram posts to")
         if webhook and not re.fullmatch(r"[A-Za-z0-9_-]{1,256}", settings.webhook_secret):

@@ -18,6 +18,7 @@ round reaches Triton as one batch:
 
 One process aligns only its own generations: several bot processes each form their own rounds.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -37,7 +38,7 @@ class GateConfig:
 
 
 class _Member:
-    __slots__ = ("state", "since")
+    __slots__ = ("since", "state")
 
     def __init__(self, state: str, since: float):
         self.state, self.since = state, since
@@ -66,7 +67,9 @@ class StepGate:
         """The sequence's START is being sent: it is a member from now on."""
         if self.config.enabled:
             now = self._now()
-            for stale in [s for s, m in self._members.items() if m.state == _BUSY and now - m.since > _STALE_S]:
+            for stale in [
+                s for s, m in self._members.items() if m.state == _BUSY and now - m.since > _STALE_S
+            ]:
                 del self._members[stale]  # its owner never sent END (a bare client.step user)
             self._members[sequence_id] = _Member(_STARTING, now)
             self._check()
@@ -108,8 +111,14 @@ class StepGate:
     def _deadline(self) -> float:
         """When the current round goes without whoever is still missing."""
         cfg = self.config
-        latest = max((m.since + (cfg.in_flight_s if m.state == _IN_FLIGHT else cfg.busy_s)
-                      for m in self._members.values() if m.state != _WAITING), default=0.0)
+        latest = max(
+            (
+                m.since + (cfg.in_flight_s if m.state == _IN_FLIGHT else cfg.busy_s)
+                for m in self._members.values()
+                if m.state != _WAITING
+            ),
+            default=0.0,
+        )
         return min(latest, self._first_wait + cfg.in_flight_s)
 
     def _check(self) -> None:

@@ -4,11 +4,12 @@ Each shown text is the start of the next one and of the final reply (`contract.d
 of all ids): no half UTF-8 character (the byte-level decoder gives U+FFFD for one) and no partial
 turn marker (`@@ПЕР…` is held back until it is either a marker, which is removed, or plain text).
 """
+
 from __future__ import annotations
 
 import inspect
 import re
-from typing import Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
 from contract.dialogue import MARKERS, clean_reply
 
@@ -32,7 +33,7 @@ def visible(decoded: str) -> str:
     """What of a reply decoded so far can be shown now (cleaned as the final reply will be)."""
     text = clean_reply(decoded.rstrip(REPLACEMENT))
     partial = _PARTIAL_MARKER.search(text)
-    return text[:partial.start()].rstrip() if partial else text
+    return text[: partial.start()].rstrip() if partial else text
 
 
 class VisibleText:

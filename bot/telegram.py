@@ -5,6 +5,7 @@ per-chat answering (locks, typing, history, metrics) in bot/dialogues.py, drafts
 generated in bot/drafts.py, text splitting in bot/text.py, token redaction in bot/redact.py.
 Here only the wiring: build the Application, start and stop what it shares.
 """
+
 from __future__ import annotations
 
 import logging
@@ -40,17 +41,26 @@ async def post_shutdown(application: Application) -> None:
     await application.bot_data[STATE].close()
 
 
-def build_application(chatbot: ChatBot, settings: Settings, metrics: Metrics | None = None,
-                      health_every: float = HEALTH_EVERY) -> Application:
+def build_application(
+    chatbot: ChatBot, settings: Settings, metrics: Metrics | None = None, health_every: float = HEALTH_EVERY
+) -> Application:
     """The bot's Application with its handlers; also hides the token in every log line."""
     hide_token_in_logs(settings.token)
-    application = (ApplicationBuilder().token(settings.token)
-                   .base_url(f"{settings.base_url}/bot").base_file_url(f"{settings.base_url}/file/bot")
-                   .rate_limiter(AIORateLimiter(max_retries=2)).concurrent_updates(True)
-                   .post_init(post_init).post_shutdown(post_shutdown).build())
+    application = (
+        ApplicationBuilder()
+        .token(settings.token)
+        .base_url(f"{settings.base_url}/bot")
+        .base_file_url(f"{settings.base_url}/file/bot")
+        .rate_limiter(AIORateLimiter(max_retries=2))
+        .concurrent_updates(True)
+        .post_init(post_init)
+        .post_shutdown(post_shutdown)
+        .build()
+    )
     history = open_store(settings.data_dir, settings.database)
-    application.bot_data[STATE] = Dialogues(chatbot, history, metrics or Metrics(),
-                                            health_every, settings.draft_every)
+    application.bot_data[STATE] = Dialogues(
+        chatbot, history, metrics or Metrics(), health_every, settings.draft_every
+    )
     add_handlers(application, settings.allowed_chat_ids)
     return application
 
@@ -65,16 +75,26 @@ def run_telegram(chatbot: ChatBot, webhook: bool = False) -> None:
         except OSError as exc:
             raise ValueError(f"BOT_METRICS_PORT {settings.metrics_port}: {exc}") from None
     application = build_application(chatbot, settings, metrics)
-    log.info("Telegram bot: %s, history in %s, metrics on %s, drafts %s", "webhook" if webhook else "long polling",
-             application.bot_data[STATE].history.where, settings.metrics_port or "off",
-             f"every {settings.draft_every:g} s" if settings.draft_every else "off")
+    log.info(
+        "Telegram bot: %s, history in %s, metrics on %s, drafts %s",
+        "webhook" if webhook else "long polling",
+        application.bot_data[STATE].history.where,
+        settings.metrics_port or "off",
+        f"every {settings.draft_every:g} s" if settings.draft_every else "off",
+    )
     try:
         if webhook:
-            application.run_webhook(listen="0.0.0.0", port=settings.webhook_port,
-                                    url_path=urlsplit(settings.webhook_url).path.lstrip("/"),
-                                    webhook_url=settings.webhook_url, secret_token=settings.webhook_secret,
-                                    allowed_updates=ALLOWED_UPDATES)
+            application.run_webhook(
+                listen="0.0.0.0",
+                port=settings.webhook_port,
+                url_path=urlsplit(settings.webhook_url).path.lstrip("/"),
+                webhook_url=settings.webhook_url,
+                secret_token=settings.webhook_secret,
+                allowed_updates=ALLOWED_UPDATES,
+            )
         else:
             application.run_polling(allowed_updates=ALLOWED_UPDATES)
     except InvalidToken:
-        raise ValueError("TELEGRAM_BOT_TOKEN was rejected by the Bot API: copy it from @BotFather again") from None
+        raise ValueError(
+            "TELEGRAM_BOT_TOKEN was rejected by the Bot API: copy it from @BotFather again"
+        ) from None

@@ -1,4 +1,5 @@
 """Text helpers for Telegram: its length measure (UTF-16 units), splitting, @mentions."""
+
 from __future__ import annotations
 
 import re

@@ -5,6 +5,7 @@ sampled token per step; END frees the server's cache. A step of a running sequen
 idempotent (it extends the server's cache), so it is never blindly retried: the generate loop
 recovers by restarting the sequence with START over the whole context, which is idempotent.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -61,7 +62,9 @@ _TRANSIENT_STATUS = {"502", "503", "504"}
 def _classify(exc: BaseException) -> TritonError:
     if isinstance(exc, TritonError):
         return exc
-    if isinstance(exc, (aiohttp.ClientError, asyncio.TimeoutError, OSError, EOFError)):  # EOF: connection dropped
+    if isinstance(
+        exc, (aiohttp.ClientError, asyncio.TimeoutError, OSError, EOFError)
+    ):  # EOF: connection dropped
         return TritonUnavailable(f"Triton unreachable: {exc.__class__.__name__}: {exc}")
     if isinstance(exc, InferenceServerException):
         text = exc.message() or str(exc)
@@ -129,8 +132,14 @@ class TritonClient:
     Its step gate (bot/step_gate.py) lines up the token steps of all generations that run
     through this client, so that they reach Triton's batcher as one batch per round."""
 
-    def __init__(self, url: str = "127.0.0.1:8000", model: str = io.DEFAULT_MODEL_NAME,
-                 timeout: float = 10.0, retries: int = 3, gate: GateConfig | None = None):
+    def __init__(
+        self,
+        url: str = "127.0.0.1:8000",
+        model: str = io.DEFAULT_MODEL_NAME,
+        timeout: float = 10.0,
+        retries: int = 3,
+        gate: GateConfig | None = None,
+    ):
         if "://" in url:
             raise ValueError(f"TRITON_URL is host:port, without a scheme: got {url!r}")
         self.url, self.model, self.timeout, self.retries = url, model, timeout, retries
@@ -162,10 +171,14 @@ class TritonClient:
             raise _classify(exc) from exc
 
     def _retrying(self) -> AsyncRetrying:
-        return AsyncRetrying(retry=retry_if_exception(lambda e: isinstance(e, TritonUnavailable)
-                                                      and not isinstance(e, ModelDown)),
-                             stop=stop_after_attempt(self.retries),
-                             wait=wait_exponential(multiplier=0.2, max=2.0), reraise=True)
+        return AsyncRetrying(
+            retry=retry_if_exception(
+                lambda e: isinstance(e, TritonUnavailable) and not isinstance(e, ModelDown)
+            ),
+            stop=stop_after_attempt(self.retries),
+            wait=wait_exponential(multiplier=0.2, max=2.0),
+            reraise=True,
+        )
 
     async def is_ready(self) -> bool:
         """The model answers a real inference (serve.health: Triton's own ready stays 200 when
@@ -182,12 +195,14 @@ class TritonClient:
             try:
                 self._info = ModelInfo(int(params[io.PARAM_VOCAB_SIZE]), int(params[io.PARAM_MAX_POSITIONS]))
             except KeyError as exc:
-                raise TritonRequestError(f"model {self.model!r} lacks parameter {exc}: re-export it "
-                                         "with `python -m export`") from None
+                raise TritonRequestError(
+                    f"model {self.model!r} lacks parameter {exc}: re-export it with `python -m export`"
+                ) from None
         return self._info
 
-    async def step(self, sequence_id: int, ids: list[int] | np.ndarray, start: bool = False,
-                   end: bool = False) -> np.ndarray:
+    async def step(
+        self, sequence_id: int, ids: list[int] | np.ndarray, start: bool = False, end: bool = False
+    ) -> np.ndarray:
         """Feed `ids` to the sequence; the logits [vocab] after them. START steps are retried.
 
         A step that is neither START nor END first waits at the step gate (at most its
@@ -203,7 +218,8 @@ class TritonClient:
                     text = data[:200].decode("utf-8", "replace")
                 raise _classify(InferenceServerException(text, status=str(status)))
             result = triton_http.InferenceServerClient.parse_response_body(
-                data, header_length=headers.get("inference-header-content-length"))
+                data, header_length=headers.get("inference-header-content-length")
+            )
             return result.as_numpy(io.LOGITS)[0]
 
         if end:
@@ -229,13 +245,16 @@ class TritonClient:
         inp.set_data_from_numpy(data, binary_data=True)
         out = [triton_http.InferRequestedOutput(io.LOGITS, binary_data=True)]
         body, json_size = triton_http.InferenceServerClient.generate_request_body(
-            [inp], outputs=out, sequence_id=sequence_id, sequence_start=start, sequence_end=end)
+            [inp], outputs=out, sequence_id=sequence_id, sequence_start=start, sequence_end=end
+        )
         # X-Sequence-Id lets a load balancer keep all steps of one sequence on one replica.
         # identity: compressing 200 KB of logits per step costs Triton more than the network.
-        head = (f"POST {self._infer_path} HTTP/1.1\r\nHost: {self.url}\r\n"
-                f"Content-Type: application/octet-stream\r\nInference-Header-Content-Length: {json_size}\r\n"
-                f"Content-Length: {len(body)}\r\nX-Sequence-Id: {sequence_id}\r\n"
-                "Accept-Encoding: identity\r\n\r\n")
+        head = (
+            f"POST {self._infer_path} HTTP/1.1\r\nHost: {self.url}\r\n"
+            f"Content-Type: application/octet-stream\r\nInference-Header-Content-Length: {json_size}\r\n"
+            f"Content-Length: {len(body)}\r\nX-Sequence-Id: {sequence_id}\r\n"
+            "Accept-Encoding: identity\r\n\r\n"
+        )
         return head.encode("ascii"), body
 
     async def end(self, sequence_id: int) -> None:

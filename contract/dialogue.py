@@ -11,11 +11,12 @@ assigned counting back from the end, so fewer turns of context give `@@ПЕРВ�
 A training example is that prompt, the response and the next `@@ПЕРВЫЙ@@`, which is where a reply
 stops at generation time.
 """
+
 from __future__ import annotations
 
 import math
 import re
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 FIRST = "@@ПЕРВЫЙ@@"  # id 50257 in ruDialoGPT: the user's turns, and the stop token
 SECOND = "@@ВТОРОЙ@@"  # id 50258 in ruDialoGPT: the bot's turns

@@ -5,6 +5,7 @@ then each sampled token alone; the server keeps the conversation's KV cache keye
 sequence's correlation id and answers with the logits of the last position. END frees the cache;
 an END step may carry no tokens at all (then it only frees, and its logits are empty).
 """
+
 from __future__ import annotations
 
 DEFAULT_MODEL_NAME = "rudialogpt"

@@ -5,6 +5,7 @@
    checkpoint? reuse it; else export.  3. start the real Triton on the CPU.  4. chat: Telegram when
    TELEGRAM_BOT_TOKEN is set, else the console. Ctrl-C stops everything it started.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,9 +33,22 @@ def ensure_checkpoint(output: Path, data: Path, base_model: str, steps: int) -> 
     from training.train import train
 
     resume = any((output / "checkpoints").glob("checkpoint-*"))  # an interrupted earlier run
-    stage(1, f"train: {'resuming' if resume else 'fine-tuning'} {base_model} on {data} for {steps} steps → {output}")
-    return train(TrainConfig(data=data, output=output, base_model=base_model, max_steps=steps,
-                             logging_steps=50, save_steps=100, resume=resume))
+    stage(
+        1,
+        f"train: {'resuming' if resume else 'fine-tuning'} {base_model} on {data} "
+        f"for {steps} steps → {output}",
+    )
+    return train(
+        TrainConfig(
+            data=data,
+            output=output,
+            base_model=base_model,
+            max_steps=steps,
+            logging_steps=50,
+            save_steps=100,
+            resume=resume,
+        )
+    )
 
 
 def ensure_export(checkpoint: Path, repository: Path) -> Path:
@@ -56,8 +70,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", type=Path, default=ROOT / "training" / "data.csv")
     p.add_argument("--output", type=Path, default=ROOT / "output")
     p.add_argument("--repository", type=Path, default=ROOT / "model_repository")
-    p.add_argument("--steps", type=int, default=int(os.environ.get("DEMO_TRAIN_STEPS", "600")),
-                   help="training steps when no checkpoint exists (env DEMO_TRAIN_STEPS)")
+    p.add_argument(
+        "--steps",
+        type=int,
+        default=int(os.environ.get("DEMO_TRAIN_STEPS", "600")),
+        help="training steps when no checkpoint exists (env DEMO_TRAIN_STEPS)",
+    )
     p.add_argument("--http-port", type=int, default=int(os.environ.get("DEMO_HTTP_PORT", "8000")))
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -65,18 +83,27 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(name).setLevel(logging.INFO)
     logging.getLogger("bot.console").setLevel(logging.WARNING)  # keep the chat screen clean
 
-    from serve.server import TritonServer, TritonServerError
+    from serve.server import TritonServer
 
     base_model = os.environ.get("BASE_MODEL", "tiny")
     try:
         checkpoint = ensure_checkpoint(args.output, args.data, base_model, args.steps)
         repository = ensure_export(checkpoint, args.repository)
         stage(3, f"serve: starting Triton on 127.0.0.1:{args.http_port} (metrics :{args.http_port + 2})")
-        server = TritonServer(repository, args.http_port, args.http_port + 1, args.http_port + 2,
-                              log_file=args.output / "tritonserver.log")
+        server = TritonServer(
+            repository,
+            args.http_port,
+            args.http_port + 1,
+            args.http_port + 2,
+            log_file=args.output / "tritonserver.log",
+        )
         t0 = time.monotonic()
         server.start()
-    except (ValueError, RuntimeError, OSError) as exc:  # DataError, ConfigError, ExportError, TritonServerError
+    except (
+        ValueError,
+        RuntimeError,
+        OSError,
+    ) as exc:  # DataError, ConfigError, ExportError, TritonServerError
         print(f"error: {exc}", file=sys.stderr)
         return 2
     log.info("Triton ready in %.1f s; its log: %s", time.monotonic() - t0, server.log_file)

@@ -1,4 +1,5 @@
 """`python -m export --checkpoint output/ --repository model_repository/`"""
+
 from __future__ import annotations
 
 import argparse
@@ -14,23 +15,47 @@ from export.triton_config import ServingConfig
 def main(argv: list[str] | None = None) -> int:
     d = ServingConfig()
     p = argparse.ArgumentParser(prog="python -m export", description=__doc__)
-    p.add_argument("--checkpoint", type=Path, default=Path("output"), help="folder `python -m training` wrote")
-    p.add_argument("--repository", type=Path, default=Path("model_repository"), help="Triton model repository")
+    p.add_argument(
+        "--checkpoint", type=Path, default=Path("output"), help="folder `python -m training` wrote"
+    )
+    p.add_argument(
+        "--repository", type=Path, default=Path("model_repository"), help="Triton model repository"
+    )
     p.add_argument("--name", default=io.DEFAULT_MODEL_NAME, help="model name in Triton")
     p.add_argument("--quantize", choices=["int8"], help="onnxruntime dynamic int8 quantization (CPU serving)")
     p.add_argument("--fp16", action="store_true", help="half precision (GPU serving; needs --device cuda)")
-    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
-                   help="export device; cuda also makes the model serve with the CUDA provider")
-    p.add_argument("--ragged-chunks", choices=["auto", "yes", "no"], default="auto",
-                   help="rows of one call may carry chunks of different lengths (needs onnxruntime >= 1.32 "
-                        "where the model is served); auto: yes for the CPU, no for CUDA")
-    p.add_argument("--tolerance", type=float, default=None,
-                   help="max |Δlogit| ONNX vs PyTorch (default 1e-3 fp32, 5e-2 fp16)")
+    p.add_argument(
+        "--device",
+        choices=["cpu", "cuda"],
+        default="cpu",
+        help="export device; cuda also makes the model serve with the CUDA provider",
+    )
+    p.add_argument(
+        "--ragged-chunks",
+        choices=["auto", "yes", "no"],
+        default="auto",
+        help="rows of one call may carry chunks of different lengths (needs onnxruntime >= 1.32 "
+        "where the model is served); auto: yes for the CPU, no for CUDA",
+    )
+    p.add_argument(
+        "--tolerance",
+        type=float,
+        default=None,
+        help="max |Δlogit| ONNX vs PyTorch (default 1e-3 fp32, 5e-2 fp16)",
+    )
     p.add_argument("--max-batch-size", type=int, default=d.max_batch_size, help="requests per execute()")
-    p.add_argument("--kv-slots", type=int, default=d.kv_slots,
-                   help="KV-cache slots: sequences generating at once (each holds one from START to END)")
-    p.add_argument("--slot-length", type=int, default=d.slot_length,
-                   help="positions per slot: the longest context (0: the model's positions)")
+    p.add_argument(
+        "--kv-slots",
+        type=int,
+        default=d.kv_slots,
+        help="KV-cache slots: sequences generating at once (each holds one from START to END)",
+    )
+    p.add_argument(
+        "--slot-length",
+        type=int,
+        default=d.slot_length,
+        help="positions per slot: the longest context (0: the model's positions)",
+    )
     p.add_argument("--queue-delay-us", type=int, default=d.max_queue_delay_us, help="batching wait per step")
     p.add_argument("--idle-seconds", type=int, default=d.idle_seconds, help="free a sequence idle this long")
     p.add_argument("--threads", type=int, default=d.intra_op_threads, help="onnxruntime threads (0: auto)")
@@ -43,20 +68,38 @@ def main(argv: list[str] | None = None) -> int:
             p.error(f"{flag} must be at least 1, got {value}")
     if args.slot_length < 0:
         p.error(f"--slot-length must be >= 0 (0: the model's positions), got {args.slot_length}")
-    serving = ServingConfig(max_batch_size=args.max_batch_size, kv_slots=args.kv_slots, slot_length=args.slot_length,
-                            max_queue_delay_us=args.queue_delay_us, idle_seconds=args.idle_seconds,
-                            intra_op_threads=args.threads)
+    serving = ServingConfig(
+        max_batch_size=args.max_batch_size,
+        kv_slots=args.kv_slots,
+        slot_length=args.slot_length,
+        max_queue_delay_us=args.queue_delay_us,
+        idle_seconds=args.idle_seconds,
+        intra_op_threads=args.threads,
+    )
     try:
-        result = export(args.checkpoint, args.repository, args.name, args.quantize, args.fp16,
-                        args.device, args.tolerance, serving,
-                        None if args.ragged_chunks == "auto" else args.ragged_chunks == "yes")
+        result = export(
+            args.checkpoint,
+            args.repository,
+            args.name,
+            args.quantize,
+            args.fp16,
+            args.device,
+            args.tolerance,
+            serving,
+            None if args.ragged_chunks == "auto" else args.ragged_chunks == "yes",
+        )
     except ExportError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(f"exported {result.model_dir}  max|Δlogit| {result.max_abs_diff:.2e}"
-          + (f"  int8 max|Δlogit| {result.quantized_diff:.3f} top-1 {result.quantized_top1:.0%}"
-             if result.quantized_diff is not None else "")
-          + f"  ({result.seconds:.1f} s)")
+    print(
+        f"exported {result.model_dir}  max|Δlogit| {result.max_abs_diff:.2e}"
+        + (
+            f"  int8 max|Δlogit| {result.quantized_diff:.3f} top-1 {result.quantized_top1:.0%}"
+            if result.quantized_diff is not None
+            else ""
+        )
+        + f"  ({result.seconds:.1f} s)"
+    )
     return 0
 
 

@@ -1,4 +1,5 @@
-"""Checkpoint → Triton model repository: the serving graph (checked against PyTorch and optimum), model.py, config."""
+"""Checkpoint → Triton model repository: the serving graph (checked against PyTorch), model.py, config."""
+
 from __future__ import annotations
 
 import json
@@ -43,18 +44,23 @@ def check_checkpoint(checkpoint: Path) -> dict:
     """The checkpoint's config.json, or an ExportError that says what is missing."""
     checkpoint = Path(checkpoint)
     if not checkpoint.is_dir():
-        raise ExportError(f"checkpoint {checkpoint} not found: train one with `python -m training "
-                          "--output <dir>` and pass it with --checkpoint")
+        raise ExportError(
+            f"checkpoint {checkpoint} not found: train one with `python -m training "
+            "--output <dir>` and pass it with --checkpoint"
+        )
     try:
         config = json.loads((checkpoint / "config.json").read_text())
     except FileNotFoundError:
-        raise ExportError(f"{checkpoint} has no config.json: pass the folder `python -m training` "
-                          "wrote with --output") from None
+        raise ExportError(
+            f"{checkpoint} has no config.json: pass the folder `python -m training` wrote with --output"
+        ) from None
     except json.JSONDecodeError as exc:
         raise ExportError(f"{checkpoint}/config.json is broken ({exc}): re-run training") from exc
     if config.get("model_type") != "gpt2":
-        raise ExportError(f"{checkpoint} holds a {config.get('model_type')!r} model; only GPT-2 "
-                          "(ruDialoGPT) checkpoints are supported")
+        raise ExportError(
+            f"{checkpoint} holds a {config.get('model_type')!r} model; only GPT-2 "
+            "(ruDialoGPT) checkpoints are supported"
+        )
     if not any((checkpoint / f).exists() for f in ("model.safetensors", "pytorch_model.bin")):
         raise ExportError(f"{checkpoint} has no weights (model.safetensors): re-run training")
     if not any((checkpoint / f).exists() for f in ("tokenizer.json", "vocab.json")):
@@ -66,10 +72,17 @@ DEFAULT_TOLERANCE = {"fp32": 1e-3, "fp16": 5e-2}  # max |Δlogit| vs PyTorch fp3
 MIN_TOP1 = {"fp32": 1.0, "fp16": 0.9}  # share of positions whose most likely token must agree
 
 
-def export(checkpoint: Path, repository: Path, name: str = io.DEFAULT_MODEL_NAME,
-           quantize: str | None = None, fp16: bool = False, device: str = "cpu",
-           tolerance: float | None = None, serving: ServingConfig | None = None,
-           ragged: bool | None = None) -> ExportResult:
+def export(
+    checkpoint: Path,
+    repository: Path,
+    name: str = io.DEFAULT_MODEL_NAME,
+    quantize: str | None = None,
+    fp16: bool = False,
+    device: str = "cpu",
+    tolerance: float | None = None,
+    serving: ServingConfig | None = None,
+    ragged: bool | None = None,
+) -> ExportResult:
     """Export `checkpoint` into `repository/name`, verified against PyTorch; replaces it atomically.
 
     optimum's export (task text-generation-with-past) is made and checked first: it is the
@@ -95,15 +108,22 @@ def export(checkpoint: Path, repository: Path, name: str = io.DEFAULT_MODEL_NAME
     ragged = device != "cuda" if ragged is None else ragged
     precision = "fp16" if fp16 else "fp32"
     tolerance = DEFAULT_TOLERANCE[precision] if tolerance is None else tolerance
-    serving = replace(serving or ServingConfig(), name=name, vocab_size=int(config["vocab_size"]),
-                      max_positions=int(config.get("n_positions", config.get("n_ctx", 1024))),
-                      layers=int(config["n_layer"]), hidden=int(config["n_embd"]),
-                      kv_dtype_bytes=2 if fp16 else 4)
+    serving = replace(
+        serving or ServingConfig(),
+        name=name,
+        vocab_size=int(config["vocab_size"]),
+        max_positions=int(config.get("n_positions", config.get("n_ctx", 1024))),
+        layers=int(config["n_layer"]),
+        hidden=int(config["n_embd"]),
+        kv_dtype_bytes=2 if fp16 else 4,
+    )
     if device == "cuda":
         serving = replace(serving, execution_provider="cuda")
     if serving.max_batch_size > serving.kv_slots:
-        raise ExportError(f"--max-batch-size {serving.max_batch_size} exceeds --kv-slots {serving.kv_slots}: "
-                          "every sequence of a batch needs its own KV slot")
+        raise ExportError(
+            f"--max-batch-size {serving.max_batch_size} exceeds --kv-slots {serving.kv_slots}: "
+            "every sequence of a batch needs its own KV slot"
+        )
     provider = serving.execution_provider
     if provider == "cuda" and "CUDAExecutionProvider" not in _ort_providers():
         log.info("this onnxruntime has no CUDA provider: the fp16 graph is checked on the CPU provider")
@@ -114,43 +134,66 @@ def export(checkpoint: Path, repository: Path, name: str = io.DEFAULT_MODEL_NAME
     try:
         texts = verify.torch_reference(checkpoint)
         log.info("exporting %s with optimum (task text-generation-with-past): the reference", checkpoint)
-        main_export(str(checkpoint), output=staging / "optimum", task="text-generation-with-past",
-                    do_validation=False)
+        main_export(
+            str(checkpoint), output=staging / "optimum", task="text-generation-with-past", do_validation=False
+        )
         ref = verify.check_optimum(staging / "optimum" / "model.onnx", texts, serving.max_positions)
         log.info("optimum's ONNX (served path) vs PyTorch: max |Δlogit| = %.2e", ref.max_abs)
         if not ref.max_abs <= DEFAULT_TOLERANCE["fp32"]:
-            raise ExportError(f"optimum's export differs from PyTorch by {ref.max_abs:.3g}: this checkpoint "
-                              "does not export correctly")
+            raise ExportError(
+                f"optimum's export differs from PyTorch by {ref.max_abs:.3g}: this checkpoint "
+                "does not export correctly"
+            )
         shutil.rmtree(staging / "optimum")
 
         cfg, weights = serving_graph.load_weights(checkpoint)
         onnx_path = staging / "model.onnx"
         try:
-            graph = serving_graph.build(cfg, weights, np.float16 if fp16 else np.float32,
-                                        lm_head_matmul=quantize == "int8", ragged=ragged)
+            graph = serving_graph.build(
+                cfg,
+                weights,
+                np.float16 if fp16 else np.float32,
+                lm_head_matmul=quantize == "int8",
+                ragged=ragged,
+            )
         except ValueError as exc:
             raise ExportError(f"{checkpoint}: {exc}") from exc
         serving_graph.save(graph, onnx_path)
         del graph, weights
         dev = verify.check_graph(onnx_path, texts, provider)
-        log.info("serving graph (%s, served path and ragged batch) vs PyTorch: max |Δlogit| = %.2e "
-                 "(tolerance %.0e), same top-1 token at %.0f%% of positions", precision, dev.max_abs,
-                 tolerance, 100 * dev.top1)
+        log.info(
+            "serving graph (%s, served path and ragged batch) vs PyTorch: max |Δlogit| = %.2e "
+            "(tolerance %.0e), same top-1 token at %.0f%% of positions",
+            precision,
+            dev.max_abs,
+            tolerance,
+            100 * dev.top1,
+        )
         if not (dev.max_abs <= tolerance and dev.top1 >= MIN_TOP1[precision]):
-            raise ExportError(f"the serving graph's logits differ from PyTorch's by {dev.max_abs:.3g} "
-                              f"(tolerance {tolerance:g}, top-1 agreement {dev.top1:.0%}); the export is "
-                              "wrong (pass --tolerance only if you know why)")
+            raise ExportError(
+                f"the serving graph's logits differ from PyTorch's by {dev.max_abs:.3g} "
+                f"(tolerance {tolerance:g}, top-1 agreement {dev.top1:.0%}); the export is "
+                "wrong (pass --tolerance only if you know why)"
+            )
         qdiff = qtop1 = None
         if quantize == "int8":
             from onnxruntime.quantization import QuantType, quantize_dynamic
 
             quantized = staging / "model.int8.onnx"
-            quantize_dynamic(onnx_path, quantized, weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"],
-                             extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+            quantize_dynamic(
+                onnx_path,
+                quantized,
+                weight_type=QuantType.QInt8,
+                op_types_to_quantize=["MatMul"],
+                extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
+            )
             q = verify.check_graph(quantized, texts, provider)
             qdiff, qtop1 = q.max_abs, q.top1
-            log.info("int8 vs PyTorch: max |Δlogit| = %.3f, same top-1 token at %.0f%% of positions",
-                     qdiff, 100 * qtop1)
+            log.info(
+                "int8 vs PyTorch: max |Δlogit| = %.3f, same top-1 token at %.0f%% of positions",
+                qdiff,
+                100 * qtop1,
+            )
             onnx_path.unlink()
             onnx_path = quantized
 
@@ -162,8 +205,7 @@ def export(checkpoint: Path, repository: Path, name: str = io.DEFAULT_MODEL_NAME
             shutil.move(str(f), version / f.name.replace(onnx_path.stem, "model", 1))
         for src, dst in SERVER_FILES.items():
             shutil.copy2(src, version / dst)
-        shutil.copytree(ROOT / "contract", version / "contract",
-                        ignore=shutil.ignore_patterns("__pycache__"))
+        shutil.copytree(ROOT / "contract", version / "contract", ignore=shutil.ignore_patterns("__pycache__"))
         _save_tokenizer(checkpoint, model_dir / io.TOKENIZER_DIR)
         text = render(serving)
         validate(text)
@@ -174,10 +216,26 @@ def export(checkpoint: Path, repository: Path, name: str = io.DEFAULT_MODEL_NAME
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     size = sum(f.stat().st_size for f in (final / "1").glob("model.onnx*"))
-    log.info("wrote %s (model %.1f MB; KV slots %d x %d positions = %.1f MB) in %.1f s", final, size / 1e6,
-             serving.kv_slots, serving.context, serving.kv_bytes / 1e6, time.monotonic() - t0)
-    return ExportResult(final, final / "1" / "model.onnx", dev.max_abs, qdiff, qtop1,
-                        time.monotonic() - t0, asdict(serving), dev.top1, ref.max_abs)
+    log.info(
+        "wrote %s (model %.1f MB; KV slots %d x %d positions = %.1f MB) in %.1f s",
+        final,
+        size / 1e6,
+        serving.kv_slots,
+        serving.context,
+        serving.kv_bytes / 1e6,
+        time.monotonic() - t0,
+    )
+    return ExportResult(
+        final,
+        final / "1" / "model.onnx",
+        dev.max_abs,
+        qdiff,
+        qtop1,
+        time.monotonic() - t0,
+        asdict(serving),
+        dev.top1,
+        ref.max_abs,
+    )
 
 
 def _ort_providers() -> list[str]:

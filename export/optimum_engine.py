@@ -12,6 +12,7 @@ ORT's outputs as the new cache: no copy per step, whatever the context length. A
 sequence misses a step gets a masked filler position; a sequence that starts, or a batch that
 mixes groups, is gathered once into a new group (left-padded, padding masked).
 """
+
 from __future__ import annotations
 
 import logging
@@ -23,7 +24,7 @@ import numpy as np
 import onnxruntime as ort
 
 from contract import triton_io as io
-from serve.engine import StepError, Step  # noqa: F401  (the same request types as the server's)
+from serve.engine import Step, StepError
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +76,9 @@ class OptimumEngine:
             raise StepError(f"unknown sequence {step.sequence_id}: begin it with the START flag")
         past = 0 if step.start else self.caches[step.sequence_id].length
         if past + step.ids.size > self.max_positions:
-            raise StepError(f"context of {past + step.ids.size} tokens exceeds {self.max_positions} positions")
+            raise StepError(
+                f"context of {past + step.ids.size} tokens exceeds {self.max_positions} positions"
+            )
 
     # ---- the step ---------------------------------------------------------------------------
     def step(self, steps: list[Step]) -> list[np.ndarray | StepError]:
@@ -101,7 +104,7 @@ class OptimumEngine:
                 for i in runnable:
                     (later if steps[i].sequence_id in seen else batch).append(i)
                     seen.add(steps[i].sequence_id)
-                for i, logits in zip(batch, self._run([steps[i] for i in batch])):
+                for i, logits in zip(batch, self._run([steps[i] for i in batch]), strict=True):
                     results[i] = logits
                 runnable = later
         return results
@@ -126,13 +129,15 @@ class OptimumEngine:
             keep = None if cache is None else cache.group.mask[cache.row].astype(bool)
             parts.append((cache, keep))
         width = max(0 if c is None else c.length for c, _ in parts)
-        past = [np.zeros((len(steps), self.heads, width, self.head_dim), self.dtype) for _ in self._past_names]
+        past = [
+            np.zeros((len(steps), self.heads, width, self.head_dim), self.dtype) for _ in self._past_names
+        ]
         mask = np.zeros((len(steps), width), np.int64)
         for r, (cache, keep) in enumerate(parts):
             if cache is not None:
                 for k, arr in enumerate(past):
-                    arr[r, :, width - cache.length:] = cache.group.past[k][cache.row][:, keep]
-                mask[r, width - cache.length:] = 1
+                    arr[r, :, width - cache.length :] = cache.group.past[k][cache.row][:, keep]
+                mask[r, width - cache.length :] = 1
                 cache.group.rows[cache.row] = None
         return _Group(past, mask, [s.sequence_id for s in steps])
 
@@ -152,7 +157,7 @@ class OptimumEngine:
             pos[r] = np.minimum(start + np.arange(width), self.max_positions - 1)
         mask = np.concatenate([group.mask, new_mask], axis=1)
         feed = {io.ONNX_INPUT_IDS: ids, io.ONNX_ATTENTION_MASK: mask, io.ONNX_POSITION_IDS: pos}
-        feed.update(zip(self._past_names, group.past))
+        feed.update(zip(self._past_names, group.past, strict=True))
         outputs = self.session.run([io.ONNX_LOGITS, *self._present_names], feed)
         group.past, group.mask = outputs[1:], mask
         now, results = time.monotonic(), []
@@ -164,5 +169,5 @@ class OptimumEngine:
                 group.rows[r] = None
             else:
                 self.caches[s.sequence_id] = _Cache(group, r, length, now)
-            results.append(outputs[0][r, n - 1:n].astype(np.float32))
+            results.append(outputs[0][r, n - 1 : n].astype(np.float32))
         return results

@@ -6,6 +6,7 @@ renameat2(RENAME_EXCHANGE) swaps the two names in one step; where it is missing 
 a filesystem without it) the fallback renames the old one aside and puts it back if the new one
 cannot take its place.
 """
+
 from __future__ import annotations
 
 import ctypes

@@ -9,6 +9,7 @@ only. Every call is a right-padded `[rows, S]` chunk: row b holds `query_seqlens
 afterwards. `past_key.N`/`present_key.N` (and values) are `[rows, heads, slot_length, head_dim]`;
 bound to the same buffer, GQA appends the new keys and values in place.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -29,13 +30,19 @@ def load_weights(checkpoint: Path) -> tuple[dict, dict[str, np.ndarray]]:
     from transformers import GPT2LMHeadModel
 
     model = GPT2LMHeadModel.from_pretrained(checkpoint, dtype=torch.float32)
-    weights = {k.removeprefix("transformer."): v.detach().numpy().copy()
-               for k, v in model.state_dict().items()}
+    weights = {
+        k.removeprefix("transformer."): v.detach().numpy().copy() for k, v in model.state_dict().items()
+    }
     return model.config.to_dict(), weights
 
 
-def build(config: dict, weights: dict[str, np.ndarray], dtype=np.float32,
-          lm_head_matmul: bool = False, ragged: bool = True) -> onnx.ModelProto:
+def build(
+    config: dict,
+    weights: dict[str, np.ndarray],
+    dtype=np.float32,
+    lm_head_matmul: bool = False,
+    ragged: bool = True,
+) -> onnx.ModelProto:
     """The serving graph for a GPT-2 `config` with `weights`, in `dtype` (float32 or float16).
 
     `lm_head_matmul` writes the lm_head as a MatMul on a transposed copy of the embedding instead
@@ -48,11 +55,15 @@ def build(config: dict, weights: dict[str, np.ndarray], dtype=np.float32,
     head_dim = hidden // heads
     eps = float(config.get("layer_norm_epsilon", 1e-5))
     if config.get("scale_attn_by_inverse_layer_idx") or config.get("reorder_and_upcast_attn"):
-        raise ValueError("GPT-2 variants with scale_attn_by_inverse_layer_idx or reorder_and_upcast_attn "
-                         "are not supported by the serving graph")
+        raise ValueError(
+            "GPT-2 variants with scale_attn_by_inverse_layer_idx or reorder_and_upcast_attn "
+            "are not supported by the serving graph"
+        )
     if config.get("activation_function", "gelu_new") not in ("gelu_new", "gelu_pytorch_tanh"):
-        raise ValueError(f"activation {config.get('activation_function')!r} is not supported "
-                         "(the serving graph implements GPT-2's tanh gelu)")
+        raise ValueError(
+            f"activation {config.get('activation_function')!r} is not supported "
+            "(the serving graph implements GPT-2's tanh gelu)"
+        )
     elem = _ONNX_DTYPES[np.dtype(dtype).type]
     inits: list[onnx.TensorProto] = []
     nodes: list[onnx.NodeProto] = []
@@ -67,9 +78,17 @@ def build(config: dict, weights: dict[str, np.ndarray], dtype=np.float32,
         return outs[0]
 
     def layer_norm(x: str, prefix: str, out: str) -> str:
-        return node("LayerNormalization", [x, weight(prefix + ".weight", weights[prefix + ".weight"]),
-                                           weight(prefix + ".bias", weights[prefix + ".bias"])],
-                    out, axis=-1, epsilon=eps)
+        return node(
+            "LayerNormalization",
+            [
+                x,
+                weight(prefix + ".weight", weights[prefix + ".weight"]),
+                weight(prefix + ".bias", weights[prefix + ".bias"]),
+            ],
+            out,
+            axis=-1,
+            epsilon=eps,
+        )
 
     def linear(x: str, prefix: str, out: str) -> str:  # GPT-2's Conv1D: x @ W[in, out] + b
         y = node("MatMul", [x, weight(prefix + ".weight", weights[prefix + ".weight"])], out + "_mm")
@@ -84,17 +103,33 @@ def build(config: dict, weights: dict[str, np.ndarray], dtype=np.float32,
         p = f"h.{i}"
         a = layer_norm(h, f"{p}.ln_1", f"{p}/ln_1")
         qkv = linear(a, f"{p}.attn.c_attn", f"{p}/qkv")
-        attn = node("GroupQueryAttention",
-                    [qkv, "", "", io.serving_past(i, "key"), io.serving_past(i, "value"), seqlens_k, total,
-                     *([""] * 9 + [io.ONNX_QUERY_SEQLENS] if ragged else [])],
-                    [f"{p}/attn", io.serving_present(i, "key"), io.serving_present(i, "value")],
-                    domain="com.microsoft", num_heads=heads, kv_num_heads=heads,
-                    scale=float(1.0 / np.sqrt(head_dim)))
+        attn = node(
+            "GroupQueryAttention",
+            [
+                qkv,
+                "",
+                "",
+                io.serving_past(i, "key"),
+                io.serving_past(i, "value"),
+                seqlens_k,
+                total,
+                *([""] * 9 + [io.ONNX_QUERY_SEQLENS] if ragged else []),
+            ],
+            [f"{p}/attn", io.serving_present(i, "key"), io.serving_present(i, "value")],
+            domain="com.microsoft",
+            num_heads=heads,
+            kv_num_heads=heads,
+            scale=float(1.0 / np.sqrt(head_dim)),
+        )
         h = node("Add", [h, linear(attn, f"{p}.attn.c_proj", f"{p}/attn_out")], f"{p}/h_attn")
         m = layer_norm(h, f"{p}.ln_2", f"{p}/ln_2")
         fc = node("MatMul", [m, weight(f"{p}.mlp.c_fc.weight", weights[f"{p}.mlp.c_fc.weight"])], f"{p}/fc")
-        act = node("FastGelu", [fc, weight(f"{p}.mlp.c_fc.bias", weights[f"{p}.mlp.c_fc.bias"])], f"{p}/gelu",
-                   domain="com.microsoft")
+        act = node(
+            "FastGelu",
+            [fc, weight(f"{p}.mlp.c_fc.bias", weights[f"{p}.mlp.c_fc.bias"])],
+            f"{p}/gelu",
+            domain="com.microsoft",
+        )
         h = node("Add", [h, linear(act, f"{p}.mlp.c_proj", f"{p}/mlp_out")], f"{p}/h")
     h = layer_norm(h, "ln_f", "h_final")
     # Each row's last real token: position query_seqlens - 1 (0 for idle rows, ignored).
@@ -111,24 +146,35 @@ def build(config: dict, weights: dict[str, np.ndarray], dtype=np.float32,
     node("Cast", [logits], io.ONNX_LOGITS, to=TensorProto.FLOAT)
 
     cache_shape = ["rows", heads, "slot_length", head_dim]
-    inputs = [helper.make_tensor_value_info(io.ONNX_INPUT_IDS, TensorProto.INT64, ["rows", "chunk"]),
-              helper.make_tensor_value_info(io.ONNX_POSITION_IDS, TensorProto.INT64, ["rows", "chunk"]),
-              helper.make_tensor_value_info(seqlens_k, TensorProto.INT32, ["rows"]),
-              helper.make_tensor_value_info(total, TensorProto.INT32, []),
-              helper.make_tensor_value_info(io.ONNX_QUERY_SEQLENS, TensorProto.INT32, ["rows"])]
-    outputs = [helper.make_tensor_value_info(io.ONNX_LOGITS, TensorProto.FLOAT, ["rows", config["vocab_size"]])]
+    inputs = [
+        helper.make_tensor_value_info(io.ONNX_INPUT_IDS, TensorProto.INT64, ["rows", "chunk"]),
+        helper.make_tensor_value_info(io.ONNX_POSITION_IDS, TensorProto.INT64, ["rows", "chunk"]),
+        helper.make_tensor_value_info(seqlens_k, TensorProto.INT32, ["rows"]),
+        helper.make_tensor_value_info(total, TensorProto.INT32, []),
+        helper.make_tensor_value_info(io.ONNX_QUERY_SEQLENS, TensorProto.INT32, ["rows"]),
+    ]
+    outputs = [
+        helper.make_tensor_value_info(io.ONNX_LOGITS, TensorProto.FLOAT, ["rows", config["vocab_size"]])
+    ]
     for i in range(layers):
         for kind in ("key", "value"):
             inputs.append(helper.make_tensor_value_info(io.serving_past(i, kind), elem, cache_shape))
             outputs.append(helper.make_tensor_value_info(io.serving_present(i, kind), elem, cache_shape))
     graph = helper.make_graph(nodes, "rudialogpt_serving", inputs, outputs, inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET),
-                                                    helper.make_opsetid("com.microsoft", 1)],
-                              producer_name="rudialogpt-export")
+    model = helper.make_model(
+        graph,
+        opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid("com.microsoft", 1)],
+        producer_name="rudialogpt-export",
+    )
     model.ir_version = 8
-    meta = {io.PARAM_NUM_LAYERS: layers, io.PARAM_NUM_HEADS: heads, io.PARAM_HEAD_DIM: head_dim,
-            io.PARAM_VOCAB_SIZE: config["vocab_size"], io.PARAM_MAX_POSITIONS: config["n_positions"],
-            io.META_RAGGED_CHUNKS: int(ragged)}
+    meta = {
+        io.PARAM_NUM_LAYERS: layers,
+        io.PARAM_NUM_HEADS: heads,
+        io.PARAM_HEAD_DIM: head_dim,
+        io.PARAM_VOCAB_SIZE: config["vocab_size"],
+        io.PARAM_MAX_POSITIONS: config["n_positions"],
+        io.META_RAGGED_CHUNKS: int(ragged),
+    }
     helper.set_model_props(model, {k: str(v) for k, v in meta.items()})
     return model
 
@@ -141,5 +187,10 @@ def weight_i64(inits: list, name: str, values: list[int]) -> str:
 def save(model: onnx.ModelProto, path: Path) -> None:
     """Write `model`; weights over ~1.8 GB go to an external-data file beside it (protobuf's limit)."""
     large = sum(len(t.raw_data) for t in model.graph.initializer) > 1_800_000_000
-    onnx.save_model(model, str(path), save_as_external_data=large, all_tensors_to_one_file=True,
-                    location=Path(path).name + ".data" if large else None)
+    onnx.save_model(
+        model,
+        str(path),
+        save_as_external_data=large,
+        all_tensors_to_one_file=True,
+        location=Path(path).name + ".data" if large else None,
+    )

@@ -1,4 +1,5 @@
 """config.pbtxt for the served model: explicit tensors, the sequence batcher, ORT settings."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -23,7 +24,7 @@ class ServingConfig:
     kv_dtype_bytes: int = 4  # bytes per cached value: 4 (fp32), 2 (fp16); set by export
     layers: int = 0  # model shape, for the memory estimate; set by export
     hidden: int = 0
-    max_queue_delay_us: int = 2000  # how long a step may wait for the rest of its round (lone steps pay it all)
+    max_queue_delay_us: int = 2000  # how long a step may wait for the rest of its round (lone ones: all)
     idle_seconds: int = 60  # a sequence idle this long is freed (Triton's slot and our cache)
     onnx_file: str = "model.onnx"  # the model's file in the version folder
 
@@ -51,7 +52,8 @@ def render(cfg: ServingConfig) -> str:
         io.PARAM_SLOT_LENGTH: cfg.context,
     }
     param_text = "\n".join(
-        f'parameters {{ key: "{k}" value {{ string_value: "{v}" }} }}' for k, v in params.items())
+        f'parameters {{ key: "{k}" value {{ string_value: "{v}" }} }}' for k, v in params.items()
+    )
     return f"""# Written by `python -m export`; the same file serves on the CPU here and on a GPU host.
 name: "{cfg.name}"
 backend: "python"

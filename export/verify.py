@@ -1,4 +1,5 @@
 """The exporter's checks: ONNX logits, computed the way Triton serves them, against PyTorch's."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -8,7 +9,11 @@ import numpy as np
 
 from contract.dialogue import build_prompt
 
-SAMPLE_TURNS = ["Привет! Как прошли выходные?", "Отлично, ездили за город.", "Здорово! А погода была хорошая?"]
+SAMPLE_TURNS = [
+    "Привет! Как прошли выходные?",
+    "Отлично, ездили за город.",
+    "Здорово! А погода была хорошая?",
+]
 SAMPLE_REPLY = " Да, солнечно и тепло весь день."
 SECOND_TURNS = ["Что посоветуешь почитать?"]
 SECOND_REPLY = " Возьми что-нибудь из Чехова, рассказы короткие."
@@ -88,10 +93,10 @@ def served_ragged(engine, texts: Texts, chunk: int = 3) -> list[dict[int, np.nda
             owners.append((0, cursor[0], 1))
         if round_no >= 2 and cursor[1] < len(b):
             n = chunk if cursor[1] < texts.prompt_lens[1] else 1
-            piece = b[cursor[1]:cursor[1] + n]
+            piece = b[cursor[1] : cursor[1] + n]
             steps.append(Step(2, np.array(piece), start=cursor[1] == 0, end=cursor[1] + len(piece) == len(b)))
             owners.append((1, cursor[1], len(piece)))
-        for (k, at, n), logits in zip(owners, engine.step(steps)):
+        for (k, at, n), logits in zip(owners, engine.step(steps), strict=True):
             if isinstance(logits, Exception):
                 raise logits
             out[k][at + n - 1] = logits
@@ -105,10 +110,12 @@ def check_graph(onnx_path: Path, texts: Texts, provider: str = "cpu") -> Deviati
 
     session = make_session(str(onnx_path), provider)
     length = max(len(ids) for ids in texts.ids)
-    devs = [compare(served_path(KVEngine(session, slots=1, slot_length=length), ids, n), ref)
-            for ids, n, ref in zip(texts.ids, texts.prompt_lens, texts.logits)]
+    devs = [
+        compare(served_path(KVEngine(session, slots=1, slot_length=length), ids, n), ref)
+        for ids, n, ref in zip(texts.ids, texts.prompt_lens, texts.logits, strict=True)
+    ]
     ragged = served_ragged(KVEngine(session, slots=3, slot_length=length), texts)
-    devs += [compare(served, ref) for served, ref in zip(ragged, texts.logits)]
+    devs += [compare(served, ref) for served, ref in zip(ragged, texts.logits, strict=True)]
     return worst(devs)
 
 
@@ -118,5 +125,9 @@ def check_optimum(onnx_path: Path, texts: Texts, max_positions: int) -> Deviatio
     from serve.engine import make_session
 
     session = make_session(str(onnx_path))
-    return worst([compare(served_path(OptimumEngine(session, max_positions), ids, n), ref)
-                  for ids, n, ref in zip(texts.ids, texts.prompt_lens, texts.logits)])
+    return worst(
+        [
+            compare(served_path(OptimumEngine(session, max_positions), ids, n), ref)
+            for ids, n, ref in zip(texts.ids, texts.prompt_lens, texts.logits, strict=True)
+        ]
+    )

@@ -7,5 +7,6 @@ Importing the package imports nothing else: the bot's image carries only `serve/
 def __getattr__(name: str):
     if name in ("TritonServer", "TritonServerError"):
         from serve import server
+
         return getattr(server, name)
     raise AttributeError(name)

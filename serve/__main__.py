@@ -3,6 +3,7 @@
 The launcher watches the model (serve/supervisor.py) and replaces the whole server when
 tritonserver exits or its python-backend stub dies, with backoff; Ctrl-C/SIGTERM stops it.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,16 +22,24 @@ log = logging.getLogger("serve")
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m serve", description=__doc__)
-    p.add_argument("--repository", type=Path, default=Path("model_repository"),
-                   help="Triton model repository (written by `python -m export`)")
+    p.add_argument(
+        "--repository",
+        type=Path,
+        default=Path("model_repository"),
+        help="Triton model repository (written by `python -m export`)",
+    )
     p.add_argument("--host", default="127.0.0.1", help="address to bind; 0.0.0.0 for all")
     p.add_argument("--http-port", type=int, default=8000)
     p.add_argument("--grpc-port", type=int, default=8001)
     p.add_argument("--metrics-port", type=int, default=8002)
     p.add_argument("--log-file", type=Path, help="write the server's own log here")
     p.add_argument("--model", default=io.DEFAULT_MODEL_NAME, help="the model whose liveness is watched")
-    p.add_argument("--check-every", type=float, default=Supervision.check_every,
-                   help="seconds between liveness probes (one real inference each)")
+    p.add_argument(
+        "--check-every",
+        type=float,
+        default=Supervision.check_every,
+        help="seconds between liveness probes (one real inference each)",
+    )
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
@@ -39,12 +48,23 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, lambda *_: stop.set())
 
     def make_server() -> TritonServer:
-        return TritonServer(args.repository, args.http_port, args.grpc_port, args.metrics_port,
-                            host=args.host, log_file=args.log_file)
+        return TritonServer(
+            args.repository,
+            args.http_port,
+            args.grpc_port,
+            args.metrics_port,
+            host=args.host,
+            log_file=args.log_file,
+        )
 
     def on_ready(server: TritonServer) -> None:
-        log.info("Triton ready: HTTP http://%s  gRPC %s:%d  metrics %s",
-                 server.url, args.host, args.grpc_port, server.metrics_url)
+        log.info(
+            "Triton ready: HTTP http://%s  gRPC %s:%d  metrics %s",
+            server.url,
+            args.host,
+            args.grpc_port,
+            server.metrics_url,
+        )
         log.info("Ctrl-C to stop")
 
     try:

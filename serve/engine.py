@@ -13,6 +13,7 @@ lengths, so prompts and single tokens, at any context lengths, share a call with
 cache. Slots in the bound range that have no step this call are idle rows (`query_seqlens` 0):
 they cost compute, so a batch is split into calls by a small cost model (`_plan`).
 """
+
 from __future__ import annotations
 
 import heapq
@@ -75,8 +76,9 @@ class _Row:
     ids: np.ndarray
 
 
-def make_session(onnx_path: str, provider: str = "cpu", threads: int = 0, device_id: int = 0
-                 ) -> ort.InferenceSession:
+def make_session(
+    onnx_path: str, provider: str = "cpu", threads: int = 0, device_id: int = 0
+) -> ort.InferenceSession:
     """An ORT session on the CPU or CUDA; asking for CUDA where it is missing is an error."""
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
@@ -86,8 +88,10 @@ def make_session(onnx_path: str, provider: str = "cpu", threads: int = 0, device
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if provider == "cuda":
         if "CUDAExecutionProvider" not in ort.get_available_providers():
-            raise RuntimeError("execution_provider=cuda but this onnxruntime has no CUDA provider: "
-                               "install onnxruntime-gpu, or set execution_provider to cpu")
+            raise RuntimeError(
+                "execution_provider=cuda but this onnxruntime has no CUDA provider: "
+                "install onnxruntime-gpu, or set execution_provider to cpu"
+            )
         providers = [("CUDAExecutionProvider", {"device_id": device_id}), "CPUExecutionProvider"]
     elif provider == "cpu":
         providers = ["CPUExecutionProvider"]
@@ -99,19 +103,30 @@ def make_session(onnx_path: str, provider: str = "cpu", threads: int = 0, device
 class KVBuffers:
     """Every layer's key and value buffer `[slots, heads, slot_length, head_dim]` on one device."""
 
-    def __init__(self, names: list[tuple[str, str]], slots: int, heads: int, slot_length: int,
-                 head_dim: int, dtype, device: str = "cpu", device_id: int = 0):
+    def __init__(
+        self,
+        names: list[tuple[str, str]],
+        slots: int,
+        heads: int,
+        slot_length: int,
+        head_dim: int,
+        dtype,
+        device: str = "cpu",
+        device_id: int = 0,
+    ):
         self.names, self.device, self.device_id, self.dtype = names, device, device_id, dtype
         self.row_shape = [heads, slot_length, head_dim]
         self.row_bytes = heads * slot_length * head_dim * np.dtype(dtype).itemsize
-        self.values = [ort.OrtValue.ortvalue_from_shape_and_type([slots, *self.row_shape], dtype, device, device_id)
-                       for _ in names]
+        self.values = [
+            ort.OrtValue.ortvalue_from_shape_and_type([slots, *self.row_shape], dtype, device, device_id)
+            for _ in names
+        ]
         self.nbytes = self.row_bytes * slots * len(names)
 
     def bind(self, binding: ort.IOBinding, lo: int, hi: int) -> list[int]:
         """Bind slots [lo, hi) of every buffer as both past input and present output; their addresses."""
         shape, ptrs = [hi - lo, *self.row_shape], []
-        for (past, present), value in zip(self.names, self.values):
+        for (past, present), value in zip(self.names, self.values, strict=True):
             ptr = value.data_ptr() + lo * self.row_bytes
             binding.bind_input(past, self.device, self.device_id, self.dtype, shape, ptr)
             binding.bind_output(present, self.device, self.device_id, self.dtype, shape, ptr)
@@ -126,13 +141,21 @@ class KVBuffers:
 class KVEngine:
     """Runs steps of many sequences, each holding a KV-cache slot from START to END."""
 
-    def __init__(self, session: ort.InferenceSession, slots: int = 8, slot_length: int | None = None,
-                 idle_seconds: float = 60.0, device_id: int = 0):
+    def __init__(
+        self,
+        session: ort.InferenceSession,
+        slots: int = 8,
+        slot_length: int | None = None,
+        idle_seconds: float = 60.0,
+        device_id: int = 0,
+    ):
         self.session = session
         inputs = {i.name: i for i in session.get_inputs()}
         if io.ONNX_QUERY_SEQLENS not in inputs:
-            raise ValueError("this ONNX model is not a serving graph (no query_seqlens input): "
-                             "re-export it with `python -m export`")
+            raise ValueError(
+                "this ONNX model is not a serving graph (no query_seqlens input): "
+                "re-export it with `python -m export`"
+            )
         self.layers = sum(1 for name in inputs if name.startswith("past_key."))
         past0 = inputs[io.serving_past(0, "key")]
         self.heads, self.head_dim = int(past0.shape[1]), int(past0.shape[3])
@@ -146,17 +169,28 @@ class KVEngine:
         self.idle_seconds = idle_seconds
         on_cuda = session.get_providers()[0] == "CUDAExecutionProvider"
         self.device = "cuda" if on_cuda else "cpu"
-        names = [(io.serving_past(i, k), io.serving_present(i, k)) for i in range(self.layers) for k in ("key", "value")]
+        names = [
+            (io.serving_past(i, k), io.serving_present(i, k))
+            for i in range(self.layers)
+            for k in ("key", "value")
+        ]
         # One more slot than asked for, reserved for the liveness probe (io.PROBE_SEQUENCE_ID), so a
         # probe never waits for a slot or takes one from a generation when all are held.
-        self.kv = KVBuffers(names, slots + 1, self.heads, self.slot_length, self.head_dim, self.dtype,
-                            self.device, device_id)
+        self.kv = KVBuffers(
+            names, slots + 1, self.heads, self.slot_length, self.head_dim, self.dtype, self.device, device_id
+        )
         self.seqs: dict[int, _Seq] = {}
         self._free = list(range(slots))  # a heap: the lowest free slot first keeps live slots dense
         self.lock = threading.Lock()
         self.calls = self.rows_bound = self.rows_idle = 0  # counters: ORT calls, rows bound, idle rows
-        log.info("KV cache: %d slots x %d positions, %.2f GB %s on %s", slots, self.slot_length,
-                 self.kv.nbytes / 1e9, np.dtype(self.dtype).name, self.device)
+        log.info(
+            "KV cache: %d slots x %d positions, %.2f GB %s on %s",
+            slots,
+            self.slot_length,
+            self.kv.nbytes / 1e9,
+            np.dtype(self.dtype).name,
+            self.device,
+        )
 
     # ---- bookkeeping ----------------------------------------------------------------------
     def _drop(self, sequence_id: int) -> None:
@@ -171,8 +205,10 @@ class KVEngine:
         if not self._free:  # every slot held: free the least recently used one not in this batch
             idle = [s for s in self.seqs if s not in busy and s != io.PROBE_SEQUENCE_ID]
             if not idle:
-                raise StepError(f"all {self.slots} KV slots are in use by this batch: raise kv_slots "
-                                "(python -m export --kv-slots) or lower max_batch_size")
+                raise StepError(
+                    f"all {self.slots} KV slots are in use by this batch: raise kv_slots "
+                    "(python -m export --kv-slots) or lower max_batch_size"
+                )
             victim = min(idle, key=lambda s: self.seqs[s].last_used)
             log.warning("all %d KV slots in use: freeing least recently used sequence %d", self.slots, victim)
             self._drop(victim)
@@ -193,8 +229,13 @@ class KVEngine:
     def usage(self) -> Usage:
         with self.lock:
             held = [s for k, s in self.seqs.items() if k != io.PROBE_SEQUENCE_ID]
-            return Usage(len(held), sum(s.length for s in held), len(self._free),
-                         self.rows_bound - self.rows_idle, self.rows_idle)
+            return Usage(
+                len(held),
+                sum(s.length for s in held),
+                len(self._free),
+                self.rows_bound - self.rows_idle,
+                self.rows_idle,
+            )
 
     def cached_tokens(self) -> int:
         return self.usage().tokens
@@ -206,14 +247,20 @@ class KVEngine:
         if ids.size == 0 and not step.end:
             raise StepError(f"{io.INPUT_IDS} is empty: send at least one token id (empty only with END)")
         if ids.size and (ids.min() < 0 or ids.max() >= self.vocab_size):
-            raise StepError(f"token ids must be in [0, {self.vocab_size}), got {int(ids.min())}..{int(ids.max())}")
+            raise StepError(
+                f"token ids must be in [0, {self.vocab_size}), got {int(ids.min())}..{int(ids.max())}"
+            )
         if not step.start and step.sequence_id not in self.seqs:
-            raise StepError(f"unknown sequence {step.sequence_id}: begin it with the START flag "
-                            f"(slots idle for {self.idle_seconds:.0f} s are freed)")
+            raise StepError(
+                f"unknown sequence {step.sequence_id}: begin it with the START flag "
+                f"(slots idle for {self.idle_seconds:.0f} s are freed)"
+            )
         past = 0 if step.start else self.seqs[step.sequence_id].length
         if past + ids.size > self.slot_length:
-            raise StepError(f"context of {past + ids.size} tokens exceeds the {self.slot_length} positions of "
-                            "a KV slot: end this sequence and start a shorter one")
+            raise StepError(
+                f"context of {past + ids.size} tokens exceeds the {self.slot_length} positions of "
+                "a KV slot: end this sequence and start a shorter one"
+            )
 
     # ---- the step ---------------------------------------------------------------------------
     def step(self, steps: list[Step]) -> list[np.ndarray | StepError]:
@@ -279,9 +326,14 @@ class KVEngine:
                 merged_width = max(width, row.ids.size)
                 merged = (row.seq.slot + 1 - lo) * merged_width
                 apart = (hi - lo) * width + CALL_OVERHEAD_TOKENS + row.ids.size
-                fits = all(lengths.get(s, 1) + merged_width <= self.slot_length
-                           for s in range(lo, row.seq.slot + 1) if s != row.seq.slot) \
+                fits = (
+                    all(
+                        lengths.get(s, 1) + merged_width <= self.slot_length
+                        for s in range(lo, row.seq.slot + 1)
+                        if s != row.seq.slot
+                    )
                     and row.seq.length + merged_width <= self.slot_length
+                )
                 if merged <= apart and fits:
                     current.append(row)
                     continue
@@ -311,9 +363,13 @@ class KVEngine:
             pos[b] = np.minimum(past + np.arange(width), self.max_positions - 1)
             seqlens_k[b], query[b] = past + n - 1, n
         binding = self.session.io_binding()
-        for name, array in ((io.ONNX_INPUT_IDS, ids), (io.ONNX_POSITION_IDS, pos), (io.ONNX_SEQLENS_K, seqlens_k),
-                            (io.ONNX_TOTAL_SEQUENCE_LENGTH, np.array(self._total(seqlens_k), np.int32)),
-                            (io.ONNX_QUERY_SEQLENS, query)):
+        for name, array in (
+            (io.ONNX_INPUT_IDS, ids),
+            (io.ONNX_POSITION_IDS, pos),
+            (io.ONNX_SEQLENS_K, seqlens_k),
+            (io.ONNX_TOTAL_SEQUENCE_LENGTH, np.array(self._total(seqlens_k), np.int32)),
+            (io.ONNX_QUERY_SEQLENS, query),
+        ):
             binding.bind_cpu_input(name, array)
         binding.bind_output(io.ONNX_LOGITS, "cpu")
         ptrs = self.kv.bind(binding, lo, hi)
@@ -321,14 +377,17 @@ class KVEngine:
             self.session.run_with_iobinding(binding)
             outputs = binding.get_outputs()
             if [v.data_ptr() for v in outputs[1:]] != ptrs:
-                raise RuntimeError("onnxruntime did not write the KV cache in place (present bound to the "
-                                   "past buffer was reallocated)")
+                raise RuntimeError(
+                    "onnxruntime did not write the KV cache in place (present bound to the "
+                    "past buffer was reallocated)"
+                )
             logits = outputs[0].numpy()
         except Exception as exc:  # an ORT failure: these sequences' caches may be half-written
             log.error("ORT call over slots %d..%d failed: %r", lo, hi - 1, exc)
             for r in call:
-                results[r.index] = StepError(f"inference failed ({exc}); the sequence's cache was dropped: "
-                                             "begin it again with START")
+                results[r.index] = StepError(
+                    f"inference failed ({exc}); the sequence's cache was dropped: begin it again with START"
+                )
             return
         self.calls += 1
         self.rows_bound += rows

@@ -11,6 +11,7 @@ all use `probe()`. Standard library only, so it runs in every image:
 
 exits 0 ("alive") or 1 with the reason on one line.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,14 +29,17 @@ class ModelDead(RuntimeError):
 
 def probe(url: str = "127.0.0.1:8000", model: str = io.DEFAULT_MODEL_NAME, timeout: float = 5.0) -> None:
     """Run one START|END inference of one token; raise ModelDead unless logits come back."""
-    body = json.dumps({
-        "parameters": {"sequence_id": io.PROBE_SEQUENCE_ID, "sequence_start": True, "sequence_end": True},
-        "inputs": [{"name": io.INPUT_IDS, "shape": [1, 1], "datatype": io.INPUT_IDS_DTYPE, "data": [0]}],
-        # binary logits: JSON numbers for a 50k vocabulary cost ~40 ms
-        "outputs": [{"name": io.LOGITS, "parameters": {"binary_data": True}}],
-    }).encode()
-    request = urllib.request.Request(f"http://{url}/v2/models/{model}/infer", body,
-                                     {"Content-Type": "application/json"})
+    body = json.dumps(
+        {
+            "parameters": {"sequence_id": io.PROBE_SEQUENCE_ID, "sequence_start": True, "sequence_end": True},
+            "inputs": [{"name": io.INPUT_IDS, "shape": [1, 1], "datatype": io.INPUT_IDS_DTYPE, "data": [0]}],
+            # binary logits: JSON numbers for a 50k vocabulary cost ~40 ms
+            "outputs": [{"name": io.LOGITS, "parameters": {"binary_data": True}}],
+        }
+    ).encode()
+    request = urllib.request.Request(
+        f"http://{url}/v2/models/{model}/infer", body, {"Content-Type": "application/json"}
+    )
     try:
         with urllib.request.urlopen(request, timeout=timeout) as reply:
             size = int(reply.headers.get("Inference-Header-Content-Length") or 0)
@@ -67,8 +71,11 @@ def add_target_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m serve.health", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m serve.health",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     add_target_arguments(p)
     p.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the reply")
     args = p.parse_args(argv)

@@ -4,6 +4,7 @@ Export copies this file, serve/engine.py (as engine.py) and the contract package
 version folder. Triton's sequence batcher routes each generation's steps here by correlation id;
 every error is returned on its own request and the model keeps serving.
 """
+
 from __future__ import annotations
 
 import json
@@ -13,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
+from engine import KVEngine, Step, StepError, make_session
 
 from contract import triton_io as io
-from engine import KVEngine, Step, StepError, make_session
 
 ENV_PROVIDER = "RUDIALOGPT_EXECUTION_PROVIDER"  # overrides the execution_provider parameter
 
@@ -28,25 +29,47 @@ class TritonPythonModel:
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
         folder = Path(args["model_repository"]) / args["model_version"]
         provider = os.environ.get(ENV_PROVIDER) or params.get(io.PARAM_EXECUTION_PROVIDER, "cpu")
-        session = make_session(str(folder / params.get(io.PARAM_ONNX_FILE, "model.onnx")), provider,
-                               int(params.get(io.PARAM_INTRA_OP_THREADS, "0")),
-                               int(args.get("model_instance_device_id", 0) or 0))
-        self.engine = KVEngine(session, int(params[io.PARAM_KV_SLOTS]), int(params[io.PARAM_SLOT_LENGTH]),
-                               float(params[io.PARAM_IDLE_SECONDS]),
-                               int(args.get("model_instance_device_id", 0) or 0))
+        session = make_session(
+            str(folder / params.get(io.PARAM_ONNX_FILE, "model.onnx")),
+            provider,
+            int(params.get(io.PARAM_INTRA_OP_THREADS, "0")),
+            int(args.get("model_instance_device_id", 0) or 0),
+        )
+        self.engine = KVEngine(
+            session,
+            int(params[io.PARAM_KV_SLOTS]),
+            int(params[io.PARAM_SLOT_LENGTH]),
+            float(params[io.PARAM_IDLE_SECONDS]),
+            int(args.get("model_instance_device_id", 0) or 0),
+        )
         self.logger = pb_utils.Logger
         labels = {"model": args["model_name"], "version": args["model_version"]}
         # The families must outlive their metrics: keep them on the instance.
-        self.families = [pb_utils.MetricFamily(
-            name="rudialogpt_cached_sequences", kind=pb_utils.MetricFamily.GAUGE,
-            description="Sequences holding a KV slot"), pb_utils.MetricFamily(
-            name="rudialogpt_cached_tokens", kind=pb_utils.MetricFamily.GAUGE,
-            description="Tokens of context held in KV slots"), pb_utils.MetricFamily(
-            name="rudialogpt_kv_slots_free", kind=pb_utils.MetricFamily.GAUGE,
-            description="KV slots free for new sequences"), pb_utils.MetricFamily(
-            name="rudialogpt_engine_rows", kind=pb_utils.MetricFamily.GAUGE,
-            description="Rows bound to onnxruntime calls since load, by kind (active, idle)")]
-        self.sequences_gauge, self.tokens_gauge, self.free_gauge = (f.Metric(labels=labels) for f in self.families[:3])
+        self.families = [
+            pb_utils.MetricFamily(
+                name="rudialogpt_cached_sequences",
+                kind=pb_utils.MetricFamily.GAUGE,
+                description="Sequences holding a KV slot",
+            ),
+            pb_utils.MetricFamily(
+                name="rudialogpt_cached_tokens",
+                kind=pb_utils.MetricFamily.GAUGE,
+                description="Tokens of context held in KV slots",
+            ),
+            pb_utils.MetricFamily(
+                name="rudialogpt_kv_slots_free",
+                kind=pb_utils.MetricFamily.GAUGE,
+                description="KV slots free for new sequences",
+            ),
+            pb_utils.MetricFamily(
+                name="rudialogpt_engine_rows",
+                kind=pb_utils.MetricFamily.GAUGE,
+                description="Rows bound to onnxruntime calls since load, by kind (active, idle)",
+            ),
+        ]
+        self.sequences_gauge, self.tokens_gauge, self.free_gauge = (
+            f.Metric(labels=labels) for f in self.families[:3]
+        )
         self.active_rows_gauge = self.families[3].Metric(labels={**labels, "kind": "active"})
         self.idle_rows_gauge = self.families[3].Metric(labels={**labels, "kind": "idle"})
         self._update_gauges()  # from initialize(): the server is alive, and the values start right
@@ -54,9 +77,11 @@ class TritonPythonModel:
         self.sweeper = threading.Thread(target=self._sweep, daemon=True)
         self.sweeper.start()
         e = self.engine
-        self.logger.log_info(f"rudialogpt: {provider} provider, {e.layers} layers, vocab {e.vocab_size}; "
-                             f"KV: {e.slots} slots x {e.slot_length} positions, {e.kv.nbytes / 1e9:.2f} GB "
-                             f"{e.kv.dtype.__name__} on {e.device}")
+        self.logger.log_info(
+            f"rudialogpt: {provider} provider, {e.layers} layers, vocab {e.vocab_size}; "
+            f"KV: {e.slots} slots x {e.slot_length} positions, {e.kv.nbytes / 1e9:.2f} GB "
+            f"{e.kv.dtype.__name__} on {e.device}"
+        )
 
     def _sweep(self):
         """Free slots of abandoned sequences even when no request comes.
@@ -84,8 +109,14 @@ class TritonPythonModel:
             if ids.ndim != 2 or ids.shape[0] != 1:
                 errors[r] = f"{io.INPUT_IDS} must have shape [1, n], got {list(ids.shape)}"
                 ids = np.zeros((1, 0), np.int64)
-            steps.append(Step(request.correlation_id(), ids[0].astype(np.int64, copy=False),
-                              bool(flags & io.FLAG_START), bool(flags & io.FLAG_END)))
+            steps.append(
+                Step(
+                    request.correlation_id(),
+                    ids[0].astype(np.int64, copy=False),
+                    bool(flags & io.FLAG_START),
+                    bool(flags & io.FLAG_END),
+                )
+            )
         live = [s for r, s in enumerate(steps) if r not in errors]
         try:
             results = iter(self.engine.step(live))

@@ -8,6 +8,7 @@ environment is `.venv-triton` (requirements/triton.txt): the 2.51 stub needs num
 rest of the project runs on numpy 2. Each server gets
 its own ports and shared-memory prefix so several can run side by side.
 """
+
 from __future__ import annotations
 
 import atexit
@@ -54,8 +55,9 @@ def _wheel_root() -> Path:
     if spec is None or not spec.submodule_search_locations:
         raise TritonServerError(
             "nvidia-pytriton is not installed: run `make venv` (or `pip install --no-deps "
-            "nvidia-pytriton==0.7.0`)")
-    root = Path(list(spec.submodule_search_locations)[0]) / "tritonserver"
+            "nvidia-pytriton==0.7.0`)"
+        )
+    root = Path(next(iter(spec.submodule_search_locations))) / "tritonserver"
     if not (root / "bin" / "tritonserver").exists():
         raise TritonServerError(f"no tritonserver binary under {root}: reinstall nvidia-pytriton")
     return root
@@ -77,7 +79,10 @@ def clean_stale() -> list[Path]:
     Names carry the launcher's pid (`tritonserver-<pid>-*`, `triton_<pid>_<port>_*`): only those
     of a dead pid go, so other servers on the machine are never touched."""
     removed = []
-    candidates = [(p, re.match(r"tritonserver-(\d+)-", p.name)) for p in Path(tempfile.gettempdir()).glob("tritonserver-*")]
+    candidates = [
+        (p, re.match(r"tritonserver-(\d+)-", p.name))
+        for p in Path(tempfile.gettempdir()).glob("tritonserver-*")
+    ]
     candidates += [(p, re.match(r"triton_(\d+)_\d+_", p.name)) for p in SHM.glob("triton_*")]
     for path, match in candidates:
         if match and not _pid_alive(int(match[1])):
@@ -131,18 +136,30 @@ class TritonServer:
         venv = Path(self.model_python or os.environ.get(ENV_MODEL_PYTHON) or ROOT / ".venv-triton")
         python = venv / "bin" / "python3"
         if not python.exists():
-            raise TritonServerError(f"no model environment at {venv}: run `make venv` (it builds "
-                                    f".venv-triton from requirements/triton.txt) or set {ENV_MODEL_PYTHON}")
-        probe = subprocess.run([python, "-c", "import sys, numpy, onnxruntime; print("
-                                "f'{sys.version_info[0]}.{sys.version_info[1]} {numpy.__version__}')"],
-                               capture_output=True, text=True)
+            raise TritonServerError(
+                f"no model environment at {venv}: run `make venv` (it builds "
+                f".venv-triton from requirements/triton.txt) or set {ENV_MODEL_PYTHON}"
+            )
+        probe = subprocess.run(
+            [
+                python,
+                "-c",
+                "import sys, numpy, onnxruntime; print("
+                "f'{sys.version_info[0]}.{sys.version_info[1]} {numpy.__version__}')",
+            ],
+            capture_output=True,
+            text=True,
+        )
         if probe.returncode:
-            raise TritonServerError(f"{python} lacks numpy or onnxruntime: "
-                                    f"`{python} -m pip install -r requirements/triton.txt`")
+            raise TritonServerError(
+                f"{python} lacks numpy or onnxruntime: `{python} -m pip install -r requirements/triton.txt`"
+            )
         version, numpy_version = probe.stdout.split()
         if not numpy_version.startswith("1."):
-            raise TritonServerError(f"{venv} has numpy {numpy_version}; Triton 2.51's python backend "
-                                    "needs numpy<2: `pip install -r requirements/triton.txt` there")
+            raise TritonServerError(
+                f"{venv} has numpy {numpy_version}; Triton 2.51's python backend "
+                "needs numpy<2: `pip install -r requirements/triton.txt` there"
+            )
         self._python_version = version
         return venv
 
@@ -163,9 +180,12 @@ class TritonServer:
             f"--model-repository={Path(self.repository).resolve()}",
             f"--backend-directory={backends}",
             f"--cache-directory={root / 'caches'}",
-            f"--http-address={self.host}", f"--http-port={self.http_port}",
-            f"--grpc-address={self.host}", f"--grpc-port={self.grpc_port}",
-            f"--metrics-address={self.host}", f"--metrics-port={self.metrics_port}",
+            f"--http-address={self.host}",
+            f"--http-port={self.http_port}",
+            f"--grpc-address={self.host}",
+            f"--grpc-port={self.grpc_port}",
+            f"--metrics-address={self.host}",
+            f"--metrics-port={self.metrics_port}",
             "--allow-gpu-metrics=false",
             "--model-control-mode=none",
             "--exit-timeout-secs=10",
@@ -177,8 +197,11 @@ class TritonServer:
         env = dict(os.environ)
         env["PATH"] = f"{self._venv / 'bin'}{os.pathsep}{env.get('PATH', '')}"
         # The copied stub loses its relative rpath to the wheel's bundled libraries.
-        libdirs = [sysconfig.get_config_var("LIBDIR"), str(root.parent.parent / "nvidia_pytriton.libs"),
-                   env.get("LD_LIBRARY_PATH")]
+        libdirs = [
+            sysconfig.get_config_var("LIBDIR"),
+            str(root.parent.parent / "nvidia_pytriton.libs"),
+            env.get("LD_LIBRARY_PATH"),
+        ]
         env["LD_LIBRARY_PATH"] = os.pathsep.join(d for d in libdirs if d)
         return env
 
@@ -198,7 +221,7 @@ class TritonServer:
             self.stop()
             raise
 
-    def start(self) -> "TritonServer":
+    def start(self) -> TritonServer:
         """Start the server and wait until it and every model are ready."""
         cmd, env = self.prepare()
         try:
@@ -208,8 +231,19 @@ class TritonServer:
                 # signal the whole group.
                 self.process = subprocess.Popen(cmd, env=env, stdout=out, stderr=out, start_new_session=True)
             self._watchdog = subprocess.Popen(
-                [sys.executable, "-I", "-S", str(WATCHDOG), str(os.getpid()), str(self.process.pid),
-                 str(self._workdir), self.shm_prefix], start_new_session=True, stdin=subprocess.DEVNULL)
+                [
+                    sys.executable,
+                    "-I",
+                    "-S",
+                    str(WATCHDOG),
+                    str(os.getpid()),
+                    str(self.process.pid),
+                    str(self._workdir),
+                    self.shm_prefix,
+                ],
+                start_new_session=True,
+                stdin=subprocess.DEVNULL,
+            )
             self.wait_ready()
         except BaseException:
             self.stop()
@@ -253,10 +287,8 @@ class TritonServer:
         if self._workdir is None:  # not started, or cleaned up already
             return
         if self.process:
-            try:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(self.process.pid, signal.SIGKILL)  # the server, or stubs that outlived it
-            except (ProcessLookupError, PermissionError):
-                pass
             self.process.wait()
         if self._watchdog:
             self._watchdog.terminate()
@@ -269,7 +301,7 @@ class TritonServer:
             self._workdir = None
         atexit.unregister(self.stop)
 
-    def __enter__(self) -> "TritonServer":
+    def __enter__(self) -> TritonServer:
         return self.start()
 
     def __exit__(self, *exc) -> None:

@@ -12,9 +12,11 @@ probe (serve/health.py) every few seconds.
   tritonserver in its own process group and exits (code 70) when the model is dead, so Docker's
   restart policy (which ignores "unhealthy") or Kubernetes restarts the container.
 """
+
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import signal
@@ -22,11 +24,15 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING
 
 from serve.health import ModelDead, add_target_arguments, probe
+
+if TYPE_CHECKING:
+    from serve.server import TritonServer
 
 log = logging.getLogger(__name__)
 
@@ -81,8 +87,9 @@ def dead_stubs(server_pid: int) -> list[int]:
     return [pid for pid, state in stub_processes(server_pid).items() if state == "Z"]
 
 
-def watch(process: subprocess.Popen, url: str, model: str, rules: Supervision,
-          stop: threading.Event) -> str | None:
+def watch(
+    process: subprocess.Popen, url: str, model: str, rules: Supervision, stop: threading.Event
+) -> str | None:
     """Block while the model lives; why it has to be replaced, or None once `stop` is set."""
     failures, next_probe = 0, time.monotonic() + rules.check_every
     while not stop.wait(rules.poll_every):
@@ -103,8 +110,13 @@ def watch(process: subprocess.Popen, url: str, model: str, rules: Supervision,
     return None
 
 
-def supervise(make_server: Callable[[], "TritonServer"], model: str, rules: Supervision,  # noqa: F821
-              stop: threading.Event, on_ready: Callable[["TritonServer"], None] = lambda s: None) -> int:  # noqa: F821
+def supervise(
+    make_server: Callable[[], TritonServer],
+    model: str,
+    rules: Supervision,
+    stop: threading.Event,
+    on_ready: Callable[[TritonServer], None] = lambda s: None,
+) -> int:
     """Run servers from `make_server()` until `stop` is set, replacing each one whose model dies.
 
     The first start's TritonServerError propagates (bad repository, port in use: no point retrying);
@@ -129,8 +141,13 @@ def supervise(make_server: Callable[[], "TritonServer"], model: str, rules: Supe
         if time.monotonic() - started >= rules.stable_after:
             backoff = rules.backoff_first
         replacements += 1
-        log.error("replacing Triton on %s: %s (replacement %d, in %.1f s)", server.url, reason,
-                  replacements, backoff)
+        log.error(
+            "replacing Triton on %s: %s (replacement %d, in %.1f s)",
+            server.url,
+            reason,
+            replacements,
+            backoff,
+        )
         server.kill()  # the whole process group, shared memory, backend copy
         stop.wait(backoff)
         backoff = min(backoff * 2, rules.backoff_max)
@@ -138,6 +155,7 @@ def supervise(make_server: Callable[[], "TritonServer"], model: str, rules: Supe
 
 
 # ---- the container entrypoint ------------------------------------------------------------------
+
 
 def wait_alive(process: subprocess.Popen, url: str, model: str, timeout: float) -> str | None:
     """Wait until the model answers a probe; the reason if tritonserver exits or time runs out."""
@@ -171,31 +189,39 @@ def run_container(command: list[str], url: str, model: str, rules: Supervision, 
     if stop.is_set():
         return process.wait()
     log.error("exiting so the container is restarted: %s", reason)
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(process.pid, signal.SIGKILL)  # tritonserver and every stub
-    except ProcessLookupError:
-        pass
     process.wait()
     return EXIT_MODEL_DEAD
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m serve.supervisor", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m serve.supervisor",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     add_target_arguments(p)
     p.add_argument("--load-timeout", type=float, default=600.0, help="seconds the model may take to load")
-    p.add_argument("--check-every", type=float, default=Supervision.check_every, help="seconds between probes")
-    p.add_argument("--probe-timeout", type=float, default=Supervision.probe_timeout,
-                   help="seconds one probe may take")
+    p.add_argument(
+        "--check-every", type=float, default=Supervision.check_every, help="seconds between probes"
+    )
+    p.add_argument(
+        "--probe-timeout", type=float, default=Supervision.probe_timeout, help="seconds one probe may take"
+    )
     p.add_argument("command", nargs=argparse.REMAINDER, help="-- tritonserver ARGS...")
     args = p.parse_args(argv)
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not command:
         p.error("give the server's command after --, e.g. -- tritonserver --model-repository=/models")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    return run_container(command, args.url, args.model, Supervision(check_every=args.check_every,
-                                                                        probe_timeout=args.probe_timeout),
-                         args.load_timeout)
+    return run_container(
+        command,
+        args.url,
+        args.model,
+        Supervision(check_every=args.check_every, probe_timeout=args.probe_timeout),
+        args.load_timeout,
+    )
 
 
 if __name__ == "__main__":

@@ -11,8 +11,10 @@ shared-memory regions. A launcher that stops its server itself SIGTERMs this wat
 This replaces PR_SET_PDEATHSIG, which fires when the forking *thread* exits, not the process.
 Standard library only; run as a plain script, so it needs no import path.
 """
+
 from __future__ import annotations
 
+import contextlib
 import os
 import select
 import shutil
@@ -62,10 +64,8 @@ def remove_leftovers(workdir: Path, shm_prefix: str) -> None:
     """The backend copy and every /dev/shm region with the server's prefix."""
     shutil.rmtree(workdir, ignore_errors=True)
     for region in SHM.glob(f"{shm_prefix}*"):
-        try:
+        with contextlib.suppress(OSError):
             region.unlink()
-        except OSError:
-            pass
 
 
 def main(argv: list[str]) -> int:

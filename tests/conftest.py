@@ -1,4 +1,5 @@
 """Session fixtures: a tiny model trained on the bundled data, its export, the real Triton."""
+
 from __future__ import annotations
 
 import os
@@ -39,8 +40,14 @@ def register_launcher(pid: int) -> None:
 def leftovers(pids: set[int]) -> list[str]:
     """Processes, /dev/shm regions and temp folders of these launchers' servers still there."""
     marks = [f"tritonserver-{p}-" for p in pids] + [f"triton_{p}_" for p in pids]
-    found = [str(path) for p in pids for path in
-             [*Path(tempfile.gettempdir()).glob(f"tritonserver-{p}-*"), *Path("/dev/shm").glob(f"triton_{p}_*")]]
+    found = [
+        str(path)
+        for p in pids
+        for path in [
+            *Path(tempfile.gettempdir()).glob(f"tritonserver-{p}-*"),
+            *Path("/dev/shm").glob(f"triton_{p}_*"),
+        ]
+    ]
     for proc in Path("/proc").glob("[0-9]*"):
         try:
             cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
@@ -60,9 +67,27 @@ def start_launcher(repository: Path, log_dir: Path) -> tuple[subprocess.Popen, s
     ports = [str(free_port()) for _ in range(3)]
     with open(log_dir / "serve.log", "wb") as out:
         launcher = subprocess.Popen(
-            [sys.executable, "-m", "serve", "--repository", str(repository), "--http-port", ports[0],
-             "--grpc-port", ports[1], "--metrics-port", ports[2], "--check-every", "1",
-             "--log-file", str(log_dir / "triton.log")], cwd=ROOT, stdout=out, stderr=out)
+            [
+                sys.executable,
+                "-m",
+                "serve",
+                "--repository",
+                str(repository),
+                "--http-port",
+                ports[0],
+                "--grpc-port",
+                ports[1],
+                "--metrics-port",
+                ports[2],
+                "--check-every",
+                "1",
+                "--log-file",
+                str(log_dir / "triton.log"),
+            ],
+            cwd=ROOT,
+            stdout=out,
+            stderr=out,
+        )
     register_launcher(launcher.pid)
     return launcher, f"127.0.0.1:{ports[0]}"
 
@@ -99,8 +124,11 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
     from training.train import train
 
     out = tmp_path_factory.mktemp("tiny-checkpoint")
-    return train(TrainConfig(data=SAMPLE_CSV, output=out, base_model="tiny", max_steps=40,
-                             logging_steps=20, save_steps=40))
+    return train(
+        TrainConfig(
+            data=SAMPLE_CSV, output=out, base_model="tiny", max_steps=40, logging_steps=20, save_steps=40
+        )
+    )
 
 
 @pytest.fixture(scope="session")
@@ -145,33 +173,81 @@ class PostgresServer:
         if self.user:
             shutil.chown(self.folder, self.user)
         (self.folder / "pw").write_text(self.password)
-        self._pg("initdb", "-D", self.data, "-U", self.SUPERUSER, "--pwfile", self.folder / "pw", "-E", "UTF8",
-                 "--locale", "C", "--auth-local", "trust", "--auth-host", "scram-sha-256", "--no-sync")
+        self._pg(
+            "initdb",
+            "-D",
+            self.data,
+            "-U",
+            self.SUPERUSER,
+            "--pwfile",
+            self.folder / "pw",
+            "-E",
+            "UTF8",
+            "--locale",
+            "C",
+            "--auth-local",
+            "trust",
+            "--auth-host",
+            "scram-sha-256",
+            "--no-sync",
+        )
 
     def _pg(self, program: str, *args: object) -> None:
-        subprocess.run([self.bin / program, *map(str, args)], user=self.user, check=True, cwd=self.folder,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=120)
+        subprocess.run(
+            [self.bin / program, *map(str, args)],
+            user=self.user,
+            check=True,
+            cwd=self.folder,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            timeout=120,
+        )
 
     def url(self, database: str = "bot", password: str | None = None) -> str:
         return f"postgresql://{self.SUPERUSER}:{password or self.password}@127.0.0.1:{self.port}/{database}"
 
     def start(self) -> None:
         """Start the server (a no-op when it runs)."""
-        status = subprocess.run([self.bin / "pg_ctl", "-D", self.data, "status"], user=self.user,
-                                capture_output=True)
+        status = subprocess.run(
+            [self.bin / "pg_ctl", "-D", self.data, "status"], user=self.user, capture_output=True
+        )
         if status.returncode == 0:
             return
-        self._pg("pg_ctl", "-D", self.data, "-l", self.log, "-w", "-t", "60", "start", "-o",
-                 f"-p {self.port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={self.folder} "
-                 "-c fsync=off -c max_connections=300 -c shared_buffers=32MB")
+        self._pg(
+            "pg_ctl",
+            "-D",
+            self.data,
+            "-l",
+            self.log,
+            "-w",
+            "-t",
+            "60",
+            "start",
+            "-o",
+            f"-p {self.port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={self.folder} "
+            "-c fsync=off -c max_connections=300 -c shared_buffers=32MB",
+        )
 
     def stop(self) -> None:
         """A fast shutdown: open connections are ended, as when the database goes away."""
         self._pg("pg_ctl", "-D", self.data, "-m", "fast", "-w", "stop")
 
     def execute(self, sql: str, database: str = "postgres") -> None:
-        self._pg("psql", "-h", self.folder, "-p", self.port, "-U", self.SUPERUSER, "-d", database,
-                 "-v", "ON_ERROR_STOP=1", "-qc", sql)
+        self._pg(
+            "psql",
+            "-h",
+            self.folder,
+            "-p",
+            self.port,
+            "-U",
+            self.SUPERUSER,
+            "-d",
+            database,
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-qc",
+            sql,
+        )
 
     def close(self) -> None:
         try:

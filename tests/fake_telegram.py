@@ -7,6 +7,7 @@ It runs in threads (http.server), so the bot under test may live in the test's e
 another process. Methods are answered at `/bot<TOKEN>/<method>` as the real API does; a wrong
 token gets 401, an unknown method 404.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -14,13 +15,21 @@ import itertools
 import json
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Callable
+from typing import Any
 from urllib.parse import parse_qsl
 
-BOT_USER = {"id": 4242, "is_bot": True, "first_name": "Собеседник", "username": "dialogue_test_bot",
-            "can_join_groups": True, "can_read_all_group_messages": False, "supports_inline_queries": False}
+BOT_USER = {
+    "id": 4242,
+    "is_bot": True,
+    "first_name": "Собеседник",
+    "username": "dialogue_test_bot",
+    "can_join_groups": True,
+    "can_read_all_group_messages": False,
+    "supports_inline_queries": False,
+}
 USER = {"id": 1001, "is_bot": False, "first_name": "Аня"}
 
 
@@ -47,8 +56,9 @@ class FakeTelegram:
         self._closing = False
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._server.daemon_threads = False  # server_close() joins the request threads
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
-                                        name="fake-telegram")
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name="fake-telegram"
+        )
 
     @property
     def url(self) -> str:
@@ -69,21 +79,39 @@ class FakeTelegram:
 
     # -- what tests do ----------------------------------------------------------------------
 
-    def message(self, chat_id: int, text: str | None = None, *, chat_type: str = "private",
-                reply_to_bot: bool = False, **content: Any) -> dict[str, Any]:
+    def message(
+        self,
+        chat_id: int,
+        text: str | None = None,
+        *,
+        chat_type: str = "private",
+        reply_to_bot: bool = False,
+        **content: Any,
+    ) -> dict[str, Any]:
         """Queue a user's message (text, or content such as sticker=... / photo=...); the update."""
         chat = {"id": chat_id, "type": chat_type}
         if chat_type != "private":
             chat["title"] = "Тестовая группа"
         self._chats[chat_id] = chat
-        message = {"message_id": next(self._ids), "date": int(time.time()), "chat": chat, "from": USER, **content}
+        message = {
+            "message_id": next(self._ids),
+            "date": int(time.time()),
+            "chat": chat,
+            "from": USER,
+            **content,
+        }
         if text is not None:
             message["text"] = text
             if text.startswith("/"):
                 message["entities"] = [{"type": "bot_command", "offset": 0, "length": len(text.split()[0])}]
         if reply_to_bot:
-            message["reply_to_message"] = {"message_id": next(self._ids), "date": int(time.time()),
-                                           "chat": chat, "from": BOT_USER, "text": "Моё прошлое сообщение"}
+            message["reply_to_message"] = {
+                "message_id": next(self._ids),
+                "date": int(time.time()),
+                "chat": chat,
+                "from": BOT_USER,
+                "text": "Моё прошлое сообщение",
+            }
         update = {"update_id": next(self._ids), "message": message}
         with self._changed:
             self._updates.append(update)
@@ -96,13 +124,19 @@ class FakeTelegram:
 
     def of(self, method: str, chat_id: int | None = None) -> list[dict[str, str]]:
         """The params of every successful call of `method` (to `chat_id`, if given), in order."""
-        return [c.params for c in list(self.calls) if c.ok and c.method == method
-                and (chat_id is None or c.params.get("chat_id") == str(chat_id))]
+        return [
+            c.params
+            for c in list(self.calls)
+            if c.ok and c.method == method and (chat_id is None or c.params.get("chat_id") == str(chat_id))
+        ]
 
     def tried(self, method: str, chat_id: int | None = None) -> list[Call]:
         """Every call of `method` (to `chat_id`, if given), answered with success or not, in order."""
-        return [c for c in list(self.calls) if c.method == method
-                and (chat_id is None or c.params.get("chat_id") == str(chat_id))]
+        return [
+            c
+            for c in list(self.calls)
+            if c.method == method and (chat_id is None or c.params.get("chat_id") == str(chat_id))
+        ]
 
     def texts(self, chat_id: int) -> list[str]:
         """Texts the bot sent to the chat, in order."""
@@ -113,8 +147,10 @@ class FakeTelegram:
         start = time.monotonic()
         while not condition():
             if time.monotonic() - start > timeout:
-                raise AssertionError(f"timed out after {timeout} s; calls: "
-                                     f"{[(c.method, c.params) for c in self.calls if c.method != 'getUpdates']}")
+                raise AssertionError(
+                    f"timed out after {timeout} s; calls: "
+                    f"{[(c.method, c.params) for c in self.calls if c.method != 'getUpdates']}"
+                )
             await asyncio.sleep(0.02)
         return time.monotonic() - start
 
@@ -128,7 +164,7 @@ class FakeTelegram:
                 self._updates = [u for u in self._updates if u["update_id"] >= offset]
                 left = deadline - time.monotonic()
                 if self._updates or left <= 0 or self._closing:
-                    return self._updates[:int(params.get("limit", 100))]
+                    return self._updates[: int(params.get("limit", 100))]
                 self._changed.wait(left)
 
     def _draft(self, params: dict[str, str]) -> tuple[int, str] | None:
@@ -144,8 +180,13 @@ class FakeTelegram:
 
     def _sent(self, params: dict[str, str]) -> dict:
         chat_id = int(params["chat_id"])
-        return {"message_id": next(self._ids), "date": int(time.time()), "from": BOT_USER,
-                "chat": self._chats.get(chat_id, {"id": chat_id, "type": "private"}), "text": params["text"]}
+        return {
+            "message_id": next(self._ids),
+            "date": int(time.time()),
+            "from": BOT_USER,
+            "chat": self._chats.get(chat_id, {"id": chat_id, "type": "private"}),
+            "text": params["text"],
+        }
 
     def answer(self, method: str, params: dict[str, str]) -> tuple[int, dict]:
         """The HTTP status and JSON body the Bot API would answer."""
@@ -177,14 +218,20 @@ class FakeTelegram:
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0)).decode()
-                params = (json.loads(body) if self.headers.get("Content-Type", "").startswith("application/json")
-                          else dict(parse_qsl(body)))
+                params = (
+                    json.loads(body)
+                    if self.headers.get("Content-Type", "").startswith("application/json")
+                    else dict(parse_qsl(body))
+                )
                 token, _, method = self.path.lstrip("/").partition("/")
                 token = token.removeprefix("bot")
                 call = Call(method, params, token)
                 fake.calls.append(call)
-                status, reply = ((401, {"ok": False, "error_code": 401, "description": "Unauthorized"})
-                                 if token != fake.token else fake.answer(method, params))
+                status, reply = (
+                    (401, {"ok": False, "error_code": 401, "description": "Unauthorized"})
+                    if token != fake.token
+                    else fake.answer(method, params)
+                )
                 call.ok = reply["ok"]
                 data = json.dumps(reply).encode()
                 try:

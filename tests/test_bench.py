@@ -1,4 +1,5 @@
 """`python -m bench --shape tiny`: the benchmark runs end to end and reports every number."""
+
 from __future__ import annotations
 
 import json
@@ -11,12 +12,36 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_bench_tiny_smoke(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "bench", "--shape", "tiny", "--out", str(tmp_path),
-                           "--concurrency", "1,2", "--prompt-lengths", "16,64", "--new-tokens", "6"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench",
+            "--shape",
+            "tiny",
+            "--out",
+            str(tmp_path),
+            "--concurrency",
+            "1,2",
+            "--prompt-lengths",
+            "16,64",
+            "--new-tokens",
+            "6",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads((tmp_path / "bench-tiny.json").read_text())
-    assert {r["backend"] for r in report["rows"]} == {"transformers", "ort_v1", "ort", "triton_fp32", "triton_int8"}
+    assert {r["backend"] for r in report["rows"]} == {
+        "transformers",
+        "ort_v1",
+        "ort",
+        "triton_fp32",
+        "triton_int8",
+    }
     assert len(report["rows"]) == 5 * 2 * 2
     for row in report["rows"]:
         assert row["ms_per_token_median"] > 0 and row["tokens_per_s"] > 0

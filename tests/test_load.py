@@ -1,4 +1,5 @@
 """Load through the bot's dialogue core on the real Triton: nothing fails, nothing stays cached."""
+
 from __future__ import annotations
 
 import asyncio
@@ -6,6 +7,7 @@ import re
 import subprocess
 import time
 import urllib.request
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -25,7 +27,7 @@ def gauge(triton, name: str) -> float:
 def server_rss_mib(pid: int) -> float:
     """Resident memory of tritonserver and its python-backend stubs."""
     children = subprocess.run(["ps", "-o", "rss=", "--ppid", str(pid)], capture_output=True, text=True).stdout
-    own = int(open(f"/proc/{pid}/statm").read().split()[1]) * 4
+    own = int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * 4
     return (own + sum(int(x) for x in children.split())) / 1024
 
 
@@ -46,7 +48,7 @@ def test_100_conversations_of_5_messages_32_at_a_time(triton, model_repository, 
                     message = f"Привет, я собеседник {k}. Сообщение {m}: как дела?"
                     t = time.perf_counter()
                     try:
-                        reply = await bot.reply(history + [message])
+                        reply = await bot.reply([*history, message])
                     except Exception as exc:  # counted: the assertion below shows them
                         failures.append(repr(exc))
                         continue
@@ -66,5 +68,8 @@ def test_100_conversations_of_5_messages_32_at_a_time(triton, model_repository, 
     rss_after = server_rss_mib(triton.process.pid)
     assert rss_after < rss_before + 150  # onnxruntime's arenas grow a little, caches are gone
     with capsys.disabled():
-        print(f"\nload: {len(latencies)} replies in {wall:.1f} s ({len(latencies) / wall:.1f}/s), "
-              f"p95 {np.percentile(latencies, 95) * 1000:.0f} ms, server RSS {rss_before:.0f} -> {rss_after:.0f} MiB")
+        print(
+            f"\nload: {len(latencies)} replies in {wall:.1f} s ({len(latencies) / wall:.1f}/s), "
+            f"p95 {np.percentile(latencies, 95) * 1000:.0f} ms, "
+            f"server RSS {rss_before:.0f} -> {rss_after:.0f} MiB"
+        )

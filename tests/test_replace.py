@@ -1,4 +1,5 @@
 """export.replace.replace_dir: the old or the new directory is complete at every step, also on failure."""
+
 from __future__ import annotations
 
 import errno

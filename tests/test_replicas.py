@@ -1,5 +1,6 @@
 """Several bot replicas on one PostgreSQL history: two real `python -m bot` processes, each polling
 a fake Bot API of its own, sharing one database and the real Triton; and the database's faults."""
+
 from __future__ import annotations
 
 import asyncio
@@ -15,15 +16,22 @@ import asyncpg
 import pytest
 
 from bot.console import UNAVAILABLE
+from bot.handlers import SORRY
 from bot.history import DatabaseSettings
 from bot.metrics import Metrics
-from bot.handlers import SORRY
 from bot.settings import Settings
 from bot.telegram import build_application
 from serve.server import free_port
 from tests.fake_telegram import FakeTelegram
-from tests.test_telegram import (ROOT, bot_env, chatbot, generated, no_leaked_threads, python_m_bot,  # noqa: F401
-                                 running, say, tg, tokenizer)
+from tests.test_telegram import (
+    ROOT,
+    bot_env,
+    chatbot,
+    generated,
+    python_m_bot,
+    running,
+    say,
+)
 
 CHATS, MESSAGES = 20, 5
 FIRST_CHAT = 5000
@@ -55,13 +63,23 @@ class HeldTelegram(FakeTelegram):
 class Replica:
     """`python -m bot` polling `tg`, its history in `database_url`; output in `log`."""
 
-    def __init__(self, tg: FakeTelegram, triton, model_repository: Path, database_url: str, log: Path, **env: str):
+    def __init__(
+        self, tg: FakeTelegram, triton, model_repository: Path, database_url: str, log: Path, **env: str
+    ):
         self.tg, self.log = tg, log
-        env = bot_env(tg, log.parent / "unused-data", TRITON_URL=triton.url, TRITON_MODEL="rudialogpt",
-                      BOT_DATABASE_URL=database_url, BOT_CHAT_LOCK_SECONDS=str(LOCK_SECONDS), **env)
+        env = bot_env(
+            tg,
+            log.parent / "unused-data",
+            TRITON_URL=triton.url,
+            TRITON_MODEL="rudialogpt",
+            BOT_DATABASE_URL=database_url,
+            BOT_CHAT_LOCK_SECONDS=str(LOCK_SECONDS),
+            **env,
+        )
         with open(log, "w") as out:
-            self.process = subprocess.Popen(python_m_bot(model_repository), cwd=ROOT, env=env, stdout=out,
-                                            stderr=subprocess.STDOUT)
+            self.process = subprocess.Popen(
+                python_m_bot(model_repository), cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT
+            )
 
     def polling(self) -> bool:
         return bool(self.tg.of("getUpdates")) or self.process.poll() is not None
@@ -73,8 +91,10 @@ class Replica:
 
 
 async def rows(pool: asyncpg.Pool, chat_id: int) -> list[tuple[str, str]]:
-    return [(r["role"], r["text"]) for r in await pool.fetch(
-        "SELECT role, text FROM messages WHERE chat_id = $1 ORDER BY id", chat_id)]
+    return [
+        (r["role"], r["text"])
+        for r in await pool.fetch("SELECT role, text FROM messages WHERE chat_id = $1 ORDER BY id", chat_id)
+    ]
 
 
 async def wait(condition, timeout: float = 60.0, poll: float = 0.02) -> float:
@@ -93,8 +113,10 @@ def text(chat: int, k: int) -> str:
 def test_two_replicas_answer_20_chats_in_order_exactly_once(triton, model_repository, database_url, tmp_path):
     with ExitStack() as stack:
         fakes = [stack.enter_context(FakeTelegram()) for _ in range(2)]
-        replicas = [Replica(tg, triton, model_repository, database_url, tmp_path / f"bot{i}.log")
-                    for i, tg in enumerate(fakes)]
+        replicas = [
+            Replica(tg, triton, model_repository, database_url, tmp_path / f"bot{i}.log")
+            for i, tg in enumerate(fakes)
+        ]
         try:
             overlaps = asyncio.run(converse(fakes, replicas, database_url))
         finally:
@@ -113,7 +135,9 @@ def test_two_replicas_answer_20_chats_in_order_exactly_once(triton, model_reposi
         assert [len(s) for s in sent] == [len(range(k, MESSAGES, 2)) for k in range(2)]  # once each
         replies = [sent[k % 2][k // 2] for k in range(MESSAGES)]
         assert all(generated(r) for r in replies), replies
-        assert final[chat] == [row for k in range(MESSAGES) for row in (("user", text(chat, k)), ("bot", replies[k]))]
+        assert final[chat] == [
+            row for k in range(MESSAGES) for row in (("user", text(chat, k)), ("bot", replies[k]))
+        ]
 
 
 async def all_rows(database_url: str) -> dict[int, list[tuple[str, str]]]:
@@ -128,17 +152,20 @@ async def converse(fakes: list[FakeTelegram], replicas: list[Replica], database_
     assert all(r.process.poll() is None for r in replicas), [r.log.read_text() for r in replicas]
     overlaps = 0
     async with asyncpg.create_pool(database_url, min_size=1, max_size=4) as pool:
+
         async def chat(chat_id: int) -> None:
             nonlocal overlaps
             for k in range(MESSAGES):
                 if k and (await rows(pool, chat_id))[-1][0] == "user":
                     overlaps += 1
                 fakes[(chat_id + k) % 2].message(chat_id, text(chat_id, k))
-                await wait(lambda: stored(pool, chat_id, text(chat_id, k)), timeout=240, poll=0.05)
+                await wait(lambda: stored(pool, chat_id, text(chat_id, k)), timeout=240, poll=0.05)  # noqa: B023 (awaited here)
 
         await asyncio.gather(*(chat(c) for c in range(FIRST_CHAT, FIRST_CHAT + CHATS)))
-        await wait(lambda: asyncio.sleep(0, sum(len(tg.of("sendMessage")) for tg in fakes) >= CHATS * MESSAGES),
-                   timeout=240)
+        await wait(
+            lambda: asyncio.sleep(0, sum(len(tg.of("sendMessage")) for tg in fakes) >= CHATS * MESSAGES),
+            timeout=240,
+        )
         await wait(lambda: replies_stored(pool), timeout=60)
     return overlaps
 
@@ -154,15 +181,17 @@ async def replies_stored(pool: asyncpg.Pool) -> bool:
 async def lock_waiters(database_url: str) -> int:
     conn = await asyncpg.connect(database_url)
     try:
-        return await conn.fetchval("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted")
+        return await conn.fetchval(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+        )
     finally:
         await conn.close()
 
 
-
 @pytest.mark.parametrize("how", ["sigkill", "sigstop"])
-def test_a_replica_dying_mid_reply_leaves_the_chat_to_the_other(triton, model_repository, database_url, tmp_path,
-                                                               how):
+def test_a_replica_dying_mid_reply_leaves_the_chat_to_the_other(
+    triton, model_repository, database_url, tmp_path, how
+):
     """SIGKILL: its connections close and the lock goes at once. SIGSTOP (hung, still connected):
     the server ends its idle lock transaction after BOT_CHAT_LOCK_SECONDS."""
     chat = FIRST_CHAT
@@ -210,20 +239,34 @@ async def lock_waiters_is(database_url: str, n: int) -> bool:
 
 # -- bad configuration ------------------------------------------------------------------------
 
+
 def run_bot(tg: FakeTelegram, model_repository: Path, tmp_path: Path, url: str, **env: str):
-    return subprocess.run(python_m_bot(model_repository), cwd=ROOT, capture_output=True, text=True, timeout=120,
-                          env=bot_env(tg, tmp_path, BOT_DATABASE_URL=url, **env))
+    return subprocess.run(
+        python_m_bot(model_repository),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=bot_env(tg, tmp_path, BOT_DATABASE_URL=url, **env),
+    )
 
 
 def test_unreachable_database_is_retried_then_named(tg, model_repository, tmp_path):
     port = free_port()  # nothing listens there
     start = time.monotonic()
-    result = run_bot(tg, model_repository, tmp_path, f"postgresql://bot:s3cret-pw@127.0.0.1:{port}/bot",
-                     BOT_DATABASE_CONNECT_SECONDS="3")
+    result = run_bot(
+        tg,
+        model_repository,
+        tmp_path,
+        f"postgresql://bot:s3cret-pw@127.0.0.1:{port}/bot",
+        BOT_DATABASE_CONNECT_SECONDS="3",
+    )
     took = time.monotonic() - start
     assert result.returncode == 2, result.stderr
-    assert (f"error: BOT_DATABASE_URL: no PostgreSQL answered at postgresql://bot:***@127.0.0.1:{port}/bot "
-            "within 3 s") in result.stderr
+    assert (
+        f"error: BOT_DATABASE_URL: no PostgreSQL answered at postgresql://bot:***@127.0.0.1:{port}/bot "
+        "within 3 s"
+    ) in result.stderr
     assert result.stderr.count("database not reachable") >= 2  # retried, with backoff
     assert "s3cret-pw" not in result.stdout + result.stderr
     assert 3 <= took < 60
@@ -232,16 +275,31 @@ def test_unreachable_database_is_retried_then_named(tg, model_repository, tmp_pa
 def test_database_late_at_start_is_waited_for(tg, triton, model_repository, postgres, database_url, tmp_path):
     postgres.stop()
     try:
-        replica = Replica(tg, triton, model_repository, database_url, tmp_path / "bot.log",
-                          BOT_DATABASE_CONNECT_SECONDS="60")
-        asyncio.run(wait(lambda: asyncio.sleep(0, "database not reachable" in replica.log.read_text()
-                                               or replica.process.poll() is not None), timeout=120))
+        replica = Replica(
+            tg,
+            triton,
+            model_repository,
+            database_url,
+            tmp_path / "bot.log",
+            BOT_DATABASE_CONNECT_SECONDS="60",
+        )
+        asyncio.run(
+            wait(
+                lambda: asyncio.sleep(
+                    0,
+                    "database not reachable" in replica.log.read_text() or replica.process.poll() is not None,
+                ),
+                timeout=120,
+            )
+        )
         time.sleep(2)  # a few more tries
     finally:
         postgres.start()
     try:
         tg.message(FIRST_CHAT, "Привет!")
-        asyncio.run(tg.wait_for(lambda: tg.texts(FIRST_CHAT) or replica.process.poll() is not None, timeout=90))
+        asyncio.run(
+            tg.wait_for(lambda: tg.texts(FIRST_CHAT) or replica.process.poll() is not None, timeout=90)
+        )
     finally:
         code = replica.stop()
     log = replica.log.read_text()

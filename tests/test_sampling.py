@@ -1,12 +1,21 @@
 """bot/sampling.py: validation, each processor, the sampling distribution, and parity with
 transformers' own logits processors and with the previous full-vocabulary implementation."""
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from bot.sampling import (SamplingConfig, apply_repetition_penalty, banned_ngram_tokens, candidates, next_token,
-                          softmax, top_k_ids, top_p_mask)
+from bot.sampling import (
+    SamplingConfig,
+    apply_repetition_penalty,
+    banned_ngram_tokens,
+    candidates,
+    next_token,
+    softmax,
+    top_k_ids,
+    top_p_mask,
+)
 
 INVALID = [
     (dict(temperature=0), "temperature"),
@@ -28,8 +37,14 @@ def test_invalid_settings_name_the_parameter(kwargs, name):
 
 def test_defaults_are_the_cards():
     c = SamplingConfig()
-    assert (c.top_k, c.top_p, c.temperature, c.repetition_penalty, c.no_repeat_ngram_size,
-            c.max_new_tokens) == (10, 0.95, 1.2, 1.2, 2, 40)
+    assert (
+        c.top_k,
+        c.top_p,
+        c.temperature,
+        c.repetition_penalty,
+        c.no_repeat_ngram_size,
+        c.max_new_tokens,
+    ) == (10, 0.95, 1.2, 1.2, 2, 40)
 
 
 def test_repetition_penalty_lowers_seen_tokens_both_signs():
@@ -38,22 +53,29 @@ def test_repetition_penalty_lowers_seen_tokens_both_signs():
     assert scores.tolist() == [1.0, -4.0, 1.0]
 
 
-@pytest.mark.parametrize("context,n,banned", [
-    ([1, 2, 3, 1], 2, [2]),           # "1 2" seen: after 1, 2 is banned
-    ([1, 2, 1, 3, 1], 2, [2, 3]),
-    ([1, 2, 3, 1, 2], 3, [3]),
-    ([1, 2, 3], 2, []),
-    ([4], 2, []),
-    ([1, 1], 1, [1, 1]),
-    ([1, 2, 1], 0, []),
-])
+@pytest.mark.parametrize(
+    "context,n,banned",
+    [
+        ([1, 2, 3, 1], 2, [2]),  # "1 2" seen: after 1, 2 is banned
+        ([1, 2, 1, 3, 1], 2, [2, 3]),
+        ([1, 2, 3, 1, 2], 3, [3]),
+        ([1, 2, 3], 2, []),
+        ([4], 2, []),
+        ([1, 1], 1, [1, 1]),
+        ([1, 2, 1], 0, []),
+    ],
+)
 def test_banned_ngrams(context, n, banned):
     assert banned_ngram_tokens(np.array(context), n).tolist() == banned
 
 
 def test_top_k_keeps_k_best_and_ties():
     assert top_k_ids(np.array([0.1, 3.0, 2.0, -1.0, 2.5]), 2).tolist() == [1, 4]
-    assert top_k_ids(np.array([0.1, 3.0, 2.5, -1.0, 2.5]), 2).tolist() == [1, 2, 4]  # a tie with the k-th stays
+    assert top_k_ids(np.array([0.1, 3.0, 2.5, -1.0, 2.5]), 2).tolist() == [
+        1,
+        2,
+        4,
+    ]  # a tie with the k-th stays
     assert top_k_ids(np.array([1.0, -np.inf, 2.0]), 0).tolist() == [0, 2]  # off: every finite score
     assert top_k_ids(np.array([1.0, -np.inf, -np.inf]), 2).tolist() == [0]  # fewer finite than k
 
@@ -74,8 +96,13 @@ def test_greedy_is_argmax_without_penalties():
 
 def test_seeded_sampling_is_reproducible():
     logits = np.random.default_rng(1).normal(size=500)
-    draw = lambda seed: [next_token(logits, np.array([], np.int64), SamplingConfig(), np.random.default_rng(seed))
-                         for _ in range(20)]
+
+    def draw(seed):
+        return [
+            next_token(logits, np.array([], np.int64), SamplingConfig(), np.random.default_rng(seed))
+            for _ in range(20)
+        ]
+
     assert draw(7) == draw(7)
 
 
@@ -84,8 +111,9 @@ def test_top_k_top_p_sampling_matches_the_filtered_distribution():
     logits = np.log(np.array([0.4, 0.3, 0.15, 0.1, 0.05]))
     cfg = SamplingConfig(temperature=1.0, top_k=4, top_p=0.8, repetition_penalty=1.0, no_repeat_ngram_size=0)
     rng = np.random.default_rng(0)
-    counts = np.bincount([next_token(logits, np.array([], np.int64), cfg, rng) for _ in range(20000)],
-                         minlength=5)
+    counts = np.bincount(
+        [next_token(logits, np.array([], np.int64), cfg, rng) for _ in range(20000)], minlength=5
+    )
     assert counts[3:].sum() == 0  # 0.4 + 0.3 < 0.8 <= 0.4 + 0.3 + 0.15: three tokens stay
     expected = softmax(logits[:3]) * 20000
     chi2 = (((counts[:3] - expected) ** 2) / expected).sum()
@@ -94,8 +122,15 @@ def test_top_k_top_p_sampling_matches_the_filtered_distribution():
 
 def test_temperature_flattens():
     logits = np.array([2.0, 0.0])
-    cfg = lambda t: SamplingConfig(temperature=t, top_k=0, top_p=1.0, repetition_penalty=1.0, no_repeat_ngram_size=0)
-    share = lambda t: np.mean([next_token(logits, np.array([], np.int64), cfg(t), rng) == 0 for _ in range(4000)])
+
+    def cfg(t):
+        return SamplingConfig(
+            temperature=t, top_k=0, top_p=1.0, repetition_penalty=1.0, no_repeat_ngram_size=0
+        )
+
+    def share(t):
+        return np.mean([next_token(logits, np.array([], np.int64), cfg(t), rng) == 0 for _ in range(4000)])
+
     rng = np.random.default_rng(3)
     assert share(0.5) > share(1.0) > share(3.0)
 
@@ -129,8 +164,14 @@ CONFIGS = [
 def _transformers_scores(logits, context, cfg):
     """transformers' processors in generate()'s order (float64, so rounding cannot decide a cut)."""
     import torch
-    from transformers import (LogitsProcessorList, NoRepeatNGramLogitsProcessor, RepetitionPenaltyLogitsProcessor,
-                              TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper)
+    from transformers import (
+        LogitsProcessorList,
+        NoRepeatNGramLogitsProcessor,
+        RepetitionPenaltyLogitsProcessor,
+        TemperatureLogitsWarper,
+        TopKLogitsWarper,
+        TopPLogitsWarper,
+    )
 
     procs = [RepetitionPenaltyLogitsProcessor(cfg.repetition_penalty)]
     if cfg.no_repeat_ngram_size:
@@ -141,10 +182,14 @@ def _transformers_scores(logits, context, cfg):
     if cfg.top_p < 1.0:
         procs.append(TopPLogitsWarper(cfg.top_p))
     ids = torch.tensor(np.asarray(context, dtype=np.int64)).reshape(1, -1)
-    return LogitsProcessorList(procs)(ids, torch.tensor(logits, dtype=torch.float64).reshape(1, -1))[0].numpy()
+    return LogitsProcessorList(procs)(ids, torch.tensor(logits, dtype=torch.float64).reshape(1, -1))[
+        0
+    ].numpy()
 
 
-@pytest.mark.parametrize("cfg", CONFIGS, ids=lambda c: f"k{c.top_k}-p{c.top_p}-t{c.temperature}-n{c.no_repeat_ngram_size}")
+@pytest.mark.parametrize(
+    "cfg", CONFIGS, ids=lambda c: f"k{c.top_k}-p{c.top_p}-t{c.temperature}-n{c.no_repeat_ngram_size}"
+)
 @pytest.mark.parametrize("vocab", [60, 50261])
 def test_processed_scores_equal_transformers_processors(cfg, vocab):
     for logits, context in _cases(200 if vocab < 1000 else 20, vocab, seed=vocab + cfg.top_k):
@@ -174,13 +219,16 @@ def _previous_next_token(logits, context, cfg, rng):
     scores = np.asarray(logits, dtype=np.float64).reshape(-1).copy()
     if cfg.repetition_penalty != 1.0 and context.size:
         seen = np.unique(context)
-        scores[seen] = np.where(scores[seen] > 0, scores[seen] / cfg.repetition_penalty,
-                                scores[seen] * cfg.repetition_penalty)
+        scores[seen] = np.where(
+            scores[seen] > 0, scores[seen] / cfg.repetition_penalty, scores[seen] * cfg.repetition_penalty
+        )
     n = cfg.no_repeat_ngram_size
     if n > 0 and context.size >= n:
         toks = context.tolist()
-        prefix = tuple(toks[len(toks) - n + 1:])
-        scores[[toks[i + n - 1] for i in range(len(toks) - n + 1) if tuple(toks[i:i + n - 1]) == prefix]] = -np.inf
+        prefix = tuple(toks[len(toks) - n + 1 :])
+        scores[
+            [toks[i + n - 1] for i in range(len(toks) - n + 1) if tuple(toks[i : i + n - 1]) == prefix]
+        ] = -np.inf
         if not np.isfinite(scores).any():
             return int(np.argmax(logits))
     if not cfg.do_sample:
@@ -198,7 +246,7 @@ def _previous_next_token(logits, context, cfg, rng):
     return int(rng.choice(scores.size, p=softmax(scores)))
 
 
-@pytest.mark.parametrize("cfg", CONFIGS + [SamplingConfig.greedy()], ids=str)
+@pytest.mark.parametrize("cfg", [*CONFIGS, SamplingConfig.greedy()], ids=str)
 def test_same_draws_as_the_previous_implementation(cfg):
     """Same seed, same token: only the work per token changed. (Equal scores at the top-p cut are
     the exception: the old code left their order to the sort, now the lower id goes first.)"""

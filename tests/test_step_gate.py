@@ -1,5 +1,6 @@
 """bot/step_gate.py: rounds form and never hang (unit), and through the real Triton: batches of
 8, replies equal to solo ones, and finish, error, timeout, cancellation all leave the gate."""
+
 from __future__ import annotations
 
 import asyncio
@@ -61,6 +62,7 @@ def test_a_round_waits_for_a_step_still_at_triton():
 def test_a_missing_member_delays_a_round_boundedly(missing):
     """In flight: waited for up to in_flight_s; busy (sampling, or a caller that never ENDs):
     only busy_s. Either way the step goes."""
+
     async def body():
         gate = StepGate(FAST)
         for s in (1, 2):
@@ -113,6 +115,7 @@ def test_gate_off_holds_nothing():
 
 # ---- through the real Triton -----------------------------------------------------------------
 
+
 def prompts(n: int, seed: int = 0) -> list[list[int]]:
     rng = np.random.default_rng(seed)
     return [rng.integers(10, 1000, int(rng.integers(8, 40))).tolist() for _ in range(n)]
@@ -130,7 +133,9 @@ def test_eight_conversations_step_as_one_batch_and_equal_their_solo_replies(trit
         try:
             alone = [(await generate(client, p, cfg, np.random.default_rng(0))).tokens for p in batch]
             before = model_stats(triton.url, IDLE_MODEL)
-            together = await asyncio.gather(*(generate(client, p, cfg, np.random.default_rng(0)) for p in batch))
+            together = await asyncio.gather(
+                *(generate(client, p, cfg, np.random.default_rng(0)) for p in batch)
+            )
             after = model_stats(triton.url, IDLE_MODEL)
             return alone, [g.tokens for g in together], before, after, len(client.gate)
         finally:
@@ -159,6 +164,7 @@ class Faulty(TritonClient):
                 self.hang = False
                 await asyncio.sleep(30)  # never answers: the client's timeout ends it
             return await real_post(head, body)
+
         self._pool.post = post
 
     async def step(self, sequence_id, ids, start=False, end=False):
@@ -168,7 +174,7 @@ class Faulty(TritonClient):
             self.count += 1
             if self.count == 3:
                 if self.fault == "refused":
-                    ids = [10 ** 6]  # outside the vocabulary: Triton refuses it
+                    ids = [10**6]  # outside the vocabulary: Triton refuses it
                 self.hang = self.fault == "timeout"
                 self.reached.set()
         return await super().step(sequence_id, ids, start, end)
@@ -184,9 +190,17 @@ def test_one_failing_conversation_never_stalls_the_others(triton, fault):
     async def body():
         client = Faulty(triton.url, fault)
         try:
-            tasks = [asyncio.create_task(generate(client, p, cfg.with_(max_new_tokens=2) if k == 0 and
-                                                  fault == "stops early" else cfg, np.random.default_rng(0)))
-                     for k, p in enumerate(batch)]
+            tasks = [
+                asyncio.create_task(
+                    generate(
+                        client,
+                        p,
+                        cfg.with_(max_new_tokens=2) if k == 0 and fault == "stops early" else cfg,
+                        np.random.default_rng(0),
+                    )
+                )
+                for k, p in enumerate(batch)
+            ]
             await asyncio.sleep(0)  # the first task starts first: it is the victim
             if fault == "cancelled":
                 await asyncio.wait_for(client.reached.wait(), 10)

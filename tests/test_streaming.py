@@ -1,10 +1,13 @@
 """bot/streaming.py: the visible text of a reply being generated, with the real (tiny) tokenizer."""
+
 from __future__ import annotations
 
 import asyncio
+import itertools
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from bot.chat import DialogueTokenizer
 from bot.streaming import VisibleText, on_tokens, visible
@@ -12,8 +15,25 @@ from contract.dialogue import clean_reply
 
 # Pieces a reply is made of: words, emoji (several byte-level tokens each), turn markers spelt in
 # odd ways (many small tokens: not the special tokens), stray @, spaces and newlines.
-PIECES = ["Привет", " как", " дела", "?", " 😀", "👍🏽", " ", "\n", "@", "@@", " @@ПЕРВЫЙ@@", "@@ вторОЙ @@",
-          "ПЕР", "ВЫЙ", " почта a@b.ru", "\u200b", "!"]
+PIECES = [
+    "Привет",
+    " как",
+    " дела",
+    "?",
+    " 😀",
+    "👍🏽",
+    " ",
+    "\n",
+    "@",
+    "@@",
+    " @@ПЕРВЫЙ@@",
+    "@@ вторОЙ @@",
+    "ПЕР",
+    "ВЫЙ",
+    " почта a@b.ru",
+    "\u200b",
+    "!",
+]
 
 
 @pytest.fixture(scope="module")
@@ -21,22 +41,25 @@ def tokenizer(model_repository) -> DialogueTokenizer:
     return DialogueTokenizer(model_repository / "rudialogpt" / "tokenizer")
 
 
-@pytest.mark.parametrize("decoded, shown", [
-    ("", ""),
-    ("  Привет", "Привет"),
-    ("Привет \ufffd", "Привет"),  # half of a UTF-8 character
-    ("Привет @", "Привет"),
-    ("Привет @@ПЕР", "Привет"),
-    ("Привет @@ пер", "Привет"),
-    ("Привет @@ПЕРВЫЙ", "Привет"),
-    ("Привет @@ПЕРВЫЙ ", "Привет"),
-    ("Привет @@ПЕРВЫЙ@", "Привет"),  # a complete marker, however many @ follow
-    ("Привет @@ПЕРВЫЙ@@ как", "Привет как"),
-    ("Привет @@ВТОРОЙ@@", "Привет"),
-    ("a@b.ru", "a@b.ru"),
-    ("@@ПЕРЕЦ", "@@ПЕРЕЦ"),  # not a marker after all
-    ("x@@ВТ", "x"),
-])
+@pytest.mark.parametrize(
+    "decoded, shown",
+    [
+        ("", ""),
+        ("  Привет", "Привет"),
+        ("Привет \ufffd", "Привет"),  # half of a UTF-8 character
+        ("Привет @", "Привет"),
+        ("Привет @@ПЕР", "Привет"),
+        ("Привет @@ пер", "Привет"),
+        ("Привет @@ПЕРВЫЙ", "Привет"),
+        ("Привет @@ПЕРВЫЙ ", "Привет"),
+        ("Привет @@ПЕРВЫЙ@", "Привет"),  # a complete marker, however many @ follow
+        ("Привет @@ПЕРВЫЙ@@ как", "Привет как"),
+        ("Привет @@ВТОРОЙ@@", "Привет"),
+        ("a@b.ru", "a@b.ru"),
+        ("@@ПЕРЕЦ", "@@ПЕРЕЦ"),  # not a marker after all
+        ("x@@ВТ", "x"),
+    ],
+)
 def test_visible(decoded, shown):
     assert visible(decoded) == shown
 
@@ -50,7 +73,7 @@ def test_half_characters_and_markers_never_show_with_the_real_tokenizer(tokenize
     assert any("\ufffd" in tokenizer.decode(ids[:n]) for n in range(len(ids)))  # half characters do occur
     assert shown[-1] == "Привет 😀👍🏽 как дела ок" and final == "Привет 😀👍🏽 как дела ок @"
     assert len(shown) >= 5
-    for before, after in zip(shown, shown[1:]):
+    for before, after in itertools.pairwise(shown):
         assert after.startswith(before) and len(after) > len(before)
     assert not any("\ufffd" in s or "@" in s or "ПЕРВ" in s for s in shown)
 
@@ -63,7 +86,7 @@ def test_each_shown_text_starts_the_next_and_the_final_reply(tokenizer, pieces):
     stream = VisibleText(tokenizer.decode)
     shown = [s for n in range(1, len(ids) + 1) if (s := stream.update(ids[:n])) is not None]
     assert all(final.startswith(s) and "\ufffd" not in s for s in shown)
-    assert all(b.startswith(a) and len(b) > len(a) for a, b in zip(shown, shown[1:]))
+    assert all(b.startswith(a) and len(b) > len(a) for a, b in itertools.pairwise(shown))
 
 
 @pytest.mark.parametrize("awaited", [False, True])
@@ -82,5 +105,5 @@ def test_on_tokens_calls_back_only_when_the_text_grows(tokenizer, awaited):
             await callback(ids[:n])
 
     asyncio.run(feed())
-    assert seen[-1] == "Да 😀" and all(b.startswith(a) and b != a for a, b in zip(seen, seen[1:]))
+    assert seen[-1] == "Да 😀" and all(b.startswith(a) and b != a for a, b in itertools.pairwise(seen))
     assert len(seen) <= len(tokenizer.encode("Да 😀")) < len(ids)  # the marker's tokens showed nothing

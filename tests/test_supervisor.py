@@ -2,6 +2,7 @@
 
 Each test that kills a server starts its own (never the session's `triton`), and kills it for real.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -65,7 +66,7 @@ def started_in_a_thread(repository: Path, log: Path) -> TritonServer:
     by other processes before tritonserver binds them: two more tries on new ports."""
     for attempt in range(3):
         server, errors = TritonServer(repository, free_port(), free_port(), free_port(), log_file=log), []
-        starter = threading.Thread(target=lambda: _start_into(server, errors))
+        starter = threading.Thread(target=lambda: _start_into(server, errors))  # noqa: B023 (joined here)
         starter.start()
         starter.join()
         if not errors:
@@ -82,6 +83,7 @@ def _start_into(server: TritonServer, errors: list) -> None:
 
 
 # ---- the model's stub exits by itself when tritonserver dies, and a dead stub is visible ---------
+
 
 @pytest.mark.timeout(240)
 def test_ten_sigkills_of_tritonserver_leave_no_stub(model_repository, tmp_path):
@@ -101,7 +103,7 @@ def test_ten_sigkills_of_tritonserver_leave_no_stub(model_repository, tmp_path):
             os.kill(server.process.pid, signal.SIGKILL)  # tritonserver alone, not its group
             server.process.wait()  # reaped: a zombie parent would look alive to the stub
             killed = time.monotonic()
-            if wait_for(lambda: not any(map(alive, stubs)), timeout=5.0):
+            if wait_for(lambda: not any(map(alive, stubs)), timeout=5.0):  # noqa: B023
                 exits.append(time.monotonic() - killed)
             survivors += [(run, pid, round(time.monotonic() - killed, 1)) for pid in stubs if alive(pid)]
         finally:
@@ -114,8 +116,11 @@ def test_ten_sigkills_of_tritonserver_leave_no_stub(model_repository, tmp_path):
 
 def model_stub(server_pid: int, model: str = "rudialogpt") -> int:
     """The pid of the stub that runs `model`'s model.py."""
-    [stub] = [p for p in stub_processes(server_pid)
-              if f"/{model}/1/model.py" in Path(f"/proc/{p}/cmdline").read_bytes().decode()]
+    [stub] = [
+        p
+        for p in stub_processes(server_pid)
+        if f"/{model}/1/model.py" in Path(f"/proc/{p}/cmdline").read_bytes().decode()
+    ]
     return stub
 
 
@@ -146,6 +151,7 @@ def check_a_dead_stub_is_seen(server: TritonServer) -> None:
 
 # ---- `python -m serve` replaces a dead model; SIGKILL of the launcher leaves nothing ------------
 
+
 @pytest.mark.timeout(240)
 def test_launcher_replaces_a_dead_model_and_leaves_nothing(model_repository, tmp_path):
     launcher, url = start_launcher(model_repository, tmp_path)
@@ -158,8 +164,11 @@ def test_launcher_replaces_a_dead_model_and_leaves_nothing(model_repository, tmp
             stubs = list(stub_processes(server))
             killed = time.monotonic()
             os.kill(stubs[0] if fault == "stub" else server, signal.SIGKILL)
-            assert wait_for(lambda: tritonservers_of(launcher.pid) not in ([server], []) and is_alive(url),
-                            timeout=30, every=0.1), log.read_text()
+            assert wait_for(
+                lambda: tritonservers_of(launcher.pid) not in ([server], []) and is_alive(url),  # noqa: B023
+                timeout=30,
+                every=0.1,
+            ), log.read_text()
             recovery[fault].append(time.monotonic() - killed)
             time.sleep(max(0.0, killed + 5 - time.monotonic()))
             assert not [p for p in [server, *stubs] if alive(p)]  # the old server's whole group
@@ -173,11 +182,15 @@ def test_launcher_replaces_a_dead_model_and_leaves_nothing(model_repository, tmp
         launcher.wait()
     killed = time.monotonic()
     assert wait_for(lambda: not leftovers({launcher.pid}), timeout=20, every=0.2), leftovers({launcher.pid})
-    record("launcher: stub, tritonserver kill -> model answers again (s)", recovery["stub"] + recovery["tritonserver"])
+    record(
+        "launcher: stub, tritonserver kill -> model answers again (s)",
+        recovery["stub"] + recovery["tritonserver"],
+    )
     record("launcher SIGKILLed -> its server and files gone (s)", [time.monotonic() - killed])
 
 
 # ---- the container entrypoint exits when the model hangs or dies --------------------------------
+
 
 @pytest.mark.timeout(120)
 def test_container_entrypoint_exits_when_the_stub_hangs(model_repository, tmp_path):
@@ -187,8 +200,24 @@ def test_container_entrypoint_exits_when_the_stub_hangs(model_repository, tmp_pa
     try:
         with open(tmp_path / "supervisor.log", "wb") as out:
             supervisor = subprocess.Popen(
-                [sys.executable, "-m", "serve.supervisor", "--url", server.url, "--check-every", "0.5",
-                 "--probe-timeout", "2", "--", *command], cwd=ROOT, env=env, stdout=out, stderr=out)
+                [
+                    sys.executable,
+                    "-m",
+                    "serve.supervisor",
+                    "--url",
+                    server.url,
+                    "--check-every",
+                    "0.5",
+                    "--probe-timeout",
+                    "2",
+                    "--",
+                    *command,
+                ],
+                cwd=ROOT,
+                env=env,
+                stdout=out,
+                stderr=out,
+            )
         log = tmp_path / "supervisor.log"
         assert wait_for(lambda: b"watching it" in log.read_bytes(), timeout=60, every=0.5), log.read_text()
         [tritonserver] = tritonservers_of(supervisor.pid)
@@ -212,6 +241,7 @@ def test_container_entrypoint_exits_when_the_stub_hangs(model_repository, tmp_pa
 
 
 # ---- no Triton needed -------------------------------------------------------------------------------
+
 
 def dead_pid() -> int:
     child = subprocess.Popen(["true"])
@@ -250,12 +280,17 @@ def test_leak_check_sees_what_this_run_left():
 def test_failed_start_leaves_no_temp_folder_nor_open_log(tmp_path, monkeypatch):
     version = f"{sys.version_info[0]}.{sys.version_info[1]}"
     root = tmp_path / "wheel"
-    for path in [root / "bin" / "tritonserver", root / "python_backend_stubs" / version / "triton_python_backend_stub",
-                 root / "backends" / "python" / "libtriton_python.so"]:
+    for path in [
+        root / "bin" / "tritonserver",
+        root / "python_backend_stubs" / version / "triton_python_backend_stub",
+        root / "backends" / "python" / "libtriton_python.so",
+    ]:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text("")  # not executable: Popen raises PermissionError
     monkeypatch.setattr("serve.server._wheel_root", lambda: root)
-    monkeypatch.setattr(TritonServer, "model_env", lambda self: setattr(self, "_python_version", version) or tmp_path)
+    monkeypatch.setattr(
+        TritonServer, "model_env", lambda self: setattr(self, "_python_version", version) or tmp_path
+    )
     before = set(Path(tempfile.gettempdir()).glob(f"tritonserver-{os.getpid()}-*"))
     server = TritonServer(tmp_path, free_port(), log_file=tmp_path / "triton.log")
     with pytest.raises((PermissionError, TritonServerError)):
@@ -271,8 +306,18 @@ def test_watchdog_cleans_up_when_its_launcher_dies(tmp_path):
     workdir, region = tmp_path / "tritonserver-x", Path("/dev/shm") / f"triton_watchdogtest_{os.getpid()}_r"
     workdir.mkdir()
     region.write_bytes(b"x")
-    watchdog = subprocess.Popen([sys.executable, "-I", "-S", str(ROOT / "serve" / "watchdog.py"), str(launcher.pid),
-                                 str(group.pid), str(workdir), region.name[:-1]])
+    watchdog = subprocess.Popen(
+        [
+            sys.executable,
+            "-I",
+            "-S",
+            str(ROOT / "serve" / "watchdog.py"),
+            str(launcher.pid),
+            str(group.pid),
+            str(workdir),
+            region.name[:-1],
+        ]
+    )
     try:
         time.sleep(0.5)
         assert watchdog.poll() is None and group.poll() is None  # the launcher lives: nothing happens

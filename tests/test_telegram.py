@@ -1,7 +1,9 @@
 """The Telegram bot: the real PTB Application against a fake Bot API and the real Triton."""
+
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import logging
 import os
@@ -12,9 +14,9 @@ import sys
 import threading
 import urllib.error
 import urllib.request
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import AsyncIterator
 
 import pytest
 from prometheus_client import generate_latest
@@ -23,13 +25,13 @@ from telegram.ext import Application
 import bot.dialogues as dialogues_module
 from bot.chat import ChatBot, DialogueTokenizer, Reply
 from bot.console import RESET_DONE, UNAVAILABLE
+from bot.dialogues import Dialogues
+from bot.handlers import HELP, NOT_TEXT, REFUSED, SORRY, START, STATE
 from bot.history import History
 from bot.metrics import Metrics
 from bot.sampling import SamplingConfig
-from bot.streaming import OnText
-from bot.dialogues import Dialogues
-from bot.handlers import HELP, NOT_TEXT, REFUSED, SORRY, START, STATE
 from bot.settings import Settings
+from bot.streaming import OnText
 from bot.telegram import ALLOWED_UPDATES, build_application
 from bot.triton_client import TritonClient
 from serve.server import TritonServer, free_port
@@ -38,8 +40,15 @@ from tests.test_generate import Slow, cached_sequences
 
 ROOT = Path(__file__).resolve().parent.parent
 CHAT, OTHER, GROUP = 1001, 2002, -1003003
-STICKER = {"file_id": "st1", "file_unique_id": "u1", "type": "regular", "width": 512, "height": 512,
-           "is_animated": False, "is_video": False}
+STICKER = {
+    "file_id": "st1",
+    "file_unique_id": "u1",
+    "type": "regular",
+    "width": 512,
+    "height": 512,
+    "is_animated": False,
+    "is_video": False,
+}
 PHOTO = [{"file_id": "ph1", "file_unique_id": "u2", "width": 90, "height": 90}]
 # Bounds setup too: the first test here may train, export and start the session's Triton (~1 min).
 pytestmark = pytest.mark.timeout(300)
@@ -67,6 +76,7 @@ class RecordingChatBot(ChatBot):
             async def on_text(text: str) -> None:
                 show(text)
                 await self.release.wait()
+
         return await super().reply(turns, on_text=on_text)
 
 
@@ -94,13 +104,16 @@ def settings(tg, tmp_path) -> Settings:
 
 
 def chatbot(url: str, tokenizer: DialogueTokenizer, timeout: float = 10.0) -> RecordingChatBot:
-    return RecordingChatBot(TritonClient(url, "rudialogpt", timeout=timeout), tokenizer,
-                            SamplingConfig(max_new_tokens=12), seed=0)
+    return RecordingChatBot(
+        TritonClient(url, "rudialogpt", timeout=timeout), tokenizer, SamplingConfig(max_new_tokens=12), seed=0
+    )
 
 
 def streaming_chatbot(url: str, tokenizer: DialogueTokenizer, timeout: float = 10.0) -> RecordingChatBot:
     """A chatbot whose replies take 24 tokens of >= 50 ms each (no stop token): long enough to stream."""
-    bot = RecordingChatBot(Slow(url, "rudialogpt", timeout=timeout), tokenizer, SamplingConfig(max_new_tokens=24), seed=0)
+    bot = RecordingChatBot(
+        Slow(url, "rudialogpt", timeout=timeout), tokenizer, SamplingConfig(max_new_tokens=24), seed=0
+    )
     bot.sampling = bot.sampling.with_(stop_ids=())
     return bot
 
@@ -112,7 +125,9 @@ async def running(application: Application) -> AsyncIterator[Dialogues]:
     try:
         async with application:  # initialize() … shutdown()
             await application.post_init(application)
-            await application.updater.start_polling(poll_interval=0.05, timeout=1, allowed_updates=ALLOWED_UPDATES)
+            await application.updater.start_polling(
+                poll_interval=0.05, timeout=1, allowed_updates=ALLOWED_UPDATES
+            )
             await application.start()
             try:
                 yield application.bot_data[STATE]
@@ -143,6 +158,7 @@ def generated(text: str) -> bool:
 
 # -- the bot against the fake Bot API and the real Triton ----------------------------------
 
+
 def test_text_message_gets_typing_and_a_generated_reply(tg, settings, triton, tokenizer):
     metrics = Metrics()
 
@@ -155,14 +171,23 @@ def test_text_message_gets_typing_and_a_generated_reply(tg, settings, triton, to
     assert generated(reply) and saved_turns(settings, CHAT) == ["Привет! Как дела?", reply]
     assert tg.of("sendChatAction", CHAT)[0]["action"] == "typing"
     assert all("parse_mode" not in p for p in tg.of("sendMessage"))  # plain text
-    assert [c["command"] for c in json.loads(tg.of("setMyCommands")[0]["commands"])] == ["start", "help", "reset"]
+    assert [c["command"] for c in json.loads(tg.of("setMyCommands")[0]["commands"])] == [
+        "start",
+        "help",
+        "reset",
+    ]
     value = metrics.registry.get_sample_value
     assert value("bot_replies_total") == 1 and value("bot_reply_latency_seconds_count") == 1
     assert value("bot_generated_tokens_total") >= 1 and value("bot_triton_up") == 1
     assert value("bot_errors_total", {"kind": "triton_unavailable"}) == 0
     exposed = generate_latest(metrics.registry).decode()
-    for name in ("bot_replies_total", "bot_reply_latency_seconds_bucket", "bot_generated_tokens_total",
-                 'bot_errors_total{kind="unexpected"}', "bot_triton_up"):
+    for name in (
+        "bot_replies_total",
+        "bot_reply_latency_seconds_bucket",
+        "bot_generated_tokens_total",
+        'bot_errors_total{kind="unexpected"}',
+        "bot_triton_up",
+    ):
         assert name in exposed
 
 
@@ -242,7 +267,8 @@ def test_group_answers_only_when_mentioned_or_replied_to(tg, settings, triton, t
 
 
 def test_slow_reply_blocks_neither_typing_nor_other_chats_and_one_chat_stays_in_order(
-        tg, settings, triton, tokenizer, monkeypatch):
+    tg, settings, triton, tokenizer, monkeypatch
+):
     monkeypatch.setattr(dialogues_module, "TYPING_EVERY", 0.1)
     bot = chatbot(triton.url, tokenizer, timeout=30)
 
@@ -264,7 +290,9 @@ def test_slow_reply_blocks_neither_typing_nor_other_chats_and_one_chat_stays_in_
 
 def test_triton_down_slow_and_back(tg, settings, model_repository, tokenizer, tmp_path):
     """A separate Triton: SIGKILLed, then started again on the same ports; frozen, then resumed."""
-    server = TritonServer(model_repository, free_port(), free_port(), free_port(), log_file=tmp_path / "triton.log")
+    server = TritonServer(
+        model_repository, free_port(), free_port(), free_port(), log_file=tmp_path / "triton.log"
+    )
     metrics, bot = Metrics(), chatbot(server.url, tokenizer, timeout=3.0)
     up = lambda: metrics.registry.get_sample_value("bot_triton_up")  # noqa: E731
 
@@ -295,8 +323,14 @@ def test_triton_down_slow_and_back(tg, settings, model_repository, tokenizer, tm
     assert generated(texts[0]) and generated(texts[2]) and generated(texts[4])
     assert down_s < 3 + 4 and frozen_s < 3 + 4  # within the client's timeout (and some slack)
     # A failed message is kept and answered together with the next one, as one user turn.
-    assert saved_turns(settings, CHAT) == ["Привет!", texts[0], "Ты тут?\nА теперь?", texts[2],
-                                           "Алло?\nСнова тут?", texts[4]]
+    assert saved_turns(settings, CHAT) == [
+        "Привет!",
+        texts[0],
+        "Ты тут?\nА теперь?",
+        texts[2],
+        "Алло?\nСнова тут?",
+        texts[4],
+    ]
     assert bot.prompts[2] == ["Привет!", texts[0], "Ты тут?\nА теперь?"]
     assert bot.prompts[-1] == ["Ты тут?\nА теперь?", texts[2], "Алло?\nСнова тут?"]
     assert metrics.registry.get_sample_value("bot_errors_total", {"kind": "triton_unavailable"}) == 2
@@ -332,7 +366,10 @@ def test_token_never_reaches_the_logs(tg, settings, triton, tokenizer, caplog):
     assert saved_turns(settings, CHAT) == ["Привет!\nBOOM"]  # the reply that failed to send is not stored
     assert tg.texts(CHAT) == [SORRY, SORRY]
     value = metrics.registry.get_sample_value
-    assert value("bot_errors_total", {"kind": "telegram"}) == 1 and value("bot_errors_total", {"kind": "unexpected"}) == 1
+    assert (
+        value("bot_errors_total", {"kind": "telegram"}) == 1
+        and value("bot_errors_total", {"kind": "unexpected"}) == 1
+    )
     assert "RuntimeError: a bug" in caplog.text
     assert "error while handling an update" in caplog.text and "Traceback" in caplog.text
     assert "<TOKEN>/sendmessage refused" in caplog.text  # PTB capitalises error texts: any case is hidden
@@ -343,6 +380,7 @@ def test_token_never_reaches_the_logs(tg, settings, triton, tokenizer, caplog):
 
 # -- replies streamed as drafts ------------------------------------------------------------
 
+
 def drafts_settings(settings: Settings, every: float) -> Settings:
     return Settings(settings.token, settings.base_url, settings.data_dir, metrics_port=0, draft_every=every)
 
@@ -351,8 +389,11 @@ def test_private_chat_sees_the_reply_grow_in_one_throttled_draft(tg, settings, t
     every, metrics = 0.3, Metrics()
 
     async def body():
-        async with running(build_application(streaming_chatbot(triton.url, tokenizer), drafts_settings(settings, every),
-                                             metrics)):
+        async with running(
+            build_application(
+                streaming_chatbot(triton.url, tokenizer), drafts_settings(settings, every), metrics
+            )
+        ):
             await say(tg, CHAT, "Привет! Как дела?")
 
     asyncio.run(body())
@@ -360,9 +401,9 @@ def test_private_chat_sees_the_reply_grow_in_one_throttled_draft(tg, settings, t
     texts = [d.params["text"] for d in drafts]
     assert len(drafts) >= 2 and all(d.ok for d in drafts)
     assert len({d.params["draft_id"] for d in drafts}) == 1 and int(drafts[0].params["draft_id"]) != 0
-    assert all(b.startswith(a) and len(b) > len(a) for a, b in zip(texts, texts[1:]))  # it only grows
+    assert all(b.startswith(a) and len(b) > len(a) for a, b in itertools.pairwise(texts))  # it only grows
     assert reply.startswith(texts[-1]) and generated(reply)  # drafts show the final text's start
-    assert all(b.at - a.at >= every for a, b in zip(drafts, drafts[1:]))  # the throttle holds
+    assert all(b.at - a.at >= every for a, b in itertools.pairwise(drafts))  # the throttle holds
     [message] = tg.tried("sendMessage", CHAT)
     assert message.at > drafts[-1].at  # no draft after the message
     value = metrics.registry.get_sample_value
@@ -371,18 +412,27 @@ def test_private_chat_sees_the_reply_grow_in_one_throttled_draft(tg, settings, t
     assert value("bot_first_text_seconds_sum") < value("bot_reply_latency_seconds_sum")
 
 
-@pytest.mark.parametrize("code, description", [
-    (400, "Bad Request: TEXTDRAFT_PEER_INVALID"),
-    (429, "Too Many Requests: retry after 1"),  # flood control, retried by the rate limiter, then given up
-    (502, "Bad Gateway"),
-])
+@pytest.mark.parametrize(
+    "code, description",
+    [
+        (400, "Bad Request: TEXTDRAFT_PEER_INVALID"),
+        (
+            429,
+            "Too Many Requests: retry after 1",
+        ),  # flood control, retried by the rate limiter, then given up
+        (502, "Bad Gateway"),
+    ],
+)
 def test_a_failing_draft_does_not_stop_the_reply(tg, settings, triton, tokenizer, caplog, code, description):
     metrics = Metrics()
     tg.fail_next("sendMessageDraft", code, description, times=3)
 
     async def body():
-        async with running(build_application(streaming_chatbot(triton.url, tokenizer), drafts_settings(settings, 0.1),
-                                             metrics)):
+        async with running(
+            build_application(
+                streaming_chatbot(triton.url, tokenizer), drafts_settings(settings, 0.1), metrics
+            )
+        ):
             await say(tg, CHAT, "Привет!")
             await say(tg, CHAT, "Как дела?")  # the next reply tries drafts again
 
@@ -400,7 +450,9 @@ def test_a_failing_draft_does_not_stop_the_reply(tg, settings, triton, tokenizer
 
 def test_groups_get_typing_and_one_message_but_no_draft(tg, settings, triton, tokenizer):
     async def body():
-        async with running(build_application(streaming_chatbot(triton.url, tokenizer), drafts_settings(settings, 0.1))):
+        async with running(
+            build_application(streaming_chatbot(triton.url, tokenizer), drafts_settings(settings, 0.1))
+        ):
             await say(tg, GROUP, "@dialogue_test_bot привет", chat_type="supergroup")
             await say(tg, CHAT, "привет")
 
@@ -441,7 +493,9 @@ def test_a_reply_interrupted_midstream_still_ends_its_sequence(tg, settings, tri
             await say(tg, CHAT, "STALL первый")  # never released: the reply times out
             assert cached_sequences(triton) == 0
             tg.message(CHAT, "STALL второй")
-            await tg.wait_for(lambda: len(tg.of("sendMessageDraft", CHAT)) > 1 and cached_sequences(triton) == 1)
+            await tg.wait_for(
+                lambda: len(tg.of("sendMessageDraft", CHAT)) > 1 and cached_sequences(triton) == 1
+            )
         # stopped while the second reply streams: PTB waits for the handler, whose reply times out
 
     asyncio.run(body())
@@ -473,9 +527,16 @@ def test_bare_commands_in_a_group_are_for_whoever_is_addressed(tg, settings, tri
 
 # -- `python -m bot` ------------------------------------------------------------------------
 
+
 def bot_env(tg: FakeTelegram, tmp_path: Path, **env: str) -> dict[str, str]:
-    return {**os.environ, "TELEGRAM_BOT_TOKEN": tg.token, "TELEGRAM_BASE_URL": tg.url,
-            "BOT_DATA_DIR": str(tmp_path), "BOT_METRICS_PORT": "0", **env}
+    return {
+        **os.environ,
+        "TELEGRAM_BOT_TOKEN": tg.token,
+        "TELEGRAM_BASE_URL": tg.url,
+        "BOT_DATA_DIR": str(tmp_path),
+        "BOT_METRICS_PORT": "0",
+        **env,
+    }
 
 
 def listening(port: int) -> bool:
@@ -484,22 +545,45 @@ def listening(port: int) -> bool:
 
 
 def python_m_bot(model_repository: Path, *flags: str) -> list[str]:
-    return [sys.executable, "-m", "bot", "--tokenizer", str(model_repository / "rudialogpt" / "tokenizer"),
-            "--max-new-tokens", "8", *flags]
+    return [
+        sys.executable,
+        "-m",
+        "bot",
+        "--tokenizer",
+        str(model_repository / "rudialogpt" / "tokenizer"),
+        "--max-new-tokens",
+        "8",
+        *flags,
+    ]
 
 
 def test_python_m_bot_webhook_mode(tg, triton, model_repository, tmp_path):
     port, metrics_port, secret = free_port(), free_port(), "s3cret-Value_1"
-    env = bot_env(tg, tmp_path, TRITON_URL=triton.url, TRITON_MODEL="rudialogpt", BOT_METRICS_PORT=str(metrics_port),
-                  BOT_WEBHOOK_URL="https://bot.example.com/telegram-hook", BOT_WEBHOOK_SECRET=secret,
-                  BOT_WEBHOOK_PORT=str(port))
-    proc = subprocess.Popen(python_m_bot(model_repository, "--webhook"), cwd=ROOT, env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    env = bot_env(
+        tg,
+        tmp_path,
+        TRITON_URL=triton.url,
+        TRITON_MODEL="rudialogpt",
+        BOT_METRICS_PORT=str(metrics_port),
+        BOT_WEBHOOK_URL="https://bot.example.com/telegram-hook",
+        BOT_WEBHOOK_SECRET=secret,
+        BOT_WEBHOOK_PORT=str(port),
+    )
+    proc = subprocess.Popen(
+        python_m_bot(model_repository, "--webhook"),
+        cwd=ROOT,
+        env=env,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
 
     def post(update: dict, secret_token: str) -> int:
-        request = urllib.request.Request(f"http://127.0.0.1:{port}/telegram-hook", json.dumps(update).encode(),
-                                         {"Content-Type": "application/json",
-                                          "X-Telegram-Bot-Api-Secret-Token": secret_token})
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/telegram-hook",
+            json.dumps(update).encode(),
+            {"Content-Type": "application/json", "X-Telegram-Bot-Api-Secret-Token": secret_token},
+        )
         try:
             with urllib.request.urlopen(request, timeout=10) as response:
                 return response.status
@@ -515,8 +599,17 @@ def test_python_m_bot_webhook_mode(tg, triton, model_repository, tmp_path):
         assert post(tg.message(CHAT, "Привет!"), secret) == 200
         asyncio.run(tg.wait_for(lambda: tg.texts(CHAT)))
         # Counted just after the reply is sent: scrape until it shows up.
-        asyncio.run(tg.wait_for(lambda: "bot_replies_total 1.0" in urllib.request.urlopen(
-            f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode(), timeout=10))
+        asyncio.run(
+            tg.wait_for(
+                lambda: (
+                    "bot_replies_total 1.0"
+                    in urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5)
+                    .read()
+                    .decode()
+                ),
+                timeout=10,
+            )
+        )
     finally:
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=30)
@@ -527,27 +620,36 @@ def test_python_m_bot_webhook_mode(tg, triton, model_repository, tmp_path):
 
 def test_python_m_bot_long_polling_streams_drafts(tg, triton, model_repository, tmp_path):
     env = bot_env(tg, tmp_path, TRITON_URL=triton.url, TRITON_MODEL="rudialogpt", BOT_DRAFT_INTERVAL="0.05")
-    proc = subprocess.Popen(python_m_bot(model_repository, "--max-new-tokens", "40", "--seed", "3"), cwd=ROOT,
-                            env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        python_m_bot(model_repository, "--max-new-tokens", "40", "--seed", "3"),
+        cwd=ROOT,
+        env=env,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     try:  # run_polling itself: its start-up, the handlers, its shutdown on SIGTERM
         tg.message(CHAT, "Привет! Расскажи, как прошёл твой день?")
         asyncio.run(tg.wait_for(lambda: tg.texts(CHAT) or proc.poll() is not None, timeout=60))
     finally:
         proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=30)
+        _out, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err
     [reply], drafts = tg.texts(CHAT), tg.of("sendMessageDraft", CHAT)
     assert generated(reply) and drafts and reply.startswith(drafts[-1]["text"])
     assert "drafts every 0.05 s" in err and "first text after" in err
 
 
-@pytest.mark.parametrize("token, message", [("", "TELEGRAM_BOT_TOKEN is not set"),
-                                            ("999:REJECTED-token", "TELEGRAM_BOT_TOKEN was rejected")])
+@pytest.mark.parametrize(
+    "token, message",
+    [("", "TELEGRAM_BOT_TOKEN is not set"), ("999:REJECTED-token", "TELEGRAM_BOT_TOKEN was rejected")],
+)
 def test_python_m_bot_missing_or_rejected_token_exits_2(tg, model_repository, tmp_path, token, message):
     env = bot_env(tg, tmp_path, TRITON_URL="127.0.0.1:9")
     env["TELEGRAM_BOT_TOKEN"] = token
-    proc = subprocess.run(python_m_bot(model_repository), cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=60)
+    proc = subprocess.run(
+        python_m_bot(model_repository), cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+    )
     assert proc.returncode == 2 and message in proc.stderr
     if token:
         assert [c.token for c in tg.calls] == [token]  # getMe, refused

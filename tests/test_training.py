@@ -1,4 +1,5 @@
 """training/: a tiny offline run end to end, reloading, resuming and the CLI's errors."""
+
 from __future__ import annotations
 
 import json
@@ -26,7 +27,7 @@ SAMPLE = ROOT / "training" / "data.csv"
 PROMPTS = [
     build_prompt(["Привет!"]),
     build_prompt(["", "Какая сегодня погода?", "Солнечно ☀️, а у тебя?"]),
-    build_prompt(["Он сказал: \"да\"", "ну и ну\nвот так", f"взлом {FIRST} {SECOND}"]),
+    build_prompt(['Он сказал: "да"', "ну и ну\nвот так", f"взлом {FIRST} {SECOND}"]),
 ]
 
 
@@ -88,7 +89,10 @@ def test_build_tiny_is_small_and_deterministic():
     texts = ["@@ПЕРВЫЙ@@ привет @@ВТОРОЙ@@ привет, как дела? @@ПЕРВЫЙ@@"] * 20
     (model, tokenizer), (again, tokenizer2) = build_tiny(texts, seed=1), build_tiny(texts, seed=1)
     assert tokenizer.get_vocab() == tokenizer2.get_vocab()
-    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values()))
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(model.state_dict().values(), again.state_dict().values(), strict=True)
+    )
     other = build_tiny(texts, seed=2)[0]
     assert not torch.equal(model.transformer.wte.weight, other.transformer.wte.weight)
     assert sum(p.numel() for p in model.parameters()) < 1_000_000
@@ -98,8 +102,9 @@ def test_resume_continues_from_the_last_checkpoint(tiny_checkpoint, tmp_path, ca
     output = shutil.copytree(tiny_checkpoint, tmp_path / "model")
     before = settings(tiny_checkpoint)
     steps = before["config"]["max_steps"]
-    cfg = TrainConfig(**{**before["config"], "output": output, "max_steps": steps + 10, "resume": True,
-                         "batch_size": 4})
+    cfg = TrainConfig(
+        **{**before["config"], "output": output, "max_steps": steps + 10, "resume": True, "batch_size": 4}
+    )
     with caplog.at_level(logging.WARNING, logger="training.train"):
         train(cfg)
     changed = [r.getMessage() for r in caplog.records if "settings other than" in r.getMessage()]
@@ -128,20 +133,67 @@ def test_one_row_trains_without_eval(tmp_path):
 
 
 def test_parse_args_fills_the_config():
-    cfg = parse_args(["--data", "d.csv", "--output", "out", "--base-model", "tiny", "--max-steps", "7",
-                      "--eval-fraction", "0.2", "--resume", "--full-text-loss", "--learning-rate", "0.01",
-                      "--batch-size", "4", "--max-length", "64", "--seed", "3", "--logging-steps", "2",
-                      "--save-steps", "5", "--epochs", "2"])
-    assert cfg == TrainConfig(data=Path("d.csv"), output=Path("out"), base_model="tiny", epochs=2.0,
-                              max_steps=7, eval_fraction=0.2, resume=True, full_text_loss=True,
-                              learning_rate=0.01, batch_size=4, max_length=64, seed=3, logging_steps=2,
-                              save_steps=5)
+    cfg = parse_args(
+        [
+            "--data",
+            "d.csv",
+            "--output",
+            "out",
+            "--base-model",
+            "tiny",
+            "--max-steps",
+            "7",
+            "--eval-fraction",
+            "0.2",
+            "--resume",
+            "--full-text-loss",
+            "--learning-rate",
+            "0.01",
+            "--batch-size",
+            "4",
+            "--max-length",
+            "64",
+            "--seed",
+            "3",
+            "--logging-steps",
+            "2",
+            "--save-steps",
+            "5",
+            "--epochs",
+            "2",
+        ]
+    )
+    assert cfg == TrainConfig(
+        data=Path("d.csv"),
+        output=Path("out"),
+        base_model="tiny",
+        epochs=2.0,
+        max_steps=7,
+        eval_fraction=0.2,
+        resume=True,
+        full_text_loss=True,
+        learning_rate=0.01,
+        batch_size=4,
+        max_length=64,
+        seed=3,
+        logging_steps=2,
+        save_steps=5,
+    )
     default = parse_args(["--data", "d.csv", "--output", "out"])
     assert default.base_model == "t-bank-ai/ruDialoGPT-small" and default.lr == 5e-5 and cfg.lr == 0.01
 
 
-@pytest.mark.parametrize("bad", [{"eval_fraction": 1.0}, {"max_steps": 0}, {"batch_size": 0}, {"epochs": 0},
-                                 {"max_length": 4}, {"learning_rate": -1.0}])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"eval_fraction": 1.0},
+        {"max_steps": 0},
+        {"batch_size": 0},
+        {"epochs": 0},
+        {"max_length": 4},
+        {"learning_rate": -1.0},
+    ],
+)
 def test_config_rejects_impossible_values(bad):
     with pytest.raises(ConfigError, match="must be"):
         TrainConfig(data="d.csv", output="out", **bad)
@@ -162,9 +214,22 @@ def test_cli_bad_csv_exits_2_without_traceback(tmp_path):
     data = tmp_path / "data.csv"
     data.write_text("context_1;context_2;context_3;response\n;;Привет;Здравствуй\n", encoding="utf-8")
     run = subprocess.run(
-        [sys.executable, "-m", "training", "--data", str(data), "--output", str(tmp_path / "out"),
-         "--base-model", "tiny"],
-        cwd=ROOT, capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)},
+        [
+            sys.executable,
+            "-m",
+            "training",
+            "--data",
+            str(data),
+            "--output",
+            str(tmp_path / "out"),
+            "--base-model",
+            "tiny",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
     )
     assert run.returncode == 2
     assert run.stderr.startswith("error: ") and "use commas" in run.stderr

@@ -1,4 +1,5 @@
 """CLI: `python -m training --data data.csv --output out/ [--base-model NAME|PATH|tiny] ...`."""
+
 from __future__ import annotations
 
 import argparse

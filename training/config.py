@@ -1,4 +1,5 @@
 """Training settings: one dataclass, filled by the CLI or by code."""
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass

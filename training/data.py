@@ -1,4 +1,5 @@
 """The training CSV: loading with clear errors, and the tokenized dataset with its label mask."""
+
 from __future__ import annotations
 
 import codecs
@@ -81,7 +82,7 @@ def read_csv(path: Path | str) -> pd.DataFrame:
     except (pd.errors.ParserError, pd.errors.ParserWarning) as e:
         raise DataError(
             f"{path}: not valid CSV ({str(e).strip()}); every row needs as many fields as the header, "
-            'and a field with commas, quotes or newlines must be in double quotes, with quotes inside '
+            "and a field with commas, quotes or newlines must be in double quotes, with quotes inside "
             'it doubled ("")'
         ) from None
     if frame.empty:
@@ -104,7 +105,9 @@ def load_examples(path: Path | str) -> Examples:
     if examples.no_response or examples.no_context:
         log.warning(
             "%s: skipped %d rows with an empty response and %d rows with no context",
-            path, examples.no_response, examples.no_context,
+            path,
+            examples.no_response,
+            examples.no_context,
         )
     if not examples.pairs:
         raise DataError(
@@ -126,7 +129,7 @@ def build_dataset(
     fulls = tokenizer([p + t for p, t in pairs])["input_ids"]
     rows: dict[str, list[list[int]]] = {"input_ids": [], "labels": []}
     dropped = 0
-    for prompt, full in zip(prompts, fulls):
+    for prompt, full in zip(prompts, fulls, strict=True):
         if full[: len(prompt)] != prompt:
             raise ConfigError(
                 "the tokenizer splits prompt and response differently in the full text; its "

@@ -1,4 +1,5 @@
 """A tiny GPT-2 and byte-level BPE tokenizer built offline: for tests, CI and the demo."""
+
 from __future__ import annotations
 
 from collections.abc import Iterable

@@ -1,4 +1,5 @@
 """Fine-tuning with the transformers Trainer: base model in, fine-tuned model and settings out."""
+
 from __future__ import annotations
 
 import json
@@ -78,7 +79,11 @@ class LogCallback(TrainerCallback):
             self.mark = (now, step)
             log.info(
                 "step %d/%d | loss %.4f | lr %.1e | %.1f it/s",
-                step, state.max_steps, logs["loss"], logs.get("learning_rate", 0.0), speed,
+                step,
+                state.max_steps,
+                logs["loss"],
+                logs.get("learning_rate", 0.0),
+                speed,
             )
         elif "train_runtime" in logs:
             log.info("trained to step %d in %.1f s", state.global_step, logs["train_runtime"])
@@ -127,8 +132,9 @@ def resumed_metrics(cfg: TrainConfig, checkpoint: Path) -> dict:
     old = saved.get("config", {})
     changed = [k for k, v in cfg.to_json().items() if k not in RESUME_MAY_CHANGE and old.get(k, v) != v]
     if changed:
-        log.warning("resuming %s with settings other than it was saved with: %s", checkpoint,
-                    ", ".join(changed))
+        log.warning(
+            "resuming %s with settings other than it was saved with: %s", checkpoint, ", ".join(changed)
+        )
     return {k: v for k, v in saved.get("metrics", {}).items() if k.endswith("_before")}
 
 
@@ -181,8 +187,13 @@ def train(cfg: TrainConfig) -> Path:
         "skipped_no_context": examples.no_context,
         "dropped_too_long": dropped,
     }
-    log.info("base %s | %d train rows | %d eval rows | max length %d", last or cfg.base_model,
-             metrics["train_rows"], metrics["eval_rows"], max_length)
+    log.info(
+        "base %s | %d train rows | %d eval rows | max length %d",
+        last or cfg.base_model,
+        metrics["train_rows"],
+        metrics["eval_rows"],
+        max_length,
+    )
     args = training_arguments(cfg, checkpoints, has_eval=eval_set is not None)
     trainer = Trainer(
         model=model,
@@ -205,8 +216,13 @@ def train(cfg: TrainConfig) -> Path:
     metrics.update(step=trainer.state.global_step, train_loss=losses[-1] if losses else None)
     metrics.update(last_eval(history))
     if "eval_loss_before" in metrics and "eval_loss" in metrics:
-        log.info("eval loss %.4f -> %.4f | perplexity %.2f -> %.2f", metrics["eval_loss_before"],
-                 metrics["eval_loss"], metrics["perplexity_before"], metrics["perplexity"])
+        log.info(
+            "eval loss %.4f -> %.4f | perplexity %.2f -> %.2f",
+            metrics["eval_loss_before"],
+            metrics["eval_loss"],
+            metrics["perplexity_before"],
+            metrics["perplexity"],
+        )
     trainer.save_model(str(cfg.output))
     if trainer.is_world_process_zero():
         write_settings(cfg.output, cfg, metrics)
