@@ -26,17 +26,20 @@ from serve.health import is_alive
 from serve.supervisor import stub_processes
 from tests.conftest import start_launcher, tritonservers_of
 from tests.fake_telegram import FakeTelegram
-from tests.test_telegram import (
+from tests.test_telegram import (  # noqa: F401 (fixtures; tests/conftest.py is their place)
     CHAT,
     ROOT,
     bot_env,
     chatbot,
     generated,
-    no_leaked_threads,  # noqa: F401
+    no_leaked_threads,
     python_m_bot,
     running,
     saved_turns,
     say,
+    settings,
+    tg,
+    tokenizer,
 )
 
 # -- the model dies under `python -m serve`: the user waits, nobody acts -------------------------

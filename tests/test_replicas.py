@@ -23,14 +23,17 @@ from bot.settings import Settings
 from bot.telegram import build_application
 from serve.server import free_port
 from tests.fake_telegram import FakeTelegram
-from tests.test_telegram import (
+from tests.test_telegram import (  # noqa: F401 (fixtures; tests/conftest.py is their place)
     ROOT,
     bot_env,
     chatbot,
     generated,
+    no_leaked_threads,
     python_m_bot,
     running,
     say,
+    tg,
+    tokenizer,
 )
 
 CHATS, MESSAGES = 20, 5
