@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv system-deps demo test bench clean
+.PHONY: venv system-deps demo lint test bench clean
 
 $(STAMP): requirements/bot.txt requirements/dev.txt requirements/triton.txt Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -30,7 +30,13 @@ system-deps:
 demo: $(STAMP)
 	$(PY) -m demo
 
-test: $(STAMP) system-deps
+# ruff (lint and format, pyproject.toml) and mypy (strict for contract/, bot/, serve/).
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+test: lint system-deps
 	$(PY) -m pytest tests
 
 bench: $(STAMP)

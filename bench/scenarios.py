@@ -14,14 +14,26 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from bench.runners import prompts, run_ort, run_triton
 
 log = logging.getLogger("bench.scenarios")
-BEFORE = dict(gate=False, prompt_chunk=None)  # each conversation on its own, prompts whole
-AFTER = dict(gate=True, prompt_chunk=256)  # the bot's defaults
+
+
+@dataclass(frozen=True)
+class Mode:
+    gate: bool  # the client-side step gate (bot/step_gate.py)
+    prompt_chunk: int | None  # prompt tokens per step; None: the whole prompt in one
+
+
+MODES = {
+    "before": Mode(gate=False, prompt_chunk=None),  # each conversation on its own, prompts whole
+    "after": Mode(gate=True, prompt_chunk=256),  # the bot's defaults
+}
 
 
 def _client(url: str, model: str, gate: bool):
@@ -129,13 +141,13 @@ def churn(
                 ids,
                 SamplingConfig(max_new_tokens=length),
                 np.random.default_rng(u),
-                prompt_chunk=(BEFORE if mode == "before" else AFTER)["prompt_chunk"],
+                prompt_chunk=MODES[mode].prompt_chunk,
             )
             out.append((g, time.perf_counter() - t))
         return out
 
     async def everyone():
-        client = _client(url, "rudialogpt", (BEFORE if mode == "before" else AFTER)["gate"])
+        client = _client(url, "rudialogpt", MODES[mode].gate)
         try:
             t0 = time.perf_counter()
             done = await asyncio.gather(*(user(client, u) for u in range(users)))
@@ -163,10 +175,10 @@ def newcomer(url: str, n: int, prompt: int, long_prompt: int, vocab: int, new_to
 
     cfg = SamplingConfig.greedy(max_new_tokens=new_tokens, stop_ids=())
     batch, late = prompts(n, prompt, vocab, seed=3), prompts(1, long_prompt, vocab, seed=4)[0]
-    chunk = (BEFORE if mode == "before" else AFTER)["prompt_chunk"]
+    chunk = MODES[mode].prompt_chunk
 
     async def run():
-        client = _client(url, "rudialogpt", (BEFORE if mode == "before" else AFTER)["gate"])
+        client = _client(url, "rudialogpt", MODES[mode].gate)
         steps, arrived = [0], asyncio.Event()
         real_step = client.step
 
@@ -219,7 +231,7 @@ def run_scenarios(
     url: str, engine, vocab: int, prompt: int, long_prompt: int, n: int, new_tokens: int
 ) -> dict:
     """Every scenario, in one run against the server at `url`."""
-    out = {"sampled": sampled(url, engine, n, prompt, vocab, new_tokens)}
+    out: dict[str, Any] = {"sampled": sampled(url, engine, n, prompt, vocab, new_tokens)}
     log.info("sampled x%d: %s", n, out["sampled"])
     out["churn"] = [
         churn(url, n, 3, max(20, long_prompt // 2), vocab, new_tokens, m) for m in ("before", "after")

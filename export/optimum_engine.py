@@ -100,14 +100,16 @@ class OptimumEngine:
                 else:
                     runnable.append(i)
             while runnable:  # one ORT call per round; a sequence appears at most once per round
-                seen, batch, later = set(), [], []
+                seen: set[int] = set()
+                batch: list[int] = []
+                later: list[int] = []
                 for i in runnable:
                     (later if steps[i].sequence_id in seen else batch).append(i)
                     seen.add(steps[i].sequence_id)
                 for i, logits in zip(batch, self._run([steps[i] for i in batch]), strict=True):
                     results[i] = logits
                 runnable = later
-        return results
+        return [r if r is not None else StepError("no result (engine bug)") for r in results]
 
     def _in_place_group(self, steps: list[Step]) -> _Group | None:
         """The group these steps can run in as it is, or None when they must be gathered."""

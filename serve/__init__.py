@@ -4,7 +4,7 @@ Importing the package imports nothing else: the bot's image carries only `serve/
 """
 
 
-def __getattr__(name: str):
+def __getattr__(name: str) -> object:
     if name in ("TritonServer", "TritonServerError"):
         from serve import server
 

@@ -29,7 +29,7 @@ from contract import triton_io as io
 
 log = logging.getLogger(__name__)
 
-_ORT_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
+_ORT_DTYPES: dict[str, type[np.generic]] = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
 # A call's fixed cost in tokens of compute: merging two runs of rows into one call pays off when
 # the idle or padded rows that merging adds cost less than this. Measured on ruDialoGPT-small
 # with 2 CPU threads: a decode call of 1 row costs as much as ~6.5 rows more (weights are read
@@ -110,7 +110,7 @@ class KVBuffers:
         heads: int,
         slot_length: int,
         head_dim: int,
-        dtype,
+        dtype: type[np.generic],
         device: str = "cpu",
         device_id: int = 0,
     ):
@@ -135,7 +135,7 @@ class KVBuffers:
 
     def slot_numpy(self, k: int, slot: int) -> np.ndarray:
         """A host copy of buffer `k`'s slot (tests and debugging)."""
-        return self.values[k].numpy()[slot]
+        return np.asarray(self.values[k].numpy()[slot])
 
 
 class KVEngine:
@@ -274,15 +274,22 @@ class KVEngine:
         with self.lock:
             while pending:
                 seen: set[int] = set()
-                batch, later = [], []
+                batch: list[int] = []
+                later: list[int] = []
                 for i in pending:
                     (later if steps[i].sequence_id in seen else batch).append(i)
                     seen.add(steps[i].sequence_id)
                 self._round(steps, batch, results, seen)
                 pending = later
-        return results
+        return [r if r is not None else StepError("no result (engine bug)") for r in results]
 
-    def _round(self, steps: list[Step], batch: list[int], results: list, busy: set[int]) -> None:
+    def _round(
+        self,
+        steps: list[Step],
+        batch: list[int],
+        results: list[np.ndarray | StepError | None],
+        busy: set[int],
+    ) -> None:
         rows: list[_Row] = []
         for i in batch:
             step = steps[i]
@@ -345,7 +352,7 @@ class KVEngine:
         the call's longest context, as the kernel uses it to tell a first prompt from later steps."""
         return self.slot_length if self.ragged else int(seqlens_k.max()) + 1
 
-    def _run(self, call: list[_Row], results: list) -> None:
+    def _run(self, call: list[_Row], results: list[np.ndarray | StepError | None]) -> None:
         lo, hi = call[0].seq.slot, call[-1].seq.slot + 1
         width, rows = max(r.ids.size for r in call), hi - lo
         ids = np.zeros((rows, width), np.int64)

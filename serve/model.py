@@ -11,6 +11,7 @@ import json
 import os
 import threading
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
@@ -24,7 +25,7 @@ ENV_PROVIDER = "RUDIALOGPT_EXECUTION_PROVIDER"  # overrides the execution_provid
 class TritonPythonModel:
     """One instance: one ORT session and the caches of the sequences routed to it."""
 
-    def initialize(self, args):
+    def initialize(self, args: dict[str, str]) -> None:
         config = json.loads(args["model_config"])
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
         folder = Path(args["model_repository"]) / args["model_version"]
@@ -83,7 +84,7 @@ class TritonPythonModel:
             f"{e.kv.dtype.__name__} on {e.device}"
         )
 
-    def _sweep(self):
+    def _sweep(self) -> None:
         """Free slots of abandoned sequences even when no request comes.
 
         It never touches a metric: a Metric.set() that starts after the server died blocks
@@ -92,7 +93,7 @@ class TritonPythonModel:
         while not self.stop.wait(1.0):
             self.engine.evict_idle()
 
-    def _update_gauges(self):
+    def _update_gauges(self) -> None:
         usage = self.engine.usage()
         self.sequences_gauge.set(usage.sequences)
         self.tokens_gauge.set(usage.tokens)
@@ -100,8 +101,10 @@ class TritonPythonModel:
         self.active_rows_gauge.set(usage.active_rows)
         self.idle_rows_gauge.set(usage.idle_rows)
 
-    def execute(self, requests):
-        steps, errors = [], {}
+    def execute(self, requests: list[Any]) -> list[Any]:
+        """One response per request (pb_utils' request/response types are untyped)."""
+        steps: list[Step] = []
+        errors: dict[int, str] = {}
         for r, request in enumerate(requests):
             tensor = pb_utils.get_input_tensor_by_name(request, io.INPUT_IDS)
             ids = tensor.as_numpy() if tensor is not None else np.zeros((0, 0), np.int64)
@@ -123,7 +126,7 @@ class TritonPythonModel:
         except Exception as exc:  # an ORT failure: fail these requests, keep serving
             self.logger.log_error(f"rudialogpt: step failed: {exc!r}")
             results = iter([StepError(f"inference failed: {exc}")] * len(live))
-        responses = []
+        responses: list[Any] = []
         for r in range(len(requests)):
             result = StepError(errors[r]) if r in errors else next(results)
             if isinstance(result, StepError):
@@ -133,6 +136,6 @@ class TritonPythonModel:
         self._update_gauges()
         return responses
 
-    def finalize(self):
+    def finalize(self) -> None:
         self.stop.set()
         self.sweeper.join(timeout=2)

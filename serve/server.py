@@ -27,6 +27,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -46,7 +47,8 @@ def free_port() -> int:
     """A TCP port on 127.0.0.1 that is free right now."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        port: int = s.getsockname()[1]
+        return port
 
 
 def _wheel_root() -> Path:
@@ -94,7 +96,7 @@ def clean_stale() -> list[Path]:
 
 
 @contextlib.contextmanager
-def _no_file():
+def _no_file() -> Iterator[None]:
     yield None
 
 
@@ -111,8 +113,8 @@ class TritonServer:
     extra_args: list[str] = field(default_factory=list)  # more tritonserver flags
     ready_timeout: float = 120.0  # seconds to wait for /v2/health/ready
     model_python: Path | None = None  # venv that runs model.py; None: $TRITON_MODEL_PYTHON or .venv-triton
-    process: subprocess.Popen | None = field(default=None, init=False)
-    _watchdog: subprocess.Popen | None = field(default=None, init=False)
+    process: subprocess.Popen[bytes] | None = field(default=None, init=False)
+    _watchdog: subprocess.Popen[bytes] | None = field(default=None, init=False)
     _workdir: Path | None = field(default=None, init=False)
     _venv: Path | None = field(default=None, init=False)
     _python_version: str = field(default="", init=False)
@@ -169,6 +171,7 @@ class TritonServer:
         stub = root / "python_backend_stubs" / version / "triton_python_backend_stub"
         if not stub.exists():
             raise TritonServerError(f"nvidia-pytriton ships no python backend stub for Python {version}")
+        assert self._workdir is not None, "start() makes the work directory first"
         backends = self._workdir / "backends"
         shutil.copytree(root / "backends", backends, ignore=shutil.ignore_patterns("__pycache__"))
         shutil.copy2(stub, backends / "python" / stub.name)
@@ -195,6 +198,7 @@ class TritonServer:
 
     def environment(self, root: Path) -> dict[str, str]:
         env = dict(os.environ)
+        assert self._venv is not None, "start() finds the model's venv first"
         env["PATH"] = f"{self._venv / 'bin'}{os.pathsep}{env.get('PATH', '')}"
         # The copied stub loses its relative rpath to the wheel's bundled libraries.
         libdirs = [
@@ -253,11 +257,13 @@ class TritonServer:
     def is_ready(self) -> bool:
         try:
             with urllib.request.urlopen(f"http://{self.url}/v2/health/ready", timeout=2) as r:
-                return r.status == 200
+                return bool(r.status == 200)
         except (urllib.error.URLError, OSError):
             return False
 
     def wait_ready(self) -> None:
+        if self.process is None:
+            raise TritonServerError("wait_ready() before start()")
         deadline = time.monotonic() + self.ready_timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -304,5 +310,5 @@ class TritonServer:
     def __enter__(self) -> TritonServer:
         return self.start()
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.stop()

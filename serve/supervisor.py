@@ -88,7 +88,7 @@ def dead_stubs(server_pid: int) -> list[int]:
 
 
 def watch(
-    process: subprocess.Popen, url: str, model: str, rules: Supervision, stop: threading.Event
+    process: subprocess.Popen[bytes], url: str, model: str, rules: Supervision, stop: threading.Event
 ) -> str | None:
     """Block while the model lives; why it has to be replaced, or None once `stop` is set."""
     failures, next_probe = 0, time.monotonic() + rules.check_every
@@ -126,6 +126,7 @@ def supervise(
     backoff, replacements = rules.backoff_first, 0
     while not stop.is_set():
         server, started = make_server(), time.monotonic()
+        reason: str | None
         try:
             server.start()
         except TritonServerError as exc:
@@ -134,6 +135,7 @@ def supervise(
             reason = f"restart failed: {exc}"
         else:
             on_ready(server)
+            assert server.process is not None, "start() returned, so the process runs"
             reason = watch(server.process, server.url, model, rules, stop)
         if reason is None:
             server.stop()
@@ -157,7 +159,7 @@ def supervise(
 # ---- the container entrypoint ------------------------------------------------------------------
 
 
-def wait_alive(process: subprocess.Popen, url: str, model: str, timeout: float) -> str | None:
+def wait_alive(process: subprocess.Popen[bytes], url: str, model: str, timeout: float) -> str | None:
     """Wait until the model answers a probe; the reason if tritonserver exits or time runs out."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -176,7 +178,7 @@ def run_container(command: list[str], url: str, model: str, rules: Supervision, 
     process = subprocess.Popen(command, start_new_session=True)
     stop = threading.Event()
 
-    def forward(signum, _frame):  # docker stop / pod deletion: a graceful stop of Triton
+    def forward(signum: int, _frame: object) -> None:  # docker stop / pod deletion: a graceful stop of Triton
         stop.set()
         os.killpg(process.pid, signum)
 
