@@ -19,6 +19,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import cast
 
 import numpy as np
 import onnxruntime as ort
@@ -100,14 +101,16 @@ class OptimumEngine:
                 else:
                     runnable.append(i)
             while runnable:  # one ORT call per round; a sequence appears at most once per round
-                seen, batch, later = set(), [], []
+                seen: set[int] = set()
+                batch: list[int] = []
+                later: list[int] = []
                 for i in runnable:
                     (later if steps[i].sequence_id in seen else batch).append(i)
                     seen.add(steps[i].sequence_id)
                 for i, logits in zip(batch, self._run([steps[i] for i in batch]), strict=True):
                     results[i] = logits
                 runnable = later
-        return results
+        return cast(list[np.ndarray | StepError], results)  # every step has its result by now
 
     def _in_place_group(self, steps: list[Step]) -> _Group | None:
         """The group these steps can run in as it is, or None when they must be gathered."""
