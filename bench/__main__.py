@@ -20,6 +20,9 @@ import numpy as np
 from bench.report import write_report
 from bench.runners import prompts, run_ort, run_transformers, run_triton
 from bench.scenarios import run_scenarios
+from contract import triton_io as io
+
+INT8_MODEL = f"{io.DEFAULT_MODEL_NAME}_int8"  # the int8 export, served beside the fp32 one
 
 log = logging.getLogger("bench")
 
@@ -90,8 +93,8 @@ def main(argv: list[str] | None = None) -> int:
     repo = work / "model_repository"
     most = max(int(c) for c in args.concurrency.split(","))
     serving = ServingConfig(intra_op_threads=args.threads, kv_slots=most, max_batch_size=most)
-    for name, quantize in (("rudialogpt", None), ("rudialogpt_int8", "int8")):
-        if not (repo / name / "1" / "model.onnx").exists():
+    for name, quantize in ((io.DEFAULT_MODEL_NAME, None), (INT8_MODEL, "int8")):
+        if not (repo / name / "1" / io.ONNX_FILE).exists():
             t0 = time.monotonic()
             export(ckpt, repo, name=name, quantize=quantize, serving=serving)
             log.info("exported %s in %.0f s", name, time.monotonic() - t0)
@@ -100,7 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     model = AutoModelForCausalLM.from_pretrained(ckpt).eval()
     conc = [int(c) for c in args.concurrency.split(",")]
     engine = KVEngine(
-        make_session(str(repo / "rudialogpt" / "1" / "model.onnx"), threads=args.threads), slots=max(conc)
+        make_session(str(repo / io.DEFAULT_MODEL_NAME / "1" / io.ONNX_FILE), threads=args.threads),
+        slots=max(conc),
     )
     engine_v1 = OptimumEngine(
         make_session(str(work / "optimum" / "model.onnx"), threads=args.threads),
@@ -117,8 +121,8 @@ def main(argv: list[str] | None = None) -> int:
             "transformers": lambda b: run_transformers(model, b, args.new_tokens),
             "ort_v1": lambda b: run_ort(engine_v1, b, args.new_tokens),
             "ort": lambda b: run_ort(engine, b, args.new_tokens),
-            "triton_fp32": lambda b: run_triton(server.url, "rudialogpt", b, args.new_tokens),
-            "triton_int8": lambda b: run_triton(server.url, "rudialogpt_int8", b, args.new_tokens),
+            "triton_fp32": lambda b: run_triton(server.url, io.DEFAULT_MODEL_NAME, b, args.new_tokens),
+            "triton_int8": lambda b: run_triton(server.url, INT8_MODEL, b, args.new_tokens),
         }
         for backend, runner in runners.items():
             runner(prompts(1, 16, vocab, seed=99))  # warm-up: sessions, allocators, connections

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from bench.__main__ import SHAPES, build_model, summarize
 from bench.runners import prompts, run_ort, run_triton
+from contract import triton_io as io
 
 log = logging.getLogger("bench.gpu_check")
 
@@ -49,12 +50,11 @@ def main(argv: list[str] | None = None) -> int:
     work = args.out / f"gpu-{args.shape}"
     ckpt = build_model(args.shape, work / "checkpoint")
     repo = work / "model_repository"
-    result = export(
-        ckpt, repo, fp16=True, device="cuda", serving=ServingConfig(kv_slots=8, max_queue_delay_us=200)
-    )
+    serving = ServingConfig(max_queue_delay_us=200)
+    result = export(ckpt, repo, fp16=True, device="cuda", serving=serving)
     onnx_path = str(result.onnx_file)
     dev = verify.check_graph(result.onnx_file, verify.torch_reference(ckpt), "cuda")
-    engine = KVEngine(make_session(onnx_path, "cuda"), slots=8)
+    engine = KVEngine(make_session(onnx_path, "cuda"), slots=serving.kv_slots)
     on_device = engine.kv.values[0].device_name().lower()
     assert on_device == "cuda", f"KV buffers are on {on_device}, not the GPU"
     report = {
@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     with TritonServer(
         repo, free_port(), free_port(), free_port(), log_file=log_file, model_python=args.model_python
     ) as server:
-        run_triton(server.url, "rudialogpt", prompts(1, 16, vocab, seed=99), 8)
+        run_triton(server.url, io.DEFAULT_MODEL_NAME, prompts(1, 16, vocab, seed=99), 8)
         for length in (50, 1000):
             for n in (1, 8):
                 report["rows"].append(
@@ -92,7 +92,10 @@ def main(argv: list[str] | None = None) -> int:
                         "concurrency": n,
                         **summarize(
                             run_triton(
-                                server.url, "rudialogpt", prompts(n, length, vocab, seed=n + length), 40
+                                server.url,
+                                io.DEFAULT_MODEL_NAME,
+                                prompts(n, length, vocab, seed=n + length),
+                                40,
                             )
                         ),
                     }

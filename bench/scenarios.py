@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from bench.runners import prompts, run_ort, run_triton
+from contract import triton_io as io
 
 log = logging.getLogger("bench.scenarios")
 
@@ -68,13 +69,13 @@ def sampled(url: str, engine, n: int, prompt: int, vocab: int, new_tokens: int) 
 
     rows = []
     for backend in ("ort", "triton_fp32"):
-        before = model_stats(url, "rudialogpt")
+        before = model_stats(url, io.DEFAULT_MODEL_NAME)
         timing = (
             run_ort(engine, batch, new_tokens, pick)
             if backend == "ort"
-            else run_triton(url, "rudialogpt", batch, new_tokens, sampling=cfg)
+            else run_triton(url, io.DEFAULT_MODEL_NAME, batch, new_tokens, sampling=cfg)
         )
-        after = model_stats(url, "rudialogpt")
+        after = model_stats(url, io.DEFAULT_MODEL_NAME)
         rows.append(
             {
                 "scenario": "sampled",
@@ -147,7 +148,7 @@ def churn(
         return out
 
     async def everyone():
-        client = _client(url, "rudialogpt", MODES[mode].gate)
+        client = _client(url, io.DEFAULT_MODEL_NAME, MODES[mode].gate)
         try:
             t0 = time.perf_counter()
             done = await asyncio.gather(*(user(client, u) for u in range(users)))
@@ -178,7 +179,7 @@ def newcomer(url: str, n: int, prompt: int, long_prompt: int, vocab: int, new_to
     chunk = MODES[mode].prompt_chunk
 
     async def run():
-        client = _client(url, "rudialogpt", MODES[mode].gate)
+        client = _client(url, io.DEFAULT_MODEL_NAME, MODES[mode].gate)
         steps, arrived = [0], asyncio.Event()
         real_step = client.step
 

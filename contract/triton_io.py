@@ -38,6 +38,13 @@ PARAM_NUM_HEADS = "num_heads"
 PARAM_HEAD_DIM = "head_dim"
 META_RAGGED_CHUNKS = "ragged_chunks"  # serving graph metadata: "1" if rows may carry chunks of any length
 
+# Serving defaults, one definition each: export writes them into config.pbtxt (ServingConfig in
+# export/triton_config.py), model.py reads what config.pbtxt says, and the engine (serve/engine.py)
+# uses them when it is built directly (tests, bench).
+ONNX_FILE = "model.onnx"  # the served graph in the model's version folder
+DEFAULT_KV_SLOTS = 8  # KV-cache slots: sequences generating at once (each holds one from START to END)
+DEFAULT_IDLE_SECONDS = 60  # a sequence idle this long is freed (Triton's sequence slot and its KV slot)
+
 # ONNX inputs and outputs. The serving graph (export/serving_graph.py) and optimum's export of
 # GPT-2 with task "text-generation-with-past" (the reference) share the first four names.
 ONNX_INPUT_IDS = "input_ids"  # int64 [rows, chunk]

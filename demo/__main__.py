@@ -52,7 +52,7 @@ def ensure_checkpoint(output: Path, data: Path, base_model: str, steps: int) -> 
 
 
 def ensure_export(checkpoint: Path, repository: Path) -> Path:
-    model = repository / io.DEFAULT_MODEL_NAME / "1" / "model.onnx"
+    model = repository / io.DEFAULT_MODEL_NAME / "1" / io.ONNX_FILE
     weights = checkpoint / "model.safetensors"
     if model.exists() and weights.exists() and model.stat().st_mtime >= weights.stat().st_mtime:
         stage(2, f"export: reusing {model.parent.parent} (newer than the checkpoint)")

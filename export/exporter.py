@@ -15,7 +15,7 @@ import onnx
 
 from contract import triton_io as io
 from export.replace import replace_dir
-from export.triton_config import ServingConfig, render, validate
+from export.triton_config import ServingConfig, render
 
 log = logging.getLogger(__name__)
 
@@ -200,22 +200,20 @@ def export(
         model_dir = staging / name
         version = model_dir / "1"
         version.mkdir(parents=True)
-        serving = replace(serving, onnx_file="model.onnx")
+        serving = replace(serving, onnx_file=io.ONNX_FILE)
         for f in staging.glob(onnx_path.name + "*"):  # the model and any external-data file
             shutil.move(str(f), version / f.name.replace(onnx_path.stem, "model", 1))
         for src, dst in SERVER_FILES.items():
             shutil.copy2(src, version / dst)
         shutil.copytree(ROOT / "contract", version / "contract", ignore=shutil.ignore_patterns("__pycache__"))
         _save_tokenizer(checkpoint, model_dir / io.TOKENIZER_DIR)
-        text = render(serving)
-        validate(text)
-        (model_dir / "config.pbtxt").write_text(text)
+        (model_dir / "config.pbtxt").write_text(render(serving))
 
         final = repository / name
         replace_dir(model_dir, final)  # the old or the new model is complete at every instant
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    size = sum(f.stat().st_size for f in (final / "1").glob("model.onnx*"))
+    size = sum(f.stat().st_size for f in (final / "1").glob(io.ONNX_FILE + "*"))
     log.info(
         "wrote %s (model %.1f MB; KV slots %d x %d positions = %.1f MB) in %.1f s",
         final,
@@ -227,7 +225,7 @@ def export(
     )
     return ExportResult(
         final,
-        final / "1" / "model.onnx",
+        final / "1" / io.ONNX_FILE,
         dev.max_abs,
         qdiff,
         qtop1,

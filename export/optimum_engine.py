@@ -19,6 +19,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import cast
 
 import numpy as np
 import onnxruntime as ort
@@ -109,7 +110,7 @@ class OptimumEngine:
                 for i, logits in zip(batch, self._run([steps[i] for i in batch]), strict=True):
                     results[i] = logits
                 runnable = later
-        return [r if r is not None else StepError("no result (engine bug)") for r in results]
+        return cast(list[np.ndarray | StepError], results)  # every step has its result by now
 
     def _in_place_group(self, steps: list[Step]) -> _Group | None:
         """The group these steps can run in as it is, or None when they must be gathered."""

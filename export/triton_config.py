@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from google.protobuf import text_format
 
 from contract import triton_io as io
+
+if TYPE_CHECKING:  # tritonclient's gRPC package loads grpc: imported where a config is built
+    from tritonclient.grpc.model_config_pb2 import ModelConfig
 
 
 @dataclass
@@ -19,14 +23,18 @@ class ServingConfig:
     execution_provider: str = "cpu"  # "cpu" here, "cuda" on a GPU host
     intra_op_threads: int = 0  # onnxruntime threads per instance; 0 lets ORT choose
     max_batch_size: int = 8  # most requests Triton hands one execute()
-    kv_slots: int = 8  # KV-cache slots = sequences generating at once (others queue); +1 for the probe
+    kv_slots: int = (
+        io.DEFAULT_KV_SLOTS
+    )  # KV-cache slots = sequences generating at once (others queue); +1 for the probe
     slot_length: int = 0  # positions per slot = longest context a sequence may reach; 0: max_positions
     kv_dtype_bytes: int = 4  # bytes per cached value: 4 (fp32), 2 (fp16); set by export
     layers: int = 0  # model shape, for the memory estimate; set by export
     hidden: int = 0
     max_queue_delay_us: int = 2000  # how long a step may wait for the rest of its round (lone ones: all)
-    idle_seconds: int = 60  # a sequence idle this long is freed (Triton's slot and our cache)
-    onnx_file: str = "model.onnx"  # the model's file in the version folder
+    idle_seconds: int = (
+        io.DEFAULT_IDLE_SECONDS
+    )  # a sequence idle this long is freed (Triton's slot and our cache)
+    onnx_file: str = io.ONNX_FILE  # the model's file in the version folder
 
     @property
     def context(self) -> int:
@@ -39,8 +47,32 @@ class ServingConfig:
         return (self.kv_slots + 1) * self.context * self.layers * 2 * self.hidden * self.kv_dtype_bytes
 
 
-def render(cfg: ServingConfig) -> str:
-    """The config.pbtxt text for `cfg`."""
+def model_config(cfg: ServingConfig) -> ModelConfig:
+    """Triton's ModelConfig protobuf for `cfg`: what config.pbtxt holds."""
+    from tritonclient.grpc import model_config_pb2 as pb
+
+    config = pb.ModelConfig(name=cfg.name, backend="python", max_batch_size=cfg.max_batch_size)
+    # The step's new token ids: the prompt with START, then one token; a prompt and single tokens
+    # share one execute() (ragged batch).
+    config.input.add(
+        name=io.INPUT_IDS,
+        data_type=pb.DataType.Value(f"TYPE_{io.INPUT_IDS_DTYPE}"),
+        dims=[-1],
+        allow_ragged_batch=True,
+    )
+    # Next-token logits of the last position.
+    config.output.add(
+        name=io.LOGITS, data_type=pb.DataType.Value(f"TYPE_{io.LOGITS_DTYPE}"), dims=[cfg.vocab_size]
+    )
+    # One generation = one sequence (correlation id); its KV cache lives in the model instance.
+    batching = config.sequence_batching
+    batching.max_sequence_idle_microseconds = cfg.idle_seconds * 1_000_000
+    batching.oldest.max_candidate_sequences = cfg.kv_slots + 1  # one per KV slot, one for the probe
+    batching.oldest.preferred_batch_size.append(cfg.max_batch_size)
+    batching.oldest.max_queue_delay_microseconds = cfg.max_queue_delay_us
+    # KIND_CPU also on a GPU host: the python backend places nothing itself; the model's
+    # onnxruntime session (execution_provider) puts the graph and the KV slots on the GPU.
+    config.instance_group.add(count=1, kind=pb.ModelInstanceGroup.KIND_CPU)
     params = {
         io.PARAM_ONNX_FILE: cfg.onnx_file,
         io.PARAM_EXECUTION_PROVIDER: cfg.execution_provider,
@@ -51,50 +83,25 @@ def render(cfg: ServingConfig) -> str:
         io.PARAM_KV_SLOTS: cfg.kv_slots,
         io.PARAM_SLOT_LENGTH: cfg.context,
     }
-    param_text = "\n".join(
-        f'parameters {{ key: "{k}" value {{ string_value: "{v}" }} }}' for k, v in params.items()
+    for key, value in params.items():
+        config.parameters[key].string_value = str(value)
+    return config
+
+
+def render(cfg: ServingConfig) -> str:
+    """The config.pbtxt text for `cfg`: model_config(cfg) in protobuf text format, after a comment."""
+    header = (
+        "# Written by `python -m export` (export/triton_config.py); the same file serves on the CPU\n"
+        "# here and on a GPU host. One generation = one Triton sequence; its KV cache stays in the\n"
+        "# model instance (python backend: model.py + engine.py), one candidate sequence per KV slot\n"
+        "# plus one for the liveness probe. KIND_CPU also on a GPU host: the model's onnxruntime\n"
+        "# session (the execution_provider parameter) puts the graph and the KV slots on the GPU.\n"
+        f"# KV slots: {cfg.kv_slots} x {cfg.context} positions = {cfg.kv_bytes / 1e6:.1f} MB.\n"
     )
-    return f"""# Written by `python -m export`; the same file serves on the CPU here and on a GPU host.
-name: "{cfg.name}"
-backend: "python"
-max_batch_size: {cfg.max_batch_size}
-
-input [
-  {{
-    name: "{io.INPUT_IDS}"  # the step's new token ids: the prompt with START, then one token
-    data_type: TYPE_{io.INPUT_IDS_DTYPE}
-    dims: [ -1 ]
-    allow_ragged_batch: true  # a prompt and single tokens share one execute()
-  }}
-]
-output [
-  {{
-    name: "{io.LOGITS}"  # next-token logits of the last position
-    data_type: TYPE_{io.LOGITS_DTYPE}
-    dims: [ {cfg.vocab_size} ]
-  }}
-]
-
-# One generation = one sequence (correlation id); its KV cache lives in the model instance.
-sequence_batching {{
-  max_sequence_idle_microseconds: {cfg.idle_seconds * 1_000_000}
-  oldest {{
-    max_candidate_sequences: {cfg.kv_slots + 1}  # one per KV slot, one for the liveness probe
-    preferred_batch_size: [ {cfg.max_batch_size} ]
-    max_queue_delay_microseconds: {cfg.max_queue_delay_us}
-  }}
-}}
-
-# KIND_CPU also on a GPU host: the python backend places nothing itself; the model's
-# onnxruntime session (execution_provider) puts the graph and the KV slots on the GPU.
-# KV slots: {cfg.kv_slots} x {cfg.context} positions = {cfg.kv_bytes / 1e6:.1f} MB.
-instance_group [ {{ count: 1, kind: KIND_CPU }} ]
-
-{param_text}
-"""
+    return header + text_format.MessageToString(model_config(cfg))
 
 
-def validate(text: str):
+def validate(text: str) -> ModelConfig:
     """Parse config text into Triton's ModelConfig protobuf; raises ValueError naming the problem."""
     from tritonclient.grpc import model_config_pb2
 

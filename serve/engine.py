@@ -144,9 +144,9 @@ class KVEngine:
     def __init__(
         self,
         session: ort.InferenceSession,
-        slots: int = 8,
+        slots: int = io.DEFAULT_KV_SLOTS,
         slot_length: int | None = None,
-        idle_seconds: float = 60.0,
+        idle_seconds: float = io.DEFAULT_IDLE_SECONDS,
         device_id: int = 0,
     ):
         self.session = session

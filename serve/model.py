@@ -29,11 +29,11 @@ class TritonPythonModel:
         config = json.loads(args["model_config"])
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
         folder = Path(args["model_repository"]) / args["model_version"]
-        provider = os.environ.get(ENV_PROVIDER) or params.get(io.PARAM_EXECUTION_PROVIDER, "cpu")
+        provider = os.environ.get(ENV_PROVIDER) or params[io.PARAM_EXECUTION_PROVIDER]
         session = make_session(
-            str(folder / params.get(io.PARAM_ONNX_FILE, "model.onnx")),
+            str(folder / params[io.PARAM_ONNX_FILE]),
             provider,
-            int(params.get(io.PARAM_INTRA_OP_THREADS, "0")),
+            int(params[io.PARAM_INTRA_OP_THREADS]),
             int(args.get("model_instance_device_id", 0) or 0),
         )
         self.engine = KVEngine(

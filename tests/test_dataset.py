@@ -6,11 +6,12 @@ import csv
 from pathlib import Path
 
 import pytest
+import torch
 from datasets import Dataset
 
 from contract.dialogue import FIRST, SECOND, format_example
 from training.config import ConfigError
-from training.data import IGNORE, DataError, PadCollator, build_dataset, load_examples, read_csv, split
+from training.data import IGNORE, DataError, build_dataset, collator, load_examples, read_csv, split
 from training.tiny import train_tokenizer
 
 HEADER = "context_1,context_2,context_3,response\n"
@@ -168,16 +169,19 @@ def test_prompt_must_tokenize_as_prefix():
         build_dataset([format_example(["a"], "b")], merging_tokenizer, 64)
 
 
-def test_collator_pads_ids_mask_and_labels():
-    batch = PadCollator(pad_id=0)(
+def test_collator_pads_on_the_right_with_the_pad_id_no_attention_and_ignored_labels(tokenizer):
+    pad = tokenizer.pad_token_id
+    batch = collator(tokenizer)(
         [
             {"input_ids": [5, 6, 7], "labels": [IGNORE, 6, 7]},
             {"input_ids": [8], "labels": [8]},
         ]
     )
-    assert batch["input_ids"].tolist() == [[5, 6, 7], [8, 0, 0]]
+    assert set(batch) == {"input_ids", "attention_mask", "labels"}
+    assert batch["input_ids"].tolist() == [[5, 6, 7], [8, pad, pad]]
     assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
     assert batch["labels"].tolist() == [[IGNORE, 6, 7], [8, IGNORE, IGNORE]]
+    assert all(t.dtype == torch.int64 for t in batch.values())
 
 
 @pytest.mark.parametrize(

@@ -10,7 +10,7 @@ import pytest
 
 from contract import triton_io as io
 from export import ExportError, ServingConfig, export
-from export.triton_config import render, validate
+from export.triton_config import model_config, render, validate
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -64,11 +64,23 @@ def test_export_checks_against_pytorch_and_optimum_and_keeps_the_given_config(tm
         export(tiny_checkpoint, tmp_path, serving=ServingConfig(kv_slots=3, max_batch_size=4))
 
 
-def test_rendered_config_parses_for_every_setting():
-    for cfg in (ServingConfig(), ServingConfig(execution_provider="cuda", max_batch_size=16)):
+def test_rendered_config_is_the_model_config_and_carries_every_setting():
+    for cfg in (
+        ServingConfig(),
+        ServingConfig(
+            execution_provider="cuda", max_batch_size=16, kv_slots=16, idle_seconds=5, max_queue_delay_us=7
+        ),
+    ):
         parsed = validate(render(cfg))
-        assert parsed.max_batch_size == cfg.max_batch_size
+        assert parsed == model_config(cfg)  # the text is the protobuf, comments aside
+        batching = parsed.sequence_batching
+        assert parsed.max_batch_size == cfg.max_batch_size == batching.oldest.preferred_batch_size[0]
+        assert batching.max_sequence_idle_microseconds == cfg.idle_seconds * 1_000_000
+        assert batching.oldest.max_queue_delay_microseconds == cfg.max_queue_delay_us
+        assert batching.oldest.max_candidate_sequences == cfg.kv_slots + 1
         assert parsed.parameters[io.PARAM_EXECUTION_PROVIDER].string_value == cfg.execution_provider
+        assert parsed.parameters[io.PARAM_KV_SLOTS].string_value == str(cfg.kv_slots)
+        assert parsed.output[0].dims == [cfg.vocab_size]
 
 
 def test_broken_config_is_rejected():

@@ -18,9 +18,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from contract.dialogue import FIRST, MARKERS, SECOND, build_prompt
 from training.__main__ import main, parse_args
 from training.config import TINY, ConfigError, TrainConfig
-from training.data import load_examples
+from training.data import collator, load_examples
 from training.tiny import build_tiny
-from training.train import CHECKPOINTS, CONFIG_FILE, train
+from training.train import CHECKPOINTS, CONFIG_FILE, load_base, train
 
 ROOT = Path(__file__).parents[1]
 SAMPLE = ROOT / "training" / "data.csv"
@@ -239,3 +239,15 @@ def test_cli_bad_csv_exits_2_without_traceback(tmp_path):
 def test_folder_without_model_is_a_clear_error(tmp_path):
     with pytest.raises(ConfigError, match="must hold a model saved with save_pretrained"):
         train(TrainConfig(data=SAMPLE, output=tmp_path / "out", base_model=str(tmp_path)))
+
+
+def test_a_base_that_pads_on_the_left_is_padded_on_the_right(tiny_checkpoint, tmp_path):
+    """GPT-2's positions start at each row's first token: the collator must pad after it."""
+    base = shutil.copytree(tiny_checkpoint, tmp_path / "base", ignore=shutil.ignore_patterns(CHECKPOINTS))
+    config = json.loads((base / "tokenizer_config.json").read_text())
+    (base / "tokenizer_config.json").write_text(json.dumps({**config, "padding_side": "left"}))
+    assert AutoTokenizer.from_pretrained(base).padding_side == "left"
+    _, tokenizer = load_base(TrainConfig(data=SAMPLE, output=tmp_path / "out"), [], str(base))
+    batch = collator(tokenizer)([{"input_ids": [5, 6], "labels": [5, 6]}, {"input_ids": [7], "labels": [7]}])
+    assert batch["input_ids"].tolist() == [[5, 6], [7, tokenizer.pad_token_id]]
+    assert batch["attention_mask"].tolist() == [[1, 1], [1, 0]]

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
-import torch
 from datasets import Dataset
+from transformers import DataCollatorForSeq2Seq
 
 from contract.dialogue import FIRST, SECOND, clean_turn, format_example
 from training.config import ConfigError
@@ -160,21 +160,7 @@ def split(dataset: Dataset, eval_fraction: float, seed: int) -> tuple[Dataset, D
     return parts["train"], parts["test"]
 
 
-@dataclass
-class PadCollator:
-    """Pads a batch on the right: input_ids with the pad id, attention_mask 0, labels IGNORE."""
-
-    pad_id: int
-
-    def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
-        """One batch of tensors from dataset rows."""
-        width = max(len(r["input_ids"]) for r in rows)
-
-        def pad(values: list[int], fill: int) -> list[int]:
-            return list(values) + [fill] * (width - len(values))
-
-        return {
-            "input_ids": torch.tensor([pad(r["input_ids"], self.pad_id) for r in rows]),
-            "attention_mask": torch.tensor([pad([1] * len(r["input_ids"]), 0) for r in rows]),
-            "labels": torch.tensor([pad(r["labels"], IGNORE) for r in rows]),
-        }
+def collator(tokenizer) -> DataCollatorForSeq2Seq:
+    """Pads a batch on the tokenizer's side (right: load_base sees to it) with its pad id,
+    attention_mask 0 and labels IGNORE: transformers' own collator does exactly this."""
+    return DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=IGNORE)

@@ -8,7 +8,7 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
-from contract.dialogue import FIRST, MARKERS
+from contract.dialogue import MARKERS
 
 PAD, BOS, EOS, UNK = "<pad>", "<s>", "</s>", "<unk>"  # the kinds of special tokens ruDialoGPT has
 VOCAB_SIZE = 1500  # upper bound; a small corpus may yield fewer merges
@@ -38,6 +38,7 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = VOCAB_SIZE) -> PreTr
         additional_special_tokens=list(MARKERS),
         model_input_names=["input_ids", "attention_mask"],  # no token_type_ids: generate refuses them
         model_max_length=SHAPE["n_positions"],
+        padding_side="right",  # what training's collator pads (load_base sets it for every base)
     )
 
 
@@ -52,6 +53,4 @@ def build_tiny(texts: Iterable[str], seed: int = 0) -> tuple[GPT2LMHeadModel, Pr
         **SHAPE,
     )
     torch.manual_seed(seed)
-    model = GPT2LMHeadModel(config)
-    model.generation_config.eos_token_id = [tokenizer.convert_tokens_to_ids(FIRST), tokenizer.eos_token_id]
-    return model, tokenizer
+    return GPT2LMHeadModel(config), tokenizer  # training.train.load_base sets where generation stops

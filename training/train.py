@@ -22,7 +22,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoin
 
 from contract.dialogue import FIRST, MARKERS
 from training.config import TINY, ConfigError, TrainConfig
-from training.data import PadCollator, build_dataset, load_examples, split
+from training.data import build_dataset, collator, load_examples, split
 from training.tiny import build_tiny
 
 log = logging.getLogger(__name__)
@@ -37,7 +37,25 @@ def load_base(cfg: TrainConfig, texts: list[str], source: str | None = None):
     """The model and tokenizer to start from: `source` (a checkpoint), cfg.base_model, or tiny."""
     source = source or cfg.base_model
     if source == TINY:
-        return build_tiny(texts, cfg.seed)
+        model, tokenizer = build_tiny(texts, cfg.seed)
+    else:
+        model, tokenizer = load_pretrained(source)
+    for marker in MARKERS:
+        if len(tokenizer(marker, add_special_tokens=False)["input_ids"]) != 1:
+            raise ConfigError(f"the tokenizer of {source!r} has no single token for {marker}")
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "right"  # the collator pads here: GPT-2's positions start at each row's start
+    model.config.pad_token_id = tokenizer.pad_token_id
+    gen = model.generation_config
+    assert gen is not None  # a causal LM always has one
+    gen.pad_token_id = tokenizer.pad_token_id
+    gen.eos_token_id = [tokenizer.convert_tokens_to_ids(FIRST), tokenizer.eos_token_id]  # a reply stops here
+    return model, tokenizer
+
+
+def load_pretrained(source: str):
+    """A saved model and its tokenizer (hub name or folder), or a ConfigError that names the fix."""
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)
         model = AutoModelForCausalLM.from_pretrained(source)
@@ -50,19 +68,14 @@ def load_base(cfg: TrainConfig, texts: list[str], source: str | None = None):
             "model (--base-model PATH), or --base-model tiny for an offline test model"
         )
         raise ConfigError(f"cannot load base model {source!r} ({cause}); {hint}") from None
-    for marker in MARKERS:
-        if len(tokenizer(marker, add_special_tokens=False)["input_ids"]) != 1:
-            raise ConfigError(f"the tokenizer of {source!r} has no single token for {marker}")
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    model.config.pad_token_id = tokenizer.pad_token_id
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.generation_config.eos_token_id = [tokenizer.convert_tokens_to_ids(FIRST), tokenizer.eos_token_id]
     return model, tokenizer
 
 
 class LogCallback(TrainerCallback):
-    """One log line per logging step and per evaluation, from the main process only."""
+    """The Trainer's log entries as `logging` lines from the main process, in place of its
+    PrinterCallback's print()ed dicts. Adds what its entries lack: the step of max_steps, steps
+    per second since the previous line (the Trainer only reports an average over the run, counted
+    wrong after --resume), and the eval perplexity."""
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.mark = (time.perf_counter(), state.global_step)
@@ -180,7 +193,7 @@ def train(cfg: TrainConfig) -> Path:
         raise ConfigError(f"--max-length {max_length} exceeds the model's {positions} positions")
     dataset, dropped = build_dataset(examples.pairs, tokenizer, max_length, cfg.full_text_loss)
     train_set, eval_set = split(dataset, cfg.eval_fraction, cfg.seed)
-    metrics = {
+    metrics: dict[str, float | None] = {
         "train_rows": len(train_set),
         "eval_rows": len(eval_set) if eval_set is not None else 0,
         "skipped_no_response": examples.no_response,
@@ -200,7 +213,7 @@ def train(cfg: TrainConfig) -> Path:
         args=args,
         train_dataset=train_set,
         eval_dataset=eval_set,
-        data_collator=PadCollator(tokenizer.pad_token_id),
+        data_collator=collator(tokenizer),
         processing_class=tokenizer,
         callbacks=[LogCallback(), CheckpointCallback(cfg, metrics)],
     )
