@@ -23,17 +23,14 @@ class ServingConfig:
     execution_provider: str = "cpu"  # "cpu" here, "cuda" on a GPU host
     intra_op_threads: int = 0  # onnxruntime threads per instance; 0 lets ORT choose
     max_batch_size: int = 8  # most requests Triton hands one execute()
-    kv_slots: int = (
-        io.DEFAULT_KV_SLOTS
-    )  # KV-cache slots = sequences generating at once (others queue); +1 for the probe
+    # KV-cache slots = sequences generating at once (others queue); +1 for the probe
+    kv_slots: int = io.DEFAULT_KV_SLOTS
     slot_length: int = 0  # positions per slot = longest context a sequence may reach; 0: max_positions
     kv_dtype_bytes: int = 4  # bytes per cached value: 4 (fp32), 2 (fp16); set by export
     layers: int = 0  # model shape, for the memory estimate; set by export
     hidden: int = 0
     max_queue_delay_us: int = 2000  # how long a step may wait for the rest of its round (lone ones: all)
-    idle_seconds: int = (
-        io.DEFAULT_IDLE_SECONDS
-    )  # a sequence idle this long is freed (Triton's slot and our cache)
+    idle_seconds: int = io.DEFAULT_IDLE_SECONDS  # a sequence idle this long is freed (slot and cache)
     onnx_file: str = io.ONNX_FILE  # the model's file in the version folder
 
     @property
