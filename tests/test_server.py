@@ -182,8 +182,17 @@ def test_step_of_unknown_sequence_is_refused(client):
 
 
 def test_metrics_count_successes(triton, client, sample_ids):
-    step(client, 801, sample_ids, start=True, end=True)
-    assert metric(triton.metrics_url, "nv_inference_request_success", model="rudialogpt") > 0
+    """Two answered requests and a refused one: the success count grows by exactly two."""
+    successes = lambda: metric(triton.metrics_url, "nv_inference_request_success", model="rudialogpt")  # noqa: E731
+    before = successes()
+    step(client, 801, sample_ids, start=True)
+    with pytest.raises(InferenceServerException):
+        step(client, 802, [5])  # no START: refused
+    step(client, 801, [5], end=True)
+    deadline = time.monotonic() + 5
+    while successes() < before + 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert successes() == before + 2
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
