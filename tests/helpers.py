@@ -106,12 +106,14 @@ def scrape(url: str) -> list[Metric]:
 
 
 def metric(url: str, name: str, **labels: str) -> float:
-    """The value of the one sample `name` at `url` whose labels include `labels`."""
+    """The value of the one sample `name` at `url` whose labels include `labels`. (The parser
+    names a counter's sample `<name>_total` also where the server, like Triton, does not.)"""
     found = [
         s.value
         for family in scrape(url)
         for s in family.samples
-        if s.name == name and labels.items() <= s.labels.items()
+        if name in (s.name, s.name.removesuffix("_total") if family.type == "counter" else None)
+        and labels.items() <= s.labels.items()
     ]
     assert len(found) == 1, f"{len(found)} samples {name}{labels or ''} at {url}"
     return found[0]
