@@ -43,12 +43,22 @@ class TritonServerError(RuntimeError):
     """The server could not be found, started or made ready."""
 
 
+def free_ports(n: int) -> list[int]:
+    """`n` different TCP ports on 127.0.0.1 that are free right now.
+
+    All are bound at once, so no two are the same (ports bound and freed one after another can
+    repeat); another process may still take one before its user binds it."""
+    with contextlib.ExitStack() as sockets:
+        bound = [sockets.enter_context(socket.socket()) for _ in range(n)]
+        for s in bound:
+            s.bind(("127.0.0.1", 0))
+        ports: list[int] = [s.getsockname()[1] for s in bound]
+        return ports
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that is free right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+    return free_ports(1)[0]
 
 
 def _wheel_root() -> Path:

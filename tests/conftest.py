@@ -1,108 +1,24 @@
-"""Session fixtures: a tiny model trained on the bundled data, its export, the real Triton."""
+"""Session fixtures: a tiny model trained on the bundled data, its export, the real Triton,
+PostgreSQL; the Telegram tests' fake Bot API. Plain helpers are in helpers.py and telegram_harness.py."""
 
 from __future__ import annotations
 
 import os
 import secrets
 import shutil
-import signal
 import subprocess
-import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-SAMPLE_CSV = ROOT / "training" / "data.csv"
-IDLE_MODEL = "rudialogpt_idle"
-# Launchers of this run: pytest itself and every `python -m serve` a test starts (register_launcher).
-# A launcher's pid is in the names of what it creates: /tmp/tritonserver-<pid>-*, /dev/shm/triton_<pid>_*.
-LAUNCHERS = {os.getpid()}
-
-
-def interruptible() -> None:
-    """Popen preexec_fn: the child gets SIGINT's default action, as under a terminal's Ctrl-C.
-
-    A test run started in the background by a non-interactive shell (CI, `nohup … &`) ignores
-    SIGINT, every child inherits that, and Python then installs no KeyboardInterrupt handler."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-
-
-def register_launcher(pid: int) -> None:
-    """Count a launcher process started by a test in the end-of-run leak check."""
-    LAUNCHERS.add(pid)
-
-
-def leftovers(pids: set[int]) -> list[str]:
-    """Processes, /dev/shm regions and temp folders of these launchers' servers still there."""
-    marks = [f"tritonserver-{p}-" for p in pids] + [f"triton_{p}_" for p in pids]
-    found = [
-        str(path)
-        for p in pids
-        for path in [
-            *Path(tempfile.gettempdir()).glob(f"tritonserver-{p}-*"),
-            *Path("/dev/shm").glob(f"triton_{p}_*"),
-        ]
-    ]
-    for proc in Path("/proc").glob("[0-9]*"):
-        try:
-            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            state = (proc / "stat").read_text().rpartition(")")[2].split()[0]
-        except (OSError, IndexError):
-            continue
-        launcher = int(proc.name) in pids and int(proc.name) != os.getpid()
-        if state != "Z" and (launcher or any(m in cmdline for m in marks)):
-            found.append(f"process {proc.name}: {cmdline[:150]}")
-    return found
-
-
-def start_launcher(repository: Path, log_dir: Path) -> tuple[subprocess.Popen, str]:
-    """`python -m serve` (the supervised launcher) on free ports, probing every second; its url."""
-    from serve.server import free_port
-
-    ports = [str(free_port()) for _ in range(3)]
-    with open(log_dir / "serve.log", "wb") as out:
-        launcher = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "serve",
-                "--repository",
-                str(repository),
-                "--http-port",
-                ports[0],
-                "--grpc-port",
-                ports[1],
-                "--metrics-port",
-                ports[2],
-                "--check-every",
-                "1",
-                "--log-file",
-                str(log_dir / "triton.log"),
-            ],
-            cwd=ROOT,
-            stdout=out,
-            stderr=out,
-        )
-    register_launcher(launcher.pid)
-    return launcher, f"127.0.0.1:{ports[0]}"
-
-
-def tritonservers_of(parent: int) -> list[int]:
-    """Pids of the tritonserver processes that `parent` started."""
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            comm, _, rest = stat.read_text().rpartition(")")
-            if comm.endswith("(tritonserver") and int(rest.split()[1]) == parent:
-                found.append(int(stat.parent.name))
-        except (OSError, ValueError, IndexError):
-            continue
-    return found
+from bot.chat import DialogueTokenizer
+from bot.settings import Settings
+from serve.server import free_port
+from tests.fake_telegram import FakeTelegram
+from tests.helpers import IDLE_MODEL, LAUNCHERS, MODEL, SAMPLE_CSV, leftovers, start_triton
 
 
 def pytest_sessionfinish(session, exitstatus):
@@ -146,13 +62,39 @@ def model_repository(tiny_checkpoint, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def triton(model_repository, tmp_path_factory):
     """The real tritonserver (nvidia-pytriton's binary) serving the tiny model, on free ports."""
-    from serve.server import TritonServer, free_port
-
-    log = tmp_path_factory.mktemp("triton-log") / "tritonserver.log"
-    server = TritonServer(model_repository, free_port(), free_port(), free_port(), log_file=log)
-    server.model_name = "rudialogpt"
-    with server:
+    server = start_triton(model_repository, tmp_path_factory.mktemp("triton-log") / "tritonserver.log")
+    server.model_name = MODEL
+    try:
         yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def tokenizer(model_repository) -> DialogueTokenizer:
+    """The bot's tokenizer, as export wrote it beside the model."""
+    return DialogueTokenizer(model_repository / MODEL / "tokenizer")
+
+
+@pytest.fixture
+def tg():
+    """The fake Telegram Bot API (tests/fake_telegram.py) on a free port."""
+    with FakeTelegram() as fake:
+        yield fake
+
+
+@pytest.fixture
+def settings(tg, tmp_path) -> Settings:
+    """The bot's settings for `tg`: history under tmp_path, no metrics server."""
+    return Settings(tg.token, tg.url, tmp_path / "data", metrics_port=0)
+
+
+@pytest.fixture
+def no_leaked_threads():
+    """The test leaves no thread running (pytestmark = pytest.mark.usefixtures(...))."""
+    before = set(threading.enumerate())
+    yield
+    assert set(threading.enumerate()) <= before
 
 
 class PostgresServer:
@@ -259,8 +201,6 @@ class PostgresServer:
 @pytest.fixture(scope="session")
 def postgres():
     """The real PostgreSQL server for the history tests, on a free port."""
-    from serve.server import free_port
-
     server = PostgresServer(free_port())
     server.start()
     yield server

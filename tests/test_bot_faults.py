@@ -24,23 +24,20 @@ from bot.telegram import build_application
 from contract.dialogue import CONTEXT_TURNS, FIRST, SECOND
 from serve.health import is_alive
 from serve.supervisor import stub_processes
-from tests.conftest import start_launcher, tritonservers_of
 from tests.fake_telegram import FakeTelegram
-from tests.test_telegram import (  # noqa: F401 (fixtures; tests/conftest.py is their place)
+from tests.helpers import ROOT, start_launcher, tritonservers_of
+from tests.telegram_harness import (
     CHAT,
-    ROOT,
     bot_env,
     chatbot,
     generated,
-    no_leaked_threads,
     python_m_bot,
-    running,
+    run_bot,
     saved_turns,
     say,
-    settings,
-    tg,
-    tokenizer,
 )
+
+pytestmark = pytest.mark.usefixtures("no_leaked_threads")
 
 # -- the model dies under `python -m serve`: the user waits, nobody acts -------------------------
 
@@ -73,21 +70,20 @@ def test_model_killed_bot_answers_again_with_no_action(
             await say(tg, CHAT, "А теперь?")
         seen["recovery_s"].append(time.monotonic() - killed)
 
-    async def body():
-        async with running(build_application(bot, settings, metrics)):
-            await say(tg, CHAT, "Привет!")
-            for fault in ("stub", "tritonserver"):
-                [server] = tritonservers_of(launcher.pid)
-                target = model_stub(server) if fault == "stub" else server
-                os.kill(target, signal.SIGKILL)
-                killed = time.monotonic()
-                seen["unavailable_s"].append(await say(tg, CHAT, "Ты тут?"))
-                assert tg.texts(CHAT)[-1] == UNAVAILABLE
-                await until_a_real_reply(killed)
+    async def body(dialogues):
+        await say(tg, CHAT, "Привет!")
+        for fault in ("stub", "tritonserver"):
+            [server] = tritonservers_of(launcher.pid)
+            target = model_stub(server) if fault == "stub" else server
+            os.kill(target, signal.SIGKILL)
+            killed = time.monotonic()
+            seen["unavailable_s"].append(await say(tg, CHAT, "Ты тут?"))
+            assert tg.texts(CHAT)[-1] == UNAVAILABLE
+            await until_a_real_reply(killed)
 
     try:
         assert asyncio.run(tg.wait_for(lambda: is_alive(url), timeout=90)) is not None
-        asyncio.run(body())
+        run_bot(build_application(bot, settings, metrics), body)
     finally:
         launcher.send_signal(signal.SIGTERM)
         launcher.wait(timeout=60)
@@ -198,22 +194,18 @@ def test_hostile_text(tg, settings, triton, tokenizer, text, stored):
     first_id, second_id = tokenizer.first_id, tokenizer.tokenizer.token_to_id(SECOND)
     expected = 2 if stored is not None else 1
 
-    async def body():
-        async with running(build_application(bot, settings)):
-            tg.message(CHAT, text)
-            tg.message(CHAT, "Пока")  # answered after it (one lock per chat): a sync point
-            await tg.wait_for(
-                lambda: (
-                    len(tg.texts(CHAT)) >= expected
-                    and saved_turns(settings, CHAT)[-1:] == [tg.texts(CHAT)[-1]]
-                ),
-                timeout=40,
-            )
-            return [await bot.prompt_ids(p) for p in bot.prompts], (
-                await bot.client.model_info()
-            ).max_positions
+    async def body(dialogues):
+        tg.message(CHAT, text)
+        tg.message(CHAT, "Пока")  # answered after it (one lock per chat): a sync point
+        await tg.wait_for(
+            lambda: (
+                len(tg.texts(CHAT)) >= expected and saved_turns(settings, CHAT)[-1:] == [tg.texts(CHAT)[-1]]
+            ),
+            timeout=40,
+        )
+        return [await bot.prompt_ids(p) for p in bot.prompts], (await bot.client.model_info()).max_positions
 
-    prompts, max_positions = asyncio.run(body())
+    prompts, max_positions = run_bot(build_application(bot, settings), body)
     texts = tg.texts(CHAT)
     assert len(texts) == expected and SORRY not in texts and UNAVAILABLE not in texts
     assert all(generated(t) for t in texts)

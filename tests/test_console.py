@@ -12,17 +12,17 @@ from pathlib import Path
 
 import pytest
 
-from bot.chat import ChatBot, DialogueTokenizer
+from bot.chat import ChatBot
 from bot.console import run_console
 from bot.sampling import SamplingConfig
 from bot.triton_client import TritonClient
-from tests.conftest import interruptible
+from tests.helpers import interruptible
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def console(triton, model_repository, stdin: str, *flags: str, url: str | None = None):
-    env = dict(os.environ, TRITON_URL=url or triton.url, TRITON_MODEL="rudialogpt")
+def console(url: str, model_repository, stdin: str, *flags: str):
+    env = dict(os.environ, TRITON_URL=url, TRITON_MODEL="rudialogpt")
     return subprocess.run(
         [
             sys.executable,
@@ -44,7 +44,7 @@ def console(triton, model_repository, stdin: str, *flags: str, url: str | None =
 
 def test_one_reply_per_line_and_reset(triton, model_repository):
     proc = console(
-        triton,
+        triton.url,
         model_repository,
         "Привет!\n\nКак дела?\n/reset\nЧто нового?\n",
         "--seed",
@@ -61,17 +61,19 @@ def test_one_reply_per_line_and_reset(triton, model_repository):
 
 
 def test_greedy_console_is_deterministic(triton, model_repository):
-    runs = [console(triton, model_repository, "Привет!\nКак дела?\n", "--greedy").stdout for _ in range(2)]
+    runs = [
+        console(triton.url, model_repository, "Привет!\nКак дела?\n", "--greedy").stdout for _ in range(2)
+    ]
     assert runs[0] == runs[1] and len(runs[0].splitlines()) == 2
 
 
-def test_triton_down_gives_the_unavailable_line(triton, model_repository):
-    proc = console(triton, model_repository, "Привет!\n", "--timeout", "1", url="127.0.0.1:9")
+def test_triton_down_gives_the_unavailable_line(model_repository):
+    proc = console("127.0.0.1:9", model_repository, "Привет!\n", "--timeout", "1")
     assert proc.returncode == 0
     assert proc.stdout.strip() == "Модель временно недоступна, попробуйте чуть позже."
 
 
-def test_missing_tokenizer_names_the_fix(triton, tmp_path):
+def test_missing_tokenizer_names_the_fix(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "bot", "--console", "--tokenizer", str(tmp_path)],
         input="",
@@ -83,7 +85,7 @@ def test_missing_tokenizer_names_the_fix(triton, tmp_path):
 
 
 def test_piped_output_is_plain_lines(triton, model_repository):
-    proc = console(triton, model_repository, "Привет!\nКак дела?\n", "--seed", "2")
+    proc = console(triton.url, model_repository, "Привет!\nКак дела?\n", "--seed", "2")
     assert proc.returncode == 0 and len(proc.stdout.splitlines()) == 2
     assert "\r" not in proc.stdout and "\033" not in proc.stdout  # nothing meant for a terminal
 
@@ -103,7 +105,7 @@ class Watched(ChatBot):
         return await super().reply(turns, on_text=watched if on_text else None)
 
 
-def test_on_a_terminal_the_reply_grows_as_it_is_generated(triton, model_repository):
+def test_on_a_terminal_the_reply_grows_as_it_is_generated(triton, tokenizer):
     master, slave = os.openpty()
     os.set_blocking(master, False)
     received = bytearray()
@@ -115,7 +117,6 @@ def test_on_a_terminal_the_reply_grows_as_it_is_generated(triton, model_reposito
             except BlockingIOError:
                 return received.decode(errors="replace").replace("\r\n", "\n")
 
-    tokenizer = DialogueTokenizer(model_repository / "rudialogpt" / "tokenizer")
     bot = Watched(
         TritonClient(triton.url, "rudialogpt"),
         tokenizer,
@@ -176,8 +177,8 @@ def test_ctrl_c_ends_the_chat_at_once(triton, model_repository):
 
 
 @pytest.mark.parametrize("value", ["ten", "0", "-1"])
-def test_bad_triton_timeout_is_a_clear_error(triton, model_repository, value):
-    env = dict(os.environ, TRITON_URL=triton.url, TRITON_TIMEOUT=value)
+def test_bad_triton_timeout_is_a_clear_error(model_repository, value):
+    env = dict(os.environ, TRITON_URL="127.0.0.1:9", TRITON_TIMEOUT=value)  # refused before any request
     proc = subprocess.run(
         [
             sys.executable,

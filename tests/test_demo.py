@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from serve.server import free_port
-from tests.conftest import interruptible
+from tests.helpers import interruptible
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-import re
 import time
-import urllib.request
 
 import numpy as np
 import pytest
 
-from bot.chat import ChatBot, DialogueTokenizer
+from bot.chat import ChatBot
 from bot.generate import generate
 from bot.sampling import SamplingConfig
 from bot.triton_client import TritonClient, TritonRequestError, TritonUnavailable
 from contract.dialogue import build_prompt
+from tests.helpers import Slow, cached_sequences, start_triton
 
 DIALOGUES = [
     ["Привет!"],
@@ -22,11 +21,6 @@ DIALOGUES = [
     ["Какая погода?", "Солнечно.", "Пойдём гулять?"],
     ["Что почитать?"],
 ]
-
-
-@pytest.fixture(scope="module")
-def tokenizer(model_repository) -> DialogueTokenizer:
-    return DialogueTokenizer(model_repository / "rudialogpt" / "tokenizer")
 
 
 @pytest.fixture(scope="module")
@@ -133,22 +127,6 @@ def test_prompt_chunk_must_be_positive():
                 prompt_chunk=0,
             )
         )
-
-
-def cached_sequences(triton) -> float:
-    text = urllib.request.urlopen(triton.metrics_url, timeout=5).read().decode()
-    return float(
-        re.search(r'^rudialogpt_cached_sequences\{[^}]*model="rudialogpt"[^}]*\} (\S+)$', text, re.M).group(1)
-    )
-
-
-class Slow(TritonClient):
-    """A client whose token steps take at least 50 ms: a long generation to cancel midway."""
-
-    async def step(self, sequence_id, ids, start=False, end=False):
-        if not start and not end:
-            await asyncio.sleep(0.05)
-        return await super().step(sequence_id, ids, start, end)
 
 
 def test_end_is_sent_also_on_cancellation(triton, tokenizer):
@@ -264,11 +242,7 @@ def test_generation_survives_a_disruption_by_restarting_the_sequence(triton, tok
 def test_triton_killed_mid_generation_is_a_typed_error_then_recovers(model_repository, tokenizer, tmp_path):
     """SIGKILL the server during a reply: TritonUnavailable within the timeout; after a restart on
     the same ports the next generation works."""
-    from serve.server import TritonServer, free_port
-
-    server = TritonServer(
-        model_repository, free_port(), free_port(), free_port(), log_file=tmp_path / "t.log"
-    )
+    server = start_triton(model_repository, tmp_path / "t.log")
     ids = tokenizer.encode(build_prompt(DIALOGUES[1]))
     cfg = SamplingConfig(max_new_tokens=300, stop_ids=())
 
@@ -294,9 +268,11 @@ def test_triton_killed_mid_generation_is_a_typed_error_then_recovers(model_repos
         finally:
             await client.close()
 
-    with server:
+    try:
         took = asyncio.run(killed())
         assert took < 10  # timeout 2 s, two resumes with backoff, retried START
         server.stop()
         server.start()
         assert len(asyncio.run(normal()).tokens) == 8
+    finally:
+        server.stop()

@@ -3,25 +3,19 @@
 from __future__ import annotations
 
 import asyncio
-import re
 import subprocess
 import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from bot.chat import ChatBot, DialogueTokenizer
+from bot.chat import ChatBot
 from bot.sampling import SamplingConfig
 from bot.triton_client import TritonClient
+from tests.helpers import metric
 
 CONVERSATIONS, MESSAGES, AT_ONCE = 100, 5, 32
-
-
-def gauge(triton, name: str) -> float:
-    text = urllib.request.urlopen(triton.metrics_url, timeout=5).read().decode()
-    return float(re.search(rf'^{name}{{[^}}]*model="rudialogpt"[^}}]*}} (\S+)$', text, re.M).group(1))
 
 
 def server_rss_mib(pid: int) -> float:
@@ -32,8 +26,7 @@ def server_rss_mib(pid: int) -> float:
 
 
 @pytest.mark.timeout(300)
-def test_100_conversations_of_5_messages_32_at_a_time(triton, model_repository, capsys):
-    tokenizer = DialogueTokenizer(model_repository / "rudialogpt" / "tokenizer")
+def test_100_conversations_of_5_messages_32_at_a_time(triton, tokenizer, capsys):
     rss_before = server_rss_mib(triton.process.pid)
 
     async def run():
@@ -63,8 +56,8 @@ def test_100_conversations_of_5_messages_32_at_a_time(triton, model_repository, 
     wall, latencies, failures = asyncio.run(run())
     assert failures == [] and len(latencies) == CONVERSATIONS * MESSAGES
     time.sleep(1.5)  # the gauges update after each execute and every second
-    assert gauge(triton, "rudialogpt_cached_sequences") == 0
-    assert gauge(triton, "rudialogpt_cached_tokens") == 0
+    assert metric(triton.metrics_url, "rudialogpt_cached_sequences", model="rudialogpt") == 0
+    assert metric(triton.metrics_url, "rudialogpt_cached_tokens", model="rudialogpt") == 0
     rss_after = server_rss_mib(triton.process.pid)
     assert rss_after < rss_before + 150  # onnxruntime's arenas grow a little, caches are gone
     with capsys.disabled():

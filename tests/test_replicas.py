@@ -23,24 +23,21 @@ from bot.settings import Settings
 from bot.telegram import build_application
 from serve.server import free_port
 from tests.fake_telegram import FakeTelegram
-from tests.test_telegram import (  # noqa: F401 (fixtures; tests/conftest.py is their place)
-    ROOT,
+from tests.helpers import ROOT
+from tests.telegram_harness import (
     bot_env,
     chatbot,
     generated,
-    no_leaked_threads,
     python_m_bot,
-    running,
+    run_bot,
     say,
-    tg,
-    tokenizer,
 )
 
 CHATS, MESSAGES = 20, 5
 FIRST_CHAT = 5000
 LOCK_SECONDS = 4  # BOT_CHAT_LOCK_SECONDS for the replicas here
 # Bounds setup too: the first test may train, export and start the session's Triton (~1-2 min).
-pytestmark = pytest.mark.timeout(600)
+pytestmark = [pytest.mark.timeout(600), pytest.mark.usefixtures("no_leaked_threads")]
 
 
 class HeldTelegram(FakeTelegram):
@@ -243,7 +240,7 @@ async def lock_waiters_is(database_url: str, n: int) -> bool:
 # -- bad configuration ------------------------------------------------------------------------
 
 
-def run_bot(tg: FakeTelegram, model_repository: Path, tmp_path: Path, url: str, **env: str):
+def run_bot_process(tg: FakeTelegram, model_repository: Path, tmp_path: Path, url: str, **env: str):
     return subprocess.run(
         python_m_bot(model_repository),
         cwd=ROOT,
@@ -257,7 +254,7 @@ def run_bot(tg: FakeTelegram, model_repository: Path, tmp_path: Path, url: str, 
 def test_unreachable_database_is_retried_then_named(tg, model_repository, tmp_path):
     port = free_port()  # nothing listens there
     start = time.monotonic()
-    result = run_bot(
+    result = run_bot_process(
         tg,
         model_repository,
         tmp_path,
@@ -311,7 +308,7 @@ def test_database_late_at_start_is_waited_for(tg, triton, model_repository, post
 
 
 def test_wrong_password_is_refused_at_once(tg, model_repository, tmp_path, postgres):
-    result = run_bot(tg, model_repository, tmp_path, postgres.url(password="wrong-pw"))
+    result = run_bot_process(tg, model_repository, tmp_path, postgres.url(password="wrong-pw"))
     assert result.returncode == 2, result.stderr
     assert "error: BOT_DATABASE_URL: PostgreSQL postgresql://bot:***@" in result.stderr
     assert 'password authentication failed for user "bot"' in result.stderr
@@ -326,30 +323,29 @@ def test_database_going_away_while_running(tg, triton, tokenizer, postgres, data
     settings = Settings(tg.token, tg.url, tmp_path / "data", metrics_port=0, database=database)
     metrics, bot = Metrics(), chatbot(triton.url, tokenizer)
 
-    async def body():
-        async with running(build_application(bot, settings, metrics)) as dialogues:
-            await say(tg, FIRST_CHAT, "Привет!")
-            await asyncio.to_thread(postgres.stop)
-            try:
-                await say(tg, FIRST_CHAT, "Ты тут?")  # answered after the retries
-            finally:
-                await asyncio.to_thread(postgres.start)
-            await say(tg, FIRST_CHAT, "А теперь?")
-            await asyncio.to_thread(postgres.stop)
-            expected = len(tg.texts(FIRST_CHAT)) + 1
-            tg.message(FIRST_CHAT, "Ещё раз")
-            await asyncio.sleep(1)  # the bot is retrying meanwhile
+    async def body(dialogues):
+        await say(tg, FIRST_CHAT, "Привет!")
+        await asyncio.to_thread(postgres.stop)
+        try:
+            await say(tg, FIRST_CHAT, "Ты тут?")  # answered after the retries
+        finally:
             await asyncio.to_thread(postgres.start)
-            await tg.wait_for(lambda: len(tg.texts(FIRST_CHAT)) >= expected)
+        await say(tg, FIRST_CHAT, "А теперь?")
+        await asyncio.to_thread(postgres.stop)
+        expected = len(tg.texts(FIRST_CHAT)) + 1
+        tg.message(FIRST_CHAT, "Ещё раз")
+        await asyncio.sleep(1)  # the bot is retrying meanwhile
+        await asyncio.to_thread(postgres.start)
+        await tg.wait_for(lambda: len(tg.texts(FIRST_CHAT)) >= expected)
 
-            async def reply_stored() -> bool:  # stored just after it is sent
-                return (await dialogues.history.turns(FIRST_CHAT, 1)) == tg.texts(FIRST_CHAT)[-1:]
+        async def reply_stored() -> bool:  # stored just after it is sent
+            return (await dialogues.history.turns(FIRST_CHAT, 1)) == tg.texts(FIRST_CHAT)[-1:]
 
-            await wait(reply_stored, timeout=10)
-            return await dialogues.history.turns(FIRST_CHAT, 100)
+        await wait(reply_stored, timeout=10)
+        return await dialogues.history.turns(FIRST_CHAT, 100)
 
     try:
-        turns = asyncio.run(body())
+        turns = run_bot(build_application(bot, settings, metrics), body)
     finally:
         postgres.start()  # a no-op when it runs
     texts = tg.texts(FIRST_CHAT)

@@ -3,6 +3,10 @@ transformers' own logits processors and with the previous full-vocabulary implem
 
 from __future__ import annotations
 
+import re
+from dataclasses import fields
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -35,16 +39,16 @@ def test_invalid_settings_name_the_parameter(kwargs, name):
         SamplingConfig(**kwargs)
 
 
-def test_defaults_are_the_cards():
-    c = SamplingConfig()
-    assert (
-        c.top_k,
-        c.top_p,
-        c.temperature,
-        c.repetition_penalty,
-        c.no_repeat_ngram_size,
-        c.max_new_tokens,
-    ) == (10, 0.95, 1.2, 1.2, 2, 40)
+def test_the_readme_states_the_defaults_the_code_has():
+    """The README quotes the card's sampling settings: they must be SamplingConfig's defaults."""
+    readme = " ".join(
+        (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8").split()
+    )
+    [card] = re.findall(r"the card's (top_k=[^)]*)\)", readme)
+    stated = dict(re.findall(r"\b(\w+)=([\d.]+)", card))
+    defaults = {f.name: f.default for f in fields(SamplingConfig) if f.name in stated}
+    assert len(defaults) == 6, f"the README states {sorted(defaults)} of SamplingConfig's defaults"
+    assert {name: type(value)(stated[name]) for name, value in defaults.items()} == defaults
 
 
 def test_repetition_penalty_lowers_seen_tokens_both_signs():

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import contextlib
-import re
 import threading
 import time
-import urllib.request
 
 import numpy as np
 import pytest
@@ -17,7 +15,7 @@ from tritonclient.utils import InferenceServerException
 
 from contract import triton_io as io
 from serve.health import probe
-from tests.conftest import IDLE_MODEL
+from tests.helpers import IDLE_MODEL, metric
 
 
 def step(client, seq, ids, start=False, end=False, model="rudialogpt", dtype=np.int64, shape=None):
@@ -33,13 +31,6 @@ def step(client, seq, ids, start=False, end=False, model="rudialogpt", dtype=np.
         sequence_end=end,
     )
     return result.as_numpy(io.LOGITS)[0]
-
-
-def metric(server, name, model="rudialogpt") -> float:
-    text = urllib.request.urlopen(server.metrics_url, timeout=5).read().decode()
-    found = re.search(rf'^{name}{{[^}}]*model="{model}"[^}}]*}} (\S+)$', text, re.M)
-    assert found, f"{name} for {model} not in /metrics"
-    return float(found.group(1))
 
 
 @pytest.fixture(scope="module")
@@ -143,22 +134,22 @@ def test_concurrent_sequences_are_batched_and_exact(triton, client, sample_ids, 
 
 def test_end_frees_the_cache(triton, client, sample_ids):
     step(client, 401, sample_ids, start=True)
-    assert metric(triton, "rudialogpt_cached_sequences") >= 1
+    assert metric(triton.metrics_url, "rudialogpt_cached_sequences", model="rudialogpt") >= 1
     step(client, 401, [], end=True)
-    assert metric(triton, "rudialogpt_cached_sequences") == 0
-    assert metric(triton, "rudialogpt_cached_tokens") == 0
+    assert metric(triton.metrics_url, "rudialogpt_cached_sequences", model="rudialogpt") == 0
+    assert metric(triton.metrics_url, "rudialogpt_cached_tokens", model="rudialogpt") == 0
 
 
 def test_idle_sequence_cache_is_freed(triton, client, sample_ids):
     step(client, 501, sample_ids, start=True, model=IDLE_MODEL)
-    assert metric(triton, "rudialogpt_cached_sequences", IDLE_MODEL) == 1
+    assert metric(triton.metrics_url, "rudialogpt_cached_sequences", model=IDLE_MODEL) == 1
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:
         time.sleep(0.5)
         probe(triton.url, IDLE_MODEL)  # the sweeper frees caches; gauges follow in execute() only
-        if metric(triton, "rudialogpt_cached_sequences", IDLE_MODEL) == 0:
+        if metric(triton.metrics_url, "rudialogpt_cached_sequences", model=IDLE_MODEL) == 0:
             break
-    assert metric(triton, "rudialogpt_cached_sequences", IDLE_MODEL) == 0
+    assert metric(triton.metrics_url, "rudialogpt_cached_sequences", model=IDLE_MODEL) == 0
     with pytest.raises(InferenceServerException):  # the sequence is gone: a plain step is refused
         step(client, 501, [5], model=IDLE_MODEL)
 
@@ -191,8 +182,17 @@ def test_step_of_unknown_sequence_is_refused(client):
 
 
 def test_metrics_count_successes(triton, client, sample_ids):
-    step(client, 801, sample_ids, start=True, end=True)
-    assert metric(triton, "nv_inference_request_success") > 0
+    """Two answered requests and a refused one: the success count grows by exactly two."""
+    successes = lambda: metric(triton.metrics_url, "nv_inference_request_success", model="rudialogpt")  # noqa: E731
+    before = successes()
+    step(client, 801, sample_ids, start=True)
+    with pytest.raises(InferenceServerException):
+        step(client, 802, [5])  # no START: refused
+    step(client, 801, [5], end=True)
+    deadline = time.monotonic() + 5
+    while successes() < before + 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert successes() == before + 2
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

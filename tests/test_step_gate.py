@@ -13,8 +13,7 @@ from bot.generate import generate
 from bot.sampling import SamplingConfig
 from bot.step_gate import GateConfig, StepGate
 from bot.triton_client import TritonClient, TritonRequestError
-from tests.conftest import IDLE_MODEL
-from tests.test_generate import cached_sequences
+from tests.helpers import IDLE_MODEL, cached_sequences
 
 FAST = GateConfig(in_flight_s=0.2, busy_s=0.003)
 

@@ -9,7 +9,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bot.chat import DialogueTokenizer
 from bot.streaming import VisibleText, on_tokens, visible
 from contract.dialogue import clean_reply
 
@@ -34,11 +33,6 @@ PIECES = [
     "\u200b",
     "!",
 ]
-
-
-@pytest.fixture(scope="module")
-def tokenizer(model_repository) -> DialogueTokenizer:
-    return DialogueTokenizer(model_repository / "rudialogpt" / "tokenizer")
 
 
 @pytest.mark.parametrize(

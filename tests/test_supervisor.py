@@ -14,7 +14,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -25,7 +24,16 @@ from bot.triton_client import ModelDown, TritonClient
 from serve.health import ModelDead, is_alive, probe
 from serve.server import TritonServer, TritonServerError, clean_stale, free_port
 from serve.supervisor import EXIT_MODEL_DEAD, stub_processes
-from tests.conftest import IDLE_MODEL, ROOT, leftovers, start_launcher, tritonservers_of
+from tests.helpers import (
+    IDLE_MODEL,
+    ROOT,
+    leftovers,
+    start_in_a_thread,
+    start_launcher,
+    start_triton,
+    triton_server,
+    tritonservers_of,
+)
 
 TIMINGS = Path(tempfile.gettempdir()) / f"self-healing-timings-{os.getpid()}.json"
 
@@ -60,28 +68,6 @@ def record(name: str, seconds: list[float]) -> None:
     print(f"\n{name}: {data[name]}")
 
 
-def started_in_a_thread(repository: Path, log: Path) -> TritonServer:
-    """A server started from a thread that ends at once (as asyncio.to_thread does): it must outlive
-    that thread (PR_SET_PDEATHSIG fired when the forking *thread* exited). Free ports can be taken
-    by other processes before tritonserver binds them: two more tries on new ports."""
-    for attempt in range(3):
-        server, errors = TritonServer(repository, free_port(), free_port(), free_port(), log_file=log), []
-        starter = threading.Thread(target=lambda: _start_into(server, errors))  # noqa: B023 (joined here)
-        starter.start()
-        starter.join()
-        if not errors:
-            return server
-        if attempt == 2 or not isinstance(errors[0], TritonServerError):
-            raise errors[0]
-
-
-def _start_into(server: TritonServer, errors: list) -> None:
-    try:
-        server.start()
-    except BaseException as exc:  # re-raised in the test's thread
-        errors.append(exc)
-
-
 # ---- the model's stub exits by itself when tritonserver dies, and a dead stub is visible ---------
 
 
@@ -89,7 +75,9 @@ def _start_into(server: TritonServer, errors: list) -> None:
 def test_ten_sigkills_of_tritonserver_leave_no_stub(model_repository, tmp_path):
     survivors, exits, rng = [], [], random.Random(15)
     for run in range(10):
-        server = started_in_a_thread(model_repository, tmp_path / f"triton{run}.log")
+        # Started from a thread that ends at once (as asyncio.to_thread does): the server must
+        # outlive that thread (PR_SET_PDEATHSIG fired when the forking *thread* exited).
+        server = start_triton(model_repository, tmp_path / f"triton{run}.log", start=start_in_a_thread)
         try:
             time.sleep(1.0 if run == 0 else 0.0)
             assert server.process.poll() is None, "the server died with the thread that started it"
@@ -194,7 +182,7 @@ def test_launcher_replaces_a_dead_model_and_leaves_nothing(model_repository, tmp
 
 @pytest.mark.timeout(120)
 def test_container_entrypoint_exits_when_the_stub_hangs(model_repository, tmp_path):
-    server = TritonServer(model_repository, free_port(), free_port(), free_port())
+    server = triton_server(model_repository)
     command, env = server.prepare()
     supervisor = tritonserver = None
     try:

@@ -1,0 +1,163 @@
+"""The Telegram bot under test: a recording ChatBot, PTB's own run_polling driven from a test,
+messages to the fake Bot API, `python -m bot`'s command line (fixtures are in conftest.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import TypeVar
+
+from telegram.ext import Application
+
+from bot.chat import ChatBot, DialogueTokenizer, Reply
+from bot.console import UNAVAILABLE
+from bot.dialogues import Dialogues
+from bot.handlers import HELP, NOT_TEXT, SORRY, START, STATE
+from bot.history import History
+from bot.sampling import SamplingConfig
+from bot.settings import Settings
+from bot.streaming import OnText
+from bot.telegram import ALLOWED_UPDATES
+from bot.triton_client import TritonClient
+from tests.fake_telegram import FakeTelegram
+from tests.helpers import MODEL, Slow
+
+T = TypeVar("T")
+CHAT, OTHER, GROUP = 1001, 2002, -1003003
+
+
+class RecordingChatBot(ChatBot):
+    """The real ChatBot; records every prompt's turns, holds replies to "HOLD" until released,
+    stalls replies to "STALL" after their first visible text (mid-generation: Triton holds the
+    sequence) until released, and fails on "BOOM" with an unexpected error."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.prompts: list[list[str]] = []
+        self.release = asyncio.Event()
+
+    async def reply(self, turns: list[str], on_text: OnText | None = None) -> Reply:
+        self.prompts.append(list(turns))
+        if "HOLD" in turns[-1]:
+            await self.release.wait()
+        if "BOOM" in turns[-1]:
+            raise RuntimeError("a bug")
+        if "STALL" in turns[-1] and on_text:
+            show = on_text
+
+            async def on_text(text: str) -> None:
+                show(text)
+                await self.release.wait()
+
+        return await super().reply(turns, on_text=on_text)
+
+
+def chatbot(url: str, tokenizer: DialogueTokenizer, timeout: float = 10.0) -> RecordingChatBot:
+    return RecordingChatBot(
+        TritonClient(url, MODEL, timeout=timeout), tokenizer, SamplingConfig(max_new_tokens=12), seed=0
+    )
+
+
+def streaming_chatbot(url: str, tokenizer: DialogueTokenizer, timeout: float = 10.0) -> RecordingChatBot:
+    """A chatbot whose replies take 24 tokens of >= 50 ms each (no stop token): long enough to stream."""
+    bot = RecordingChatBot(
+        Slow(url, MODEL, timeout=timeout), tokenizer, SamplingConfig(max_new_tokens=24), seed=0
+    )
+    bot.sampling = bot.sampling.with_(stop_ids=())
+    return bot
+
+
+def run_bot(application: Application, scenario: Callable[[Dialogues], Awaitable[T]]) -> T:
+    """Play `scenario(dialogues)` against the bot as `python -m bot` runs it: PTB's own run_polling
+    (initialize, the application's post_init, polling, start; then stop, shutdown, post_shutdown)
+    in a fresh event loop, the scenario a task in that loop; the bot stops when the scenario ends.
+
+    Unlike production, run_polling installs no signal handlers (Ctrl-C stays pytest's) and polls
+    briskly; the `python -m bot` tests run the whole entry point, signals included."""
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+
+    async def play() -> T:
+        while not application.running:  # run_polling starts it after post_init and polling
+            await asyncio.sleep(0.01)
+        # Two loop turns: past run_until_complete(start()), into run_forever, which stop_running ends.
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        try:
+            return await scenario(application.bot_data[STATE])
+        finally:
+            application.stop_running()
+
+    task = loop.create_task(play())
+    try:
+        application.run_polling(
+            poll_interval=0.05,
+            timeout=1,
+            allowed_updates=ALLOWED_UPDATES,
+            stop_signals=None,
+            close_loop=False,
+        )
+        result = task.result()  # the scenario's error, if it failed
+        assert not asyncio.all_tasks(loop), f"left running: {asyncio.all_tasks(loop)}"
+        return result
+    finally:
+        if not task.done():  # the start-up failed
+            task.cancel()
+            loop.run_until_complete(asyncio.gather(task, return_exceptions=True))
+        asyncio.set_event_loop(None)
+        loop.close()
+
+
+async def say(tg: FakeTelegram, chat_id: int, text: str | None = None, **kw) -> float:
+    """Send a message and wait for the bot's next message to the chat; the seconds it took."""
+    expected = len(tg.texts(chat_id)) + 1
+    tg.message(chat_id, text, **kw)
+    return await tg.wait_for(lambda: len(tg.texts(chat_id)) >= expected, timeout=60)
+
+
+def saved_turns(settings: Settings, chat_id: int) -> list[str]:
+    """The chat's history as the stopped bot left it on disk."""
+    with History.in_dir(settings.data_dir) as history:
+        return history.turns(chat_id, 100)
+
+
+def generated(text: str) -> bool:
+    """A reply the model generated, not one of the bot's fixed texts."""
+    return bool(text.strip()) and text not in (UNAVAILABLE, SORRY, NOT_TEXT, HELP, START)
+
+
+# -- `python -m bot` -----------------------------------------------------------------------------
+
+
+def bot_env(tg: FakeTelegram, tmp_path: Path, **env: str) -> dict[str, str]:
+    """The environment of a `python -m bot` that talks to the fake Bot API."""
+    return {
+        **os.environ,
+        "TELEGRAM_BOT_TOKEN": tg.token,
+        "TELEGRAM_BASE_URL": tg.url,
+        "BOT_DATA_DIR": str(tmp_path),
+        "BOT_METRICS_PORT": "0",
+        **env,
+    }
+
+
+def python_m_bot(model_repository: Path, *flags: str) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "bot",
+        "--tokenizer",
+        str(model_repository / MODEL / "tokenizer"),
+        "--max-new-tokens",
+        "8",
+        *flags,
+    ]
+
+
+def listening(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
