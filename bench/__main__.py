@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     from export import ServingConfig, export
     from export.optimum_engine import OptimumEngine
     from serve.engine import KVEngine, make_session
-    from serve.server import TritonServer, free_port
+    from serve.server import TritonServer, free_ports
 
     torch.set_num_threads(args.threads)
     work = args.out / f"work-{args.shape}"
@@ -114,9 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     lengths = [int(n) for n in args.prompt_lengths.split(",")]
 
     rows = []
-    with TritonServer(
-        repo, free_port(), free_port(), free_port(), log_file=work / "tritonserver.log"
-    ) as server:
+    with TritonServer(repo, *free_ports(3), log_file=work / "tritonserver.log") as server:
         runners = {
             "transformers": lambda b: run_transformers(model, b, args.new_tokens),
             "ort_v1": lambda b: run_ort(engine_v1, b, args.new_tokens),

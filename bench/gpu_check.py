@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from export import ServingConfig, export, verify
     from serve.engine import KVEngine, make_session
-    from serve.server import TritonServer, free_port
+    from serve.server import TritonServer, free_ports
 
     work = args.out / f"gpu-{args.shape}"
     ckpt = build_model(args.shape, work / "checkpoint")
@@ -79,9 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     del engine
     os.environ["RUDIALOGPT_EXECUTION_PROVIDER"] = "cuda"
     log_file = work / "tritonserver.log"
-    with TritonServer(
-        repo, free_port(), free_port(), free_port(), log_file=log_file, model_python=args.model_python
-    ) as server:
+    with TritonServer(repo, *free_ports(3), log_file=log_file, model_python=args.model_python) as server:
         run_triton(server.url, io.DEFAULT_MODEL_NAME, prompts(1, 16, vocab, seed=99), 8)
         for length in (50, 1000):
             for n in (1, 8):
