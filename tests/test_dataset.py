@@ -29,7 +29,7 @@ def write_rows(path: Path, rows: list[list[str]], header: list[str] | None = Non
 
 
 @pytest.fixture(scope="module")
-def tokenizer():
+def bpe():
     """A tiny byte-level BPE trained on the sample's texts."""
     return train_tokenizer(p + t for p, t in load_examples(SAMPLE).pairs)
 
@@ -128,37 +128,37 @@ def test_sample_loads_without_skipping():
     assert (examples.no_response, examples.no_context) == (0, 0)
 
 
-def test_labels_mask_exactly_the_prompt(tokenizer):
+def test_labels_mask_exactly_the_prompt(bpe):
     pairs = load_examples(SAMPLE).pairs[:50]
-    dataset, dropped = build_dataset(pairs, tokenizer, max_length=256)
+    dataset, dropped = build_dataset(pairs, bpe, max_length=256)
     assert dropped == 0 and len(dataset) == len(pairs)
-    first = tokenizer.convert_tokens_to_ids(FIRST)
+    first = bpe.convert_tokens_to_ids(FIRST)
     for (prompt, _), row in zip(pairs, dataset, strict=True):
-        n_prompt = len(tokenizer(prompt)["input_ids"])
+        n_prompt = len(bpe(prompt)["input_ids"])
         assert row["labels"][:n_prompt] == [IGNORE] * n_prompt
         assert row["labels"][n_prompt:] == row["input_ids"][n_prompt:]
         assert IGNORE not in row["labels"][n_prompt:]
-        assert row["input_ids"][n_prompt - 1] == tokenizer.convert_tokens_to_ids(SECOND)
+        assert row["input_ids"][n_prompt - 1] == bpe.convert_tokens_to_ids(SECOND)
         assert row["labels"][-1] == first
 
 
-def test_full_text_loss_labels_everything(tokenizer):
-    dataset, _ = build_dataset(load_examples(SAMPLE).pairs[:5], tokenizer, 256, full_text_loss=True)
+def test_full_text_loss_labels_everything(bpe):
+    dataset, _ = build_dataset(load_examples(SAMPLE).pairs[:5], bpe, 256, full_text_loss=True)
     assert all(row["labels"] == row["input_ids"] for row in dataset)
 
 
-def test_long_prompt_is_cut_from_the_left_and_long_response_dropped(tokenizer):
+def test_long_prompt_is_cut_from_the_left_and_long_response_dropped(bpe):
     long_prompt = format_example(["раз " * 40, "два " * 40, "три"], "ответ")
     long_reply = format_example(["привет"], "очень длинный ответ " * 20)
-    dataset, dropped = build_dataset([long_prompt, long_reply], tokenizer, max_length=24)
+    dataset, dropped = build_dataset([long_prompt, long_reply], bpe, max_length=24)
     assert dropped == 1 and len(dataset) == 1
     ids, labels = dataset[0]["input_ids"], dataset[0]["labels"]
-    full = tokenizer(long_prompt[0] + long_prompt[1])["input_ids"]
-    n_target = len(full) - len(tokenizer(long_prompt[0])["input_ids"])
+    full = bpe(long_prompt[0] + long_prompt[1])["input_ids"]
+    n_target = len(full) - len(bpe(long_prompt[0])["input_ids"])
     assert ids == full[-24:]
     assert labels == [IGNORE] * (24 - n_target) + full[-n_target:]
     with pytest.raises(DataError, match="raise --max-length"):
-        build_dataset([long_reply], tokenizer, max_length=24)
+        build_dataset([long_reply], bpe, max_length=24)
 
 
 def test_prompt_must_tokenize_as_prefix():
@@ -169,9 +169,9 @@ def test_prompt_must_tokenize_as_prefix():
         build_dataset([format_example(["a"], "b")], merging_tokenizer, 64)
 
 
-def test_collator_pads_on_the_right_with_the_pad_id_no_attention_and_ignored_labels(tokenizer):
-    pad = tokenizer.pad_token_id
-    batch = collator(tokenizer)(
+def test_collator_pads_on_the_right_with_the_pad_id_no_attention_and_ignored_labels(bpe):
+    pad = bpe.pad_token_id
+    batch = collator(bpe)(
         [
             {"input_ids": [5, 6, 7], "labels": [IGNORE, 6, 7]},
             {"input_ids": [8], "labels": [8]},
