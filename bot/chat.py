@@ -15,12 +15,10 @@ from bot.generate import Generation, generate
 from bot.sampling import SamplingConfig
 from bot.streaming import OnText, on_tokens
 from bot.triton_client import TritonClient
-from contract import triton_io as io
 from contract.dialogue import FIRST, build_prompt, clean_reply, fit_turns
 
 log = logging.getLogger(__name__)
 
-DEFAULT_TOKENIZER = Path("model_repository") / io.DEFAULT_MODEL_NAME / io.TOKENIZER_DIR
 FALLBACK_REPLY = "Хм, даже не знаю, что сказать. Расскажи ещё что-нибудь?"
 
 

@@ -65,9 +65,8 @@ def build_application(
     return application
 
 
-def run_telegram(chatbot: ChatBot, webhook: bool = False) -> None:
-    """Run the bot until SIGINT/SIGTERM; settings from the environment (Settings.from_env)."""
-    settings = Settings.from_env(webhook=webhook)
+def run_telegram(chatbot: ChatBot, settings: Settings, webhook: bool = False) -> None:
+    """Run the bot until SIGINT/SIGTERM (`settings` checked for its mode by Settings.from_env)."""
     metrics = Metrics()
     if settings.metrics_port:
         try:
