@@ -40,7 +40,8 @@ class TritonSettings:
 
 @dataclass(frozen=True)
 class Settings:
-    """The bot's settings; the Telegram ones are unused (and unchecked) by the console."""
+    """The bot's settings. Every value is checked in every mode; only the ones a mode needs must
+    be set (the console needs no token, the webhook its URL and secret)."""
 
     token: str = field(default="", repr=False)  # TELEGRAM_BOT_TOKEN, from @BotFather (kept out of logs)
     base_url: str = TELEGRAM_API  # TELEGRAM_BASE_URL: another Bot API server (blank: Telegram's)
