@@ -22,6 +22,7 @@ import tritonclient.http.aio as triton_http
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential
 from tritonclient.utils import InferenceServerException
 
+from bot.settings import TritonSettings
 from bot.step_gate import GateConfig, StepGate
 from contract import triton_io as io
 from serve.health import is_alive
@@ -159,9 +160,9 @@ class TritonClient:
 
     def __init__(
         self,
-        url: str = "127.0.0.1:8000",
-        model: str = io.DEFAULT_MODEL_NAME,
-        timeout: float = 10.0,
+        url: str = TritonSettings.url,
+        model: str = TritonSettings.model,
+        timeout: float = TritonSettings.timeout,
         retries: int = 3,
         gate: GateConfig | None = None,
     ):
