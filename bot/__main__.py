@@ -7,14 +7,13 @@ import asyncio
 import logging
 import os
 import sys
-from pathlib import Path
+from collections.abc import Mapping
 
-from bot.chat import DEFAULT_TOKENIZER, ChatBot, DialogueTokenizer
+from bot.chat import ChatBot, DialogueTokenizer
 from bot.sampling import SamplingConfig
-from bot.settings import seconds, triton_timeout
+from bot.settings import FLAGS, Mode, Settings
 from bot.step_gate import GateConfig
 from bot.triton_client import TritonClient
-from contract import triton_io as io
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -29,41 +28,37 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--seed", type=int, help="seed sampling for reproducible replies")
     p.add_argument(
-        "--tokenizer",
-        type=Path,
-        default=Path(os.environ.get("BOT_TOKENIZER_DIR") or DEFAULT_TOKENIZER),
-        help="folder with tokenizer.json (default: what export wrote; env BOT_TOKENIZER_DIR)",
+        FLAGS["BOT_TOKENIZER_DIR"],
+        help="folder with tokenizer.json (default: env BOT_TOKENIZER_DIR, else what export wrote)",
     )
     p.add_argument(
-        "--timeout",
-        type=str,
+        FLAGS["TRITON_TIMEOUT"],
         help="seconds per Triton call; in Telegram also per whole reply "
         "(default: env TRITON_TIMEOUT, else 10)",
     )
-    args = p.parse_args(argv)
-    try:
-        args.timeout = triton_timeout() if args.timeout is None else seconds("--timeout", args.timeout, 0.0)
-    except ValueError as exc:
-        p.error(str(exc))
-    return args
+    return p.parse_args(argv)
 
 
-def build_bot(args: argparse.Namespace) -> ChatBot:
-    """The dialogue core from flags and TRITON_URL / TRITON_MODEL."""
+def load_settings(args: argparse.Namespace, env: Mapping[str, str] = os.environ) -> Settings:
+    """The settings from `env`, the flags given over them; a ValueError names what is wrong."""
+    mode: Mode = "console" if args.console else "webhook" if args.webhook else "polling"
+    flags = {FLAGS["BOT_TOKENIZER_DIR"]: args.tokenizer, FLAGS["TRITON_TIMEOUT"]: args.timeout}
+    return Settings.from_env(env, flags, mode)
+
+
+def build_bot(args: argparse.Namespace, settings: Settings) -> ChatBot:
+    """The dialogue core from the settings (Triton, tokenizer) and the sampling flags."""
+    triton = settings.triton
     client = TritonClient(
-        os.environ.get("TRITON_URL") or "127.0.0.1:8000",
-        os.environ.get("TRITON_MODEL") or io.DEFAULT_MODEL_NAME,
-        timeout=args.timeout,
-        gate=GateConfig(enabled=os.environ.get("TRITON_STEP_GATE", "1") != "0"),
+        triton.url, triton.model, timeout=triton.timeout, gate=GateConfig(enabled=triton.step_gate)
     )
     sampling = (SamplingConfig.greedy if args.greedy else SamplingConfig)(max_new_tokens=args.max_new_tokens)
-    return ChatBot(client, DialogueTokenizer(args.tokenizer), sampling, seed=args.seed)
+    return ChatBot(client, DialogueTokenizer(settings.tokenizer_dir), sampling, seed=args.seed)
 
 
-async def console(args: argparse.Namespace) -> None:
+async def console(bot: ChatBot) -> None:
     from bot.console import run_console
 
-    bot = build_bot(args)
     try:
         await run_console(bot)
     finally:
@@ -77,12 +72,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     logging.getLogger("httpx").setLevel(logging.WARNING)  # its request lines carry the bot token
     try:
+        settings = load_settings(args)
         if args.console:
-            asyncio.run(console(args))
+            asyncio.run(console(build_bot(args, settings)))
         else:
             from bot.telegram import run_telegram
 
-            run_telegram(build_bot(args), webhook=args.webhook)
+            run_telegram(build_bot(args, settings), settings, webhook=args.webhook)
     except (FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

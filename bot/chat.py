@@ -15,12 +15,10 @@ from bot.generate import Generation, generate
 from bot.sampling import SamplingConfig
 from bot.streaming import OnText, on_tokens
 from bot.triton_client import TritonClient
-from contract import triton_io as io
 from contract.dialogue import FIRST, build_prompt, clean_reply, fit_turns
 
 log = logging.getLogger(__name__)
 
-DEFAULT_TOKENIZER = Path("model_repository") / io.DEFAULT_MODEL_NAME / io.TOKENIZER_DIR
 FALLBACK_REPLY = "Хм, даже не знаю, что сказать. Расскажи ещё что-нибудь?"
 
 
@@ -49,17 +47,19 @@ class DialogueTokenizer:
         self.stop_ids = tuple(i for i in (self.first_id, eos_id) if i is not None)
 
     def encode(self, text: str) -> list[int]:
-        return self.tokenizer.encode(text, add_special_tokens=False).ids
+        ids: list[int] = self.tokenizer.encode(text, add_special_tokens=False).ids
+        return ids
 
     def count(self, text: str) -> int:
         return len(self.encode(text))
 
     def keep_last(self, text: str, n: int) -> str:
         """The last `n` tokens of `text`, as text."""
-        return self.tokenizer.decode(self.encode(text)[-n:]).strip()
+        return self.decode(self.encode(text)[-n:]).strip()
 
     def decode(self, ids: list[int]) -> str:
-        return self.tokenizer.decode(ids, skip_special_tokens=True)
+        text: str = self.tokenizer.decode(ids, skip_special_tokens=True)
+        return text
 
 
 @dataclass

@@ -66,8 +66,8 @@ class Dialogues:
     ):
         self.chatbot, self.history, self.metrics = chatbot, history, metrics
         self.health_every, self.draft_every = health_every, draft_every
-        self._background: set[asyncio.Task] = set()
-        self._watcher: asyncio.Task | None = None
+        self._background: set[asyncio.Task[Reply]] = set()
+        self._watcher: asyncio.Task[None] | None = None
 
     def lock(self, chat_id: int) -> AbstractAsyncContextManager[None]:
         """The chat's lock: its messages are answered one at a time, in order of arrival (across

@@ -37,7 +37,7 @@ class Drafts:
         self._text = ""
         self._changed = asyncio.Event()
         self._sending = self._closing = False
-        self._task: asyncio.Task | None = None
+        self._task: asyncio.Task[None] | None = None
 
     def show(self, text: str) -> None:
         """Make `text` the next draft (a later call before it leaves replaces it)."""

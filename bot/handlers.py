@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from telegram import BotCommand, Message, Update
 from telegram.constants import ChatType
 from telegram.error import TelegramError
-from telegram.ext import Application, CommandHandler, ContextTypes, MessageHandler, filters
+from telegram.ext import Application, CommandHandler, ContextTypes, ExtBot, JobQueue, MessageHandler, filters
 
 from bot.console import RESET_DONE, UNAVAILABLE
 from bot.dialogues import Dialogues
@@ -36,6 +37,12 @@ COMMANDS = [
     BotCommand("reset", "начать разговор заново"),
 ]
 STATE = "dialogues"  # key of the Dialogues in application.bot_data
+Data = dict[Any, Any]  # python-telegram-bot's own type of user_data, chat_data and bot_data
+# The Application bot/telegram.py builds: python-telegram-bot's default types, and ExtBot[int]
+# because AIORateLimiter takes an int (max_retries) per request.
+BotApplication = Application[
+    ExtBot[int], ContextTypes.DEFAULT_TYPE, Data, Data, Data, JobQueue[ContextTypes.DEFAULT_TYPE]
+]
 
 
 class Addressed(filters.MessageFilter):
@@ -53,43 +60,52 @@ class Addressed(filters.MessageFilter):
 
 def dialogues(context: ContextTypes.DEFAULT_TYPE) -> Dialogues:
     """The application's Dialogues."""
-    return context.bot_data[STATE]
+    state: Dialogues = context.bot_data[STATE]
+    return state
+
+
+def message_of(update: Update) -> Message:
+    """The update's message: every handler here is routed by message filters, so there is one."""
+    if update.effective_message is None:
+        raise ValueError(f"update {update.update_id} has no message")
+    return update.effective_message
 
 
 async def start(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     """Greet the user and say what the bot is."""
-    await update.effective_message.reply_text(START)
+    await message_of(update).reply_text(START)
 
 
 async def help_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     """Explain how to talk to the bot."""
-    await update.effective_message.reply_text(HELP)
+    await message_of(update).reply_text(HELP)
 
 
 async def reset(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     """Forget this chat's dialogue (after any reply still being written)."""
-    chat_id = update.effective_chat.id
-    async with dialogues(context).lock(chat_id):
-        await dialogues(context).history.reset(chat_id)
-    await update.effective_message.reply_text(RESET_DONE)
+    message = message_of(update)
+    async with dialogues(context).lock(message.chat_id):
+        await dialogues(context).history.reset(message.chat_id)
+    await message.reply_text(RESET_DONE)
 
 
 async def on_text(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     """Answer a text message (without the bot's @mention); blank ones are ignored."""
-    message = update.effective_message
-    if text := clean_turn(without_mention(message.text, context.bot.username)):
+    message = message_of(update)
+    if text := clean_turn(without_mention(message.text or "", context.bot.username)):
         await dialogues(context).answer(message, text)
 
 
 async def not_text(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     """Tell the user that only text is understood (stickers, photos, voice…)."""
-    await update.effective_message.reply_text(NOT_TEXT)
+    await message_of(update).reply_text(NOT_TEXT)
 
 
 async def refuse(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     """Refuse a chat that is not on ALLOWED_CHAT_IDS."""
-    log.info("chat %d is not allowed", update.effective_chat.id)
-    await update.effective_message.reply_text(REFUSED)
+    message = message_of(update)
+    log.info("chat %d is not allowed", message.chat_id)
+    await message.reply_text(REFUSED)
 
 
 async def on_error(update: object, context: ContextTypes.DEFAULT_TYPE) -> None:
@@ -111,7 +127,7 @@ async def on_error(update: object, context: ContextTypes.DEFAULT_TYPE) -> None:
             log.warning("could not apologise: %s", exc)
 
 
-def add_handlers(application: Application, allowed_chat_ids: frozenset[int]) -> None:
+def add_handlers(application: BotApplication, allowed_chat_ids: frozenset[int]) -> None:
     """Route updates: only addressed messages (commands too) from allowed chats reach the dialogue."""
     addressed = Addressed()
     allowed = filters.Chat(chat_id=allowed_chat_ids) if allowed_chat_ids else filters.ALL

@@ -12,12 +12,11 @@ PostgreSQL, per process in SQLite).
 from __future__ import annotations
 
 import asyncio
-import os
 import sqlite3
 import threading
 import time
 import weakref
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,38 +43,15 @@ class StoreUnavailable(Exception):
     """The history's database did not answer within the retry window (the user is told to retry)."""
 
 
-def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
-    try:
-        value = float(env.get(name) or default)
-    except ValueError:
-        value = -1.0
-    if value <= 0:
-        raise ValueError(f"{name} must be a positive number of seconds, got {env[name]!r}")
-    return value
-
-
 @dataclass(frozen=True)
 class DatabaseSettings:
-    """The PostgreSQL history's variables (the README lists them); no URL: SQLite in BOT_DATA_DIR."""
+    """The PostgreSQL history's variables (read by bot/settings.py); no URL: SQLite in BOT_DATA_DIR."""
 
     url: str = field(default="", repr=False)  # BOT_DATABASE_URL, postgresql://user:password@host:port/db
     # BOT_DATABASE_CONNECT_SECONDS: keep retrying the first connection this long
     connect_seconds: float = 60.0
     retry_seconds: float = 10.0  # BOT_DATABASE_RETRY_SECONDS: a lost connection is retried this long per call
     lock_seconds: float = 30.0  # BOT_CHAT_LOCK_SECONDS: a hung replica holds a chat's lock at most this long
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str] = os.environ) -> DatabaseSettings:
-        """Read and check the variables; a ValueError names the one that is wrong."""
-        url = env.get(DATABASE_URL, "").strip()
-        if url and not url.startswith(("postgresql://", "postgres://")):
-            raise ValueError(f"{DATABASE_URL} must be a postgresql://user:password@host:port/database URL")
-        return cls(
-            url,
-            _seconds(env, "BOT_DATABASE_CONNECT_SECONDS", cls.connect_seconds),
-            _seconds(env, "BOT_DATABASE_RETRY_SECONDS", cls.retry_seconds),
-            _seconds(env, "BOT_CHAT_LOCK_SECONDS", cls.lock_seconds),
-        )
 
 
 class Store(Protocol):

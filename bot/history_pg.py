@@ -83,6 +83,12 @@ class PostgresStore:
         self._lock_pool: asyncpg.Pool | None = None
         self._chat_locks = ChatLocks()
 
+    @staticmethod
+    def _started(pool: asyncpg.Pool | None) -> asyncpg.Pool:
+        if pool is None:
+            raise RuntimeError("the PostgreSQL history is used before start() or after close()")
+        return pool
+
     async def start(self) -> None:
         """Connect, retrying with backoff for connect_seconds; then migrate the schema."""
         deadline, delay = time.monotonic() + self.settings.connect_seconds, 0.5
@@ -130,7 +136,7 @@ class PostgresStore:
 
     async def _migrate(self) -> int:
         """Apply the migrations the database lacks; the schema version it is at."""
-        async with self._pool.acquire() as conn, conn.transaction():
+        async with self._started(self._pool).acquire() as conn, conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock($1, $2)", *MIGRATION_LOCK)
             await conn.execute(
                 "CREATE TABLE IF NOT EXISTS schema_version (version integer PRIMARY KEY, "
@@ -170,7 +176,7 @@ class PostgresStore:
 
     async def _run(self, work: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
         async def attempt() -> T:
-            async with self._pool.acquire() as conn:
+            async with self._started(self._pool).acquire() as conn:
                 return await work(conn)
 
         return await self._retrying(attempt)
@@ -208,7 +214,7 @@ class PostgresStore:
 
     async def _lock(self, chat_id: int) -> tuple[asyncpg.Connection, asyncpg.transaction.Transaction]:
         """A connection in a transaction that holds the chat's advisory lock (waits for it)."""
-        conn = await self._lock_pool.acquire()
+        conn = await self._started(self._lock_pool).acquire()
         try:
             transaction = conn.transaction()
             await transaction.start()
@@ -218,7 +224,7 @@ class PostgresStore:
             return conn, transaction
         except BaseException:
             conn.terminate()
-            await self._lock_pool.release(conn)
+            await self._started(self._lock_pool).release(conn)
             raise
 
     async def _keep_alive(self, conn: asyncpg.Connection, chat_id: int) -> None:
@@ -252,7 +258,7 @@ class PostgresStore:
                     )
                     conn.terminate()
                 finally:
-                    await self._lock_pool.release(conn)
+                    await self._started(self._lock_pool).release(conn)
 
     async def close(self) -> None:
         for pool in (self._lock_pool, self._pool):

@@ -3,8 +3,22 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from typing import TypedDict, Unpack
 
 import numpy as np
+
+
+class SamplingChanges(TypedDict, total=False):
+    """Fields of SamplingConfig to change (its keyword arguments, typed)."""
+
+    do_sample: bool
+    temperature: float
+    top_k: int
+    top_p: float
+    repetition_penalty: float
+    no_repeat_ngram_size: int
+    max_new_tokens: int
+    stop_ids: tuple[int, ...]
 
 
 @dataclass(frozen=True)
@@ -20,7 +34,7 @@ class SamplingConfig:
     max_new_tokens: int = 40  # the reply's length limit in tokens
     stop_ids: tuple[int, ...] = field(default=())  # generation ends on any of these (not emitted)
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         checks = [
             (self.temperature > 0, f"temperature must be > 0, got {self.temperature}"),
             (self.top_k >= 0, f"top_k must be >= 0 (0 = off), got {self.top_k}"),
@@ -37,19 +51,19 @@ class SamplingConfig:
                 raise ValueError(message)
 
     @classmethod
-    def greedy(cls, **overrides) -> SamplingConfig:
+    def greedy(cls, **overrides: Unpack[SamplingChanges]) -> SamplingConfig:
         """Plain argmax: no penalties, no n-gram blocking (matches generate(do_sample=False))."""
-        return cls(
+        plain = cls(
             do_sample=False,
             temperature=1.0,
             top_k=0,
             top_p=1.0,
             repetition_penalty=1.0,
             no_repeat_ngram_size=0,
-            **overrides,
         )
+        return plain.with_(**overrides)
 
-    def with_(self, **changes) -> SamplingConfig:
+    def with_(self, **changes: Unpack[SamplingChanges]) -> SamplingConfig:
         return replace(self, **changes)
 
 
@@ -94,8 +108,8 @@ def top_p_mask(values: np.ndarray, p: float) -> np.ndarray:
 
 
 def softmax(x: np.ndarray) -> np.ndarray:
-    e = np.exp(x - np.max(x))
-    return e / e.sum()
+    e: np.ndarray = np.exp(x - np.max(x))
+    return e / float(e.sum())
 
 
 def candidates(logits: np.ndarray, context: np.ndarray, cfg: SamplingConfig) -> tuple[np.ndarray, np.ndarray]:

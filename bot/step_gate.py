@@ -50,7 +50,7 @@ class StepGate:
     def __init__(self, config: GateConfig | None = None):
         self.config = config or GateConfig()
         self._members: dict[int, _Member] = {}
-        self._waiters: dict[int, asyncio.Future] = {}
+        self._waiters: dict[int, asyncio.Future[None]] = {}
         self._first_wait = 0.0  # when the oldest waiter arrived
         self._timer: asyncio.TimerHandle | None = None
         self.rounds = 0  # releases so far (steps released / rounds = mean round size)

@@ -13,11 +13,11 @@ from urllib.parse import urlsplit
 
 from telegram import Update
 from telegram.error import InvalidToken
-from telegram.ext import AIORateLimiter, Application, ApplicationBuilder
+from telegram.ext import AIORateLimiter, ApplicationBuilder
 
 from bot.chat import ChatBot
 from bot.dialogues import Dialogues
-from bot.handlers import COMMANDS, STATE, add_handlers
+from bot.handlers import COMMANDS, STATE, BotApplication, add_handlers
 from bot.history import open_store
 from bot.metrics import Metrics
 from bot.redact import hide_token_in_logs
@@ -29,21 +29,21 @@ HEALTH_EVERY = 15.0  # seconds between Triton health checks for bot_triton_up
 ALLOWED_UPDATES = [Update.MESSAGE]
 
 
-async def post_init(application: Application) -> None:
+async def post_init(application: BotApplication) -> None:
     """Connect the history, publish the command menu and start the Triton health checks."""
     await application.bot_data[STATE].history.start()
     await application.bot.set_my_commands(COMMANDS)
     application.bot_data[STATE].watch_triton()
 
 
-async def post_shutdown(application: Application) -> None:
+async def post_shutdown(application: BotApplication) -> None:
     """Stop the health checks and generations, close the history and the Triton client."""
     await application.bot_data[STATE].close()
 
 
 def build_application(
     chatbot: ChatBot, settings: Settings, metrics: Metrics | None = None, health_every: float = HEALTH_EVERY
-) -> Application:
+) -> BotApplication:
     """The bot's Application with its handlers; also hides the token in every log line."""
     hide_token_in_logs(settings.token)
     application = (
@@ -65,9 +65,8 @@ def build_application(
     return application
 
 
-def run_telegram(chatbot: ChatBot, webhook: bool = False) -> None:
-    """Run the bot until SIGINT/SIGTERM; settings from the environment (Settings.from_env)."""
-    settings = Settings.from_env(webhook=webhook)
+def run_telegram(chatbot: ChatBot, settings: Settings, webhook: bool = False) -> None:
+    """Run the bot until SIGINT/SIGTERM (`settings` checked for its mode by Settings.from_env)."""
     metrics = Metrics()
     if settings.metrics_port:
         try:

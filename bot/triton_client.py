@@ -11,7 +11,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any, TypeVar
 from urllib.parse import quote
 
 import aiohttp
@@ -20,11 +22,13 @@ import tritonclient.http.aio as triton_http
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential
 from tritonclient.utils import InferenceServerException
 
+from bot.settings import TritonSettings
 from bot.step_gate import GateConfig, StepGate
 from contract import triton_io as io
 from serve.health import is_alive
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class TritonError(RuntimeError):
@@ -56,7 +60,22 @@ class ModelInfo:
     max_positions: int
 
 
-_TRANSIENT_STATUS = {"502", "503", "504"}
+# How Triton 2.51 answers, measured against the real server (tests/test_generate.py, one test each):
+#   404  the model name is not in the repository ("... is not found"), or the model is loading or
+#        unloaded ("... has no available versions")
+#   400  a malformed request; the sequence batcher's "must specify the START flag" (no START for a
+#        correlation id it holds no sequence for: after END, idle timeout, restart, another replica)
+#   500  every error model.py returns (bad ids, too long a context, "unknown sequence ...: begin it
+#        with the START flag"), and "Stub process ... is not healthy" when the model's process died
+#   503  never seen from Triton itself here; 502/503/504 are what a proxy (Envoy) answers when the
+#        server behind it is down or slow
+_TRANSIENT_STATUS = {502, 503, 504}
+
+
+def _status(exc: InferenceServerException) -> int:
+    """The HTTP status of a Triton error (tritonclient keeps it as a string); 0 when none."""
+    status = exc.status()
+    return int(status) if status and str(status).isdigit() else 0
 
 
 def _classify(exc: BaseException) -> TritonError:
@@ -66,16 +85,23 @@ def _classify(exc: BaseException) -> TritonError:
         exc, (aiohttp.ClientError, asyncio.TimeoutError, OSError, EOFError)
     ):  # EOF: connection dropped
         return TritonUnavailable(f"Triton unreachable: {exc.__class__.__name__}: {exc}")
-    if isinstance(exc, InferenceServerException):
-        text = exc.message() or str(exc)
-        if "Stub process" in text:
-            return ModelDown(f"Triton's model is dead: {text}")
-        if exc.status() in _TRANSIENT_STATUS or "not ready" in text or "unavailable" in text.lower():
-            return TritonUnavailable(f"Triton unavailable: {text}")
-        if "START" in text or "unknown sequence" in text:
-            return SequenceLost(f"Triton lost the sequence: {text}")
-        return TritonRequestError(f"Triton refused the request: {text}")
-    return TritonError(f"{exc.__class__.__name__}: {exc}")
+    if not isinstance(exc, InferenceServerException):
+        return TritonError(f"{exc.__class__.__name__}: {exc}")
+    status, text = _status(exc), exc.message() or str(exc)
+    if status in _TRANSIENT_STATUS:
+        return TritonUnavailable(f"Triton unavailable ({status}): {text}")
+    if status == 404:
+        # One status for two cases: only the text tells a model being loaded from a wrong name.
+        if "no available versions" in text:
+            return TritonUnavailable(f"Triton's model is not loaded: {text}")
+        return TritonRequestError(f"Triton has no such model ({text}): check TRITON_MODEL")
+    # 500 is also every error of model.py: only the text tells the dead model process.
+    if status == 500 and "Stub process" in text:
+        return ModelDown(f"Triton's model is dead: {text}")
+    # 400 (sequence batcher) and 500 (model.py) are also bad requests: both lost-sequence texts say START.
+    if status in (400, 500) and "START" in text:
+        return SequenceLost(f"Triton lost the sequence: {text}")
+    return TritonRequestError(f"Triton refused the request ({status}): {text}")
 
 
 class _Pool:
@@ -134,9 +160,9 @@ class TritonClient:
 
     def __init__(
         self,
-        url: str = "127.0.0.1:8000",
-        model: str = io.DEFAULT_MODEL_NAME,
-        timeout: float = 10.0,
+        url: str = TritonSettings.url,
+        model: str = TritonSettings.model,
+        timeout: float = TritonSettings.timeout,
         retries: int = 3,
         gate: GateConfig | None = None,
     ):
@@ -161,7 +187,7 @@ class TritonClient:
             await self._client.close()
             self._client = None
 
-    async def _call(self, coro_fn):
+    async def _call(self, coro_fn: Callable[[], Awaitable[T]]) -> T:
         try:  # asyncio.timeout, not wait_for: no extra task, so a released round is sent at once
             async with asyncio.timeout(self.timeout):
                 return await coro_fn()
@@ -188,9 +214,9 @@ class TritonClient:
     async def model_info(self) -> ModelInfo:
         """Vocabulary and context size of the served model (fetched once, with retries)."""
         if self._info is None:
-            async for attempt in self._retrying():
-                with attempt:
-                    config = await self._call(lambda: self.client.get_model_config(self.model))
+            config: dict[str, Any] = await self._retrying()(
+                self._call, lambda: self.client.get_model_config(self.model)
+            )
             params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
             try:
                 self._info = ModelInfo(int(params[io.PARAM_VOCAB_SIZE]), int(params[io.PARAM_MAX_POSITIONS]))
@@ -209,7 +235,7 @@ class TritonClient:
         `in_flight_s`); START makes the sequence a member of the gate, END removes it."""
         head, body = self._request(sequence_id, ids, start, end)  # built before the gate
 
-        async def once():
+        async def once() -> np.ndarray:
             status, headers, data = await self._call(lambda: self._pool.post(head, body))
             if status != 200:
                 try:
@@ -220,7 +246,8 @@ class TritonClient:
             result = triton_http.InferenceServerClient.parse_response_body(
                 data, header_length=headers.get("inference-header-content-length")
             )
-            return result.as_numpy(io.LOGITS)[0]
+            logits: np.ndarray = result.as_numpy(io.LOGITS)[0]
+            return logits
 
         if end:
             self.gate.left(sequence_id)
@@ -230,15 +257,13 @@ class TritonClient:
         else:
             await self.gate.wait(sequence_id)
         try:
-            if not start:
-                return await once()
-            async for attempt in self._retrying():
-                with attempt:
-                    return await once()
+            return await (self._retrying()(once) if start else once())
         finally:
             self.gate.answered(sequence_id)
 
-    def _request(self, sequence_id: int, ids, start: bool, end: bool) -> tuple[bytes, bytes]:
+    def _request(
+        self, sequence_id: int, ids: list[int] | np.ndarray, start: bool, end: bool
+    ) -> tuple[bytes, bytes]:
         """HTTP head and body of one infer request (KServe v2, binary tensors)."""
         data = np.asarray(ids, dtype=np.int64).reshape(1, -1)
         inp = triton_http.InferInput(io.INPUT_IDS, list(data.shape), io.INPUT_IDS_DTYPE)

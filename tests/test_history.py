@@ -210,33 +210,6 @@ def test_chat_turn_lets_one_task_in_per_chat(backend):
     run(backend, body)
 
 
-def test_database_settings_from_env():
-    env = {"BOT_DATABASE_URL": " postgresql://bot:pw@db:5432/bot ", "BOT_CHAT_LOCK_SECONDS": "12.5"}
-    s = DatabaseSettings.from_env(env)
-    assert (s.url, s.connect_seconds, s.retry_seconds, s.lock_seconds) == (
-        "postgresql://bot:pw@db:5432/bot",
-        60,
-        10,
-        12.5,
-    )
-    assert "pw" not in repr(s) and DatabaseSettings.from_env({}).url == ""
-
-
-@pytest.mark.parametrize(
-    "env, name",
-    [
-        ({"BOT_DATABASE_URL": "mysql://bot@db/bot"}, "BOT_DATABASE_URL"),
-        ({"BOT_DATABASE_URL": "db:5432"}, "BOT_DATABASE_URL"),
-        ({"BOT_CHAT_LOCK_SECONDS": "soon"}, "BOT_CHAT_LOCK_SECONDS"),
-        ({"BOT_DATABASE_RETRY_SECONDS": "-1"}, "BOT_DATABASE_RETRY_SECONDS"),
-        ({"BOT_DATABASE_CONNECT_SECONDS": "0"}, "BOT_DATABASE_CONNECT_SECONDS"),
-    ],
-)
-def test_database_settings_errors_name_the_variable(env, name):
-    with pytest.raises(ValueError, match=name):
-        DatabaseSettings.from_env(env)
-
-
 # -- SQLite only -------------------------------------------------------------------------------
 
 
