@@ -114,7 +114,8 @@ def main(argv: list[str] | None = None) -> int:
     lengths = [int(n) for n in args.prompt_lengths.split(",")]
 
     rows = []
-    with TritonServer(repo, *free_ports(3), log_file=work / "tritonserver.log") as server:
+    http, grpc, metrics = free_ports(3)
+    with TritonServer(repo, http, grpc, metrics, log_file=work / "tritonserver.log") as server:
         runners = {
             "transformers": lambda b: run_transformers(model, b, args.new_tokens),
             "ort_v1": lambda b: run_ort(engine_v1, b, args.new_tokens),

@@ -79,7 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     del engine
     os.environ["RUDIALOGPT_EXECUTION_PROVIDER"] = "cuda"
     log_file = work / "tritonserver.log"
-    with TritonServer(repo, *free_ports(3), log_file=log_file, model_python=args.model_python) as server:
+    http, grpc, metrics = free_ports(3)
+    with TritonServer(repo, http, grpc, metrics, log_file=log_file, model_python=args.model_python) as server:
         run_triton(server.url, io.DEFAULT_MODEL_NAME, prompts(1, 16, vocab, seed=99), 8)
         for length in (50, 1000):
             for n in (1, 8):

@@ -11,7 +11,7 @@ import pytest
 
 from bot.__main__ import load_settings, parse_args
 from bot.settings import DEFAULT_TOKENIZER, TELEGRAM_API, Settings
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 
 TOKEN = {"TELEGRAM_BOT_TOKEN": "123:abc"}
 

@@ -22,6 +22,7 @@ from bot.triton_client import (
     _classify,
 )
 from serve.supervisor import stub_processes
+from tests.helpers import start_triton
 
 RETRIES = 50  # a retried error would take over a minute (backoff up to 2 s): none takes 5 s
 
@@ -101,14 +102,9 @@ def test_proxy_statuses_are_unavailable(status):
 def test_model_unloaded_then_dead(model_repository, tmp_path):
     """A second server (explicit model control) to unload the model and kill its process:
     404 "has no available versions" is unavailable; a dead stub's 500 is ModelDown, not retried."""
-    from serve.server import TritonServer, free_port
-
-    server = TritonServer(
+    server = start_triton(
         model_repository,
-        free_port(),
-        free_port(),
-        free_port(),
-        log_file=tmp_path / "t.log",
+        tmp_path / "t.log",
         extra_args=["--model-control-mode=explicit", "--load-model=rudialogpt"],
     )
 
@@ -120,7 +116,7 @@ def test_model_unloaded_then_dead(model_repository, tmp_path):
             await admin.close()
 
     start = lambda c: c.step(1, [5], start=True)  # noqa: E731 (the step each phase tries)
-    with server:
+    try:
         asyncio.run(control("unload"))
         exc = failure(server.url, start, retries=2)
         assert type(exc) is TritonUnavailable and "has no available versions" in str(exc)
@@ -130,6 +126,8 @@ def test_model_unloaded_then_dead(model_repository, tmp_path):
             os.kill(pid, signal.SIGKILL)
         exc = failure(server.url, start)  # one try: no retries against a dead model
         assert type(exc) is ModelDown and "Stub process 'rudialogpt_0_0' is not healthy" in str(exc)
+    finally:
+        server.stop()
 
 
 def failure_free(url: str) -> bool:
