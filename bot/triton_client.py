@@ -60,7 +60,7 @@ class ModelInfo:
     max_positions: int
 
 
-# How Triton 2.51 answers, measured against the real server (tests/test_generate.py, one test each):
+# How Triton 2.51 answers, measured against the real server (tests/test_triton_client.py, one test each):
 #   404  the model name is not in the repository ("... is not found"), or the model is loading or
 #        unloaded ("... has no available versions")
 #   400  a malformed request; the sequence batcher's "must specify the START flag" (no START for a
@@ -81,9 +81,7 @@ def _status(exc: InferenceServerException) -> int:
 def _classify(exc: BaseException) -> TritonError:
     if isinstance(exc, TritonError):
         return exc
-    if isinstance(
-        exc, (aiohttp.ClientError, asyncio.TimeoutError, OSError, EOFError)
-    ):  # EOF: connection dropped
+    if isinstance(exc, (aiohttp.ClientError, asyncio.TimeoutError, OSError, EOFError)):  # EOF: dropped
         return TritonUnavailable(f"Triton unreachable: {exc.__class__.__name__}: {exc}")
     if not isinstance(exc, InferenceServerException):
         return TritonError(f"{exc.__class__.__name__}: {exc}")
