@@ -20,6 +20,12 @@ from engine import KVEngine, Step, StepError, make_session
 from contract import triton_io as io
 
 ENV_PROVIDER = "RUDIALOGPT_EXECUTION_PROVIDER"  # overrides the execution_provider parameter
+GAUGES = {  # the model's own metrics on Triton's /metrics: name -> description
+    "rudialogpt_cached_sequences": "Sequences holding a KV slot",
+    "rudialogpt_cached_tokens": "Tokens of context held in KV slots",
+    "rudialogpt_kv_slots_free": "KV slots free for new sequences",
+    "rudialogpt_engine_rows": "Rows bound to onnxruntime calls since load, by kind (active, idle)",
+}
 
 
 class TritonPythonModel:
@@ -47,26 +53,8 @@ class TritonPythonModel:
         labels = {"model": args["model_name"], "version": args["model_version"]}
         # The families must outlive their metrics: keep them on the instance.
         self.families = [
-            pb_utils.MetricFamily(
-                name="rudialogpt_cached_sequences",
-                kind=pb_utils.MetricFamily.GAUGE,
-                description="Sequences holding a KV slot",
-            ),
-            pb_utils.MetricFamily(
-                name="rudialogpt_cached_tokens",
-                kind=pb_utils.MetricFamily.GAUGE,
-                description="Tokens of context held in KV slots",
-            ),
-            pb_utils.MetricFamily(
-                name="rudialogpt_kv_slots_free",
-                kind=pb_utils.MetricFamily.GAUGE,
-                description="KV slots free for new sequences",
-            ),
-            pb_utils.MetricFamily(
-                name="rudialogpt_engine_rows",
-                kind=pb_utils.MetricFamily.GAUGE,
-                description="Rows bound to onnxruntime calls since load, by kind (active, idle)",
-            ),
+            pb_utils.MetricFamily(name=name, kind=pb_utils.MetricFamily.GAUGE, description=text)
+            for name, text in GAUGES.items()
         ]
         self.sequences_gauge, self.tokens_gauge, self.free_gauge = (
             f.Metric(labels=labels) for f in self.families[:3]

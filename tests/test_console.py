@@ -21,18 +21,16 @@ from tests.helpers import interruptible
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def console_argv(model_repository: Path, *flags: str) -> list[str]:
+    """`python -m bot --console` with the exported tokenizer."""
+    tokenizer = model_repository / "rudialogpt" / "tokenizer"
+    return [sys.executable, "-m", "bot", "--console", "--tokenizer", str(tokenizer), *flags]
+
+
 def console(url: str, model_repository, stdin: str, *flags: str):
     env = dict(os.environ, TRITON_URL=url, TRITON_MODEL="rudialogpt")
     return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "bot",
-            "--console",
-            "--tokenizer",
-            str(model_repository / "rudialogpt" / "tokenizer"),
-            *flags,
-        ],
+        console_argv(model_repository, *flags),
         input=stdin,
         capture_output=True,
         text=True,
@@ -147,16 +145,7 @@ def test_on_a_terminal_the_reply_grows_as_it_is_generated(triton, tokenizer):
 def test_ctrl_c_ends_the_chat_at_once(triton, model_repository):
     env = dict(os.environ, TRITON_URL=triton.url, TRITON_MODEL="rudialogpt")
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "bot",
-            "--console",
-            "--tokenizer",
-            str(model_repository / "rudialogpt" / "tokenizer"),
-            "--max-new-tokens",
-            "8",
-        ],
+        console_argv(model_repository, "--max-new-tokens", "8"),
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -180,14 +169,7 @@ def test_ctrl_c_ends_the_chat_at_once(triton, model_repository):
 def test_bad_triton_timeout_is_a_clear_error(model_repository, value):
     env = dict(os.environ, TRITON_URL="127.0.0.1:9", TRITON_TIMEOUT=value)  # refused before any request
     proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "bot",
-            "--console",
-            "--tokenizer",
-            str(model_repository / "rudialogpt" / "tokenizer"),
-        ],
+        console_argv(model_repository),
         input="Привет!\n",
         capture_output=True,
         text=True,
