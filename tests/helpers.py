@@ -135,6 +135,20 @@ def interruptible() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
+def interactive(argv: list[str], env: dict[str, str]) -> subprocess.Popen[str]:
+    """`argv` run from the repository root with text pipes, to be sent Ctrl-C (SIGINT) like a user."""
+    return subprocess.Popen(
+        argv,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        preexec_fn=interruptible,
+    )
+
+
 def register_launcher(pid: int) -> None:
     """Count a launcher process started by a test in the end-of-run leak check."""
     LAUNCHERS.add(pid)

@@ -6,9 +6,8 @@ import json
 import math
 import subprocess
 import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.helpers import ROOT
 
 
 def test_bench_tiny_smoke(tmp_path):

@@ -16,9 +16,7 @@ from bot.chat import ChatBot
 from bot.console import run_console
 from bot.sampling import SamplingConfig
 from bot.triton_client import TritonClient
-from tests.helpers import interruptible
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.helpers import ROOT, interactive
 
 
 def console_argv(model_repository: Path, *flags: str) -> list[str]:
@@ -144,16 +142,7 @@ def test_on_a_terminal_the_reply_grows_as_it_is_generated(triton, tokenizer):
 
 def test_ctrl_c_ends_the_chat_at_once(triton, model_repository):
     env = dict(os.environ, TRITON_URL=triton.url, TRITON_MODEL="rudialogpt")
-    proc = subprocess.Popen(
-        console_argv(model_repository, "--max-new-tokens", "8"),
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=ROOT,
-        env=env,
-        preexec_fn=interruptible,
-    )
+    proc = interactive(console_argv(model_repository, "--max-new-tokens", "8"), env)
     try:
         proc.stdin.write("Привет!\n")
         proc.stdin.flush()

@@ -5,16 +5,12 @@ from __future__ import annotations
 import os
 import signal
 import socket
-import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 from serve.server import free_port
-from tests.helpers import interruptible
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.helpers import interactive
 
 
 def listening(port: int) -> bool:
@@ -27,7 +23,7 @@ def test_ctrl_c_in_the_chat_stops_triton(tiny_checkpoint, model_repository):
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k not in ("TELEGRAM_BOT_TOKEN", "TRITON_URL")}
     # It starts a Triton of its own (the test must see it stop), reusing the checkpoint and the export.
-    proc = subprocess.Popen(
+    proc = interactive(
         [
             sys.executable,
             "-m",
@@ -39,13 +35,7 @@ def test_ctrl_c_in_the_chat_stops_triton(tiny_checkpoint, model_repository):
             "--http-port",
             str(port),
         ],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=ROOT,
-        env=env,
-        preexec_fn=interruptible,
+        env,
     )
     try:
         proc.stdin.write("Привет!\n")

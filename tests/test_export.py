@@ -11,8 +11,7 @@ import pytest
 from contract import triton_io as io
 from export import ExportError, ServingConfig, export
 from export.triton_config import model_config, render, validate
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.helpers import ROOT
 
 
 def test_repository_layout(model_repository):

@@ -16,13 +16,13 @@ from tokenizers import Tokenizer
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from contract.dialogue import FIRST, MARKERS, SECOND, build_prompt
+from tests.helpers import ROOT
 from training.__main__ import main, parse_args
 from training.config import TINY, ConfigError, TrainConfig
 from training.data import collator, load_examples
 from training.tiny import build_tiny
 from training.train import CHECKPOINTS, CONFIG_FILE, load_base, train
 
-ROOT = Path(__file__).parents[1]
 SAMPLE = ROOT / "training" / "data.csv"
 PROMPTS = [
     build_prompt(["Привет!"]),
