@@ -32,7 +32,11 @@ T = TypeVar("T")
 
 
 class TritonError(RuntimeError):
-    """A Triton call failed."""
+    """A Triton call failed; `status` is the HTTP status it answered with (0: no answer)."""
+
+    def __init__(self, message: str, status: int = 0):
+        super().__init__(message)
+        self.status = status
 
 
 class TritonUnavailable(TritonError):
@@ -64,11 +68,13 @@ class ModelInfo:
 #   404  the model name is not in the repository ("... is not found"), or the model is loading or
 #        unloaded ("... has no available versions")
 #   400  a malformed request; the sequence batcher's "must specify the START flag" (no START for a
-#        correlation id it holds no sequence for: after END, idle timeout, restart, another replica)
-#   500  every error model.py returns (bad ids, too long a context, "unknown sequence ...: begin it
-#        with the START flag"), and "Stub process ... is not healthy" when the model's process died
-#   503  never seen from Triton itself here; 502/503/504 are what a proxy (Envoy) answers when the
-#        server behind it is down or slow
+#        correlation id it holds no sequence for: after END, idle timeout, restart, another replica);
+#        model.py's refusals (bad ids, too long a context) and its own "unknown sequence ...: begin
+#        it with the START flag" (the engine holds no cache for it), sent as INVALID_ARG
+#   500  "Stub process ... is not healthy" when the model's process died; model.py's INTERNAL (an
+#        onnxruntime failure: "... begin it again with START" when the engine dropped the cache)
+#   503  model.py's UNAVAILABLE (no KV slot free right now); 502/503/504 are also what a proxy
+#        (Envoy) answers when the server behind it is down or slow
 _TRANSIENT_STATUS = {502, 503, 504}
 
 
@@ -87,19 +93,20 @@ def _classify(exc: BaseException) -> TritonError:
         return TritonError(f"{exc.__class__.__name__}: {exc}")
     status, text = _status(exc), exc.message() or str(exc)
     if status in _TRANSIENT_STATUS:
-        return TritonUnavailable(f"Triton unavailable ({status}): {text}")
+        return TritonUnavailable(f"Triton unavailable ({status}): {text}", status)
     if status == 404:
         # One status for two cases: only the text tells a model being loaded from a wrong name.
         if "no available versions" in text:
-            return TritonUnavailable(f"Triton's model is not loaded: {text}")
-        return TritonRequestError(f"Triton has no such model ({text}): check TRITON_MODEL")
-    # 500 is also every error of model.py: only the text tells the dead model process.
+            return TritonUnavailable(f"Triton's model is not loaded: {text}", status)
+        return TritonRequestError(f"Triton has no such model ({text}): check TRITON_MODEL", status)
+    # 500 is also model.py's onnxruntime failure: only the text tells the dead model process.
     if status == 500 and "Stub process" in text:
-        return ModelDown(f"Triton's model is dead: {text}")
-    # 400 (sequence batcher) and 500 (model.py) are also bad requests: both lost-sequence texts say START.
+        return ModelDown(f"Triton's model is dead: {text}", status)
+    # 400 is also a bad request, 500 a failed one: the texts of a lost sequence (the batcher's and
+    # model.py's) say START.
     if status in (400, 500) and "START" in text:
-        return SequenceLost(f"Triton lost the sequence: {text}")
-    return TritonRequestError(f"Triton refused the request ({status}): {text}")
+        return SequenceLost(f"Triton lost the sequence: {text}", status)
+    return TritonRequestError(f"Triton refused the request ({status}): {text}", status)
 
 
 class _Pool:

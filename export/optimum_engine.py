@@ -74,7 +74,9 @@ class OptimumEngine:
     def _check(self, step: Step) -> None:
         """The reference runs the exporter's and the bench's own steps: only what they can get wrong."""
         if not step.start and step.sequence_id not in self.caches:
-            raise StepError(f"unknown sequence {step.sequence_id}: begin it with the START flag")
+            raise StepError(
+                f"unknown sequence {step.sequence_id}: begin it with the START flag", StepError.LOST
+            )
         past = 0 if step.start else self.caches[step.sequence_id].length
         if past + step.ids.size > self.max_positions:
             raise StepError(

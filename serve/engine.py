@@ -38,7 +38,18 @@ CALL_OVERHEAD_TOKENS = 6
 
 
 class StepError(ValueError):
-    """A request the model refuses; returned to that request alone, the server keeps serving."""
+    """A request the model refuses; returned to that request alone, the server keeps serving.
+
+    `kind` says whose move it is, and model.py turns it into Triton's error code (HTTP status)."""
+
+    INVALID = "invalid"  # the request itself is wrong (shape, ids, context too long): 400
+    LOST = "lost"  # no cache for the sequence (never started, freed, dropped): START again; 400
+    BUSY = "busy"  # no KV slot free right now: try again later; 503
+    FAILED = "failed"  # onnxruntime failed; the call's caches were dropped: START again; 500
+
+    def __init__(self, message: str, kind: str = INVALID):
+        super().__init__(message)
+        self.kind = kind
 
 
 @dataclass
@@ -207,7 +218,8 @@ class KVEngine:
             if not idle:
                 raise StepError(
                     f"all {self.slots} KV slots are in use by this batch: raise kv_slots "
-                    "(python -m export --kv-slots) or lower max_batch_size"
+                    "(python -m export --kv-slots) or lower max_batch_size",
+                    StepError.BUSY,
                 )
             victim = min(idle, key=lambda s: self.seqs[s].last_used)
             log.warning("all %d KV slots in use: freeing least recently used sequence %d", self.slots, victim)
@@ -253,7 +265,8 @@ class KVEngine:
         if not step.start and step.sequence_id not in self.seqs:
             raise StepError(
                 f"unknown sequence {step.sequence_id}: begin it with the START flag "
-                f"(slots idle for {self.idle_seconds:.0f} s are freed)"
+                f"(slots idle for {self.idle_seconds:.0f} s are freed)",
+                StepError.LOST,
             )
         past = 0 if step.start else self.seqs[step.sequence_id].length
         if past + ids.size > self.slot_length:
@@ -393,7 +406,8 @@ class KVEngine:
             log.error("ORT call over slots %d..%d failed: %r", lo, hi - 1, exc)
             for r in call:
                 results[r.index] = StepError(
-                    f"inference failed ({exc}); the sequence's cache was dropped: begin it again with START"
+                    f"inference failed ({exc}); the sequence's cache was dropped: begin it again with START",
+                    StepError.FAILED,
                 )
             return
         self.calls += 1

@@ -20,6 +20,14 @@ from engine import KVEngine, Step, StepError, make_session
 from contract import triton_io as io
 
 ENV_PROVIDER = "RUDIALOGPT_EXECUTION_PROVIDER"  # overrides the execution_provider parameter
+# StepError.kind -> Triton's error code, which its HTTP front end answers as a status (the client
+# tells them apart by it: bot/triton_client.py).
+ERROR_CODES = {
+    StepError.INVALID: "INVALID_ARG",  # 400
+    StepError.LOST: "INVALID_ARG",  # 400, as the sequence batcher's own "must specify the START flag"
+    StepError.BUSY: "UNAVAILABLE",  # 503: retried by the client
+    StepError.FAILED: "INTERNAL",  # 500
+}
 GAUGES = {  # the model's own metrics on Triton's /metrics: name -> description
     "rudialogpt_cached_sequences": "Sequences holding a KV slot",
     "rudialogpt_cached_tokens": "Tokens of context held in KV slots",
@@ -113,12 +121,13 @@ class TritonPythonModel:
             results = iter(self.engine.step(live))
         except Exception as exc:  # an ORT failure: fail these requests, keep serving
             self.logger.log_error(f"rudialogpt: step failed: {exc!r}")
-            results = iter([StepError(f"inference failed: {exc}")] * len(live))
+            results = iter([StepError(f"inference failed: {exc}", StepError.FAILED)] * len(live))
         responses: list[Any] = []
         for r in range(len(requests)):
             result = StepError(errors[r]) if r in errors else next(results)
             if isinstance(result, StepError):
-                responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(str(result))))
+                code = getattr(pb_utils.TritonError, ERROR_CODES[result.kind])
+                responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(str(result), code)))
             else:
                 responses.append(pb_utils.InferenceResponse([pb_utils.Tensor(io.LOGITS, result)]))
         self._update_gauges()

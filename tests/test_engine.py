@@ -120,7 +120,8 @@ def test_full_slots_free_the_least_recently_used_sequence(session):
     e.step([Step(3, np.array([1]), start=True)])
     assert sorted(e.seqs) == [1, 3]
     out = e.step([Step(k, np.array([1]), start=True) for k in (4, 5, 6)])  # more than the slots
-    assert sum(isinstance(o, StepError) and "KV slots" in str(o) for o in out) == 1
+    refused = [o for o in out if isinstance(o, StepError)]
+    assert len(refused) == 1 and "KV slots" in str(refused[0]) and refused[0].kind == StepError.BUSY
 
 
 def test_the_liveness_probe_has_its_own_slot(session, ref):
@@ -149,6 +150,8 @@ def test_bad_steps_fail_alone(session, ref):
     assert close(out[2], ref([1, 2]))
     assert isinstance(out[3], StepError) and f"[0, {e.vocab_size})" in str(out[3])
     assert isinstance(out[4], StepError) and "empty" in str(out[4])
+    kinds = [o.kind if isinstance(o, StepError) else None for o in out]
+    assert kinds == [StepError.INVALID, StepError.LOST, None, StepError.INVALID, StepError.INVALID]
     assert sorted(e.seqs) == [3]
 
 
@@ -181,6 +184,7 @@ def test_an_ort_failure_drops_only_that_calls_sequences(session, ref, monkeypatc
     out = e.step([Step(1, np.array([5])), Step(2, np.array(b), start=True)])
     assert close(out[0], ref([*a, 5]))
     assert isinstance(out[1], StepError) and "START" in str(out[1])  # the client restarts it
+    assert out[1].kind == StepError.FAILED
     assert sorted(e.seqs) == [1] and len(e._free) == 3
     out = e.step([Step(1, np.array([6])), Step(2, np.array(b), start=True)])
     assert close(out[0], ref([*a, 5, 6])) and close(out[1], ref(b))

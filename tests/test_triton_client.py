@@ -75,14 +75,17 @@ def test_step_without_start_is_a_lost_sequence(triton):
 
     exc = failure(triton.url, body)
     assert type(exc) is SequenceLost and "must specify the START flag" in str(exc)
+    assert exc.status == 400
 
 
 def test_sequence_the_model_dropped_is_lost(triton):
-    """500 from model.py: Triton's batcher holds the sequence, the engine has no cache for it."""
+    """400 (INVALID_ARG) from model.py: Triton's batcher holds the sequence, the engine has no cache
+    for it (here: its START was refused for bad ids, also a 400)."""
     refused = failure(triton.url, lambda c: c.step(7002, [10**6], start=True))
     assert type(refused) is TritonRequestError and "token ids must be in" in str(refused)
     lost = failure(triton.url, lambda c: c.step(7002, [5]))
     assert type(lost) is SequenceLost and "unknown sequence 7002" in str(lost)
+    assert (refused.status, lost.status) == (400, 400)
 
 
 def test_malformed_request_is_refused(triton):
