@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import socket
+import subprocess
 import sys
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TypeVar
@@ -24,10 +27,11 @@ from bot.streaming import OnText
 from bot.telegram import ALLOWED_UPDATES
 from bot.triton_client import TritonClient
 from tests.fake_telegram import FakeTelegram
-from tests.helpers import MODEL, Slow
+from tests.helpers import MODEL, ROOT, Slow
 
 T = TypeVar("T")
 CHAT, OTHER, GROUP = 1001, 2002, -1003003
+LOCK_SECONDS = 4  # BOT_CHAT_LOCK_SECONDS of a Replica: how long a hung replica holds a chat
 
 
 class RecordingChatBot(ChatBot):
@@ -161,3 +165,42 @@ def python_m_bot(model_repository: Path, *flags: str) -> list[str]:
 def listening(port: int) -> bool:
     with socket.socket() as s:
         return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+async def wait(condition, timeout: float = 60.0, poll: float = 0.02) -> float:
+    """Wait until the coroutine function `condition()` is true; the seconds it took."""
+    start = time.monotonic()
+    while not await condition():
+        assert time.monotonic() - start < timeout, "timed out"
+        await asyncio.sleep(poll)
+    return time.monotonic() - start
+
+
+class Replica:
+    """`python -m bot` polling `tg`, its history in `database_url`; output in `log`."""
+
+    def __init__(
+        self, tg: FakeTelegram, triton, model_repository: Path, database_url: str, log: Path, **env: str
+    ):
+        self.tg, self.log = tg, log
+        env = bot_env(
+            tg,
+            log.parent / "unused-data",
+            TRITON_URL=triton.url,
+            TRITON_MODEL="rudialogpt",
+            BOT_DATABASE_URL=database_url,
+            BOT_CHAT_LOCK_SECONDS=str(LOCK_SECONDS),
+            **env,
+        )
+        with open(log, "w") as out:
+            self.process = subprocess.Popen(
+                python_m_bot(model_repository), cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT
+            )
+
+    def polling(self) -> bool:
+        return bool(self.tg.of("getUpdates")) or self.process.poll() is not None
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout=30)

@@ -6,36 +6,24 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import subprocess
 import threading
 import time
 from contextlib import ExitStack
-from pathlib import Path
 
 import asyncpg
 import pytest
 
-from bot.console import UNAVAILABLE
-from bot.handlers import SORRY
-from bot.history import DatabaseSettings
-from bot.metrics import Metrics
-from bot.settings import Settings
-from bot.telegram import build_application
-from serve.server import free_port
 from tests.fake_telegram import FakeTelegram
-from tests.helpers import ROOT
 from tests.telegram_harness import (
-    bot_env,
-    chatbot,
+    LOCK_SECONDS,
+    Replica,
     generated,
-    python_m_bot,
-    run_bot,
-    say,
+    wait,
 )
 
 CHATS, MESSAGES = 20, 5
 FIRST_CHAT = 5000
-LOCK_SECONDS = 4  # BOT_CHAT_LOCK_SECONDS for the replicas here
+
 # Bounds setup too: the first test may train, export and start the session's Triton (~1-2 min).
 pytestmark = [pytest.mark.timeout(600), pytest.mark.usefixtures("no_leaked_threads")]
 
@@ -60,50 +48,11 @@ class HeldTelegram(FakeTelegram):
         super().__exit__(*exc)
 
 
-class Replica:
-    """`python -m bot` polling `tg`, its history in `database_url`; output in `log`."""
-
-    def __init__(
-        self, tg: FakeTelegram, triton, model_repository: Path, database_url: str, log: Path, **env: str
-    ):
-        self.tg, self.log = tg, log
-        env = bot_env(
-            tg,
-            log.parent / "unused-data",
-            TRITON_URL=triton.url,
-            TRITON_MODEL="rudialogpt",
-            BOT_DATABASE_URL=database_url,
-            BOT_CHAT_LOCK_SECONDS=str(LOCK_SECONDS),
-            **env,
-        )
-        with open(log, "w") as out:
-            self.process = subprocess.Popen(
-                python_m_bot(model_repository), cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT
-            )
-
-    def polling(self) -> bool:
-        return bool(self.tg.of("getUpdates")) or self.process.poll() is not None
-
-    def stop(self) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        return self.process.wait(timeout=30)
-
-
 async def rows(pool: asyncpg.Pool, chat_id: int) -> list[tuple[str, str]]:
     return [
         (r["role"], r["text"])
         for r in await pool.fetch("SELECT role, text FROM messages WHERE chat_id = $1 ORDER BY id", chat_id)
     ]
-
-
-async def wait(condition, timeout: float = 60.0, poll: float = 0.02) -> float:
-    """Wait until the coroutine function `condition()` is true; the seconds it took."""
-    start = time.monotonic()
-    while not await condition():
-        assert time.monotonic() - start < timeout, "timed out"
-        await asyncio.sleep(poll)
-    return time.monotonic() - start
 
 
 def text(chat: int, k: int) -> str:
@@ -235,122 +184,3 @@ async def reply_stored(database_url: str, chat: int) -> bool:
 
 async def lock_waiters_is(database_url: str, n: int) -> bool:
     return await lock_waiters(database_url) == n
-
-
-# -- bad configuration ------------------------------------------------------------------------
-
-
-def run_bot_process(tg: FakeTelegram, model_repository: Path, tmp_path: Path, url: str, **env: str):
-    return subprocess.run(
-        python_m_bot(model_repository),
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=bot_env(tg, tmp_path, BOT_DATABASE_URL=url, **env),
-    )
-
-
-def test_unreachable_database_is_retried_then_named(tg, model_repository, tmp_path):
-    port = free_port()  # nothing listens there
-    start = time.monotonic()
-    result = run_bot_process(
-        tg,
-        model_repository,
-        tmp_path,
-        f"postgresql://bot:s3cret-pw@127.0.0.1:{port}/bot",
-        BOT_DATABASE_CONNECT_SECONDS="3",
-    )
-    took = time.monotonic() - start
-    assert result.returncode == 2, result.stderr
-    assert (
-        f"error: BOT_DATABASE_URL: no PostgreSQL answered at postgresql://bot:***@127.0.0.1:{port}/bot "
-        "within 3 s"
-    ) in result.stderr
-    assert result.stderr.count("database not reachable") >= 2  # retried, with backoff
-    assert "s3cret-pw" not in result.stdout + result.stderr
-    assert 3 <= took < 60
-
-
-def test_database_late_at_start_is_waited_for(tg, triton, model_repository, postgres, database_url, tmp_path):
-    postgres.stop()
-    try:
-        replica = Replica(
-            tg,
-            triton,
-            model_repository,
-            database_url,
-            tmp_path / "bot.log",
-            BOT_DATABASE_CONNECT_SECONDS="60",
-        )
-        asyncio.run(
-            wait(
-                lambda: asyncio.sleep(
-                    0,
-                    "database not reachable" in replica.log.read_text() or replica.process.poll() is not None,
-                ),
-                timeout=120,
-            )
-        )
-        time.sleep(2)  # a few more tries
-    finally:
-        postgres.start()
-    try:
-        tg.message(FIRST_CHAT, "Привет!")
-        asyncio.run(
-            tg.wait_for(lambda: tg.texts(FIRST_CHAT) or replica.process.poll() is not None, timeout=90)
-        )
-    finally:
-        code = replica.stop()
-    log = replica.log.read_text()
-    assert code == 0 and generated(tg.texts(FIRST_CHAT)[0]), log
-    assert log.count("database not reachable") >= 2 and "history: PostgreSQL" in log
-
-
-def test_wrong_password_is_refused_at_once(tg, model_repository, tmp_path, postgres):
-    result = run_bot_process(tg, model_repository, tmp_path, postgres.url(password="wrong-pw"))
-    assert result.returncode == 2, result.stderr
-    assert "error: BOT_DATABASE_URL: PostgreSQL postgresql://bot:***@" in result.stderr
-    assert 'password authentication failed for user "bot"' in result.stderr
-    assert "database not reachable" not in result.stderr  # not retried: it would not get better
-    assert "wrong-pw" not in result.stdout + result.stderr
-
-
-def test_database_going_away_while_running(tg, triton, tokenizer, postgres, database_url, tmp_path):
-    """Down longer than the retry window: the user is told, the bot reconnects when it is back.
-    Down shorter: the message waits and is answered; nothing stored is lost either way."""
-    database = DatabaseSettings(database_url, connect_seconds=10, retry_seconds=3, lock_seconds=LOCK_SECONDS)
-    settings = Settings(tg.token, tg.url, tmp_path / "data", metrics_port=0, database=database)
-    metrics, bot = Metrics(), chatbot(triton.url, tokenizer)
-
-    async def body(dialogues):
-        await say(tg, FIRST_CHAT, "Привет!")
-        await asyncio.to_thread(postgres.stop)
-        try:
-            await say(tg, FIRST_CHAT, "Ты тут?")  # answered after the retries
-        finally:
-            await asyncio.to_thread(postgres.start)
-        await say(tg, FIRST_CHAT, "А теперь?")
-        await asyncio.to_thread(postgres.stop)
-        expected = len(tg.texts(FIRST_CHAT)) + 1
-        tg.message(FIRST_CHAT, "Ещё раз")
-        await asyncio.sleep(1)  # the bot is retrying meanwhile
-        await asyncio.to_thread(postgres.start)
-        await tg.wait_for(lambda: len(tg.texts(FIRST_CHAT)) >= expected)
-
-        async def reply_stored() -> bool:  # stored just after it is sent
-            return (await dialogues.history.turns(FIRST_CHAT, 1)) == tg.texts(FIRST_CHAT)[-1:]
-
-        await wait(reply_stored, timeout=10)
-        return await dialogues.history.turns(FIRST_CHAT, 100)
-
-    try:
-        turns = run_bot(build_application(bot, settings, metrics), body)
-    finally:
-        postgres.start()  # a no-op when it runs
-    texts = tg.texts(FIRST_CHAT)
-    assert len(texts) == 4 and texts[1] == UNAVAILABLE and SORRY not in texts
-    assert generated(texts[0]) and generated(texts[2]) and generated(texts[3])
-    assert turns == ["Привет!", texts[0], "А теперь?", texts[2], "Ещё раз", texts[3]]
-    assert metrics.registry.get_sample_value("bot_errors_total", {"kind": "database"}) == 1
-    assert metrics.registry.get_sample_value("bot_errors_total", {"kind": "unexpected"}) == 0

@@ -1,0 +1,152 @@
+"""bot/history_pg.py's faults through the bot: a database that is unreachable, late at start,
+refuses the password, or goes away while the bot runs (the real PostgreSQL of the session)."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from bot.console import UNAVAILABLE
+from bot.handlers import SORRY
+from bot.history import DatabaseSettings
+from bot.metrics import Metrics
+from bot.settings import Settings
+from bot.telegram import build_application
+from serve.server import free_port
+from tests.fake_telegram import FakeTelegram
+from tests.helpers import ROOT
+from tests.telegram_harness import (
+    LOCK_SECONDS,
+    Replica,
+    bot_env,
+    chatbot,
+    generated,
+    python_m_bot,
+    run_bot,
+    say,
+    wait,
+)
+
+FIRST_CHAT = 6000
+# Bounds setup too: the first test may train, export and start the session's Triton (~1-2 min).
+pytestmark = [pytest.mark.timeout(600), pytest.mark.usefixtures("no_leaked_threads")]
+
+
+def run_bot_process(tg: FakeTelegram, model_repository: Path, tmp_path: Path, url: str, **env: str):
+    return subprocess.run(
+        python_m_bot(model_repository),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=bot_env(tg, tmp_path, BOT_DATABASE_URL=url, **env),
+    )
+
+
+def test_unreachable_database_is_retried_then_named(tg, model_repository, tmp_path):
+    port = free_port()  # nothing listens there
+    start = time.monotonic()
+    result = run_bot_process(
+        tg,
+        model_repository,
+        tmp_path,
+        f"postgresql://bot:s3cret-pw@127.0.0.1:{port}/bot",
+        BOT_DATABASE_CONNECT_SECONDS="3",
+    )
+    took = time.monotonic() - start
+    assert result.returncode == 2, result.stderr
+    assert (
+        f"error: BOT_DATABASE_URL: no PostgreSQL answered at postgresql://bot:***@127.0.0.1:{port}/bot "
+        "within 3 s"
+    ) in result.stderr
+    assert result.stderr.count("database not reachable") >= 2  # retried, with backoff
+    assert "s3cret-pw" not in result.stdout + result.stderr
+    assert 3 <= took < 60
+
+
+def test_database_late_at_start_is_waited_for(tg, triton, model_repository, postgres, database_url, tmp_path):
+    postgres.stop()
+    try:
+        replica = Replica(
+            tg,
+            triton,
+            model_repository,
+            database_url,
+            tmp_path / "bot.log",
+            BOT_DATABASE_CONNECT_SECONDS="60",
+        )
+        asyncio.run(
+            wait(
+                lambda: asyncio.sleep(
+                    0,
+                    "database not reachable" in replica.log.read_text() or replica.process.poll() is not None,
+                ),
+                timeout=120,
+            )
+        )
+        time.sleep(2)  # a few more tries
+    finally:
+        postgres.start()
+    try:
+        tg.message(FIRST_CHAT, "Привет!")
+        asyncio.run(
+            tg.wait_for(lambda: tg.texts(FIRST_CHAT) or replica.process.poll() is not None, timeout=90)
+        )
+    finally:
+        code = replica.stop()
+    log = replica.log.read_text()
+    assert code == 0 and generated(tg.texts(FIRST_CHAT)[0]), log
+    assert log.count("database not reachable") >= 2 and "history: PostgreSQL" in log
+
+
+def test_wrong_password_is_refused_at_once(tg, model_repository, tmp_path, postgres):
+    result = run_bot_process(tg, model_repository, tmp_path, postgres.url(password="wrong-pw"))
+    assert result.returncode == 2, result.stderr
+    assert "error: BOT_DATABASE_URL: PostgreSQL postgresql://bot:***@" in result.stderr
+    assert 'password authentication failed for user "bot"' in result.stderr
+    assert "database not reachable" not in result.stderr  # not retried: it would not get better
+    assert "wrong-pw" not in result.stdout + result.stderr
+
+
+def test_database_going_away_while_running(tg, triton, tokenizer, postgres, database_url, tmp_path):
+    """Down longer than the retry window: the user is told, the bot reconnects when it is back.
+    Down shorter: the message waits and is answered; nothing stored is lost either way."""
+    database = DatabaseSettings(database_url, connect_seconds=10, retry_seconds=3, lock_seconds=LOCK_SECONDS)
+    settings = Settings(tg.token, tg.url, tmp_path / "data", metrics_port=0, database=database)
+    metrics, bot = Metrics(), chatbot(triton.url, tokenizer)
+
+    async def body(dialogues):
+        await say(tg, FIRST_CHAT, "Привет!")
+        await asyncio.to_thread(postgres.stop)
+        try:
+            await say(tg, FIRST_CHAT, "Ты тут?")  # answered after the retries
+        finally:
+            await asyncio.to_thread(postgres.start)
+        await say(tg, FIRST_CHAT, "А теперь?")
+        await asyncio.to_thread(postgres.stop)
+        expected = len(tg.texts(FIRST_CHAT)) + 1
+        tg.message(FIRST_CHAT, "Ещё раз")
+        await asyncio.sleep(1)  # the bot is retrying meanwhile
+        await asyncio.to_thread(postgres.start)
+        await tg.wait_for(lambda: len(tg.texts(FIRST_CHAT)) >= expected)
+
+        async def reply_stored() -> bool:  # stored just after it is sent
+            return (await dialogues.history.turns(FIRST_CHAT, 1)) == tg.texts(FIRST_CHAT)[-1:]
+
+        await wait(reply_stored, timeout=10)
+        return await dialogues.history.turns(FIRST_CHAT, 100)
+
+    try:
+        turns = run_bot(build_application(bot, settings, metrics), body)
+    finally:
+        postgres.start()  # a no-op when it runs
+    texts = tg.texts(FIRST_CHAT)
+    assert len(texts) == 4 and texts[1] == UNAVAILABLE and SORRY not in texts
+    assert generated(texts[0]) and generated(texts[2]) and generated(texts[3])
+    assert turns == ["Привет!", texts[0], "А теперь?", texts[2], "Ещё раз", texts[3]]
+    assert metrics.registry.get_sample_value("bot_errors_total", {"kind": "database"}) == 1
+    assert metrics.registry.get_sample_value("bot_errors_total", {"kind": "unexpected"}) == 0
