@@ -13,12 +13,13 @@ import logging
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
 from bench.report import write_report
-from bench.runners import prompts, run_ort, run_transformers, run_triton
+from bench.runners import Timing, prompts, run_ort, run_transformers, run_triton
 from bench.scenarios import run_scenarios
 from contract import triton_io as io
 
@@ -52,7 +53,7 @@ def build_model(shape: str, folder: Path) -> Path:
     return folder
 
 
-def summarize(t) -> dict:
+def summarize(t: Timing) -> dict:
     ms = np.array(t.token_s) * 1000
     return {
         "ms_per_token_median": float(np.median(ms)),
@@ -61,6 +62,29 @@ def summarize(t) -> dict:
         "tokens_per_s": t.tokens / t.wall_s,
         "wall_s": t.wall_s,
     }
+
+
+def measure(
+    backend: str, runner: Callable[[list[list[int]]], Timing], lengths: list[int], conc: list[int], vocab: int
+) -> list[dict]:
+    """One row per prompt length and concurrency for `runner` (after a warm-up), each logged."""
+    runner(prompts(1, 16, vocab, seed=99))  # warm-up: sessions, allocators, connections
+    rows = []
+    for length in lengths:
+        for n in conc:
+            result = summarize(runner(prompts(n, length, vocab, seed=n + length)))
+            rows.append({"backend": backend, "prompt": length, "concurrency": n, **result})
+            log.info(
+                "%-12s prompt %4d x%d: %6.1f ms/token (p95 %6.1f), ttft %7.1f ms, %6.1f tok/s",
+                backend,
+                length,
+                n,
+                result["ms_per_token_median"],
+                result["ms_per_token_p95"],
+                result["ttft_ms_median"],
+                result["tokens_per_s"],
+            )
+    return rows
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -124,21 +148,7 @@ def main(argv: list[str] | None = None) -> int:
             "triton_int8": lambda b: run_triton(server.url, INT8_MODEL, b, args.new_tokens),
         }
         for backend, runner in runners.items():
-            runner(prompts(1, 16, vocab, seed=99))  # warm-up: sessions, allocators, connections
-            for length in lengths:
-                for n in conc:
-                    result = summarize(runner(prompts(n, length, vocab, seed=n + length)))
-                    rows.append({"backend": backend, "prompt": length, "concurrency": n, **result})
-                    log.info(
-                        "%-12s prompt %4d x%d: %6.1f ms/token (p95 %6.1f), ttft %7.1f ms, %6.1f tok/s",
-                        backend,
-                        length,
-                        n,
-                        result["ms_per_token_median"],
-                        result["ms_per_token_p95"],
-                        result["ttft_ms_median"],
-                        result["tokens_per_s"],
-                    )
+            rows += measure(backend, runner, lengths, conc, vocab)
         scenarios = (
             None
             if args.no_scenarios

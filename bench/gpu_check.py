@@ -14,10 +14,11 @@ import json
 import logging
 import os
 import sys
+from functools import partial
 from pathlib import Path
 
-from bench.__main__ import SHAPES, build_model, summarize
-from bench.runners import prompts, run_ort, run_triton
+from bench.__main__ import SHAPES, build_model, measure
+from bench.runners import run_ort, run_triton
 from contract import triton_io as io
 
 log = logging.getLogger("bench.gpu_check")
@@ -64,46 +65,26 @@ def main(argv: list[str] | None = None) -> int:
         "kv_bytes": engine.kv.nbytes,
         "rows": [],
     }
-    vocab = SHAPES[args.shape]["vocab_size"]
-    run_ort(engine, prompts(1, 16, vocab, seed=99), 8)  # warm-up
-    for length in (50, 1000):
-        for n in (1, 8):
-            report["rows"].append(
-                {
-                    "backend": "ort_cuda",
-                    "prompt": length,
-                    "concurrency": n,
-                    **summarize(run_ort(engine, prompts(n, length, vocab, seed=n + length), 40)),
-                }
-            )
+    vocab, lengths, conc = SHAPES[args.shape]["vocab_size"], [50, 1000], [1, 8]
+    report["rows"] += measure("ort_cuda", partial(run_ort, engine, new_tokens=40), lengths, conc, vocab)
     del engine
     os.environ["RUDIALOGPT_EXECUTION_PROVIDER"] = "cuda"
     log_file = work / "tritonserver.log"
     http, grpc, metrics = free_ports(3)
     with TritonServer(repo, http, grpc, metrics, log_file=log_file, model_python=args.model_python) as server:
-        run_triton(server.url, io.DEFAULT_MODEL_NAME, prompts(1, 16, vocab, seed=99), 8)
-        for length in (50, 1000):
-            for n in (1, 8):
-                report["rows"].append(
-                    {
-                        "backend": "triton_cuda",
-                        "prompt": length,
-                        "concurrency": n,
-                        **summarize(
-                            run_triton(
-                                server.url,
-                                io.DEFAULT_MODEL_NAME,
-                                prompts(n, length, vocab, seed=n + length),
-                                40,
-                            )
-                        ),
-                    }
-                )
+        served = measure(
+            "triton_cuda",
+            lambda b: run_triton(server.url, io.DEFAULT_MODEL_NAME, b, 40),
+            lengths,
+            conc,
+            vocab,
+        )
+        report["rows"] += served
     served_on = "on cuda" in log_file.read_text()
     assert served_on, f"the served model did not report its KV cache on cuda ({log_file})"
     lines = [
         f"fp16 vs PyTorch: max |Δlogit| {dev.max_abs:.3f}, top-1 {dev.top1:.0%}; KV buffers on {on_device} "
-        f"({engine_bytes_mb(report)} MB)",
+        f"({report['kv_bytes'] / 1e6:.0f} MB)",
         "",
         "| backend | prompt | conversations | ms/token | p95 | TTFT ms | tokens/s |",
         "|---|---:|---:|---:|---:|---:|---:|",
@@ -118,10 +99,6 @@ def main(argv: list[str] | None = None) -> int:
     (args.out / "gpu-check.json").write_text(json.dumps(report, indent=2))
     print("\n".join(lines))
     return 0
-
-
-def engine_bytes_mb(report: dict) -> str:
-    return f"{report['kv_bytes'] / 1e6:.0f}"
 
 
 if __name__ == "__main__":

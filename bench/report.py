@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import operator
 from pathlib import Path
 
 LABELS = {
@@ -12,6 +13,34 @@ LABELS = {
     "triton_fp32": "(3) client → Triton fp32",
     "triton_int8": "(4) client → Triton int8",
 }
+
+
+_OPS = {"le": ("<=", operator.le), "ge": (">=", operator.ge), "lt": ("<", operator.lt)}
+
+
+def target(name: str, value: float, op: str | None = None, bound: float = 0.0) -> dict:
+    """A target row: `value` must be `op` `bound` ("le", "ge", "lt"); without `op` it is reported."""
+    return {
+        "name": name,
+        "target": f"{_OPS[op][0]} {bound:g}" if op else "report",
+        "value": value,
+        "ok_if": (op, bound) if op else None,
+    }
+
+
+def target_table(targets: list[dict]) -> list[str]:
+    """Markdown lines: each target, what is wanted, the value and whether it is met."""
+    lines = ["", "| target | wanted | measured | met |", "|---|---:|---:|:---:|"]
+    for t in targets:
+        met = (
+            "–"
+            if t["ok_if"] is None
+            else "yes"
+            if _OPS[t["ok_if"][0]][1](t["value"], t["ok_if"][1])
+            else "no"
+        )
+        lines.append(f"| {t['name']} | {t['target']} | {t['value']:.2f} | {met} |")
+    return lines
 
 
 def _get(rows, backend, prompt, n, key):
@@ -26,46 +55,42 @@ def ratios(rows: list[dict]) -> list[dict]:
     short, long_ = min(r["prompt"] for r in rows), max(r["prompt"] for r in rows)
     lo, hi = min(r["concurrency"] for r in rows), max(r["concurrency"] for r in rows)
     ms = "ms_per_token_median"
-    return (
-        [
-            {
-                "name": f"(3)/(2) ms/token, 1 conversation, prompt {short}",
-                "target": "<= 1.15",
-                "value": _get(rows, "triton_fp32", short, lo, ms) / _get(rows, "ort", short, lo, ms),
-                "ok_if": ("le", 1.15),
-            },
-            {
-                "name": f"(4)/(1) ms/token, 1 conversation, prompt {short}",
-                "target": "<= 0.5",
-                "value": _get(rows, "triton_int8", short, lo, ms) / _get(rows, "transformers", short, lo, ms),
-                "ok_if": ("le", 0.5),
-            },
-        ]
-        + [  # Engine v2
-            {
-                "name": f"{LABELS[b][:3]} ms/token at prompt {long_} / at {short}, 1 conversation",
-                "target": "<= 1.15",
-                "value": _get(rows, b, long_, lo, ms) / _get(rows, b, short, lo, ms),
-                "ok_if": ("le", 1.15),
-            }
+    return [
+        target(
+            f"(3)/(2) ms/token, 1 conversation, prompt {short}",
+            _get(rows, "triton_fp32", short, lo, ms) / _get(rows, "ort", short, lo, ms),
+            "le",
+            1.15,
+        ),
+        target(
+            f"(4)/(1) ms/token, 1 conversation, prompt {short}",
+            _get(rows, "triton_int8", short, lo, ms) / _get(rows, "transformers", short, lo, ms),
+            "le",
+            0.5,
+        ),
+        *(  # Engine v2
+            target(
+                f"{LABELS[b][:3]} ms/token at prompt {long_} / at {short}, 1 conversation",
+                _get(rows, b, long_, lo, ms) / _get(rows, b, short, lo, ms),
+                "le",
+                1.15,
+            )
             for b in ("ort", "triton_fp32")
-        ]
-        + [
-            {
-                "name": f"(2)/(2a) ms/token, {hi} conversations, prompt {long_}",
-                "target": "<= 0.5",
-                "value": _get(rows, "ort", long_, hi, ms) / _get(rows, "ort_v1", long_, hi, ms),
-                "ok_if": ("le", 0.5),
-            },
-            {
-                "name": f"(2)/(2a) prompt step (TTFT) of {long_} tokens, 1 conversation",
-                "target": "<= 0.7",
-                "value": _get(rows, "ort", long_, lo, "ttft_ms_median")
-                / _get(rows, "ort_v1", long_, lo, "ttft_ms_median"),
-                "ok_if": ("le", 0.7),
-            },
-        ]
-    )
+        ),
+        target(
+            f"(2)/(2a) ms/token, {hi} conversations, prompt {long_}",
+            _get(rows, "ort", long_, hi, ms) / _get(rows, "ort_v1", long_, hi, ms),
+            "le",
+            0.5,
+        ),
+        target(
+            f"(2)/(2a) prompt step (TTFT) of {long_} tokens, 1 conversation",
+            _get(rows, "ort", long_, lo, "ttft_ms_median")
+            / _get(rows, "ort_v1", long_, lo, "ttft_ms_median"),
+            "le",
+            0.7,
+        ),
+    ]
 
 
 def markdown(rows: list[dict], shape: str) -> str:
@@ -81,11 +106,7 @@ def markdown(rows: list[dict], shape: str) -> str:
             f"| {LABELS[r['backend']]} | {r['prompt']} | {r['concurrency']} | {r['ms_per_token_median']:.1f} "
             f"| {r['ms_per_token_p95']:.1f} | {r['ttft_ms_median']:.0f} | {r['tokens_per_s']:.1f} |"
         )
-    lines += ["", "| target | wanted | measured | met |", "|---|---:|---:|:---:|"]
-    for t in ratios(rows):
-        op, bound = t["ok_if"]
-        met = t["value"] <= bound if op == "le" else t["value"] >= bound
-        lines.append(f"| {t['name']} | {t['target']} | {t['value']:.2f} | {'yes' if met else 'no'} |")
+    lines += target_table(ratios(rows))
     return "\n".join(lines) + "\n"
 
 

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from bench.report import target, target_table
 from bench.runners import prompts, run_ort, run_triton
 from contract import triton_io as io
 
@@ -263,55 +264,44 @@ def targets(rows: list[dict], sc: dict) -> list[dict]:
     d = {r["mode"]: r for r in sc["newcomer"]}
     n = sc["sampled"][0]["concurrency"]
     return [
-        {
-            "name": f"(a) served / in-process tokens/s, {n} conversations, card's sampling",
-            "target": ">= 0.85",
-            "value": a["triton_fp32"] / a["ort"],
-            "ok_if": ("ge", 0.85),
-        },
-        {
-            "name": f"(b) served / in-process ms/token, {hi} conversations, prompt {long_}",
-            "target": "<= 1.25",
-            "value": get("triton_fp32") / get("ort"),
-            "ok_if": ("le", 1.25),
-        },
-        {
-            "name": f"(b) served / transformers ms/token, {hi} conversations, prompt {long_}",
-            "target": "< 1",
-            "value": get("triton_fp32") / get("transformers"),
-            "ok_if": ("lt", 1.0),
-        },
-        {
-            "name": "(c) churn: median reply tokens/s, after / before",
-            "target": "report",
-            "value": c["after"]["reply_tokens_per_s_median"] / c["before"]["reply_tokens_per_s_median"],
-            "ok_if": None,
-        },
-        {
-            "name": "(c) churn: p95 step time, after / before",
-            "target": "report",
-            "value": c["after"]["ms_per_token_p95"] / c["before"]["ms_per_token_p95"],
-            "ok_if": None,
-        },
-        {
-            "name": f"(d) {d['after']['concurrency']} decoding while a "
+        target(
+            f"(a) served / in-process tokens/s, {n} conversations, card's sampling",
+            a["triton_fp32"] / a["ort"],
+            "ge",
+            0.85,
+        ),
+        target(
+            f"(b) served / in-process ms/token, {hi} conversations, prompt {long_}",
+            get("triton_fp32") / get("ort"),
+            "le",
+            1.25,
+        ),
+        target(
+            f"(b) served / transformers ms/token, {hi} conversations, prompt {long_}",
+            get("triton_fp32") / get("transformers"),
+            "lt",
+            1.0,
+        ),
+        target(
+            "(c) churn: median reply tokens/s, after / before",
+            c["after"]["reply_tokens_per_s_median"] / c["before"]["reply_tokens_per_s_median"],
+        ),
+        target(
+            "(c) churn: p95 step time, after / before",
+            c["after"]["ms_per_token_p95"] / c["before"]["ms_per_token_p95"],
+        ),
+        target(
+            f"(d) {d['after']['concurrency']} decoding while a "
             f"{d['after']['long_prompt']}-token prompt arrives: p95 / median step",
-            "target": "<= 2",
-            "value": d["after"]["ms_per_token_p95"] / d["after"][ms],
-            "ok_if": ("le", 2.0),
-        },
-        {
-            "name": "(d) the same before (no gate, whole prompt): p95 / median step",
-            "target": "report",
-            "value": d["before"]["ms_per_token_p95"] / d["before"][ms],
-            "ok_if": None,
-        },
-        {
-            "name": "sampling, card's settings: ms per token",
-            "target": "<= 0.5",
-            "value": sc["sampling_ms_per_token"],
-            "ok_if": ("le", 0.5),
-        },
+            d["after"]["ms_per_token_p95"] / d["after"][ms],
+            "le",
+            2.0,
+        ),
+        target(
+            "(d) the same before (no gate, whole prompt): p95 / median step",
+            d["before"]["ms_per_token_p95"] / d["before"][ms],
+        ),
+        target("sampling, card's settings: ms per token", sc["sampling_ms_per_token"], "le", 0.5),
     ]
 
 
@@ -341,9 +331,5 @@ def markdown(rows: list[dict], sc: dict) -> str:
             f"| sampled x{r['concurrency']}, prompt {r['prompt']} | {r['backend']}{batch} "
             f"| {f(r, 'tokens_per_s')} | | {f(r, 'ms_per_token_median')} | | | |"
         )
-    lines += ["", "| target | wanted | measured | met |", "|---|---:|---:|:---:|"]
-    for t in targets(rows, sc):
-        ok = {"le": lambda v, b: v <= b, "ge": lambda v, b: v >= b, "lt": lambda v, b: v < b}
-        met = "–" if t["ok_if"] is None else ("yes" if ok[t["ok_if"][0]](t["value"], t["ok_if"][1]) else "no")
-        lines.append(f"| {t['name']} | {t['target']} | {t['value']:.2f} | {met} |")
+    lines += target_table(targets(rows, sc))
     return "\n".join(lines) + "\n"

@@ -64,6 +64,29 @@ TRANSIENT = (
 REFUSED = (asyncpg.InvalidAuthorizationSpecificationError, asyncpg.InvalidCatalogNameError)
 
 
+async def _backoff(
+    call: Callable[[], Awaitable[T]],
+    seconds: float,
+    delay: float,
+    cap: float,
+    what: str,
+    give_up: Callable[[BaseException], Exception],
+) -> T:
+    """`call()`, again after `delay` s, doubling up to `cap`, while it fails with a TRANSIENT error;
+    after `seconds` the error `give_up(last error)` is raised."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            return await call()
+        except TRANSIENT as exc:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise give_up(exc) from exc
+            log.warning("%s (%s): retrying in %.1f s", what, exc or type(exc).__name__, min(delay, left))
+            await asyncio.sleep(min(delay, left))
+            delay = min(delay * 2, cap)
+
+
 def redact(url: str) -> str:
     """The URL with its password as ***."""
     parts = urlsplit(url)
@@ -91,31 +114,26 @@ class PostgresStore:
 
     async def start(self) -> None:
         """Connect, retrying with backoff for connect_seconds; then migrate the schema."""
-        deadline, delay = time.monotonic() + self.settings.connect_seconds, 0.5
-        while True:
+
+        async def connect() -> None:
             try:
                 await self._connect()
-                break
             except REFUSED as exc:
                 raise ValueError(
                     f"{DATABASE_URL}: {self.where} refused the bot: {exc}; "
                     "fix the user, password or database name in the URL"
                 ) from None
-            except TRANSIENT as exc:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise ValueError(
-                        f"{DATABASE_URL}: no PostgreSQL answered at {redact(self.settings.url)} "
-                        f"within {self.settings.connect_seconds:g} s ({exc or type(exc).__name__}); "
-                        "start the database or fix the URL"
-                    ) from None
-                log.warning(
-                    "database not reachable (%s): retrying in %.1f s",
-                    exc or type(exc).__name__,
-                    min(delay, left),
-                )
-                await asyncio.sleep(min(delay, left))
-                delay = min(delay * 2, 5.0)
+
+        def unreachable(exc: BaseException) -> Exception:
+            return ValueError(
+                f"{DATABASE_URL}: no PostgreSQL answered at {redact(self.settings.url)} "
+                f"within {self.settings.connect_seconds:g} s ({exc or type(exc).__name__}); "
+                "start the database or fix the URL"
+            )
+
+        await _backoff(
+            connect, self.settings.connect_seconds, 0.5, 5.0, "database not reachable", unreachable
+        )
         log.info("history: %s, schema v%d", self.where, await self._migrate())
 
     async def _connect(self) -> None:
@@ -156,23 +174,15 @@ class PostgresStore:
 
     async def _retrying(self, call: Callable[[], Awaitable[T]]) -> T:
         """`call()`, again with backoff while it fails for a lost connection, for retry_seconds."""
-        deadline, delay = time.monotonic() + self.settings.retry_seconds, 0.1
-        while True:
-            try:
-                return await call()
-            except TRANSIENT as exc:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise StoreUnavailable(
-                        f"{self.where} did not answer for {self.settings.retry_seconds:g} s: {exc}"
-                    ) from exc
-                log.warning(
-                    "database call failed (%s): retrying in %.1f s",
-                    exc or type(exc).__name__,
-                    min(delay, left),
-                )
-                await asyncio.sleep(min(delay, left))
-                delay = min(delay * 2, 2.0)
+
+        def unavailable(exc: BaseException) -> Exception:
+            return StoreUnavailable(
+                f"{self.where} did not answer for {self.settings.retry_seconds:g} s: {exc}"
+            )
+
+        return await _backoff(
+            call, self.settings.retry_seconds, 0.1, 2.0, "database call failed", unavailable
+        )
 
     async def _run(self, work: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
         async def attempt() -> T:
