@@ -25,7 +25,7 @@ import numpy as np
 import onnxruntime as ort
 
 from contract import triton_io as io
-from serve.engine import Step, StepError
+from serve.engine import Step, StepError, rounds
 
 log = logging.getLogger(__name__)
 
@@ -102,16 +102,9 @@ class OptimumEngine:
                     results[i] = np.zeros((1, 0), np.float32)
                 else:
                     runnable.append(i)
-            while runnable:  # one ORT call per round; a sequence appears at most once per round
-                seen: set[int] = set()
-                batch: list[int] = []
-                later: list[int] = []
-                for i in runnable:
-                    (later if steps[i].sequence_id in seen else batch).append(i)
-                    seen.add(steps[i].sequence_id)
+            for batch in rounds(steps, runnable):  # one ORT call per round
                 for i, logits in zip(batch, self._run([steps[i] for i in batch]), strict=True):
                     results[i] = logits
-                runnable = later
         return cast(list[np.ndarray | StepError], results)  # every step has its result by now
 
     def _in_place_group(self, steps: list[Step]) -> _Group | None:

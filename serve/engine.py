@@ -20,6 +20,7 @@ import heapq
 import logging
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -109,6 +110,20 @@ def make_session(
     else:
         raise ValueError(f"execution_provider must be 'cpu' or 'cuda', not {provider!r}")
     return ort.InferenceSession(onnx_path, opts, providers=providers)
+
+
+def rounds(steps: list[Step], pending: list[int]) -> Iterator[list[int]]:
+    """The indices `pending` of `steps` in rounds in which a sequence appears at most once, each
+    step in the first round after its sequence's previous step."""
+    while pending:
+        seen: set[int] = set()
+        batch: list[int] = []
+        later: list[int] = []
+        for i in pending:
+            (later if steps[i].sequence_id in seen else batch).append(i)
+            seen.add(steps[i].sequence_id)
+        yield batch
+        pending = later
 
 
 class KVBuffers:
@@ -283,17 +298,9 @@ class KVEngine:
         the state its own round finds, so END and a later step of the same sequence in one batch
         behave as if they had come in two batches."""
         results: list[np.ndarray | StepError | None] = [None] * len(steps)
-        pending = list(range(len(steps)))
         with self.lock:
-            while pending:
-                seen: set[int] = set()
-                batch: list[int] = []
-                later: list[int] = []
-                for i in pending:
-                    (later if steps[i].sequence_id in seen else batch).append(i)
-                    seen.add(steps[i].sequence_id)
-                self._round(steps, batch, results, seen)
-                pending = later
+            for batch in rounds(steps, list(range(len(steps)))):
+                self._round(steps, batch, results, {steps[i].sequence_id for i in batch})
         return [r if r is not None else StepError("no result (engine bug)") for r in results]
 
     def _round(
