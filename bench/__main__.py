@@ -31,7 +31,6 @@ SHAPES = {  # n_layer, n_head, n_embd, vocab, positions
     "tiny": dict(n_layer=2, n_head=2, n_embd=64, vocab_size=2000, n_positions=2048),
     "small": dict(n_layer=12, n_head=12, n_embd=768, vocab_size=50261, n_positions=2048),  # ruDialoGPT-small
 }
-BACKENDS = ["transformers", "ort_v1", "ort", "triton_fp32", "triton_int8"]
 
 
 def build_model(shape: str, folder: Path) -> Path:

@@ -61,7 +61,6 @@ class OptimumEngine:
         self.max_positions = max_positions
         self.caches: dict[int, _Cache] = {}
         self.lock = threading.Lock()
-        self.gathers = 0  # steps that had to copy caches into a new group (for tests and tuning)
         self._past_names = [io.onnx_past(i, k) for i in range(self.layers) for k in ("key", "value")]
         self._present_names = [io.onnx_present(i, k) for i in range(self.layers) for k in ("key", "value")]
 
@@ -120,7 +119,6 @@ class OptimumEngine:
 
     def _gather(self, steps: list[Step]) -> _Group:
         """A new group holding exactly these sequences' caches, left-padded and masked."""
-        self.gathers += 1
         parts = []
         for s in steps:
             cache = None if s.start else self.caches[s.sequence_id]

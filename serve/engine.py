@@ -264,9 +264,6 @@ class KVEngine:
                 self.rows_idle,
             )
 
-    def cached_tokens(self) -> int:
-        return self.usage().tokens
-
     def _check(self, step: Step) -> None:
         ids = step.ids
         if ids.ndim != 1:

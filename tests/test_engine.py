@@ -109,7 +109,7 @@ def test_end_frees_the_slot_and_the_lowest_free_slot_is_taken(session):
     e.step([Step(2, np.array([4]), end=True), Step(3, np.array([], np.int64), end=True)])
     assert sorted(e.seqs) == [1]
     e.step([Step(4, np.array([1]), start=True)])
-    assert e.seqs[4].slot == 1 and e.cached_tokens() == 3
+    assert e.seqs[4].slot == 1 and e.usage().tokens == 3
 
 
 def test_full_slots_free_the_least_recently_used_sequence(session):
@@ -194,7 +194,7 @@ def test_idle_sequences_are_evicted(session):
     e = KVEngine(session, slots=3, idle_seconds=5)
     e.step([Step(k, np.array([1, 2]), start=True) for k in (1, 2)])
     e.seqs[1].last_used -= 10
-    assert e.evict_idle() == 1 and sorted(e.seqs) == [2] and e.cached_tokens() == 2
+    assert e.evict_idle() == 1 and sorted(e.seqs) == [2] and e.usage().tokens == 2
 
 
 def test_fp16_graph_runs_the_same_engine_within_fp16_tolerance(tiny_checkpoint, tmp_path):
