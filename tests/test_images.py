@@ -1,15 +1,26 @@
 """docker/*.Dockerfile and the images compose and k8s/ name: pinned tags, hadolint, each Dockerfile's
-.dockerignore, the bot's image."""
+.dockerignore, the bot's image, the Triton image's CUDA base and its CUDA library check."""
 
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
+from serve.cuda_libraries import (
+    COMPONENTS,
+    CUDA_MAJOR,
+    DRIVER_NOTE,
+    FIRST_TRITON_RELEASE,
+    find,
+    missing_message,
+)
 from tests.deployment import (
     COMPOSE_FILES,
     DOCKERFILES,
@@ -115,3 +126,122 @@ def test_dockerignore_lets_every_copy_source_in(dockerfile):
                 assert any(source == a or source.startswith(a + "/") for a in allowed), (
                     f"{dockerfile.name}: COPY {source} is excluded by its .dockerignore"
                 )
+
+
+# --- the Triton image's CUDA provider (serve/cuda_libraries.py, run by the build) -------------
+
+
+def compile_library(cc: str, folder: Path, name: str, source: str, needs: tuple[Path, ...] = ()) -> Path:
+    """A shared library `name` (its soname too) from C `source`, linked against `needs`."""
+    (folder / f"{name}.c").write_text(source)
+    command = [
+        cc,
+        "-shared",
+        "-fPIC",
+        f"-Wl,-soname,{name}",
+        "-o",
+        str(folder / name),
+        str(folder / f"{name}.c"),
+    ]
+    links = [f"-L{p.parent}" for p in needs] + [f"-l:{p.name}" for p in needs]
+    subprocess.run(command + links, check=True)
+    return folder / name
+
+
+def cuda_check(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "serve.cuda_libraries", *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, "LD_LIBRARY_PATH": "", **(env or {})},
+    )
+
+
+@pytest.fixture
+def libraries(tmp_path):
+    """A library needing only libc, one needing a library that is gone (linked, then deleted),
+    one needing libcuda.so.1 (the driver's), and a folder with libgone.so.12 (another major)."""
+    cc = tool("cc", "Debian: apt-get install gcc")
+    gone = compile_library(cc, tmp_path, "libgone.so.13", "int gone(void) { return 1; }")
+    driver = compile_library(cc, tmp_path, "libcuda.so.1", "int cuInit(unsigned f) { return (int)f; }")
+    other = tmp_path / "other"
+    other.mkdir()
+    compile_library(cc, other, "libgone.so.12", "int gone(void) { return 2; }")
+    libs = {
+        "plain": compile_library(cc, tmp_path, "libplain.so", "int plain(void) { return 0; }"),
+        "broken": compile_library(
+            cc, tmp_path, "libbroken.so", "int gone(void); int f(void) { return gone(); }", (gone,)
+        ),
+        "driver": compile_library(
+            cc, tmp_path, "libdrv.so", "int cuInit(unsigned); int f(void) { return cuInit(0); }", (driver,)
+        ),
+        "other": other,
+        "cc": Path(cc),
+    }
+    gone.unlink()
+    driver.unlink()
+    return libs
+
+
+def test_cuda_check_fails_naming_each_missing_library(libraries):
+    run = cuda_check("--library", str(libraries["broken"]), "--dlopen", "libopened-gone.so.4")
+    assert run.returncode == 1, run.stdout + run.stderr
+    errors = [line for line in run.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 2, run.stderr
+    assert "libgone.so.13 not found (needed by libbroken.so)" in errors[0]
+    assert "libopened-gone.so.4 not found (needed by libbroken.so, which opens it at run time)" in errors[1]
+    assert all("LD_LIBRARY_PATH" in e for e in errors)  # each names a fix
+    # The same major missing, another one present: it says so.
+    run = cuda_check(
+        "--library", str(libraries["broken"]), "--dlopen", env={"LD_LIBRARY_PATH": str(libraries["other"])}
+    )
+    assert run.returncode == 1 and "only libgone.so.12 here, another major version" in run.stderr
+
+
+def test_cuda_check_passes_when_everything_resolves_and_skips_the_driver(libraries):
+    run = cuda_check("--library", str(libraries["plain"]), "--dlopen", "libc.so.6")
+    assert run.returncode == 0 and run.stderr == "" and run.stdout.endswith("resolves\n"), run.stderr
+    run = cuda_check("--library", str(libraries["driver"]), "--dlopen")
+    assert run.returncode == 0, run.stderr  # no GPU here: libcuda.so.1 is the host's, mounted at run time
+    if find("libcuda.so.1") is None:
+        assert f"libcuda.so.1: {DRIVER_NOTE}" in run.stdout
+
+
+def test_cuda_check_names_the_fix_for_a_cuda_library():
+    message = missing_message(f"libcublas.so.{CUDA_MAJOR}", "libonnxruntime_providers_cuda.so")
+    assert f"lacks cuBLAS for CUDA {CUDA_MAJOR}" in message
+    year, month = FIRST_TRITON_RELEASE
+    assert f"tritonserver:{year}.{month:02d}-py3 or later" in message
+    assert f"pip install '{COMPONENTS[f'libcublas.so.{CUDA_MAJOR}'].package}'" in message
+
+
+def test_cuda_check_refuses_cudnn_built_for_another_cuda(libraries, tmp_path):
+    # cuDNN 9 opens the cuBLASLt of the CUDA it was built for by name: a cuDNN for CUDA 12 beside
+    # CUDA 13 libraries resolves, and fails on the first call. Its sub-libraries say which.
+    cc, cudnn = str(libraries["cc"]), tmp_path / "cudnn"
+    cudnn.mkdir()
+    compile_library(cc, cudnn, "libcudnn.so.9", "int cudnnCreate(void **h) { return h == 0; }")
+    compile_library(cc, cudnn, "libcudnn_adv.so.9", 'const char *blas(void) { return "libcublasLt.so.12"; }')
+    run = cuda_check(
+        "--library", str(libraries["plain"]), "--dlopen", "libcudnn.so.9", env={"LD_LIBRARY_PATH": str(cudnn)}
+    )
+    assert run.returncode == 1, run.stdout
+    assert "libcudnn_adv.so.9 opens libcublasLt.so.12: this cuDNN 9 is built for CUDA 12" in run.stderr
+    assert COMPONENTS["libcudnn.so.9"].package in run.stderr  # the fix: cuDNN for CUDA 13
+
+
+def test_cuda_check_finds_onnxruntimes_provider_and_its_cuda(libraries, tmp_path):
+    package = tmp_path / "site" / "onnxruntime"
+    (package / "capi").mkdir(parents=True)
+    (package / "__init__.py").write_text("raise ImportError('the check must not import onnxruntime')\n")
+    site = {"PYTHONPATH": str(tmp_path / "site")}
+    run = cuda_check("--dlopen", env=site)  # the CPU package: no CUDA provider
+    assert run.returncode == 2 and "install onnxruntime-gpu" in run.stderr, run.stderr
+    shutil.copy(libraries["plain"], package / "capi" / "libonnxruntime_providers_cuda.so")
+    (package / "capi" / "build_and_package_info.py").write_text("cuda_version = '12.8'\n")
+    run = cuda_check("--dlopen", env=site)
+    assert run.returncode == 2 and "built for CUDA 12" in run.stderr, run.stderr
+    (package / "capi" / "build_and_package_info.py").write_text("cuda_version = '13.0'\n")
+    run = cuda_check("--dlopen", env=site)
+    assert run.returncode == 0 and "libonnxruntime_providers_cuda.so" in run.stdout, run.stderr
