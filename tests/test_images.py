@@ -27,6 +27,7 @@ from tests.deployment import (
     FLOATING_TAGS,
     ROOT,
     compose,
+    k8s_resource,
     k8s_resources,
     tool,
 )
@@ -129,6 +130,47 @@ def test_dockerignore_lets_every_copy_source_in(dockerfile):
 
 
 # --- the Triton image's CUDA provider (serve/cuda_libraries.py, run by the build) -------------
+
+TRITON_DOCKERFILE = ROOT / "docker" / "triton.Dockerfile"
+
+
+def instructions(dockerfile: Path) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) in order, continuation lines joined, comments dropped."""
+    lines = [line for line in dockerfile.read_text(encoding="utf-8").splitlines() if not line.startswith("#")]
+    joined = re.sub(r"\\\n", " ", "\n".join(lines))
+    return [
+        (w[0].upper(), w[1]) for w in (line.split(None, 1) for line in joined.splitlines()) if len(w) == 2
+    ]
+
+
+def test_triton_image_checks_the_cuda_provider_after_installing_it():
+    steps = instructions(TRITON_DOCKERFILE)
+    installs = [i for i, (op, args) in enumerate(steps) if op == "RUN" and "pip install" in args]
+    [install] = [i for i in installs if "onnxruntime-gpu" in steps[i][1]]
+    [check] = [i for i, (op, args) in enumerate(steps) if op == "RUN" and "-m serve.cuda_libraries" in args]
+    copied = [i for i, (op, args) in enumerate(steps) if op == "COPY" and "serve/cuda_libraries.py" in args]
+    assert install < check and copied and min(copied) < check
+    # Nothing installed after the check can undo what it checked.
+    assert all(i < check for i in installs), "a pip install after the CUDA library check"
+    # It is the check that can fail, not the listing of compiled-in providers.
+    assert "get_available_providers" not in " ".join(args for _, args in steps)
+
+
+def test_triton_base_image_is_built_on_the_cuda_the_provider_needs():
+    [base] = [args for op, args in instructions(TRITON_DOCKERFILE) if op == "FROM"]
+    name, _, tag = base.partition(":")
+    release = re.fullmatch(r"(\d+)\.(\d+)-py3", tag)
+    assert name == "nvcr.io/nvidia/tritonserver" and release, base
+    assert tuple(map(int, release.groups())) >= FIRST_TRITON_RELEASE, (
+        f"{base} is older than the first Triton release on CUDA {CUDA_MAJOR}"
+    )
+    # The images built from it carry its release in their tag, and the README names it.
+    built = [compose()["services"]["triton"]["image"]]
+    built += [
+        c["image"] for c in k8s_resource("Deployment", "triton")["spec"]["template"]["spec"]["containers"]
+    ]
+    assert all(image.endswith(":" + tag.removesuffix("-py3")) for image in built), built
+    assert base in (ROOT / "README.md").read_text(encoding="utf-8")
 
 
 def compile_library(cc: str, folder: Path, name: str, source: str, needs: tuple[Path, ...] = ()) -> Path:
