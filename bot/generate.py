@@ -11,8 +11,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from bot.sampling import SamplingConfig, next_token
-from bot.triton_client import SequenceLost, TritonClient, TritonUnavailable
+from bot.sampling import Context, SamplingConfig, choose, needs_full_row, next_token
+from bot.triton_client import NoFreeSlot, SequenceLost, StepOutput, TritonClient, TritonUnavailable
+from contract import triton_io as io
 
 log = logging.getLogger(__name__)
 
@@ -23,16 +24,18 @@ class Generation:
 
     tokens: list[int]  # the reply's ids, without the stop token
     stopped: bool  # True: a stop id ended it; False: max_new_tokens did
-    first_token_s: float = 0.0  # time to the first logits (prompt step)
+    first_token_s: float = 0.0  # time to the first answer (prompt step)
     step_s: list[float] = field(default_factory=list)  # time of every later step
+    full_rows: int = 0  # steps whose candidates could not prove the choice: the whole row was fetched
 
 
 def new_sequence_id() -> int:
-    """A random correlation id (uint64, never 0: Triton reserves 0 for 'no sequence')."""
+    """A random sequence id (uint64, never 0, below the probe's io.PROBE_SEQUENCE_ID)."""
     return secrets.randbits(63) or 1
 
 
 PROMPT_CHUNK = 256  # prompt tokens per step: a long prompt delays the other chats by one chunk per round
+RESUME_WAIT_S = 0.2  # pause before a step is sent again after a failure
 
 
 async def generate(
@@ -48,61 +51,83 @@ async def generate(
 ) -> Generation:
     """Sample a reply to `prompt_ids`; END is always sent, also on errors and cancellation.
 
-    The prompt goes in chunks of `prompt_chunk` tokens (START with the first, continuation
-    steps for the rest; only the last chunk's logits are used; None sends it whole). If Triton
-    becomes unavailable or loses the sequence mid-reply, the sequence is restarted (START over
-    the whole context, which is idempotent) up to `resumes` times before the error is raised.
-    With `max_positions`, generation also stops where the model's context ends.
-    `on_tokens(tokens)`, if given, gets the reply's ids so far after each sampled token (awaited)."""
+    The prompt goes in chunks of `prompt_chunk` tokens (None: whole), each a step at its
+    position; only the last chunk's answer is used. Each step's answer is the server's K most
+    likely tokens; where they cannot prove the sampler's choice (bot/sampling.py), the same step
+    is sent again asking for the whole row. If Triton becomes unavailable the step is sent again
+    (it names its position, so that is safe); if the server lost the sequence, it is started
+    again over the whole context: `resumes` times in all before the error is raised. With
+    `max_positions`, generation also stops where the model's context ends. `on_tokens(tokens)`,
+    if given, gets the reply's ids so far after each sampled token (awaited)."""
     if prompt_chunk is not None and prompt_chunk < 1:
         raise ValueError(
             f"prompt_chunk must be >= 1 token (or None for the whole prompt), got {prompt_chunk}"
         )
     seq = new_sequence_id()
-    context = list(prompt_ids)
+    context = Context(prompt_ids, cfg.no_repeat_ngram_size)
     tokens: list[int] = []
     chunk = prompt_chunk or max(len(context), 1)
+    full = needs_full_row(cfg, io.CANDIDATES)
 
-    async def feed(new: list[int] | None) -> np.ndarray:
-        """Logits after `new` (None: the whole context from START, in chunks), resuming on loss."""
+    async def feed(at: int, whole: bool = full) -> StepOutput:
+        """The answer after the context's tokens from position `at` on (in chunks), recovering."""
         nonlocal resumes
         while True:
-            steps = (
-                [(context[i : i + chunk], i == 0) for i in range(0, max(len(context), 1), chunk)]
-                if new is None
-                else [(new, False)]
-            )
-            start = False
             try:
-                for ids, start in steps:
-                    logits = await client.step(seq, ids, start=start)
-                return logits
+                out = None
+                for i in range(at, max(len(context), 1), chunk):
+                    last = i + chunk >= len(context)
+                    out = await client.step(seq, context.tokens[i : i + chunk], i, full=whole and last)
+                    at = i + chunk
+                assert out is not None
+                return out
+            except NoFreeSlot:  # every slot held: wait for one, without counting it as a failure
+                if at > 0:
+                    raise
+                await asyncio.sleep(RESUME_WAIT_S)
             except (TritonUnavailable, SequenceLost) as exc:
-                if start or resumes <= 0:  # a START was retried already
+                if resumes <= 0:
                     raise
                 resumes -= 1
-                log.warning("step failed (%s): restarting the sequence over %d tokens", exc, len(context))
-                await asyncio.sleep(0.2)
-                new = None
+                lost = isinstance(exc, SequenceLost)
+                log.warning(
+                    "step failed (%s): %s", exc, "starting the sequence again" if lost else "sending it again"
+                )
+                await asyncio.sleep(RESUME_WAIT_S)
+                at = 0 if lost else min(at, len(context) - 1)
+
+    async def pick(out: StepOutput) -> int:
+        token = choose(out.ids, out.logits, context, cfg, rng) if out.full is None else None
+        if token is None:
+            if out.full is None:  # the candidates could not prove it: the same step, whole row
+                gen.full_rows += 1
+                out = await feed(len(context) - 1, whole=True)
+            assert out.full is not None
+            token = next_token(out.full, context.array(), cfg, rng)
+        return token
 
     t0 = time.perf_counter()
+    gen = Generation(tokens, stopped=False)
+    sent = False
     try:
-        logits = await feed(None)
-        gen = Generation(tokens, stopped=False, first_token_s=time.perf_counter() - t0)
-        while True:
-            token = next_token(logits, np.asarray(context, dtype=np.int64), cfg, rng)
-            if token in cfg.stop_ids:
-                gen.stopped = True
-                return gen
-            tokens.append(token)
-            context.append(token)
-            if on_tokens and (pending := on_tokens(tokens)) is not None:
-                await pending
-            if len(tokens) >= cfg.max_new_tokens or (max_positions and len(context) >= max_positions):
-                return gen
-            t = time.perf_counter()
-            logits = await feed([token])
-            gen.step_s.append(time.perf_counter() - t)
+        async with client.admitted():
+            sent = True
+            out = await feed(0)
+            gen.first_token_s = time.perf_counter() - t0
+            while True:
+                token = await pick(out)
+                if token in cfg.stop_ids:
+                    gen.stopped = True
+                    return gen
+                tokens.append(token)
+                context.append(token)
+                if on_tokens and (pending := on_tokens(tokens)) is not None:
+                    await pending
+                if len(tokens) >= cfg.max_new_tokens or (max_positions and len(context) >= max_positions):
+                    return gen
+                t = time.perf_counter()
+                out = await feed(len(context) - 1)
+                gen.step_s.append(time.perf_counter() - t)
     finally:
-        # Shielded so that a cancelled reply still frees the server's cache.
-        await asyncio.shield(client.end(seq))
+        if sent:
+            client.end(seq)

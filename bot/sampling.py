@@ -1,4 +1,11 @@
-"""Next-token choice from logits: pure numpy, no I/O (the order of transformers' processors)."""
+"""Next-token choice from logits: pure numpy, no I/O (the order of transformers' processors).
+
+Two ways in: the whole row of logits (`next_token`), or the server's K most likely tokens and
+their logits (`choose`), which gives exactly the same token whenever the K candidates prove
+it: every processor here only lowers a score (the repetition penalty, the n-gram ban) or scales
+all of them alike (temperature), so a token outside the K can never score above the K-th logit.
+Where the candidates cannot prove the choice, `choose` says so and the caller asks for the row.
+"""
 
 from __future__ import annotations
 
@@ -131,13 +138,111 @@ def candidates(logits: np.ndarray, context: np.ndarray, cfg: SamplingConfig) -> 
     return ids[keep], values[keep]
 
 
-def next_token(logits: np.ndarray, context: np.ndarray, cfg: SamplingConfig, rng: np.random.Generator) -> int:
-    """The next token id after `context` (prompt + reply so far) given the model's `logits`."""
-    ids, scores = candidates(logits, np.asarray(context, dtype=np.int64), cfg)
-    if ids.size == 0:  # everything banned: fall back to the unfiltered choice
-        return int(np.argmax(logits))
+class Context:
+    """A generation's context (prompt, then the reply so far) and what the processors look up in
+    it, kept up to date token by token: the tokens seen, and which tokens followed each n-1 tokens."""
+
+    def __init__(self, ids: list[int] | np.ndarray, ngram: int):
+        self.tokens: list[int] = []
+        self.seen: set[int] = set()
+        self._seen = np.zeros(1024, bool)  # the same, by id (grown as ids come)
+        self.ngram = ngram
+        self.follows: dict[tuple[int, ...], set[int]] = {}
+        for token in ids:
+            self.append(int(token))
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    def append(self, token: int) -> None:
+        self.tokens.append(token)
+        self.seen.add(token)
+        self._grow(token)
+        self._seen[token] = True
+        n = self.ngram
+        if n > 0 and len(self.tokens) >= n:
+            self.follows.setdefault(tuple(self.tokens[len(self.tokens) - n : -1]), set()).add(token)
+
+    def banned(self) -> set[int]:
+        """Tokens that would complete an n-gram already in the context (banned_ngram_tokens)."""
+        n = self.ngram
+        if n <= 0 or len(self.tokens) < n:
+            return set()
+        return self.follows.get(tuple(self.tokens[len(self.tokens) - (n - 1) :]), set())
+
+    def array(self) -> np.ndarray:
+        return np.asarray(self.tokens, dtype=np.int64)
+
+    def seen_among(self, ids: np.ndarray) -> np.ndarray:
+        """Which of `ids` (>= 0) are in the context."""
+        self._grow(int(ids.max()))
+        mask: np.ndarray = self._seen[ids]
+        return mask
+
+    def _grow(self, token: int) -> None:
+        if token >= self._seen.size:
+            self._seen = np.concatenate([self._seen, np.zeros(max(token + 1, 2 * self._seen.size), bool)])
+
+
+def top_candidates(
+    ids: np.ndarray, logits: np.ndarray, context: Context, cfg: SamplingConfig
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """candidates() of the whole row, from its K most likely tokens alone (`ids`, `logits`); None
+    where they cannot prove the result: every other token's logit is at most the smallest of the
+    K, and no processor raises a score, so a choice that beats that bound is exact."""
+    if needs_full_row(cfg, ids.size):
+        return None
+    plain = cfg.repetition_penalty == 1.0 and cfg.no_repeat_ngram_size == 0
+    if plain and not cfg.do_sample and ids.size > 1 and logits[0] > logits[1]:  # greedy, a clear best
+        return ids[:1].astype(np.int64), logits[:1].astype(np.float64)  # (the server sends the best first)
+    order = np.argsort(ids, kind="stable")  # ascending ids, the whole row's order
+    ids = ids[order].astype(np.int64)
+    scores = logits[order].astype(np.float64)
+    bound = float(scores.min())
+    if cfg.repetition_penalty != 1.0:
+        seen = context.seen_among(ids)
+        picked = scores[seen]
+        scores[seen] = np.where(picked > 0, picked / cfg.repetition_penalty, picked * cfg.repetition_penalty)
+    for token in context.banned():  # a few at most: the tokens that followed the last n-1 before
+        scores[ids == token] = -np.inf
+    if not cfg.do_sample:
+        best = int(np.argmax(scores))
+        return (ids[best : best + 1], scores[best : best + 1]) if scores[best] > bound else None
+    scores /= cfg.temperature
+    kth = np.partition(scores, -cfg.top_k)[-cfg.top_k]
+    if not kth > bound / cfg.temperature:
+        return None
+    keep = scores >= kth
+    ids, values = ids[keep], scores[keep]
+    mask = top_p_mask(values, cfg.top_p)
+    return ids[mask], values[mask]
+
+
+def _draw(ids: np.ndarray, scores: np.ndarray, cfg: SamplingConfig, rng: np.random.Generator) -> int:
     if not cfg.do_sample:
         return int(ids[0])
     # Inverse-CDF draw of one uniform: what rng.choice(ids.size, p=...) does, minus its checks.
     cdf = np.cumsum(softmax(scores))
     return int(ids[np.searchsorted(cdf / cdf[-1], rng.random(), side="right")])
+
+
+def next_token(logits: np.ndarray, context: np.ndarray, cfg: SamplingConfig, rng: np.random.Generator) -> int:
+    """The next token id after `context` (prompt + reply so far) given the model's `logits`."""
+    ids, scores = candidates(logits, np.asarray(context, dtype=np.int64), cfg)
+    if ids.size == 0:  # everything banned: fall back to the unfiltered choice
+        return int(np.argmax(logits))
+    return _draw(ids, scores, cfg, rng)
+
+
+def choose(
+    ids: np.ndarray, logits: np.ndarray, context: Context, cfg: SamplingConfig, rng: np.random.Generator
+) -> int | None:
+    """next_token() from the K candidates `ids` with their `logits`: the same token for the same
+    `rng`, or None (and `rng` untouched) where the candidates cannot prove it."""
+    found = top_candidates(ids, logits, context, cfg)
+    return None if found is None else _draw(*found, cfg, rng)
+
+
+def needs_full_row(cfg: SamplingConfig, k: int) -> bool:
+    """Whether K candidates can never prove a choice under `cfg` (sampling without a top-k below K)."""
+    return cfg.do_sample and not 0 < cfg.top_k < k

@@ -1,20 +1,25 @@
-"""Every network call to Triton: one sequence step at a time over HTTP, binary tensors.
+"""Every network call to Triton: the rounds of this process's generations, over HTTP with
+tritonclient's aio client, binary tensors.
 
-A generation is one Triton sequence (correlation id): START with the prompt's ids, then one
-sampled token per step; END frees the server's cache. A step of a running sequence is not
-idempotent (it extends the server's cache), so it is never blindly retried: the generate loop
-recovers by restarting the sequence with START over the whole context, which is idempotent.
+A generation is a sequence (a random id) whose KV cache the server keeps. Each step is a row: the
+position of its first new token (0 starts the sequence), the new tokens, and flags. The rows of
+all generations of this process go together, one request per round (the step gate,
+bot/step_gate.py), and each row gets its status and the K most likely next tokens with their
+logits (contract/triton_io.py). Because a row names its position, sending it again gives the same
+answer: a step that timed out may simply be sent again; a sequence the server no longer holds
+(restart, idle timeout, another replica) is started again at position 0.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
-from collections.abc import Awaitable, Callable
+import secrets
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
-from urllib.parse import quote
 
 import aiohttp
 import numpy as np
@@ -43,6 +48,10 @@ class TritonUnavailable(TritonError):
     """Triton is down, not ready, or too slow: transient; worth retrying later."""
 
 
+class NoFreeSlot(TritonUnavailable):
+    """Every KV slot of the server is held by running generations: start again shortly."""
+
+
 class ModelDown(TritonUnavailable):
     """The model's process is dead ("Stub process ... is not healthy"): no retry, it won't heal soon."""
 
@@ -52,30 +61,53 @@ class TritonRequestError(TritonError):
 
 
 class SequenceLost(TritonRequestError):
-    """The server holds no cache for this sequence (restarted, idle timeout, another replica):
-    the generation can go on only by starting the sequence again."""
+    """The server holds no cache for this sequence at that position (restarted, idle timeout,
+    another replica, an onnxruntime failure): the generation goes on only by starting again at 0."""
 
 
 @dataclass(frozen=True)
 class ModelInfo:
     """What the client must know of the served model (from its config.pbtxt parameters)."""
 
-    vocab_size: int
-    max_positions: int
+    max_positions: int  # the longest context a sequence may reach (the KV slot's length)
+    kv_slots: int  # sequences the server holds at once: this client runs at most as many generations
 
 
-# How Triton 2.51 answers, measured against the real server (tests/test_triton_client.py, one test each):
+@dataclass(frozen=True)
+class Row:
+    """One step of one sequence, as it travels in a round."""
+
+    sequence_id: int
+    position: int  # where `ids` start in the sequence's context (0: start it)
+    ids: np.ndarray  # int64 [n]
+    end: bool = False
+    full: bool = False  # the whole row of logits is wanted too
+
+
+@dataclass(frozen=True)
+class StepOutput:
+    """The server's answer to a step: the K most likely next tokens (best first), their logits,
+    and the whole row of logits where the step asked for it."""
+
+    ids: np.ndarray  # int32 [K]
+    logits: np.ndarray  # float32 [K]
+    full: np.ndarray | None = None  # float32 [vocab]
+
+
+# How Triton answers, measured against the real server (tests/test_triton_client.py, one test each):
 #   404  the model name is not in the repository ("... is not found"), or the model is loading or
 #        unloaded ("... has no available versions")
-#   400  a malformed request; the sequence batcher's "must specify the START flag" (no START for a
-#        correlation id it holds no sequence for: after END, idle timeout, restart, another replica);
-#        model.py's refusals (bad ids, too long a context) and its own "unknown sequence ...: begin
-#        it with the START flag" (the engine holds no cache for it), sent as INVALID_ARG
-#   500  "Stub process ... is not healthy" when the model's process died; model.py's INTERNAL (an
-#        onnxruntime failure: "... begin it again with START" when the engine dropped the cache)
-#   503  model.py's UNAVAILABLE (no KV slot free right now); 502/503/504 are also what a proxy
-#        (Envoy) answers when the server behind it is down or slow
+#   400  a malformed request (missing tensor, wrong shapes, counts that do not add up)
+#   500  "Stub process ... is not healthy" when the model's process died
+#   502/503/504  what a proxy (Envoy) answers when the server behind it is down or slow
+# A request that reaches the model answers 200 with a status per row (io.ROW_*): _ROW_ERRORS.
 _TRANSIENT_STATUS = {502, 503, 504}
+_ROW_ERRORS: dict[int, tuple[type[TritonError], int]] = {
+    io.ROW_INVALID: (TritonRequestError, 400),
+    io.ROW_LOST: (SequenceLost, 400),
+    io.ROW_BUSY: (NoFreeSlot, 503),
+    io.ROW_FAILED: (SequenceLost, 500),
+}
 
 
 def _status(exc: InferenceServerException) -> int:
@@ -99,69 +131,23 @@ def _classify(exc: BaseException) -> TritonError:
         if "no available versions" in text:
             return TritonUnavailable(f"Triton's model is not loaded: {text}", status)
         return TritonRequestError(f"Triton has no such model ({text}): check TRITON_MODEL", status)
-    # 500 is also model.py's onnxruntime failure: only the text tells the dead model process.
     if status == 500 and "Stub process" in text:
         return ModelDown(f"Triton's model is dead: {text}", status)
-    # 400 is also a bad request, 500 a failed one: the texts of a lost sequence (the batcher's and
-    # model.py's) say START.
-    if status in (400, 500) and "START" in text:
-        return SequenceLost(f"Triton lost the sequence: {text}", status)
     return TritonRequestError(f"Triton refused the request ({status}): {text}", status)
 
 
-class _Pool:
-    """Keep-alive HTTP/1.1 connections to Triton for inference requests, written as prebuilt
-    bytes: once the step gate releases a round, its requests leave back to back (tens of µs
-    apart), well within the sequence batcher's queue delay, and Triton runs them as one batch."""
-
-    MAX_IDLE_S = 30.0  # an idle connection older than this is closed, not reused (proxies drop them)
-
-    def __init__(self, url: str):
-        self.host, _, port = url.rpartition(":")
-        self.port = int(port)
-        self.idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter, float]] = []
-
-    async def _connection(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        now = asyncio.get_running_loop().time()
-        while self.idle:
-            reader, writer, since = self.idle.pop()
-            if not reader.at_eof() and now - since < self.MAX_IDLE_S:  # at EOF: the server closed it
-                return reader, writer
-            writer.close()
-        return await asyncio.open_connection(self.host, self.port)
-
-    async def post(self, head: bytes, body: bytes) -> tuple[int, dict[str, str], bytes]:
-        """Status, headers (lower-case names) and body of one request; the connection is reused
-        only after a complete response (on any error or cancellation it is closed)."""
-        reader, writer = await self._connection()
-        try:
-            writer.write(head + body)
-            lines = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
-            status = int(lines[0].split(" ", 2)[1])
-            headers = {k.strip().lower(): v.strip() for k, _, v in (h.partition(":") for h in lines[1:] if h)}
-            if "content-length" not in headers:
-                raise ConnectionError(f"Triton answered without Content-Length: {lines[0]}")
-            data = await reader.readexactly(int(headers["content-length"]))
-        except BaseException:
-            writer.close()
-            raise
-        if headers.get("connection", "").lower() == "close":
-            writer.close()
-        else:
-            self.idle.append((reader, writer, asyncio.get_running_loop().time()))
-        return status, headers, data
-
-    def close(self) -> None:
-        for _, writer, _ in self.idle:
-            writer.close()
-        self.idle = []
+def _tensor(name: str, data: np.ndarray) -> triton_http.InferInput:
+    tensor = triton_http.InferInput(name, list(data.shape), io.REQUEST_INPUTS[name])
+    tensor.set_data_from_numpy(data, binary_data=True)
+    return tensor
 
 
 class TritonClient:
-    """Async client of the ruDialoGPT model on Triton; one connection pool, reused.
+    """Async client of the ruDialoGPT model on Triton: one HTTP connection pool, one step gate.
 
-    Its step gate (bot/step_gate.py) lines up the token steps of all generations that run
-    through this client, so that they reach Triton's batcher as one batch per round."""
+    The gate lines up the steps of all generations that run through this client, so that each
+    round reaches Triton as one request; `routing_key` (sent as io.ROUTING_HEADER) lets a load
+    balancer keep all of this client's rounds on the Triton replica that holds its caches."""
 
     def __init__(
         self,
@@ -174,11 +160,18 @@ class TritonClient:
         if "://" in url:
             raise ValueError(f"TRITON_URL is host:port, without a scheme: got {url!r}")
         self.url, self.model, self.timeout, self.retries = url, model, timeout, retries
-        self.gate = StepGate(gate)
-        self._pool = _Pool(url)
-        self._infer_path = f"/v2/models/{quote(model)}/infer"
+        self.gate: StepGate[Row, StepOutput] = StepGate(self._send_round, gate)
+        self.routing_key = secrets.token_hex(8)
+        # identity: Triton would otherwise compress every answer for aiohttp's default Accept-Encoding.
+        self._headers = {io.ROUTING_HEADER: self.routing_key, "Accept-Encoding": "identity"}
+        self._outputs = [
+            triton_http.InferRequestedOutput(name, binary_data=True) for name in io.RESPONSE_OUTPUTS
+        ]
         self._client: triton_http.InferenceServerClient | None = None
         self._info: ModelInfo | None = None
+        self._admit: asyncio.Semaphore | None = None
+        self.bytes_received = 0  # answers' payload (JSON header and tensors) since start
+        self.rows_answered = 0
 
     @property
     def client(self) -> triton_http.InferenceServerClient:
@@ -187,13 +180,13 @@ class TritonClient:
         return self._client
 
     async def close(self) -> None:
-        self._pool.close()
+        await self.gate.close()
         if self._client is not None:
             await self._client.close()
             self._client = None
 
     async def _call(self, coro_fn: Callable[[], Awaitable[T]]) -> T:
-        try:  # asyncio.timeout, not wait_for: no extra task, so a released round is sent at once
+        try:
             async with asyncio.timeout(self.timeout):
                 return await coro_fn()
         except BaseException as exc:
@@ -217,79 +210,69 @@ class TritonClient:
         return await asyncio.to_thread(is_alive, self.url, self.model, self.timeout)
 
     async def model_info(self) -> ModelInfo:
-        """Vocabulary and context size of the served model (fetched once, with retries)."""
+        """The served model's context and slots (fetched once, with retries)."""
         if self._info is None:
             config: dict[str, Any] = await self._retrying()(
                 self._call, lambda: self.client.get_model_config(self.model)
             )
             params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
             try:
-                self._info = ModelInfo(int(params[io.PARAM_VOCAB_SIZE]), int(params[io.PARAM_MAX_POSITIONS]))
+                self._info = ModelInfo(int(params[io.PARAM_SLOT_LENGTH]), int(params[io.PARAM_KV_SLOTS]))
             except KeyError as exc:
                 raise TritonRequestError(
                     f"model {self.model!r} lacks parameter {exc}: re-export it with `python -m export`"
                 ) from None
         return self._info
 
+    @contextlib.asynccontextmanager
+    async def admitted(self) -> AsyncIterator[None]:
+        """Hold one of the server's KV slots for a generation: at most kv_slots generations of
+        this client run at once, the others wait here (not at the server)."""
+        if self._admit is None:
+            self._admit = asyncio.Semaphore((await self.model_info()).kv_slots)
+        async with self._admit:
+            yield
+
     async def step(
-        self, sequence_id: int, ids: list[int] | np.ndarray, start: bool = False, end: bool = False
-    ) -> np.ndarray:
-        """Feed `ids` to the sequence; the logits [vocab] after them. START steps are retried.
+        self, sequence_id: int, ids: list[int] | np.ndarray, position: int, *, full: bool = False
+    ) -> StepOutput:
+        """Feed `ids` to the sequence at `position` (0 starts it): the candidates after them.
 
-        A step that is neither START nor END first waits at the step gate (at most its
-        `in_flight_s`); START makes the sequence a member of the gate, END removes it."""
-        head, body = self._request(sequence_id, ids, start, end)  # built before the gate
+        The step waits at the gate for the rest of its round (at most its `in_flight_s`)."""
+        row = Row(sequence_id, position, np.asarray(ids, dtype=np.int64).reshape(-1), full=full)
+        return await self.gate.step(sequence_id, row)
 
-        async def once() -> np.ndarray:
-            status, headers, data = await self._call(lambda: self._pool.post(head, body))
-            if status != 200:
-                try:
-                    text = json.loads(data)["error"]
-                except (ValueError, KeyError, TypeError):
-                    text = data[:200].decode("utf-8", "replace")
-                raise _classify(InferenceServerException(text, status=str(status)))
-            result = triton_http.InferenceServerClient.parse_response_body(
-                data, header_length=headers.get("inference-header-content-length")
-            )
-            logits: np.ndarray = result.as_numpy(io.LOGITS)[0]
-            return logits
+    def end(self, sequence_id: int) -> None:
+        """Free the sequence's cache on the server: an END row that rides with the next round
+        (best effort: the idle timeout is the backstop)."""
+        self.gate.end(sequence_id, Row(sequence_id, 0, np.zeros(0, np.int64), end=True))
 
-        if end:
-            self.gate.left(sequence_id)
-            return await once()
-        if start:
-            self.gate.started(sequence_id)
-        else:
-            await self.gate.wait(sequence_id)
-        try:
-            return await (self._retrying()(once) if start else once())
-        finally:
-            self.gate.answered(sequence_id)
-
-    def _request(
-        self, sequence_id: int, ids: list[int] | np.ndarray, start: bool, end: bool
-    ) -> tuple[bytes, bytes]:
-        """HTTP head and body of one infer request (KServe v2, binary tensors)."""
-        data = np.asarray(ids, dtype=np.int64).reshape(1, -1)
-        inp = triton_http.InferInput(io.INPUT_IDS, list(data.shape), io.INPUT_IDS_DTYPE)
-        inp.set_data_from_numpy(data, binary_data=True)
-        out = [triton_http.InferRequestedOutput(io.LOGITS, binary_data=True)]
-        body, json_size = triton_http.InferenceServerClient.generate_request_body(
-            [inp], outputs=out, sequence_id=sequence_id, sequence_start=start, sequence_end=end
+    async def _send_round(self, rows: list[Row]) -> list[StepOutput | BaseException]:
+        """One request for `rows`; each row's answer, or its error."""
+        flags = [(io.ROW_END if r.end else 0) | (io.ROW_FULL if r.full else 0) for r in rows]
+        inputs = [
+            _tensor(io.SEQUENCE_IDS, np.array([[r.sequence_id for r in rows]], np.uint64)),
+            _tensor(io.POSITIONS, np.array([[r.position for r in rows]], np.int64)),
+            _tensor(io.COUNTS, np.array([[r.ids.size for r in rows]], np.int32)),
+            _tensor(io.FLAGS, np.array([flags], np.int32)),
+            _tensor(io.INPUT_IDS, np.concatenate([r.ids for r in rows])[None]),
+        ]
+        result = await self._call(
+            lambda: self.client.infer(self.model, inputs, outputs=self._outputs, headers=self._headers)
         )
-        # X-Sequence-Id lets a load balancer keep all steps of one sequence on one replica.
-        # identity: compressing 200 KB of logits per step costs Triton more than the network.
-        head = (
-            f"POST {self._infer_path} HTTP/1.1\r\nHost: {self.url}\r\n"
-            f"Content-Type: application/octet-stream\r\nInference-Header-Content-Length: {json_size}\r\n"
-            f"Content-Length: {len(body)}\r\nX-Sequence-Id: {sequence_id}\r\n"
-            "Accept-Encoding: identity\r\n\r\n"
+        status = result.as_numpy(io.STATUS)[0]
+        ids, logits = result.as_numpy(io.CANDIDATE_IDS)[0], result.as_numpy(io.CANDIDATE_LOGITS)[0]
+        full = iter(result.as_numpy(io.LOGITS)[0])
+        self.bytes_received += len(json.dumps(result.get_response())) + sum(
+            o.get("parameters", {}).get("binary_data_size", 0) for o in result.get_response()["outputs"]
         )
-        return head.encode("ascii"), body
-
-    async def end(self, sequence_id: int) -> None:
-        """Free the sequence's cache on the server (best effort: the idle timeout is the backstop)."""
-        try:
-            await self.step(sequence_id, [], end=True)
-        except TritonError as exc:
-            log.debug("END of sequence %d not delivered: %s", sequence_id, exc)
+        self.rows_answered += len(rows)
+        answers: list[StepOutput | BaseException] = []
+        for i, row in enumerate(rows):
+            if status[i] == io.ROW_OK:
+                answers.append(StepOutput(ids[i], logits[i], next(full) if row.full else None))
+                continue
+            text = result.as_numpy(io.ERRORS)[0][i].decode(errors="replace")
+            kind, code = _ROW_ERRORS.get(int(status[i]), (TritonRequestError, 400))
+            answers.append(kind(f"Triton refused the step ({code}): {text}", code))
+        return answers

@@ -1,49 +1,90 @@
 """The served model's I/O contract: shared by the exporter, the Triton model and the client.
 
-One Triton *sequence* is one generation. The client sends the prompt's token ids with START,
-then each sampled token alone; the server keeps the conversation's KV cache keyed by the
-sequence's correlation id and answers with the logits of the last position. END frees the cache;
-an END step may carry no tokens at all (then it only frees, and its logits are empty).
+A generation is a *sequence* (a random id) whose KV cache the server keeps. The client sends
+*rounds*: one request carries one row per sequence that steps now, each with the position of its
+first new token in the sequence's context (0 starts the sequence), its new token ids and flags.
+The server answers each row with a status and the K most likely next tokens with their logits
+(and the whole row of logits where a row asks for it). A position below what the server holds
+rewinds the sequence to it, so a step sent twice gives the same answer. END frees the cache; an
+END row may carry no tokens (then it only frees).
 """
 
 from __future__ import annotations
 
 DEFAULT_MODEL_NAME = "rudialogpt"
 
-# Triton tensors (config.pbtxt, model.py, bot client).
-INPUT_IDS = "INPUT_IDS"  # INT64, shape [1, n]: the step's new token ids (n >= 1; 0 only with END)
-INPUT_IDS_DTYPE = "INT64"
-LOGITS = "LOGITS"  # FP32, shape [1, vocab_size]: next-token logits after the step
-LOGITS_DTYPE = "FP32"
+# Triton tensors of a round request (config.pbtxt, model.py, bot client). Every tensor has a
+# leading batch dimension of 1 (Triton's dynamic batcher may hand model.py several requests).
+SEQUENCE_IDS = "SEQUENCE_IDS"  # UINT64 [1, rows]: each row's sequence (a sequence at most once per round)
+POSITIONS = "POSITIONS"  # INT64 [1, rows]: where the row's new tokens start in its context (0: start)
+COUNTS = "COUNTS"  # INT32 [1, rows]: how many of INPUT_IDS are the row's (0 only with ROW_END)
+FLAGS = "FLAGS"  # INT32 [1, rows]: ROW_END | ROW_FULL
+INPUT_IDS = "INPUT_IDS"  # INT64 [1, tokens]: the rows' new token ids, one row after the other
+REQUEST_INPUTS = {
+    SEQUENCE_IDS: "UINT64",
+    POSITIONS: "INT64",
+    COUNTS: "INT32",
+    FLAGS: "INT32",
+    INPUT_IDS: "INT64",
+}
+# The answer.
+STATUS = "STATUS"  # INT32 [1, rows]: ROW_OK or the row's error code (below)
+ERRORS = "ERRORS"  # BYTES [1, rows]: the row's error message, empty when ROW_OK
+CANDIDATE_IDS = "CANDIDATE_IDS"  # INT32 [1, rows, K]: the K most likely next tokens, best first
+CANDIDATE_LOGITS = "CANDIDATE_LOGITS"  # FP32 [1, rows, K]: their logits
+LOGITS = "LOGITS"  # FP32 [1, full rows, vocab]: the whole row of each ROW_FULL row, in row order
+RESPONSE_OUTPUTS = {
+    STATUS: "INT32",
+    ERRORS: "BYTES",
+    CANDIDATE_IDS: "INT32",
+    CANDIDATE_LOGITS: "FP32",
+    LOGITS: "FP32",
+}
 
-# Sequence flags as the python backend reports them with request.flags().
-FLAG_START = 1
-FLAG_END = 2
+# FLAGS bits.
+ROW_END = 1  # free the sequence's cache after this row
+ROW_FULL = 2  # answer the whole row of logits too (LOGITS)
 
-# The liveness probe's correlation id (serve/health.py): one token with START|END. Above every id
-# a client draws (randbits(63)), so a probe never touches a real generation's cache.
+# STATUS codes: whose move it is. Rows fail alone; a malformed request fails whole (HTTP 400).
+ROW_OK = 0
+ROW_INVALID = 1  # the row itself is wrong (ids, position past the slot): fix the request
+ROW_LOST = 2  # the server holds no cache for the sequence at that position: start it again at 0
+ROW_BUSY = 3  # no KV slot free for a new sequence right now: try again later
+ROW_FAILED = 4  # onnxruntime failed; the sequence's cache was dropped: start it again at 0
+
+# The liveness probe's sequence id (serve/health.py): one token at position 0 with END. Above
+# every id a client draws (randbits(63)), so a probe never touches a real generation's cache.
 PROBE_SEQUENCE_ID = 2**63
 
-# config.pbtxt `parameters` the model reads (string values).
+# The engine keeps one KV slot more than config.pbtxt's kv_slots: the probe's own (see
+# serve/slots.py), so a probe never waits for a slot or takes one from a generation.
+PROBE_SLOTS = 1
+
+# config.pbtxt `parameters` the model (and the client) read (string values).
 PARAM_ONNX_FILE = "onnx_file"  # file name of the ONNX model in the version folder
 PARAM_EXECUTION_PROVIDER = "execution_provider"  # "cpu" or "cuda"
 PARAM_INTRA_OP_THREADS = "intra_op_threads"  # onnxruntime threads; "0" lets ORT choose
-PARAM_VOCAB_SIZE = "vocab_size"  # the model's vocabulary (ids must be below it)
-PARAM_MAX_POSITIONS = "max_positions"  # longest context a sequence may reach
 PARAM_IDLE_SECONDS = "cache_idle_seconds"  # a cache unused this long is freed
-PARAM_KV_SLOTS = "kv_slots"  # KV-cache slots: most sequences cached at once
+PARAM_KV_SLOTS = "kv_slots"  # KV-cache slots: most sequences cached at once (the client's limit too)
 PARAM_SLOT_LENGTH = "slot_length"  # positions one slot holds: the longest context a sequence may reach
-PARAM_NUM_LAYERS = "num_layers"  # transformer layers (past_key_values.N)
-PARAM_NUM_HEADS = "num_heads"
-PARAM_HEAD_DIM = "head_dim"
-META_RAGGED_CHUNKS = "ragged_chunks"  # serving graph metadata: "1" if rows may carry chunks of any length
+PARAM_DECODE_GRAPHS = "decode_graphs"  # "auto" (on with CUDA), "on", "off": see serve/runner.py
+
+# Serving graph metadata (export/serving_graph.py): the model's shape, read by the engine.
+META_NUM_LAYERS = "num_layers"  # transformer layers (past_key.N)
+META_NUM_HEADS = "num_heads"
+META_HEAD_DIM = "head_dim"
+META_VOCAB_SIZE = "vocab_size"
+META_MAX_POSITIONS = "max_positions"  # the model's positions: the longest a slot can be
+META_RAGGED_CHUNKS = "ragged_chunks"  # "1" if rows may carry chunks of any length
+META_CANDIDATES = "candidates"  # K: the candidate tokens the graph answers per row
 
 # Serving defaults, one definition each: export writes them into config.pbtxt (ServingConfig in
 # export/triton_config.py), model.py reads what config.pbtxt says, and the engine (serve/engine.py)
 # uses them when it is built directly (tests, bench).
 ONNX_FILE = "model.onnx"  # the served graph in the model's version folder
 DEFAULT_KV_SLOTS = 8  # KV-cache slots: sequences generating at once (each holds one from START to END)
-DEFAULT_IDLE_SECONDS = 60  # a sequence idle this long is freed (Triton's sequence slot and its KV slot)
+DEFAULT_IDLE_SECONDS = 60  # a sequence idle this long is freed (its KV slot)
+CANDIDATES = 64  # K: candidate tokens per row (the graph's TopK; at most the vocabulary)
 
 # ONNX inputs and outputs. The serving graph (export/serving_graph.py) and optimum's export of
 # GPT-2 with task "text-generation-with-past" (the reference) share the first four names.
@@ -54,6 +95,8 @@ ONNX_LOGITS = "logits"  # serving graph: fp32 [rows, vocab] of each row's last r
 ONNX_SEQLENS_K = "seqlens_k"  # int32 [rows]: tokens of context after the step, minus one
 ONNX_TOTAL_SEQUENCE_LENGTH = "total_sequence_length"  # int32 scalar: the slot length (an upper bound)
 ONNX_QUERY_SEQLENS = "query_seqlens"  # int32 [rows]: real tokens in the row's chunk (0: idle row)
+ONNX_TOP_LOGITS = "top_logits"  # serving graph: fp32 [rows, K] the K largest logits, largest first
+ONNX_TOP_IDS = "top_ids"  # serving graph: int32 [rows, K] their token ids
 
 
 def serving_past(layer: int, kind: str) -> str:
@@ -78,3 +121,7 @@ def onnx_present(layer: int, kind: str) -> str:
 
 # Where export puts the tokenizer for the bot: model_repository/<name>/tokenizer/.
 TOKENIZER_DIR = "tokenizer"
+
+# The HTTP header that carries a client's routing key: a load balancer in front of several Triton
+# replicas hashes it, so every round of one bot process reaches the replica that holds its caches.
+ROUTING_HEADER = "X-Routing-Key"

@@ -43,12 +43,17 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="max |Δlogit| ONNX vs PyTorch (default 1e-3 fp32, 5e-2 fp16)",
     )
-    p.add_argument("--max-batch-size", type=int, default=d.max_batch_size, help="requests per execute()")
+    p.add_argument(
+        "--max-batch-size",
+        type=int,
+        default=d.max_batch_size,
+        help="round requests (bot processes) run in one execute()",
+    )
     p.add_argument(
         "--kv-slots",
         type=int,
         default=d.kv_slots,
-        help="KV-cache slots: sequences generating at once (each holds one from START to END)",
+        help="KV-cache slots: sequences generating at once (each holds one from its start to END)",
     )
     p.add_argument(
         "--slot-length",
@@ -56,7 +61,18 @@ def main(argv: list[str] | None = None) -> int:
         default=d.slot_length,
         help="positions per slot: the longest context (0: the model's positions)",
     )
-    p.add_argument("--queue-delay-us", type=int, default=d.max_queue_delay_us, help="batching wait per step")
+    p.add_argument(
+        "--decode-graphs",
+        choices=["auto", "on", "off"],
+        default=d.decode_graphs,
+        help="decode steps on fixed bindings (auto: with CUDA, replayed as CUDA graphs)",
+    )
+    p.add_argument(
+        "--skip-reference",
+        action="store_true",
+        help="skip optimum's reference export (hosts without optimum); the serving graph is still "
+        "checked against PyTorch",
+    )
     p.add_argument("--idle-seconds", type=int, default=d.idle_seconds, help="free a sequence idle this long")
     p.add_argument("--threads", type=int, default=d.intra_op_threads, help="onnxruntime threads (0: auto)")
     args = p.parse_args(argv)
@@ -72,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
         max_batch_size=args.max_batch_size,
         kv_slots=args.kv_slots,
         slot_length=args.slot_length,
-        max_queue_delay_us=args.queue_delay_us,
+        decode_graphs=args.decode_graphs,
         idle_seconds=args.idle_seconds,
         intra_op_threads=args.threads,
     )
@@ -87,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
             args.tolerance,
             serving,
             None if args.ragged_chunks == "auto" else args.ragged_chunks == "yes",
+            reference=not args.skip_reference,
         )
     except ExportError as exc:
         print(f"error: {exc}", file=sys.stderr)

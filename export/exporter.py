@@ -20,7 +20,15 @@ from export.triton_config import ServingConfig, render
 log = logging.getLogger(__name__)
 
 ROOT = Path(__file__).resolve().parent.parent
-SERVER_FILES = {ROOT / "serve" / "model.py": "model.py", ROOT / "serve" / "engine.py": "engine.py"}
+# What the model's version folder holds besides the graph: model.py, the engine's modules as the
+# package `serve` (imported as in the repository), and the contract package.
+SERVER_FILES = {
+    ROOT / "serve" / "model.py": "model.py",
+    **{
+        ROOT / "serve" / f"{m}.py": f"serve/{m}.py"
+        for m in ("__init__", "engine", "steps", "slots", "plan", "runner")
+    },
+}
 
 
 class ExportError(RuntimeError):
@@ -37,7 +45,7 @@ class ExportResult:
     seconds: float = 0.0
     serving: dict = field(default_factory=dict)  # the ServingConfig written to config.pbtxt
     top1: float = 1.0  # share of positions where the serving graph and PyTorch agree on argmax
-    optimum_diff: float = 0.0  # optimum's export (the reference) vs PyTorch
+    optimum_diff: float | None = None  # optimum's export (the reference) vs PyTorch; None: skipped
 
 
 def check_checkpoint(checkpoint: Path) -> dict:
@@ -82,6 +90,7 @@ def export(
     tolerance: float | None = None,
     serving: ServingConfig | None = None,
     ragged: bool | None = None,
+    reference: bool = True,
 ) -> ExportResult:
     """Export `checkpoint` into `repository/name`, verified against PyTorch; replaces it atomically.
 
@@ -89,10 +98,19 @@ def export(
     reference. The served model is the serving graph (export/serving_graph.py) built from the same
     weights, checked against PyTorch on the served path and on a ragged batch. `ragged` (default:
     on for the CPU, off for CUDA, whose newest onnxruntime-gpu lacks it) lets rows of one call
-    carry chunks of different lengths (export/serving_graph.build)."""
-    from optimum.exporters.onnx import main_export
-
+    carry chunks of different lengths (export/serving_graph.build). `reference=False` skips
+    optimum's export (for hosts without optimum): the serving graph is still checked against
+    PyTorch."""
     from export import serving_graph, verify
+
+    if reference:
+        try:
+            from optimum.exporters.onnx import main_export
+        except ImportError:
+            raise ExportError(
+                "optimum is not installed (its export is the reference): `pip install optimum-onnx`, "
+                "or pass --skip-reference to check the serving graph against PyTorch alone"
+            ) from None
 
     t0 = time.monotonic()
     checkpoint, repository = Path(checkpoint), Path(repository)
@@ -111,7 +129,6 @@ def export(
     serving = replace(
         serving or ServingConfig(),
         name=name,
-        vocab_size=int(config["vocab_size"]),
         max_positions=int(config.get("n_positions", config.get("n_ctx", 1024))),
         layers=int(config["n_layer"]),
         hidden=int(config["n_embd"]),
@@ -119,11 +136,6 @@ def export(
     )
     if device == "cuda":
         serving = replace(serving, execution_provider="cuda")
-    if serving.max_batch_size > serving.kv_slots:
-        raise ExportError(
-            f"--max-batch-size {serving.max_batch_size} exceeds --kv-slots {serving.kv_slots}: "
-            "every sequence of a batch needs its own KV slot"
-        )
     provider = serving.execution_provider
     if provider == "cuda" and "CUDAExecutionProvider" not in _ort_providers():
         log.info("this onnxruntime has no CUDA provider: the fp16 graph is checked on the CPU provider")
@@ -133,18 +145,27 @@ def export(
     staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=repository))
     try:
         texts = verify.torch_reference(checkpoint)
-        log.info("exporting %s with optimum (task text-generation-with-past): the reference", checkpoint)
-        main_export(
-            str(checkpoint), output=staging / "optimum", task="text-generation-with-past", do_validation=False
-        )
-        ref = verify.check_optimum(staging / "optimum" / "model.onnx", texts, serving.max_positions)
-        log.info("optimum's ONNX (served path) vs PyTorch: max |Δlogit| = %.2e", ref.max_abs)
-        if not ref.max_abs <= DEFAULT_TOLERANCE["fp32"]:
-            raise ExportError(
-                f"optimum's export differs from PyTorch by {ref.max_abs:.3g}: this checkpoint "
-                "does not export correctly"
+        ref = None
+        if reference:
+            log.info("exporting %s with optimum (task text-generation-with-past): the reference", checkpoint)
+            main_export(
+                str(checkpoint),
+                output=staging / "optimum",
+                task="text-generation-with-past",
+                do_validation=False,
             )
-        shutil.rmtree(staging / "optimum")
+            ref = verify.check_optimum(staging / "optimum" / "model.onnx", texts, serving.max_positions)
+            log.info("optimum's ONNX (served path) vs PyTorch: max |Δlogit| = %.2e", ref.max_abs)
+            if not ref.max_abs <= DEFAULT_TOLERANCE["fp32"]:
+                raise ExportError(
+                    f"optimum's export differs from PyTorch by {ref.max_abs:.3g}: this checkpoint "
+                    "does not export correctly"
+                )
+            shutil.rmtree(staging / "optimum")
+        else:
+            log.warning(
+                "optimum's reference export skipped: the serving graph is checked against PyTorch alone"
+            )
 
         cfg, weights = serving_graph.load_weights(checkpoint)
         onnx_path = staging / "model.onnx"
@@ -204,6 +225,7 @@ def export(
         for f in staging.glob(onnx_path.name + "*"):  # the model and any external-data file
             shutil.move(str(f), version / f.name.replace(onnx_path.stem, "model", 1))
         for src, dst in SERVER_FILES.items():
+            (version / dst).parent.mkdir(exist_ok=True)
             shutil.copy2(src, version / dst)
         shutil.copytree(ROOT / "contract", version / "contract", ignore=shutil.ignore_patterns("__pycache__"))
         _save_tokenizer(checkpoint, model_dir / io.TOKENIZER_DIR)
@@ -232,7 +254,7 @@ def export(
         time.monotonic() - t0,
         asdict(serving),
         dev.top1,
-        ref.max_abs,
+        ref.max_abs if ref else None,
     )
 
 

@@ -25,7 +25,8 @@ import numpy as np
 import onnxruntime as ort
 
 from contract import triton_io as io
-from serve.engine import Step, StepError, rounds
+from serve.engine import Step, StepError
+from serve.plan import rounds
 
 log = logging.getLogger(__name__)
 
@@ -72,24 +73,24 @@ class OptimumEngine:
 
     def _check(self, step: Step) -> None:
         """The reference runs the exporter's and the bench's own steps: only what they can get wrong."""
-        if not step.start and step.sequence_id not in self.caches:
-            raise StepError(
-                f"unknown sequence {step.sequence_id}: begin it with the START flag", StepError.LOST
-            )
-        past = 0 if step.start else self.caches[step.sequence_id].length
+        if not _starts(step) and step.sequence_id not in self.caches:
+            raise StepError(f"unknown sequence {step.sequence_id}: start it at position 0", io.ROW_LOST)
+        past = 0 if _starts(step) else self.caches[step.sequence_id].length
+        if step.position not in (None, 0, past):
+            raise StepError(f"the reference engine only appends (position {past}), not {step.position}")
         if past + step.ids.size > self.max_positions:
             raise StepError(
                 f"context of {past + step.ids.size} tokens exceeds {self.max_positions} positions"
             )
 
     # ---- the step ---------------------------------------------------------------------------
-    def step(self, steps: list[Step]) -> list[np.ndarray | StepError]:
-        """Logits [1, vocab] after each step (empty [1, 0] for a bare END), or its StepError."""
+    def logits(self, steps: list[Step]) -> list[np.ndarray | StepError]:
+        """Logits [vocab] after each step (empty for a bare END), or its StepError."""
         results: list[np.ndarray | StepError | None] = [None] * len(steps)
         runnable: list[int] = []
         with self.lock:
             for i, step in enumerate(steps):
-                if step.start:
+                if _starts(step):
                     self._drop(step.sequence_id)
                 try:
                     self._check(step)
@@ -98,17 +99,17 @@ class OptimumEngine:
                     continue
                 if step.ids.size == 0:
                     self._drop(step.sequence_id)
-                    results[i] = np.zeros((1, 0), np.float32)
+                    results[i] = np.zeros(0, np.float32)
                 else:
                     runnable.append(i)
-            for batch in rounds(steps, runnable):  # one ORT call per round
-                for i, logits in zip(batch, self._run([steps[i] for i in batch]), strict=True):
-                    results[i] = logits
+            for batch in rounds([steps[i].sequence_id for i in runnable]):  # one ORT call per round
+                for k, logits in zip(batch, self._run([steps[runnable[k]] for k in batch]), strict=True):
+                    results[runnable[k]] = logits
         return cast(list[np.ndarray | StepError], results)  # every step has its result by now
 
     def _in_place_group(self, steps: list[Step]) -> _Group | None:
         """The group these steps can run in as it is, or None when they must be gathered."""
-        if any(s.start for s in steps) or len({s.ids.size for s in steps}) != 1:
+        if any(_starts(s) for s in steps) or len({s.ids.size for s in steps}) != 1:
             return None
         groups = {id(self.caches[s.sequence_id].group): self.caches[s.sequence_id].group for s in steps}
         if len(groups) != 1:
@@ -121,7 +122,7 @@ class OptimumEngine:
         """A new group holding exactly these sequences' caches, left-padded and masked."""
         parts = []
         for s in steps:
-            cache = None if s.start else self.caches[s.sequence_id]
+            cache = None if _starts(s) else self.caches[s.sequence_id]
             keep = None if cache is None else cache.group.mask[cache.row].astype(bool)
             parts.append((cache, keep))
         width = max(0 if c is None else c.length for c, _ in parts)
@@ -147,7 +148,7 @@ class OptimumEngine:
         pos = np.zeros((rows, width), np.int64)
         for s in steps:
             r, n = row_of[s.sequence_id], s.ids.size
-            start = 0 if s.start else self.caches[s.sequence_id].length
+            start = 0 if _starts(s) else self.caches[s.sequence_id].length
             ids[r, :n] = s.ids
             new_mask[r, :n] = 1
             pos[r] = np.minimum(start + np.arange(width), self.max_positions - 1)
@@ -159,11 +160,15 @@ class OptimumEngine:
         now, results = time.monotonic(), []
         for s in steps:
             r, n = row_of[s.sequence_id], s.ids.size
-            length = n + (0 if s.start else self.caches[s.sequence_id].length)
+            length = n + (0 if _starts(s) else self.caches[s.sequence_id].length)
             if s.end:
                 self.caches.pop(s.sequence_id, None)
                 group.rows[r] = None
             else:
                 self.caches[s.sequence_id] = _Cache(group, r, length, now)
-            results.append(outputs[0][r, n - 1 : n].astype(np.float32))
+            results.append(outputs[0][r, n - 1].astype(np.float32))
         return results
+
+
+def _starts(step: Step) -> bool:
+    return step.position == 0

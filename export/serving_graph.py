@@ -4,10 +4,12 @@ Built with `onnx.helper` straight from the checkpoint's weights (optimum's expor
 reference it is checked against, see export/exporter.py). Per layer: LayerNorm → packed QKV →
 `com.microsoft.GroupQueryAttention` (heads = kv heads, no rotary) → projection, LayerNorm →
 FastGelu (GPT-2's tanh gelu) → projection; the tied lm_head runs on each row's last real token
-only. Every call is a right-padded `[rows, S]` chunk: row b holds `query_seqlens[b]` new tokens
-(0: an idle row whose cache is left alone) and will hold `seqlens_k[b] + 1` tokens of context
-afterwards. `past_key.N`/`present_key.N` (and values) are `[rows, heads, slot_length, head_dim]`;
-bound to the same buffer, GQA appends the new keys and values in place.
+only, and a TopK on the device picks each row's K most likely next tokens (what the server
+answers; the whole row stays on the device unless asked for). Every call is a right-padded
+`[rows, S]` chunk: row b holds `query_seqlens[b]` new tokens (0: an idle row whose cache is left
+alone) and will hold `seqlens_k[b] + 1` tokens of context afterwards. `past_key.N`/`present_key.N`
+(and values) are `[rows, heads, slot_length, head_dim]`; bound to the same buffer, GQA appends the
+new keys and values in place.
 """
 
 from __future__ import annotations
@@ -144,6 +146,16 @@ def build(
     else:
         logits = node("Gemm", [h_last, wte], "logits_raw", transB=1)
     node("Cast", [logits], io.ONNX_LOGITS, to=TensorProto.FLOAT)
+    k = min(io.CANDIDATES, config["vocab_size"])
+    node(
+        "TopK",
+        [io.ONNX_LOGITS, weight_i64(inits, "candidates", [k])],
+        [io.ONNX_TOP_LOGITS, "top_ids_i64"],
+        axis=-1,
+        largest=1,
+        sorted=1,
+    )
+    node("Cast", ["top_ids_i64"], io.ONNX_TOP_IDS, to=TensorProto.INT32)
 
     cache_shape = ["rows", heads, "slot_length", head_dim]
     inputs = [
@@ -154,7 +166,9 @@ def build(
         helper.make_tensor_value_info(io.ONNX_QUERY_SEQLENS, TensorProto.INT32, ["rows"]),
     ]
     outputs = [
-        helper.make_tensor_value_info(io.ONNX_LOGITS, TensorProto.FLOAT, ["rows", config["vocab_size"]])
+        helper.make_tensor_value_info(io.ONNX_LOGITS, TensorProto.FLOAT, ["rows", config["vocab_size"]]),
+        helper.make_tensor_value_info(io.ONNX_TOP_LOGITS, TensorProto.FLOAT, ["rows", k]),
+        helper.make_tensor_value_info(io.ONNX_TOP_IDS, TensorProto.INT32, ["rows", k]),
     ]
     for i in range(layers):
         for kind in ("key", "value"):
@@ -168,12 +182,13 @@ def build(
     )
     model.ir_version = 8
     meta = {
-        io.PARAM_NUM_LAYERS: layers,
-        io.PARAM_NUM_HEADS: heads,
-        io.PARAM_HEAD_DIM: head_dim,
-        io.PARAM_VOCAB_SIZE: config["vocab_size"],
-        io.PARAM_MAX_POSITIONS: config["n_positions"],
+        io.META_NUM_LAYERS: layers,
+        io.META_NUM_HEADS: heads,
+        io.META_HEAD_DIM: head_dim,
+        io.META_VOCAB_SIZE: config["vocab_size"],
+        io.META_MAX_POSITIONS: config["n_positions"],
         io.META_RAGGED_CHUNKS: int(ragged),
+        io.META_CANDIDATES: k,
     }
     helper.set_model_props(model, {k: str(v) for k, v in meta.items()})
     return model

@@ -63,13 +63,22 @@ def worst(devs: list[Deviation]) -> Deviation:
     return Deviation(max(d.max_abs for d in devs), min(d.top1 for d in devs))
 
 
+def _logits(engine, steps) -> list[np.ndarray]:
+    """The whole row of logits after each step (`engine.logits`), raising a step's error."""
+    out = engine.logits(steps)
+    for logits in out:
+        if isinstance(logits, Exception):
+            raise logits
+    return out
+
+
 def served_path(engine, ids: list[int], prompt_len: int) -> dict[int, np.ndarray]:
     """One sequence as Triton serves it: the prompt in one step, then one token per step."""
     from serve.engine import Step
 
-    out = {prompt_len - 1: engine.step([Step(1, np.array(ids[:prompt_len]), start=True)])[0]}
+    out = {prompt_len - 1: _logits(engine, [Step(1, np.array(ids[:prompt_len]), 0)])[0]}
     for p in range(prompt_len, len(ids)):
-        out[p] = engine.step([Step(1, np.array([ids[p]]), end=p == len(ids) - 1)])[0]
+        out[p] = _logits(engine, [Step(1, np.array([ids[p]]), p, end=p == len(ids) - 1)])[0]
     return out
 
 
@@ -83,22 +92,20 @@ def served_ragged(engine, texts: Texts, chunk: int = 3) -> list[dict[int, np.nda
     pa = texts.prompt_lens[0]
     out: list[dict[int, np.ndarray]] = [{}, {}]
     cursor = [pa, 0]  # next position to feed
-    out[0][pa - 1] = engine.step([Step(1, np.array(a[:pa]), start=True)])[0]
+    out[0][pa - 1] = _logits(engine, [Step(1, np.array(a[:pa]), 0)])[0]
     round_no = 0
     while cursor[0] < len(a) or cursor[1] < len(b):
         round_no += 1
         steps, owners = [], []
         if cursor[0] < len(a) and round_no % 4 != 3:  # sequence 1 skips every fourth step
-            steps.append(Step(1, np.array([a[cursor[0]]]), end=cursor[0] == len(a) - 1))
+            steps.append(Step(1, np.array([a[cursor[0]]]), cursor[0], end=cursor[0] == len(a) - 1))
             owners.append((0, cursor[0], 1))
         if round_no >= 2 and cursor[1] < len(b):
             n = chunk if cursor[1] < texts.prompt_lens[1] else 1
             piece = b[cursor[1] : cursor[1] + n]
-            steps.append(Step(2, np.array(piece), start=cursor[1] == 0, end=cursor[1] + len(piece) == len(b)))
+            steps.append(Step(2, np.array(piece), cursor[1], end=cursor[1] + len(piece) == len(b)))
             owners.append((1, cursor[1], len(piece)))
-        for (k, at, n), logits in zip(owners, engine.step(steps), strict=True):
-            if isinstance(logits, Exception):
-                raise logits
+        for (k, at, n), logits in zip(owners, _logits(engine, steps), strict=True):
             out[k][at + n - 1] = logits
             cursor[k] = at + n
     return out
@@ -111,12 +118,29 @@ def check_graph(onnx_path: Path, texts: Texts, provider: str = "cpu") -> Deviati
     session = make_session(str(onnx_path), provider)
     length = max(len(ids) for ids in texts.ids)
     devs = [
-        compare(served_path(KVEngine(session, slots=1, slot_length=length), ids, n), ref)
+        compare(served_path(KVEngine(session, slots=1, slot_length=length, decode_graphs="off"), ids, n), ref)
         for ids, n, ref in zip(texts.ids, texts.prompt_lens, texts.logits, strict=True)
     ]
-    ragged = served_ragged(KVEngine(session, slots=3, slot_length=length), texts)
+    ragged = served_ragged(KVEngine(session, slots=3, slot_length=length, decode_graphs="off"), texts)
     devs += [compare(served, ref) for served, ref in zip(ragged, texts.logits, strict=True)]
+    devs.append(check_candidates(KVEngine(session, slots=1, slot_length=length, decode_graphs="off"), texts))
     return worst(devs)
+
+
+def check_candidates(engine, texts: Texts) -> Deviation:
+    """The graph's candidates against its own whole row after each prompt: their logits must be
+    the row's K largest, at their ids (the deviation is 0 when they are)."""
+    from serve.engine import Step
+
+    worst_gap = 0.0
+    for ids, n in zip(texts.ids, texts.prompt_lens, strict=True):
+        out = engine.step([Step(1, np.array(ids[:n]), 0, end=True, full=True)])
+        row, top_ids, top = out.logits(0), out.top_ids[0], out.top_logits[0]
+        largest = np.sort(row)[::-1][: top.size]
+        worst_gap = max(
+            worst_gap, float(np.abs(row[top_ids] - top).max()), float(np.abs(largest - top).max())
+        )
+    return Deviation(worst_gap, 1.0)
 
 
 def check_optimum(onnx_path: Path, texts: Texts, max_positions: int) -> Deviation:

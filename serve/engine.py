@@ -1,171 +1,52 @@
 """The server model's core: GPT-2 steps on onnxruntime over KV-cache slots the engine owns.
 
 Pure numpy + onnxruntime (no Triton imports), so it runs and is tested in-process as well as
-inside Triton's python backend (serve/model.py). The graph is export/serving_graph.py's.
+inside Triton's python backend (serve/model.py). The graph is export/serving_graph.py's. The
+engine ties four units together: the slot table (serve/slots.py: which sequence holds which slot,
+positions, eviction), the plan (serve/plan.py: rounds and calls), the runner (serve/runner.py:
+onnxruntime calls, decode graphs) and the step types (serve/steps.py).
 
-Each layer's keys and values live in one buffer `[slots, heads, slot_length, head_dim]` on the
-execution device (CPU memory, or CUDA memory with the CUDA provider), allocated once. A sequence
-holds one slot from START to END. A call binds a contiguous range of slots by pointer as both the
-`past` input and the `present` output, so GroupQueryAttention appends the new keys and values in
-place: nothing is copied or concatenated, whatever the context length, and on a GPU only ids,
-lengths and `[rows, vocab]` logits cross PCIe. Rows are right-padded chunks with their own
-lengths, so prompts and single tokens, at any context lengths, share a call without padding the
-cache. Slots in the bound range that have no step this call are idle rows (`query_seqlens` 0):
-they cost compute, so a batch is split into calls by a small cost model (`_plan`).
+A sequence holds one slot from its first step (position 0) to END. Rows are right-padded chunks
+with their own lengths, so prompts and single tokens, at any context lengths, share a call
+without padding the cache; decode rows (one token after a context) run on the decode graph of
+the smallest bucket that covers their slots, where one is enabled.
 """
 
 from __future__ import annotations
 
-import heapq
 import logging
 import threading
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import onnxruntime as ort
 
 from contract import triton_io as io
+from serve.plan import Row, plan_calls, rounds
+from serve.runner import CallResult, DecodeGraph, KVBuffers, Runner, Shape, buckets, make_session
+from serve.slots import EVICT_AFTER_S, SlotTable
+from serve.steps import Output, Step, StepError
+
+__all__ = ["KVEngine", "Output", "Step", "StepError", "Usage", "make_session", "open_engine"]
 
 log = logging.getLogger(__name__)
-
-_ORT_DTYPES: dict[str, type[np.generic]] = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
-# A call's fixed cost in tokens of compute: merging two runs of rows into one call pays off when
-# the idle or padded rows that merging adds cost less than this. Measured on ruDialoGPT-small
-# with 2 CPU threads: a decode call of 1 row costs as much as ~6.5 rows more (weights are read
-# once per call, whatever the rows); noisy, so rounded down.
-CALL_OVERHEAD_TOKENS = 6
-
-
-class StepError(ValueError):
-    """A request the model refuses; returned to that request alone, the server keeps serving.
-
-    `kind` says whose move it is, and model.py turns it into Triton's error code (HTTP status)."""
-
-    INVALID = "invalid"  # the request itself is wrong (shape, ids, context too long): 400
-    LOST = "lost"  # no cache for the sequence (never started, freed, dropped): START again; 400
-    BUSY = "busy"  # no KV slot free right now: try again later; 503
-    FAILED = "failed"  # onnxruntime failed; the call's caches were dropped: START again; 500
-
-    def __init__(self, message: str, kind: str = INVALID):
-        super().__init__(message)
-        self.kind = kind
-
-
-@dataclass
-class Step:
-    """One request: a sequence's new token ids and its START/END flags."""
-
-    sequence_id: int
-    ids: np.ndarray  # int64, shape [n]
-    start: bool = False
-    end: bool = False
-
-
-@dataclass(eq=False)
-class _Seq:
-    slot: int
-    length: int = 0  # tokens of context held in the slot (the next position id)
-    last_used: float = field(default_factory=time.monotonic)
 
 
 @dataclass(frozen=True)
 class Usage:
-    """What the engine holds, for the model's metrics (the liveness probe's slot not counted)."""
+    """What the engine holds and did, for the model's metrics (the probe's slot not counted)."""
 
     sequences: int  # sequences holding a slot
     tokens: int  # tokens of context in those slots
     free_slots: int
     active_rows: int  # rows bound to onnxruntime calls since load that carried tokens
     idle_rows: int  # rows bound since load without tokens (compute spent on nothing)
-
-
-@dataclass
-class _Row:
-    index: int  # the step's index in the batch
-    seq: _Seq
-    ids: np.ndarray
-
-
-def make_session(
-    onnx_path: str, provider: str = "cpu", threads: int = 0, device_id: int = 0
-) -> ort.InferenceSession:
-    """An ORT session on the CPU or CUDA; asking for CUDA where it is missing is an error."""
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    # Idle ORT threads would otherwise spin between steps and take the CPU from Triton's HTTP
-    # handling and from the client when they share a machine.
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    if provider == "cuda":
-        if "CUDAExecutionProvider" not in ort.get_available_providers():
-            raise RuntimeError(
-                "execution_provider=cuda but this onnxruntime has no CUDA provider: "
-                "install onnxruntime-gpu, or set execution_provider to cpu"
-            )
-        providers = [("CUDAExecutionProvider", {"device_id": device_id}), "CPUExecutionProvider"]
-    elif provider == "cpu":
-        providers = ["CPUExecutionProvider"]
-    else:
-        raise ValueError(f"execution_provider must be 'cpu' or 'cuda', not {provider!r}")
-    return ort.InferenceSession(onnx_path, opts, providers=providers)
-
-
-def rounds(steps: list[Step], pending: list[int]) -> Iterator[list[int]]:
-    """The indices `pending` of `steps` in rounds in which a sequence appears at most once, each
-    step in the first round after its sequence's previous step."""
-    while pending:
-        seen: set[int] = set()
-        batch: list[int] = []
-        later: list[int] = []
-        for i in pending:
-            (later if steps[i].sequence_id in seen else batch).append(i)
-            seen.add(steps[i].sequence_id)
-        yield batch
-        pending = later
-
-
-class KVBuffers:
-    """Every layer's key and value buffer `[slots, heads, slot_length, head_dim]` on one device."""
-
-    def __init__(
-        self,
-        names: list[tuple[str, str]],
-        slots: int,
-        heads: int,
-        slot_length: int,
-        head_dim: int,
-        dtype: type[np.generic],
-        device: str = "cpu",
-        device_id: int = 0,
-    ):
-        self.names, self.device, self.device_id, self.dtype = names, device, device_id, dtype
-        self.row_shape = [heads, slot_length, head_dim]
-        self.row_bytes = heads * slot_length * head_dim * np.dtype(dtype).itemsize
-        self.values = [
-            ort.OrtValue.ortvalue_from_shape_and_type([slots, *self.row_shape], dtype, device, device_id)
-            for _ in names
-        ]
-        self.nbytes = self.row_bytes * slots * len(names)
-
-    def bind(self, binding: ort.IOBinding, lo: int, hi: int) -> list[int]:
-        """Bind slots [lo, hi) of every buffer as both past input and present output; their addresses."""
-        shape, ptrs = [hi - lo, *self.row_shape], []
-        for (past, present), value in zip(self.names, self.values, strict=True):
-            ptr = value.data_ptr() + lo * self.row_bytes
-            binding.bind_input(past, self.device, self.device_id, self.dtype, shape, ptr)
-            binding.bind_output(present, self.device, self.device_id, self.dtype, shape, ptr)
-            ptrs.append(ptr)
-        return ptrs
-
-    def slot_numpy(self, k: int, slot: int) -> np.ndarray:
-        """A host copy of buffer `k`'s slot (tests and debugging)."""
-        return np.asarray(self.values[k].numpy()[slot])
+    graph_steps: int  # decode calls run on a decode graph since load
 
 
 class KVEngine:
-    """Runs steps of many sequences, each holding a KV-cache slot from START to END."""
+    """Runs steps of many sequences, each holding a KV-cache slot from position 0 to END."""
 
     def __init__(
         self,
@@ -174,248 +55,238 @@ class KVEngine:
         slot_length: int | None = None,
         idle_seconds: float = io.DEFAULT_IDLE_SECONDS,
         device_id: int = 0,
+        decode_graphs: str = "auto",
+        evict_after_s: float = EVICT_AFTER_S,
     ):
+        if decode_graphs not in ("auto", "on", "off"):
+            raise ValueError(f"decode_graphs must be 'auto', 'on' or 'off', not {decode_graphs!r}")
         self.session = session
-        inputs = {i.name: i for i in session.get_inputs()}
-        if io.ONNX_QUERY_SEQLENS not in inputs:
-            raise ValueError(
-                "this ONNX model is not a serving graph (no query_seqlens input): "
-                "re-export it with `python -m export`"
-            )
-        self.layers = sum(1 for name in inputs if name.startswith("past_key."))
-        past0 = inputs[io.serving_past(0, "key")]
-        self.heads, self.head_dim = int(past0.shape[1]), int(past0.shape[3])
-        self.dtype = _ORT_DTYPES[past0.type]
-        self.vocab_size = int(session.get_outputs()[0].shape[-1])
-        meta = session.get_modelmeta().custom_metadata_map
-        self.max_positions = int(meta[io.PARAM_MAX_POSITIONS])
-        self.slot_length = min(slot_length or self.max_positions, self.max_positions)
-        self.ragged = meta.get(io.META_RAGGED_CHUNKS, "1") == "1"  # see export/serving_graph.build
-        self.slots = slots
-        self.idle_seconds = idle_seconds
-        on_cuda = session.get_providers()[0] == "CUDAExecutionProvider"
-        self.device = "cuda" if on_cuda else "cpu"
-        names = [
-            (io.serving_past(i, k), io.serving_present(i, k))
-            for i in range(self.layers)
-            for k in ("key", "value")
-        ]
-        # One more slot than asked for, reserved for the liveness probe (io.PROBE_SEQUENCE_ID), so a
-        # probe never waits for a slot or takes one from a generation when all are held.
-        self.kv = KVBuffers(
-            names, slots + 1, self.heads, self.slot_length, self.head_dim, self.dtype, self.device, device_id
-        )
-        self.seqs: dict[int, _Seq] = {}
-        self._free = list(range(slots))  # a heap: the lowest free slot first keeps live slots dense
+        self.shape = shape = Shape.of(session)
+        self.vocab_size, self.layers, self.ragged = shape.vocab, shape.layers, shape.ragged
+        self.slot_length = min(slot_length or shape.max_positions, shape.max_positions)
+        self.table = SlotTable(slots, self.slot_length, idle_seconds, evict_after_s)
+        self.device = "cuda" if session.get_providers()[0] == "CUDAExecutionProvider" else "cpu"
+        self.kv = KVBuffers(shape, self.table.total, self.slot_length, self.device, device_id)
+        self.runner = Runner(session, shape, self.kv, self.slot_length)
+        self.graphs: dict[int, DecodeGraph] = {}
+        if decode_graphs == "on" or (decode_graphs == "auto" and self.device == "cuda"):
+            options = session.get_provider_options().get("CUDAExecutionProvider", {})
+            capture = options.get("enable_cuda_graph") == "1"
+            for n, bucket in enumerate(buckets(slots)):
+                self.graphs[bucket] = DecodeGraph(self.runner, bucket, n + 1 if capture else None)
+        # A decode graph's first run may differ from an ordinary call by this much (max |Δlogit| of
+        # the candidates): fp16 kernels of another shape round differently, fp32 ones barely.
+        self.graph_tolerance = 0.05 if shape.dtype == np.float16 else 1e-4
         self.lock = threading.Lock()
-        self.calls = self.rows_bound = self.rows_idle = 0  # counters: ORT calls, rows bound, idle rows
+        self.calls = self.rows_bound = self.rows_idle = self.graph_steps = 0
         log.info(
-            "KV cache: %d slots x %d positions, %.2f GB %s on %s",
+            "KV cache: %d slots x %d positions, %.2f GB %s on %s; decode graphs: %s",
             slots,
             self.slot_length,
             self.kv.nbytes / 1e9,
-            np.dtype(self.dtype).name,
+            np.dtype(shape.dtype).name,
             self.device,
+            ",".join(map(str, self.graphs)) or "off",
         )
 
-    # ---- bookkeeping ----------------------------------------------------------------------
-    def _drop(self, sequence_id: int) -> None:
-        seq = self.seqs.pop(sequence_id, None)
-        if seq is not None and seq.slot < self.slots:
-            heapq.heappush(self._free, seq.slot)
-
-    def _allocate(self, sequence_id: int, busy: set[int]) -> _Seq:
-        if sequence_id == io.PROBE_SEQUENCE_ID:
-            seq = self.seqs[sequence_id] = _Seq(self.slots)
-            return seq
-        if not self._free:  # every slot held: free the least recently used one not in this batch
-            idle = [s for s in self.seqs if s not in busy and s != io.PROBE_SEQUENCE_ID]
-            if not idle:
-                raise StepError(
-                    f"all {self.slots} KV slots are in use by this batch: raise kv_slots "
-                    "(python -m export --kv-slots) or lower max_batch_size",
-                    StepError.BUSY,
-                )
-            victim = min(idle, key=lambda s: self.seqs[s].last_used)
-            log.warning("all %d KV slots in use: freeing least recently used sequence %d", self.slots, victim)
-            self._drop(victim)
-        seq = self.seqs[sequence_id] = _Seq(heapq.heappop(self._free))
-        return seq
+    @property
+    def slots(self) -> int:
+        return self.table.slots
 
     def evict_idle(self, now: float | None = None) -> int:
         """Free slots unused for idle_seconds (abandoned sequences); returns how many."""
-        now = time.monotonic() if now is None else now
         with self.lock:
-            stale = [s for s, c in self.seqs.items() if now - c.last_used > self.idle_seconds]
-            for s in stale:
-                self._drop(s)
-        if stale:
-            log.info("freed %d idle sequence slot(s)", len(stale))
-        return len(stale)
+            freed = self.table.evict_idle(now)
+        if freed:
+            log.info("freed %d idle sequence slot(s)", freed)
+        return freed
 
     def usage(self) -> Usage:
         with self.lock:
-            held = [s for k, s in self.seqs.items() if k != io.PROBE_SEQUENCE_ID]
+            held = self.table.held()
             return Usage(
                 len(held),
                 sum(s.length for s in held),
-                len(self._free),
+                self.table.free_slots(),
                 self.rows_bound - self.rows_idle,
                 self.rows_idle,
-            )
-
-    def _check(self, step: Step) -> None:
-        ids = step.ids
-        if ids.ndim != 1:
-            raise StepError(f"{io.INPUT_IDS} must have shape [1, n], got a batch row of shape {ids.shape}")
-        if ids.size == 0 and not step.end:
-            raise StepError(f"{io.INPUT_IDS} is empty: send at least one token id (empty only with END)")
-        if ids.size and (ids.min() < 0 or ids.max() >= self.vocab_size):
-            raise StepError(
-                f"token ids must be in [0, {self.vocab_size}), got {int(ids.min())}..{int(ids.max())}"
-            )
-        if not step.start and step.sequence_id not in self.seqs:
-            raise StepError(
-                f"unknown sequence {step.sequence_id}: begin it with the START flag "
-                f"(slots idle for {self.idle_seconds:.0f} s are freed)",
-                StepError.LOST,
-            )
-        past = 0 if step.start else self.seqs[step.sequence_id].length
-        if past + ids.size > self.slot_length:
-            raise StepError(
-                f"context of {past + ids.size} tokens exceeds the {self.slot_length} positions of "
-                "a KV slot: end this sequence and start a shorter one"
+                self.graph_steps,
             )
 
     # ---- the step ---------------------------------------------------------------------------
-    def step(self, steps: list[Step]) -> list[np.ndarray | StepError]:
-        """Logits [1, vocab] after each step (empty [1, 0] for a bare END), or its StepError.
+    def step(self, steps: list[Step]) -> Output:
+        """Each step's status and candidates (and the whole row where it asked).
 
         Steps run in rounds in which a sequence appears at most once; each step is checked against
         the state its own round finds, so END and a later step of the same sequence in one batch
         behave as if they had come in two batches."""
-        results: list[np.ndarray | StepError | None] = [None] * len(steps)
+        out = Output.empty(len(steps), self.shape.candidates)
+        full: dict[int, np.ndarray] = {}
         with self.lock:
-            for batch in rounds(steps, list(range(len(steps)))):
-                self._round(steps, batch, results, {steps[i].sequence_id for i in batch})
-        return [r if r is not None else StepError("no result (engine bug)") for r in results]
+            for batch in rounds([s.sequence_id for s in steps]):
+                self._round(steps, batch, out, full)
+        if full:
+            out.full_rows = sorted(full)
+            out.full = np.stack([full[i] for i in out.full_rows])
+        return out
 
-    def _round(
-        self,
-        steps: list[Step],
-        batch: list[int],
-        results: list[np.ndarray | StepError | None],
-        busy: set[int],
-    ) -> None:
-        rows: list[_Row] = []
+    def logits(self, steps: list[Step]) -> list[np.ndarray | StepError]:
+        """The whole row of logits [vocab] after each step (empty for a bare END), or its error
+        (checks and tests)."""
+        for s in steps:
+            s.full = True
+        out = self.step(steps)
+        empty = np.zeros(0, np.float32)
+        return [out.error(i) or (out.logits(i) if i in out.full_rows else empty) for i in range(len(steps))]
+
+    def _check(self, step: Step) -> None:
+        ids = step.ids
+        if ids.ndim != 1:
+            raise StepError(f"a row's token ids must be a list, got shape {ids.shape}")
+        if ids.size == 1 and 0 <= ids[0] < self.vocab_size:  # a decode step: nothing more to look at
+            return
+        if ids.size == 0 and not step.end:
+            raise StepError(f"{io.INPUT_IDS}: the row has no tokens: send at least one (none only with END)")
+        if ids.size and (ids.min() < 0 or ids.max() >= self.vocab_size):
+            raise StepError(
+                f"token ids must be in [0, {self.vocab_size}), got {int(ids.min())}..{int(ids.max())}"
+            )
+
+    def _round(self, steps: list[Step], batch: list[int], out: Output, full: dict[int, np.ndarray]) -> None:
+        busy = {steps[i].sequence_id for i in batch}
+        rows: list[Row] = []
         for i in batch:
             step = steps[i]
             try:
-                if step.start:
-                    self._drop(step.sequence_id)
                 self._check(step)
                 if step.ids.size == 0:  # a bare END
-                    self._drop(step.sequence_id)
-                    results[i] = np.zeros((1, 0), np.float32)
+                    self.table.free(step.sequence_id)
                     continue
-                seq = self._allocate(step.sequence_id, busy) if step.start else self.seqs[step.sequence_id]
+                seq = self.table.prepare(step.sequence_id, step.position, step.ids.size, busy)
             except StepError as exc:
-                results[i] = exc
+                out.fail(i, exc)
+                if step.end:
+                    self.table.free(step.sequence_id)
                 continue
-            rows.append(_Row(i, seq, step.ids))
-        for call in self._plan(rows):
-            self._run(call, results)
-        now = time.monotonic()
-        for row in rows:
-            if isinstance(results[row.index], np.ndarray):
-                row.seq.length += row.ids.size
-                row.seq.last_used = now
-            if steps[row.index].end or isinstance(results[row.index], StepError):
-                self._drop(steps[row.index].sequence_id)
-
-    def _plan(self, rows: list[_Row]) -> list[list[_Row]]:
-        """Rows split into calls over contiguous slot ranges, merged while that is cheaper.
-
-        A call costs CALL_OVERHEAD_TOKENS plus (slots bound) × (widest chunk) tokens: idle slots
-        inside the range and padding both count. Every bound slot must have room for the chunk.
-        A graph without ragged chunks runs each multi-token chunk in a call of its own."""
-        calls: list[list[_Row]] = []
-        lengths = {s.slot: s.length for s in self.seqs.values()}
-        for row in sorted(rows, key=lambda r: r.seq.slot):
-            alone = not self.ragged and (row.ids.size > 1 or (calls and calls[-1][0].ids.size > 1))
-            if calls and not alone:
-                current = calls[-1]
-                lo, width = current[0].seq.slot, max(r.ids.size for r in current)
-                hi = current[-1].seq.slot + 1
-                merged_width = max(width, row.ids.size)
-                merged = (row.seq.slot + 1 - lo) * merged_width
-                apart = (hi - lo) * width + CALL_OVERHEAD_TOKENS + row.ids.size
-                fits = (
-                    all(
-                        lengths.get(s, 1) + merged_width <= self.slot_length
-                        for s in range(lo, row.seq.slot + 1)
-                        if s != row.seq.slot
+            rows.append(Row(i, seq.slot, seq.length, step.ids, step.full))
+        lengths = self.table.lengths()
+        failed: set[int] = set()
+        for call, graph in self._calls(rows, lengths):
+            try:
+                result = self._run(call, graph, lengths)
+            except Exception as exc:  # an ORT failure: these sequences' caches may be half-written
+                log.error("ORT call over slots %d..%d failed: %r", call[0].slot, call[-1].slot, exc)
+                for r in call:
+                    failed.add(r.index)
+                    out.fail(
+                        r.index,
+                        StepError(
+                            f"inference failed ({exc}); its cache was dropped: start it again at 0",
+                            io.ROW_FAILED,
+                        ),
                     )
-                    and row.seq.length + merged_width <= self.slot_length
-                )
-                if merged <= apart and fits:
-                    current.append(row)
-                    continue
-            calls.append([row])
-        return calls
+                continue
+            graph = graph if graph is not None and graph.bucket in self.graphs else None  # None: turned off
+            self._take(call, 0 if graph else call[0].slot, result, out, full)
+            bound = graph.bucket if graph else call[-1].slot + 1 - call[0].slot
+            self.calls += 1
+            self.graph_steps += graph is not None
+            self.rows_bound += bound
+            self.rows_idle += bound - len(call)
+            for r in call:  # later calls of this round bind these slots as idle rows at their new length
+                lengths[r.slot] = r.past + r.ids.size
+        now = time.monotonic()
+        for r in rows:
+            sequence_id = steps[r.index].sequence_id
+            if r.index in failed or steps[r.index].end:
+                self.table.free(sequence_id)
+            else:
+                seq = self.table[sequence_id]
+                seq.length, seq.last_used = r.past + r.ids.size, now
 
-    def _total(self, seqlens_k: np.ndarray) -> int:
-        """GQA's total_sequence_length: with ragged chunks an upper bound (the slot length), else
-        the call's longest context, as the kernel uses it to tell a first prompt from later steps."""
-        return self.slot_length if self.ragged else int(seqlens_k.max()) + 1
+    def _calls(self, rows: list[Row], lengths: dict[int, int]) -> list[tuple[list[Row], DecodeGraph | None]]:
+        """The round's calls: its decode rows on a decode graph first (where one covers their slots
+        and fits), then the rest planned into ordinary calls."""
+        decode = sorted(
+            (r for r in rows if r.ids.size == 1 and r.past > 0 and not r.full), key=lambda r: r.slot
+        )
+        graph = None
+        if decode and self.graphs:
+            top = max(r.slot for r in decode) + 1
+            graph = self.graphs[min(b for b in self.graphs if b >= top)]
+            if not graph.fits(lengths):
+                graph = None
+        if graph is None:
+            return [(call, None) for call in plan_calls(rows, lengths, self.slot_length, self.ragged)]
+        on_graph = {r.index for r in decode}
+        rest = [r for r in rows if r.index not in on_graph]
+        return [
+            (decode, graph),
+            *((call, None) for call in plan_calls(rest, lengths, self.slot_length, self.ragged)),
+        ]
 
-    def _run(self, call: list[_Row], results: list[np.ndarray | StepError | None]) -> None:
-        lo, hi = call[0].seq.slot, call[-1].seq.slot + 1
-        width, rows = max(r.ids.size for r in call), hi - lo
-        ids = np.zeros((rows, width), np.int64)
-        pos = np.zeros((rows, width), np.int64)
-        seqlens_k = np.zeros(rows, np.int32)
-        query = np.zeros(rows, np.int32)
-        for seq in self.seqs.values():  # idle rows keep their length (a free slot counts as 1)
-            if lo <= seq.slot < hi:
-                # Without query_seqlens an idle row takes one filler token at position `length`,
-                # past its context, where its next real token will overwrite it.
-                seqlens_k[seq.slot - lo] = max(seq.length, 1) - 1 if self.ragged else seq.length
-        for r in call:
-            b, n, past = r.seq.slot - lo, r.ids.size, r.seq.length
-            ids[b, :n] = r.ids
-            pos[b] = np.minimum(past + np.arange(width), self.max_positions - 1)
-            seqlens_k[b], query[b] = past + n - 1, n
-        binding = self.session.io_binding()
-        for name, array in (
-            (io.ONNX_INPUT_IDS, ids),
-            (io.ONNX_POSITION_IDS, pos),
-            (io.ONNX_SEQLENS_K, seqlens_k),
-            (io.ONNX_TOTAL_SEQUENCE_LENGTH, np.array(self._total(seqlens_k), np.int32)),
-            (io.ONNX_QUERY_SEQLENS, query),
-        ):
-            binding.bind_cpu_input(name, array)
-        binding.bind_output(io.ONNX_LOGITS, "cpu")
-        ptrs = self.kv.bind(binding, lo, hi)
+    def _run(self, call: list[Row], graph: DecodeGraph | None, lengths: dict[int, int]) -> CallResult:
+        """The call on its decode graph, or an ordinary call (`call` sorted by slot). A decode graph's
+        first run is checked against the ordinary call of the same rows (running a step again
+        writes the same cache): a graph that fails or differs turns the decode graphs off, and the
+        ordinary result stands."""
+        if graph is None:
+            return self.runner.run(call, lengths)
+        if graph.runs:
+            return graph.run(call, lengths)
+        expected = self.runner.run(call, lengths)
+        lo, slots = call[0].slot, [r.slot for r in call]
+        want_ids = expected.top_ids[[s - lo for s in slots], 0]
+        want = expected.top_logits[[s - lo for s in slots]]
         try:
-            self.session.run_with_iobinding(binding)
-            outputs = binding.get_outputs()
-            if [v.data_ptr() for v in outputs[1:]] != ptrs:
-                raise RuntimeError(
-                    "onnxruntime did not write the KV cache in place (present bound to the "
-                    "past buffer was reallocated)"
-                )
-            logits = outputs[0].numpy()
-        except Exception as exc:  # an ORT failure: these sequences' caches may be half-written
-            log.error("ORT call over slots %d..%d failed: %r", lo, hi - 1, exc)
-            for r in call:
-                results[r.index] = StepError(
-                    f"inference failed ({exc}); the sequence's cache was dropped: begin it again with START",
-                    StepError.FAILED,
-                )
-            return
-        self.calls += 1
-        self.rows_bound += rows
-        self.rows_idle += rows - len(call)
-        for r in call:
-            results[r.index] = logits[r.seq.slot - lo][None].astype(np.float32, copy=False)
+            got = graph.run(call, lengths)
+            graph.check_diff = float(np.abs(got.top_logits[slots] - want).max())
+            if not ((got.top_ids[slots, 0] == want_ids).all() and graph.check_diff <= self.graph_tolerance):
+                raise RuntimeError(f"its candidates differ from an ordinary call's by {graph.check_diff:.3g}")
+        except Exception as exc:
+            log.error(
+                "decode graph for %d slots failed its first run (%r): decode graphs are off",
+                graph.bucket,
+                exc,
+            )
+            self.graphs.clear()
+            return expected
+        log.info(
+            "decode graph for %d slots: first run %.1f ms (capture included), equal to an ordinary call "
+            "within %.2g",
+            graph.bucket,
+            graph.capture_s * 1000,
+            graph.check_diff,
+        )
+        return got
+
+    @staticmethod
+    def _take(call: list[Row], lo: int, result: CallResult, out: Output, full: dict[int, np.ndarray]) -> None:
+        index, b = [r.index for r in call], [r.slot - lo for r in call]
+        out.top_ids[index] = result.top_ids[b]
+        out.top_logits[index] = result.top_logits[b]
+        if result.logits is not None:
+            full.update((r.index, result.logits[r.slot - lo]) for r in call if r.full)
+
+
+def open_engine(
+    onnx_path: str,
+    provider: str = "cpu",
+    threads: int = 0,
+    device_id: int = 0,
+    decode_graphs: str = "auto",
+    slots: int = io.DEFAULT_KV_SLOTS,
+    slot_length: int | None = None,
+    idle_seconds: float = io.DEFAULT_IDLE_SECONDS,
+) -> KVEngine:
+    """A session and its engine; on CUDA the decode graphs are captured as CUDA graphs (where the
+    provider refuses a session that may capture them, ordinary calls serve, with an error logged)."""
+    session = None
+    if provider == "cuda" and decode_graphs != "off":
+        try:
+            session = make_session(onnx_path, provider, threads, device_id, cuda_graphs=True)
+        except Exception as exc:
+            log.error("no CUDA graphs for this graph (%s): decode steps run as ordinary calls", exc)
+            decode_graphs = "off"
+    session = session or make_session(onnx_path, provider, threads, device_id)
+    return KVEngine(session, slots, slot_length, idle_seconds, device_id, decode_graphs)

@@ -28,13 +28,21 @@ class ModelDead(RuntimeError):
 
 
 def probe(url: str = "127.0.0.1:8000", model: str = io.DEFAULT_MODEL_NAME, timeout: float = 5.0) -> None:
-    """Run one START|END inference of one token; raise ModelDead unless logits come back."""
+    """Run one row of one token at position 0 with END; raise ModelDead unless its candidates come back."""
+    row = {
+        io.SEQUENCE_IDS: io.PROBE_SEQUENCE_ID,
+        io.POSITIONS: 0,
+        io.COUNTS: 1,
+        io.FLAGS: io.ROW_END,
+        io.INPUT_IDS: 0,
+    }
     body = json.dumps(
         {
-            "parameters": {"sequence_id": io.PROBE_SEQUENCE_ID, "sequence_start": True, "sequence_end": True},
-            "inputs": [{"name": io.INPUT_IDS, "shape": [1, 1], "datatype": io.INPUT_IDS_DTYPE, "data": [0]}],
-            # binary logits: JSON numbers for a 50k vocabulary cost ~40 ms
-            "outputs": [{"name": io.LOGITS, "parameters": {"binary_data": True}}],
+            "inputs": [
+                {"name": name, "shape": [1, 1], "datatype": dtype, "data": [row[name]]}
+                for name, dtype in io.REQUEST_INPUTS.items()
+            ],
+            "outputs": [{"name": io.STATUS}, {"name": io.ERRORS}, {"name": io.CANDIDATE_IDS}],
         }
     ).encode()
     request = urllib.request.Request(
@@ -42,17 +50,18 @@ def probe(url: str = "127.0.0.1:8000", model: str = io.DEFAULT_MODEL_NAME, timeo
     )
     try:
         with urllib.request.urlopen(request, timeout=timeout) as reply:
-            size = int(reply.headers.get("Inference-Header-Content-Length") or 0)
-            header = json.loads(reply.read()[:size] if size else reply.read())
+            header = json.loads(reply.read())
     except urllib.error.HTTPError as exc:
         text = exc.read().decode(errors="replace").strip()
         raise ModelDead(f"model {model!r} at {url}: HTTP {exc.code} {text}") from None
     except (OSError, ValueError) as exc:  # refused, reset, timed out, not JSON
         raise ModelDead(f"model {model!r} at {url}: {exc.__class__.__name__}: {exc}") from None
     outputs = {o.get("name"): o for o in header.get("outputs", [])}
-    shape = outputs.get(io.LOGITS, {}).get("shape") or [0]
-    if shape[-1] <= 0:
-        raise ModelDead(f"model {model!r} at {url}: answered without logits: {header}")
+    status = outputs.get(io.STATUS, {}).get("data") or [None]
+    shape = outputs.get(io.CANDIDATE_IDS, {}).get("shape") or [0]
+    if status[0] != io.ROW_OK or shape[-1] <= 0:
+        errors = outputs.get(io.ERRORS, {}).get("data")
+        raise ModelDead(f"model {model!r} at {url}: the probe's row failed (status {status[0]}): {errors}")
 
 
 def is_alive(url: str = "127.0.0.1:8000", model: str = io.DEFAULT_MODEL_NAME, timeout: float = 5.0) -> bool:

@@ -53,7 +53,7 @@ def model_repository(tiny_checkpoint, tmp_path_factory) -> Path:
     from export import ServingConfig, export
 
     repo = tmp_path_factory.mktemp("model_repository")
-    export(tiny_checkpoint, repo, serving=ServingConfig(idle_seconds=120, max_queue_delay_us=200))
+    export(tiny_checkpoint, repo, serving=ServingConfig(idle_seconds=120))
     # The same model with a 2 s idle timeout, for the test that abandoned caches are freed.
     export(tiny_checkpoint, repo, name=IDLE_MODEL, serving=ServingConfig(idle_seconds=2))
     return repo

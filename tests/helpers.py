@@ -14,6 +14,7 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -90,10 +91,57 @@ def start_triton(
 class Slow(TritonClient):
     """A client whose token steps take at least 50 ms: a long generation to cancel midway."""
 
-    async def step(self, sequence_id, ids, start=False, end=False):
-        if not start and not end:
+    async def step(self, sequence_id, ids, position, *, full=False):
+        if position:
             await asyncio.sleep(0.05)
-        return await super().step(sequence_id, ids, start, end)
+        return await super().step(sequence_id, ids, position, full=full)
+
+
+# -- round requests by hand (tritonclient's sync HTTP client) -------------------------------------
+
+
+def round_request(client, rows, model: str = MODEL, dtypes: dict | None = None) -> dict[str, np.ndarray]:
+    """One round request: `rows` of (sequence id, position, token ids, flags). Every output of the
+    answer, without its batch dimension. `dtypes` overrides an input's numpy dtype (bad requests)."""
+    import tritonclient.http as http
+
+    from contract import triton_io as io
+
+    arrays = {
+        io.SEQUENCE_IDS: np.array([[r[0] for r in rows]], np.uint64),
+        io.POSITIONS: np.array([[r[1] for r in rows]], np.int64),
+        io.COUNTS: np.array([[len(r[2]) for r in rows]], np.int32),
+        io.FLAGS: np.array([[r[3] if len(r) > 3 else 0 for r in rows]], np.int32),
+        io.INPUT_IDS: np.array([[t for r in rows for t in r[2]]], np.int64),
+    }
+    for name, dtype in (dtypes or {}).items():
+        arrays[name] = arrays[name].astype(dtype)
+    inputs = []
+    for name, data in arrays.items():
+        tensor = http.InferInput(name, list(data.shape), http.np_to_triton_dtype(data.dtype))
+        tensor.set_data_from_numpy(data)
+        inputs.append(tensor)
+    result = client.infer(model, inputs, outputs=[http.InferRequestedOutput(n) for n in io.RESPONSE_OUTPUTS])
+    return {name: result.as_numpy(name)[0] for name in io.RESPONSE_OUTPUTS}
+
+
+def full_row(client, seq: int, position: int, ids, end: bool = False, model: str = MODEL) -> np.ndarray:
+    """The whole row of logits after one step of one sequence (a round of one row); its error raised."""
+    from contract import triton_io as io
+
+    flags = io.ROW_FULL | (io.ROW_END if end else 0)
+    out = round_request(client, [(seq, position, list(ids), flags)], model)
+    if out[io.STATUS][0] != io.ROW_OK:
+        raise RowError(int(out[io.STATUS][0]), out[io.ERRORS][0].decode())
+    return out[io.LOGITS][0]
+
+
+class RowError(RuntimeError):
+    """A row the model refused: its status code and message."""
+
+    def __init__(self, code: int, message: str):
+        super().__init__(f"row status {code}: {message}")
+        self.code = code
 
 
 # -- /metrics ------------------------------------------------------------------------------------

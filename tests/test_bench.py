@@ -44,10 +44,75 @@ def test_bench_tiny_smoke(tmp_path):
     assert len(report["rows"]) == 5 * 2 * 2
     for row in report["rows"]:
         assert row["ms_per_token_median"] > 0 and row["tokens_per_s"] > 0
-    assert len(report["ratios"]) == 6 and all(math.isfinite(r["value"]) for r in report["ratios"])
-    targets = report["scenario_targets"]  # bench/scenarios.py: (a)-(d) and the sampling cost
-    assert len(targets) == 8 and all(math.isfinite(t["value"]) and t["value"] > 0 for t in targets)
+    assert len(report["ratios"]) == 9 and all(math.isfinite(r["value"]) for r in report["ratios"])
+    for row in report["rows"]:  # served rows: the client's counts and the server's own times
+        if row["backend"].startswith("triton"):
+            assert row["rows_per_request"] >= 1 and 0 < row["bytes_per_row"] < 4 * 2000
+            assert (
+                row["compute_infer_ms"] > 0 and 0 < row["model_py_ms_per_execute"] < row["compute_infer_ms"]
+            )
+    targets = report["scenario_targets"]  # bench/scenarios.py: (a)-(d) and the sampling costs
+    assert len(targets) == 9 and all(math.isfinite(t["value"]) and t["value"] > 0 for t in targets)
     assert {r["mode"] for r in report["scenarios"]["churn"]} == {"before", "after"}
     table = (tmp_path / "bench-tiny.md").read_text()
     assert "(3) client → Triton fp32" in table and "| target |" in table and "| churn | after |" in table
     assert (tmp_path / "bench-tiny.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_gpu_check_runs_its_phases_on_the_cpu(tmp_path):
+    """`python -m bench.gpu_check --provider cpu`: the GPU check's own code paths (export, parity,
+    the engine with and without decode graphs, the churn comparison, the real Triton, transformers)
+    on this CPU, so that a GPU host runs code that has run."""
+    import os
+
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench.gpu_check",
+            "--provider",
+            "cpu",
+            "--shape",
+            "tiny",
+            "--concurrency",
+            "1,3",
+            "--prompt-lengths",
+            "16",
+            "--new-tokens",
+            "6",
+            "--out",
+            str(tmp_path),
+            "--model-python",
+            str(ROOT / ".venv-triton"),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads((tmp_path / "gpu-check.json").read_text())
+    assert all(phase["ok"] for phase in report["phases"].values()) and len(report["phases"]) == 9
+    backends = {r["backend"] for r in report["rows"]}
+    assert backends == {
+        "ort_cuda",
+        "ort_cuda_graphs",
+        "triton_cuda",
+        "transformers_eager",
+        "transformers_sdpa",
+    }
+    assert report["churn"]["rows_differing"] == 0 and report["churn"]["graph_steps"] > 50
+    assert [g["bucket"] for g in report["graphs"]] == [1, 2, 3] and report["parity"]["top1"] == 1.0
+    assert "| target |" in (tmp_path / "gpu-check.md").read_text()
+
+
+def test_gpu_check_names_what_the_host_lacks(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.gpu_check", "--model-python", str(tmp_path / "none")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2 and "the model's venv" in proc.stderr and "not found" in proc.stderr

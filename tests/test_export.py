@@ -20,35 +20,41 @@ def test_repository_layout(model_repository):
         "config.pbtxt",
         "1/model.onnx",
         "1/model.py",
-        "1/engine.py",
+        *(f"1/serve/{m}.py" for m in ("__init__", "engine", "steps", "slots", "plan", "runner")),
         "1/contract/triton_io.py",
         f"{io.TOKENIZER_DIR}/tokenizer.json",
     ):
         assert (model / f).is_file(), f
     config = validate((model / "config.pbtxt").read_text())
-    assert config.input[0].name == io.INPUT_IDS and config.output[0].name == io.LOGITS
-    assert config.sequence_batching.max_sequence_idle_microseconds == 120_000_000
-    assert config.parameters[io.PARAM_MAX_POSITIONS].string_value == "512"
-    slots = int(config.parameters[io.PARAM_KV_SLOTS].string_value)
-    assert config.sequence_batching.oldest.max_candidate_sequences == slots + 1  # one per slot + the probe
+    assert {i.name for i in config.input} == set(io.REQUEST_INPUTS)
+    assert {o.name for o in config.output} == set(io.RESPONSE_OUTPUTS)
+    assert all(i.allow_ragged_batch for i in config.input)  # rounds of any size share an execute()
+    assert config.dynamic_batching.max_queue_delay_microseconds == 0 and not config.HasField(
+        "sequence_batching"
+    )
+    assert config.parameters[io.PARAM_IDLE_SECONDS].string_value == "120"
+    assert config.parameters[io.PARAM_SLOT_LENGTH].string_value == "512"
 
 
 def test_the_served_graph_is_built_for_serving(model_repository):
-    """GQA per layer on a cache bound in place, logits of the last position only, no past concatenated."""
+    """GQA per layer on a cache bound in place, logits of the last position only, the K candidates
+    on the device, no past concatenated; the model's shape in its metadata only."""
     import onnx
 
     model = onnx.load(model_repository / "rudialogpt" / "1" / "model.onnx")
     ops = [n.op_type for n in model.graph.node]
-    layers = int({p.key: p.value for p in model.metadata_props}[io.PARAM_NUM_LAYERS])
-    assert ops.count("GroupQueryAttention") == layers and "Concat" not in ops
+    meta = {p.key: p.value for p in model.metadata_props}
+    layers = int(meta[io.META_NUM_LAYERS])
+    assert ops.count("GroupQueryAttention") == layers and "Concat" not in ops and ops.count("TopK") == 1
     inputs = {i.name for i in model.graph.input}
     outputs = [o.name for o in model.graph.output]
     assert {io.serving_past(0, "key"), io.ONNX_QUERY_SEQLENS, io.ONNX_SEQLENS_K} <= inputs
-    assert outputs[0] == io.ONNX_LOGITS and outputs[1:] == [
-        io.serving_present(i, k) for i in range(layers) for k in ("key", "value")
-    ]
+    assert outputs[:3] == [io.ONNX_LOGITS, io.ONNX_TOP_LOGITS, io.ONNX_TOP_IDS]
+    assert outputs[3:] == [io.serving_present(i, k) for i in range(layers) for k in ("key", "value")]
     logits_dims = model.graph.output[0].type.tensor_type.shape.dim
     assert len(logits_dims) == 2  # [rows, vocab]: no position axis
+    assert model.graph.output[2].type.tensor_type.shape.dim[1].dim_value == int(meta[io.META_CANDIDATES])
+    assert int(meta[io.META_CANDIDATES]) == min(io.CANDIDATES, int(meta[io.META_VOCAB_SIZE]))
 
 
 def test_export_checks_against_pytorch_and_optimum_and_keeps_the_given_config(tmp_path, tiny_checkpoint):
@@ -57,29 +63,44 @@ def test_export_checks_against_pytorch_and_optimum_and_keeps_the_given_config(tm
     assert result.max_abs_diff < 1e-4 and result.top1 == 1.0 and result.optimum_diff < 1e-4
     assert given == ServingConfig(kv_slots=3, slot_length=100, max_batch_size=2)  # not mutated
     config = validate((result.model_dir / "config.pbtxt").read_text())
-    assert config.parameters[io.PARAM_SLOT_LENGTH].string_value == "100"
-    assert config.parameters[io.PARAM_MAX_POSITIONS].string_value == "100"  # what the client may fill
-    with pytest.raises(ExportError, match="--max-batch-size 4 exceeds --kv-slots 3"):
-        export(tiny_checkpoint, tmp_path, serving=ServingConfig(kv_slots=3, max_batch_size=4))
+    assert config.parameters[io.PARAM_SLOT_LENGTH].string_value == "100"  # what the client may fill
+    assert config.parameters[io.PARAM_KV_SLOTS].string_value == "3" and config.max_batch_size == 2
+
+
+def test_export_without_optimum_checks_against_pytorch_alone(tmp_path, tiny_checkpoint, monkeypatch):
+    """A GPU host may lack optimum: without --skip-reference the error names it, with it the serving
+    graph is still checked against PyTorch."""
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_optimum(name, *args, **kwargs):
+        if name.startswith("optimum"):
+            raise ImportError(f"No module named {name!r}")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_optimum)
+    with pytest.raises(ExportError, match="--skip-reference"):
+        export(tiny_checkpoint, tmp_path)
+    result = export(tiny_checkpoint, tmp_path, reference=False)
+    assert result.optimum_diff is None and result.max_abs_diff < 1e-4
 
 
 def test_rendered_config_is_the_model_config_and_carries_every_setting():
     for cfg in (
         ServingConfig(),
         ServingConfig(
-            execution_provider="cuda", max_batch_size=16, kv_slots=16, idle_seconds=5, max_queue_delay_us=7
+            execution_provider="cuda", max_batch_size=16, kv_slots=32, idle_seconds=5, decode_graphs="off"
         ),
     ):
         parsed = validate(render(cfg))
         assert parsed == model_config(cfg)  # the text is the protobuf, comments aside
-        batching = parsed.sequence_batching
-        assert parsed.max_batch_size == cfg.max_batch_size == batching.oldest.preferred_batch_size[0]
-        assert batching.max_sequence_idle_microseconds == cfg.idle_seconds * 1_000_000
-        assert batching.oldest.max_queue_delay_microseconds == cfg.max_queue_delay_us
-        assert batching.oldest.max_candidate_sequences == cfg.kv_slots + 1
+        assert parsed.max_batch_size == cfg.max_batch_size
+        assert parsed.parameters[io.PARAM_IDLE_SECONDS].string_value == str(cfg.idle_seconds)
         assert parsed.parameters[io.PARAM_EXECUTION_PROVIDER].string_value == cfg.execution_provider
         assert parsed.parameters[io.PARAM_KV_SLOTS].string_value == str(cfg.kv_slots)
-        assert parsed.output[0].dims == [cfg.vocab_size]
+        assert parsed.parameters[io.PARAM_DECODE_GRAPHS].string_value == cfg.decode_graphs
+        assert f"KV slots: {cfg.kv_slots} x" in render(cfg)
 
 
 def test_broken_config_is_rejected():

@@ -179,22 +179,28 @@ def test_chat_reply_is_clean_and_trimmed_to_fit(triton, tokenizer):
 
 
 class Disrupted(TritonClient):
-    """A client whose sequence is disrupted once, at the 5th token step."""
+    """A client whose sequence is disrupted once, at the 5th step after the first: the connection
+    fails (unavailable: the same step is sent again), or the server forgets the sequence (lost:
+    it is started again at position 0)."""
 
     def __init__(self, url, how):
         super().__init__(url)
-        self.how, self.steps, self.restarts = how, 0, 0
+        self.how, self.steps, self.restarts, self.failed_at = how, 0, 0, None
+        self.sent: list[int] = []
 
-    async def step(self, sequence_id, ids, start=False, end=False):
-        if start and self.steps:
+    async def step(self, sequence_id, ids, position, *, full=False):
+        if position == 0 and self.steps:
             self.restarts += 1
-        if not start and not end:
+        if position:
             self.steps += 1
             if self.steps == 5:
                 if self.how == "unavailable":
+                    self.failed_at = position
                     raise TritonUnavailable("connection reset (injected)")
-                await super().end(sequence_id)  # the server forgets the sequence: next step is refused
-        return await super().step(sequence_id, ids, start, end)
+                self.end(sequence_id)  # the server forgets the sequence: its next step is refused
+                await asyncio.sleep(0.05)
+        self.sent.append(position)
+        return await super().step(sequence_id, ids, position, full=full)
 
 
 @pytest.mark.parametrize("chunk", [None, 4], ids=["whole-prompt", "disrupted-mid-prompt"])
@@ -209,13 +215,16 @@ def test_generation_survives_a_disruption_by_restarting_the_sequence(triton, tok
         try:
             a = await generate(plain, ids, cfg, np.random.default_rng(0))
             b = await generate(disrupted, ids, cfg, np.random.default_rng(0), prompt_chunk=chunk)
-            return a.tokens, b.tokens, disrupted.restarts
+            again = disrupted.sent.count(disrupted.failed_at) if disrupted.failed_at else 0
+            return a.tokens, b.tokens, disrupted.restarts, again
         finally:
             await plain.close()
             await disrupted.close()
 
-    plain, disrupted, restarts = asyncio.run(body())
-    assert restarts == 1 and disrupted == plain and len(plain) == 12
+    plain, disrupted, restarts, again = asyncio.run(body())
+    assert disrupted == plain and len(plain) == 12
+    # lost: the sequence starts again at 0; unavailable: the step that failed is sent again, alone
+    assert (restarts, again) == ((1, 0) if how == "sequence lost" else (0, 1))
 
 
 @pytest.mark.timeout(180)

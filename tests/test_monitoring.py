@@ -160,27 +160,21 @@ def prometheus(request, tmp_path_factory):
 
 
 def send_generation(triton, sequence_id: int, steps: list[list[int]]) -> None:
-    """One generation as the bot runs it: START with the prompt, single tokens, END on the last."""
-    import numpy as np
+    """One generation as the bot runs it: the prompt at 0, single tokens, END on the last; each a
+    round request of one row."""
     import tritonclient.http as http
 
     from contract import triton_io as io
+    from tests.helpers import round_request
 
     client = http.InferenceServerClient(triton.url)
     try:
+        position = 0
         for i, ids in enumerate(steps):
-            data = np.asarray([ids], dtype=np.int64)
-            inp = http.InferInput(io.INPUT_IDS, list(data.shape), io.INPUT_IDS_DTYPE)
-            inp.set_data_from_numpy(data)
-            result = client.infer(
-                triton.model_name,
-                [inp],
-                outputs=[http.InferRequestedOutput(io.LOGITS)],
-                sequence_id=sequence_id,
-                sequence_start=i == 0,
-                sequence_end=i == len(steps) - 1,
-            )
-            assert result.as_numpy(io.LOGITS).shape[0] == 1
+            flags = io.ROW_END if i == len(steps) - 1 else 0
+            out = round_request(client, [(sequence_id, position, ids, flags)], triton.model_name)
+            assert out[io.STATUS][0] == io.ROW_OK
+            position += len(ids)
     finally:
         client.close()
 

@@ -1,5 +1,6 @@
-"""bot/sampling.py: validation, each processor, the sampling distribution, and parity with
-transformers' own logits processors and with the previous full-vocabulary implementation."""
+"""bot/sampling.py: validation, each processor, the sampling distribution, parity with
+transformers' own logits processors and with the previous full-vocabulary implementation, and the
+choice from the server's K candidates equal to the choice from the whole row."""
 
 from __future__ import annotations
 
@@ -11,10 +12,13 @@ import numpy as np
 import pytest
 
 from bot.sampling import (
+    Context,
     SamplingConfig,
     apply_repetition_penalty,
     banned_ngram_tokens,
     candidates,
+    choose,
+    needs_full_row,
     next_token,
     softmax,
     top_k_ids,
@@ -258,3 +262,71 @@ def test_same_draws_as_the_previous_implementation(cfg):
         a = next_token(logits, context, cfg, np.random.default_rng(i))
         b = _previous_next_token(logits, context, cfg, np.random.default_rng(i))
         assert a == b, f"case {i}"
+
+
+# ---- the choice from the server's K candidates ------------------------------------------------
+
+
+def top(logits: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """What the serving graph's TopK answers: the k largest logits (best first) and their ids."""
+    ids = np.argsort(-logits, kind="stable")[:k]
+    return ids.astype(np.int32), logits[ids].astype(np.float32)
+
+
+def test_the_context_keeps_what_the_processors_look_up():
+    rng = np.random.default_rng(3)
+    for n in (0, 1, 2, 3):
+        tokens = rng.integers(0, 6, 40).tolist()
+        ctx = Context(tokens[:5], n)
+        for i in range(5, 40):
+            assert sorted(ctx.banned()) == sorted(set(banned_ngram_tokens(np.array(tokens[:i]), n).tolist()))
+            assert ctx.seen == set(tokens[:i])
+            ctx.append(tokens[i])
+
+
+CARD = SamplingConfig()
+CONFIGS = [
+    CARD,
+    SamplingConfig.greedy(),
+    SamplingConfig.greedy(repetition_penalty=1.5, no_repeat_ngram_size=2),
+    SamplingConfig(top_k=5, top_p=0.5, temperature=0.7, repetition_penalty=2.0, no_repeat_ngram_size=3),
+    SamplingConfig(top_k=40, top_p=1.0),
+]
+
+
+@pytest.mark.parametrize("cfg", CONFIGS, ids=lambda c: f"k{c.top_k}-p{c.top_p}-{c.do_sample}")
+def test_the_candidates_choose_exactly_what_the_whole_row_does(cfg):
+    """Thousands of random rows and contexts (the context drawn from the likely tokens, so that
+    penalties and bans hit the candidates): wherever the K = 64 candidates prove a choice, it is
+    the whole row's choice for the same random state; most of the time they do."""
+    rng = np.random.default_rng(11)
+    vocab, proven, trials = 3000, 0, 2000
+    for trial in range(trials):
+        logits = (rng.normal(size=vocab) * rng.uniform(0.5, 4)).astype(np.float32)
+        likely = np.argsort(-logits)[:80]
+        context = np.concatenate([rng.choice(likely, int(rng.integers(0, 60))), rng.integers(0, vocab, 30)])
+        ids, values = top(logits, 64)
+        a, b = np.random.default_rng(trial), np.random.default_rng(trial)
+        got = choose(ids, values, Context(context, cfg.no_repeat_ngram_size), cfg, a)
+        if got is None:
+            assert a.bit_generator.state == np.random.default_rng(trial).bit_generator.state  # untouched
+            continue
+        proven += 1
+        assert got == next_token(logits, context, cfg, b)
+    assert proven > 0.9 * trials, f"only {proven} of {trials} proven"
+
+
+def test_the_candidates_refuse_what_they_cannot_prove():
+    """A penalized or banned top that falls to the K-th logit, top-k off, or top-k at K: None."""
+    logits = np.array([10.0, 9.0, 8.0, 1.0, 0.5], np.float32)
+    ids, values = top(logits, 3)
+    greedy = SamplingConfig.greedy(no_repeat_ngram_size=2)
+    assert choose(ids, values, Context([7, 0, 7], 2), greedy, np.random.default_rng(0)) == 1  # 0 banned
+    everything = Context([7, 0, 7, 1, 7, 2, 7], 2)  # 0, 1 and 2 all follow a 7
+    assert choose(ids, values, everything, greedy, np.random.default_rng(0)) is None
+    penalized = SamplingConfig.greedy(repetition_penalty=2.0)  # 10 -> 5, 9 -> 4.5: below the bound of 8
+    assert choose(ids, values, Context([0, 1], 0), penalized, np.random.default_rng(0)) is None
+    assert choose(ids, values, Context([0], 0), SamplingConfig(top_k=0), np.random.default_rng(0)) is None
+    assert choose(ids, values, Context([0], 0), SamplingConfig(top_k=3), np.random.default_rng(0)) is None
+    assert needs_full_row(SamplingConfig(top_k=0), 64) and needs_full_row(SamplingConfig(top_k=64), 64)
+    assert not needs_full_row(CARD, 64) and not needs_full_row(SamplingConfig.greedy(), 64)

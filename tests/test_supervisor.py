@@ -127,7 +127,7 @@ def check_a_dead_stub_is_seen(server: TritonServer) -> None:
         try:
             began = time.monotonic()
             with pytest.raises(ModelDown):
-                await client.step(12345, [1, 2, 3], start=True)
+                await client.step(12345, [1, 2, 3], 0)
             return await client.is_ready(), time.monotonic() - began
         finally:
             await client.close()

@@ -1,5 +1,6 @@
 """bot/triton_client.py's error classes, each from the real error of the real Triton 2.51 (status
-and text as the server sends them), and what the client does with it (retry or not)."""
+and text as the server sends them, or the row's status), and what the client does with it; a
+round of this client's generations as one request, its routing key on every request."""
 
 from __future__ import annotations
 
@@ -12,8 +13,10 @@ import pytest
 import tritonclient.http.aio as triton_http
 from tritonclient.utils import InferenceServerException
 
+from bot.step_gate import GateConfig
 from bot.triton_client import (
     ModelDown,
+    NoFreeSlot,
     SequenceLost,
     TritonClient,
     TritonError,
@@ -21,6 +24,7 @@ from bot.triton_client import (
     TritonUnavailable,
     _classify,
 )
+from contract import triton_io as io
 from serve.supervisor import stub_processes
 from tests.helpers import start_triton
 
@@ -48,50 +52,106 @@ def failure(url: str, body, model: str = "rudialogpt", retries: int = RETRIES, *
 
 
 def test_unreachable_server():
-    exc = failure("127.0.0.1:9", lambda c: c.step(1, [5], start=True), timeout=1.0, retries=2)
-    assert type(exc) is TritonUnavailable and "ConnectionRefusedError" in str(exc)
+    exc = failure("127.0.0.1:9", lambda c: c.step(1, [5], 0), timeout=1.0, retries=2)
+    assert type(exc) is TritonUnavailable and "Connect call failed" in str(exc)
 
 
 def test_timeout_is_unavailable(triton):
-    exc = failure(triton.url, lambda c: c.step(1, [5], start=True), timeout=1e-6, retries=2)
+    exc = failure(triton.url, lambda c: c.step(1, [5], 0), timeout=1e-6, retries=2)
     assert type(exc) is TritonUnavailable and "TimeoutError" in str(exc)
 
 
 def test_wrong_model_name_is_refused_not_retried(triton):
     """404 "... is not found": the fix is the setting, so no retry and the error names it."""
-    for body in (lambda c: c.step(1, [5], start=True), lambda c: c.model_info()):
+    for body in (lambda c: c.step(1, [5], 0), lambda c: c.model_info()):
         exc = failure(triton.url, body, model="nope")
         assert type(exc) is TritonRequestError and "check TRITON_MODEL" in str(exc)
         assert "Request for unknown model: 'nope' is not found" in str(exc)
 
 
-def test_step_without_start_is_a_lost_sequence(triton):
-    """400 from the sequence batcher: the server holds no sequence for this id (END, idle, restart)."""
+def test_a_step_past_what_the_server_holds_is_a_lost_sequence(triton):
+    """The row's status: the server holds no cache for this sequence at that position (END, idle,
+    restart, another replica)."""
 
     async def body(c):
-        await c.step(7001, [5], start=True)
-        await c.end(7001)
-        await c.step(7001, [6])
+        await c.step(7001, [5], 0)
+        c.end(7001)
+        await asyncio.sleep(0.2)  # the END row has gone (nobody else steps: it goes at once)
+        await c.step(7001, [6], 1)
 
     exc = failure(triton.url, body)
-    assert type(exc) is SequenceLost and "must specify the START flag" in str(exc)
+    assert type(exc) is SequenceLost and "holds no cache for it" in str(exc)
     assert exc.status == 400
 
 
-def test_sequence_the_model_dropped_is_lost(triton):
-    """400 (INVALID_ARG) from model.py: Triton's batcher holds the sequence, the engine has no cache
-    for it (here: its START was refused for bad ids, also a 400)."""
-    refused = failure(triton.url, lambda c: c.step(7002, [10**6], start=True))
-    assert type(refused) is TritonRequestError and "token ids must be in" in str(refused)
-    lost = failure(triton.url, lambda c: c.step(7002, [5]))
-    assert type(lost) is SequenceLost and "unknown sequence 7002" in str(lost)
-    assert (refused.status, lost.status) == (400, 400)
+def test_a_bad_row_is_refused_and_the_round_goes_on(triton):
+    """A row with an id outside the vocabulary is refused (400-like, no retry); the other row of the
+    same round is answered."""
+
+    async def main():
+        c = TritonClient(triton.url)
+        try:
+            return await asyncio.gather(
+                c.step(7002, [10**6], 0), c.step(7003, [1, 2], 0), return_exceptions=True
+            )
+        finally:
+            c.end(7003)
+            await c.close()
+
+    refused, answered = asyncio.run(main())
+    assert (
+        type(refused) is TritonRequestError
+        and "token ids must be in" in str(refused)
+        and refused.status == 400
+    )
+    assert answered.ids.size == answered.logits.size > 0
 
 
-def test_malformed_request_is_refused(triton):
-    """400 that is not about START: sequence id 0 is no correlation id."""
-    exc = failure(triton.url, lambda c: c.step(0, [5], start=True))
-    assert type(exc) is TritonRequestError and "non-zero or non-empty correlation ID" in str(exc)
+def test_no_free_slot_is_unavailable_for_now(triton):
+    """Every KV slot held by generations that stepped just now: a new sequence is refused as busy
+    (503, retried by the generate loop), not given another's slot."""
+
+    async def main():
+        c = TritonClient(triton.url, gate=GateConfig(enabled=False))
+        slots = (await c.model_info()).kv_slots
+        try:
+            await asyncio.gather(*(c.step(7100 + k, [1, 2], 0) for k in range(slots)))
+            with pytest.raises(NoFreeSlot) as busy:
+                await c.step(7099, [1], 0)
+            return busy.value
+        finally:
+            for k in range(slots):
+                c.end(7100 + k)
+            await c.close()
+
+    busy = asyncio.run(main())
+    assert busy.status == 503 and "KV slots are held" in str(busy)
+
+
+def test_a_round_is_one_request_with_the_clients_routing_key(triton, monkeypatch):
+    """Five generations stepping together: their rows travel as one request, which carries the
+    client's routing key (a load balancer keeps this process's rounds on one replica)."""
+    sent: list[tuple[int, str]] = []
+
+    async def main():
+        c = TritonClient(triton.url)
+        real = c.client.infer
+
+        async def infer(model, inputs, **kwargs):
+            sent.append((inputs[0].shape()[1], kwargs["headers"][io.ROUTING_HEADER]))
+            return await real(model, inputs, **kwargs)
+
+        monkeypatch.setattr(c.client, "infer", infer)
+        try:
+            await asyncio.gather(*(c.step(7200 + k, [1, 2, 3], 0) for k in range(5)))
+            return c.routing_key
+        finally:
+            for k in range(5):
+                c.end(7200 + k)
+            await c.close()
+
+    key = asyncio.run(main())
+    assert sent[0] == (5, key) and all(k == key for _, k in sent)
 
 
 @pytest.mark.parametrize("status", ["502", "503", "504"])
@@ -118,7 +178,7 @@ def test_model_unloaded_then_dead(model_repository, tmp_path):
         finally:
             await admin.close()
 
-    start = lambda c: c.step(1, [5], start=True)  # noqa: E731 (the step each phase tries)
+    start = lambda c: c.step(1, [5], 0)  # noqa: E731 (the step each phase tries)
     try:
         asyncio.run(control("unload"))
         exc = failure(server.url, start, retries=2)
@@ -134,14 +194,14 @@ def test_model_unloaded_then_dead(model_repository, tmp_path):
 
 
 def failure_free(url: str) -> bool:
-    """A START and END go through."""
+    """A step and END go through."""
 
     async def main() -> bool:
         c = TritonClient(url)
         try:
-            logits = await c.step(2, [5], start=True)
-            await c.end(2)
-            return logits.ndim == 1 and logits.size > 0
+            out = await c.step(2, [5], 0)
+            c.end(2)
+            return out.ids.ndim == 1 and out.ids.size > 0
         finally:
             await c.close()
 

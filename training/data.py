@@ -9,13 +9,16 @@ import logging
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
-from datasets import Dataset
-from transformers import DataCollatorForSeq2Seq
 
 from contract.dialogue import FIRST, SECOND, clean_turn, format_example
 from training.config import ConfigError
+
+if TYPE_CHECKING:  # imported where used: reading a CSV needs neither (GPU hosts may lack datasets)
+    from datasets import Dataset
+    from transformers import DataCollatorForSeq2Seq
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +128,8 @@ def build_dataset(
 
     An example longer than `max_length` loses prompt tokens from the left; a row whose target
     alone leaves no room for the prompt's last token (the answer marker) is dropped."""
+    from datasets import Dataset
+
     prompts = tokenizer([p for p, _ in pairs])["input_ids"]
     fulls = tokenizer([p + t for p, t in pairs])["input_ids"]
     rows: dict[str, list[list[int]]] = {"input_ids": [], "labels": []}
@@ -163,4 +168,6 @@ def split(dataset: Dataset, eval_fraction: float, seed: int) -> tuple[Dataset, D
 def collator(tokenizer) -> DataCollatorForSeq2Seq:
     """Pads a batch on the tokenizer's side (right: load_base sees to it) with its pad id,
     attention_mask 0 and labels IGNORE: transformers' own collator does exactly this."""
+    from transformers import DataCollatorForSeq2Seq
+
     return DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=IGNORE)
