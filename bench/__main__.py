@@ -14,13 +14,15 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 
 from bench.report import write_report
-from bench.runners import Timing, prompts, run_ort, run_transformers, run_triton
+from bench.runners import Timing, prompts, run_ort, run_reference, run_transformers, run_triton
 from bench.scenarios import run_scenarios
+from bench.stats import ServerTimes, server_times
 from contract import triton_io as io
 
 INT8_MODEL = f"{io.DEFAULT_MODEL_NAME}_int8"  # the int8 export, served beside the fp32 one
@@ -60,18 +62,28 @@ def summarize(t: Timing) -> dict:
         "ttft_ms_median": float(statistics.median(t.ttft_s) * 1000),
         "tokens_per_s": t.tokens / t.wall_s,
         "wall_s": t.wall_s,
+        **t.extra,
     }
 
 
 def measure(
-    backend: str, runner: Callable[[list[list[int]]], Timing], lengths: list[int], conc: list[int], vocab: int
+    backend: str,
+    runner: Callable[[list[list[int]]], Timing],
+    lengths: list[int],
+    conc: list[int],
+    vocab: int,
+    server: Callable[[], ServerTimes] | None = None,
 ) -> list[dict]:
-    """One row per prompt length and concurrency for `runner` (after a warm-up), each logged."""
+    """One row per prompt length and concurrency for `runner` (after a warm-up), each logged;
+    with `server`, the server's own times over each run too (bench/stats.py)."""
     runner(prompts(1, 16, vocab, seed=99))  # warm-up: sessions, allocators, connections
     rows = []
     for length in lengths:
         for n in conc:
+            before = server() if server else None
             result = summarize(runner(prompts(n, length, vocab, seed=n + length)))
+            if server and before:
+                result.update(server().since(before))
             rows.append({"backend": backend, "prompt": length, "concurrency": n, **result})
             log.info(
                 "%-12s prompt %4d x%d: %6.1f ms/token (p95 %6.1f), ttft %7.1f ms, %6.1f tok/s",
@@ -141,13 +153,18 @@ def main(argv: list[str] | None = None) -> int:
     with TritonServer(repo, http, grpc, metrics, log_file=work / "tritonserver.log") as server:
         runners = {
             "transformers": lambda b: run_transformers(model, b, args.new_tokens),
-            "ort_v1": lambda b: run_ort(engine_v1, b, args.new_tokens),
+            "ort_v1": lambda b: run_reference(engine_v1, b, args.new_tokens),
             "ort": lambda b: run_ort(engine, b, args.new_tokens),
             "triton_fp32": lambda b: run_triton(server.url, io.DEFAULT_MODEL_NAME, b, args.new_tokens),
             "triton_int8": lambda b: run_triton(server.url, INT8_MODEL, b, args.new_tokens),
         }
+        served = {"triton_fp32": io.DEFAULT_MODEL_NAME, "triton_int8": INT8_MODEL}
         for backend, runner in runners.items():
-            rows += measure(backend, runner, lengths, conc, vocab)
+            served_name = served.get(backend)
+            times = (
+                partial(server_times, server.url, server.metrics_url, served_name) if served_name else None
+            )
+            rows += measure(backend, runner, lengths, conc, vocab, times)
         scenarios = (
             None
             if args.no_scenarios
@@ -155,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
                 server.url, engine, vocab, min(lengths), max(lengths), max(conc), args.new_tokens
             )
         )
-    paths = write_report(rows, args.out, args.shape, vars(args), scenarios)
+    paths = write_report(rows, args.out, args.shape, vars(args), vocab, scenarios)
     for path in paths:
         print(path)
     return 0

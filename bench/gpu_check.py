@@ -1,27 +1,192 @@
-"""`python -m bench.gpu_check`: the GPU path measured on a machine with an NVIDIA GPU.
+"""`python -m bench.gpu_check`: the GPU path measured, in one run, with what the host has.
 
-Exports a GPT-2 of ruDialoGPT-small's shape (random weights) with `--device cuda --fp16`, checks
-it against PyTorch on the CUDA provider, asserts that the engine's KV buffers live on the GPU,
-and times 40 greedy tokens in-process and through the real Triton (model.py on onnxruntime-gpu)
-at 1 and 8 conversations, prompts of 50 and 1000 tokens. scripts/gpu_check.sh sets up the two
-environments it needs; results go to results/gpu-check.{md,json}.
+On a machine with an NVIDIA GPU, onnxruntime-gpu, torch and transformers (no package registry
+needed): checks and names what is missing, then exports a GPT-2 of ruDialoGPT-small's shape
+(random weights) with `--device cuda --fp16` (optimum's reference export only where optimum is
+installed), and measures, each phase on its own (a failing phase is reported, the rest still run):
+
+- parity: the fp16 serving graph against PyTorch on the CUDA provider; the KV buffers on the GPU;
+- the engine in-process, decode graphs off and on (CUDA graphs): ms per step at 1, 8 and 32
+  conversations, prompts of 50 and 1000 tokens; each graph's capture time and memory; greedy
+  tokens of both engines over 200 steps with conversations joining and leaving;
+- the bot's client through the real Triton (model.py on onnxruntime-gpu) at the same points, with
+  Triton's own per-request times and model.py's own time per execute;
+- transformers on the same GPU, batched, eager and sdpa attention, its default (dynamic) cache.
+
+Results: <out>/gpu-check.md and .json (docs/gpu-check.md is such a run, committed).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import logging
 import os
+import subprocess
 import sys
+import time
+import traceback
 from functools import partial
 from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 from bench.__main__ import SHAPES, build_model, measure
-from bench.runners import run_ort, run_triton
+from bench.report import overhead, table, target, target_table
+from bench.runners import prompts, run_ort, run_transformers, run_triton
 from contract import triton_io as io
 
 log = logging.getLogger("bench.gpu_check")
+LABELS = {
+    "ort_cuda": "engine in-process, ordinary calls",
+    "ort_cuda_graphs": "engine in-process, decode graphs",
+    "triton_cuda": "bot client → Triton",
+    "transformers_eager": "transformers, eager attention",
+    "transformers_sdpa": "transformers, sdpa attention",
+}
+
+
+def missing(model_python: Path, provider: str) -> list[str]:
+    """What this host lacks for the check, each with what to do."""
+    found = []
+    for module, why in (
+        ("torch", "PyTorch with CUDA (the reference and the transformers baseline)"),
+        ("transformers", "transformers"),
+        ("onnx", "onnx (the serving graph is built with it)"),
+        ("onnxruntime", "onnxruntime-gpu"),
+        ("tokenizers", "tokenizers"),
+        ("tritonclient", "tritonclient[http] (the bot's client)"),
+        ("aiohttp", "aiohttp (tritonclient's aio client)"),
+        ("tenacity", "tenacity"),
+        ("pytriton", "nvidia-pytriton==0.7.0 (its tritonserver binary; pip install --no-deps)"),
+    ):
+        if importlib.util.find_spec(module) is None:
+            found.append(f"python module {module!r}: install {why}")
+    if not found and provider == "cuda":
+        import onnxruntime as ort
+        import torch
+
+        if not torch.cuda.is_available():
+            found.append("torch sees no CUDA device")
+        if "CUDAExecutionProvider" not in ort.get_available_providers():
+            found.append(f"onnxruntime {ort.__version__} has no CUDA provider: install onnxruntime-gpu")
+    probe = "import numpy, onnxruntime; assert numpy.__version__ < '2', numpy.__version__"
+    python = model_python / "bin" / "python3"
+    result = (
+        subprocess.run([str(python), "-c", probe], capture_output=True, text=True)
+        if python.exists()
+        else None
+    )
+    if result is None or result.returncode:
+        detail = result.stderr.strip().splitlines()[-1] if result else f"{python} not found"
+        found.append(f"the model's venv {model_python} (numpy<2 and onnxruntime-gpu for model.py): {detail}")
+    return found
+
+
+class Check:
+    """The report, written after every phase; a phase that raises is recorded and the next runs."""
+
+    def __init__(self, out: Path):
+        self.out, self.lines = out, list[str]()
+        self.report: dict[str, Any] = {"phases": {}, "rows": []}
+        out.mkdir(parents=True, exist_ok=True)
+
+    def phase(self, name: str, fn) -> object:
+        t0 = time.monotonic()
+        try:
+            result = fn()
+            self.report["phases"][name] = {"ok": True, "seconds": round(time.monotonic() - t0, 1)}
+            return result
+        except Exception as exc:
+            log.error("phase %s failed: %r", name, exc)
+            self.report["phases"][name] = {"ok": False, "error": traceback.format_exc()[-2000:]}
+            return None
+        finally:
+            self.write()
+
+    def write(self) -> None:
+        (self.out / "gpu-check.json").write_text(json.dumps(self.report, indent=2, default=str))
+        (self.out / "gpu-check.md").write_text("\n".join(self.lines) + "\n")
+
+
+def capture_graphs(engine, vocab: int) -> list[dict]:
+    """Each decode graph captured on its own: its first run's time and the GPU memory it took."""
+    import torch
+
+    from serve.engine import Step
+
+    def free() -> int:
+        return torch.cuda.mem_get_info()[0] if engine.device == "cuda" else 0
+
+    out = []
+    for bucket, graph in engine.graphs.items():
+        steps = [Step(9000 + i, np.array(prompts(1, 8, vocab, i)[0]), 0) for i in range(bucket)]
+        engine.step(steps)
+        before = free()
+        engine.step([Step(s.sequence_id, np.array([5]), 8, end=True) for s in steps])
+        out.append(
+            {
+                "bucket": bucket,
+                "first_run_ms": graph.capture_s * 1000,
+                "memory_mb": (before - free()) / 1e6,
+                "max_abs_vs_ordinary": graph.check_diff,
+                "runs": graph.runs,
+            }
+        )
+    return out
+
+
+def churn_parity(graphs, plain, vocab: int, steps: int = 200) -> dict:
+    """Greedy tokens of two engines over `steps` rounds with conversations joining and leaving."""
+    from serve.engine import Step
+
+    rng, contexts, rows, differ, refused = np.random.default_rng(5), {}, 0, 0, 0
+    for t in range(steps):
+        batch = []
+        if t % 7 == 0:  # a newcomer
+            prompt = prompts(1, int(rng.integers(8, 60)), vocab, t)[0]
+            batch.append(Step(10_000 + t, np.array(prompt), 0))
+            contexts[10_000 + t] = prompt
+        for k, ctx in contexts.items():
+            if k != 10_000 + t and rng.random() > 0.1:  # some skip a step
+                end = len(ctx) > 100 or rng.random() < 0.02
+                batch.append(Step(k, np.array(ctx[-1:]), len(ctx) - 1, end=end))
+        a, b = graphs.step(batch), plain.step(batch)
+        ok = (a.status == 0) & (b.status == 0)
+        rows, refused = rows + len(batch), refused + int((~ok).sum())
+        differ += int((ok & (a.top_ids[:, 0] != b.top_ids[:, 0])).sum())
+        for i, s in enumerate(batch):
+            if s.end or not ok[i]:
+                contexts.pop(s.sequence_id, None)
+            else:
+                contexts[s.sequence_id].append(int(a.top_ids[i, 0]))
+    return {
+        "rounds": steps,
+        "rows": rows,
+        "rows_differing": differ,
+        "rows_refused": refused,
+        "graph_steps": graphs.graph_steps,
+    }
+
+
+def engine_phases(check: Check, args: argparse.Namespace, onnx_path: str, slots: int, vocab: int) -> None:
+    """The engine in-process: KV on the device, decode graphs captured, both paths timed and compared."""
+    from serve.engine import KVEngine, make_session
+
+    rep, cuda = check.report, args.provider == "cuda"
+    plain = KVEngine(make_session(onnx_path, args.provider), slots=slots, decode_graphs="off")
+    graphs = KVEngine(
+        make_session(onnx_path, args.provider, cuda_graphs=cuda), slots=slots, decode_graphs="on"
+    )
+    rep["kv"] = {"device": graphs.kv.values[0].device_name(), "bytes": graphs.kv.nbytes}
+    check.phase("capture", lambda: rep.__setitem__("graphs", capture_graphs(graphs, vocab)))
+    for name, engine in (("ort_cuda", plain), ("ort_cuda_graphs", graphs)):
+        runner = partial(run_ort, engine, new_tokens=args.new_tokens)
+        grid = (args.lengths, args.concurrency, vocab)
+        rep["rows"] += check.phase(name, partial(measure, name, runner, *grid)) or []
+    check.phase("churn", lambda: rep.__setitem__("churn", churn_parity(graphs, plain, vocab)))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,74 +196,168 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--model-python",
         type=Path,
-        required=True,
+        default=Path(os.environ.get("TRITON_MODEL_PYTHON", ".venv-triton")),
         help="venv with onnxruntime-gpu and numpy<2 that Triton's python backend runs model.py in",
     )
+    p.add_argument("--threads", type=int, default=4, help="torch CPU threads (the transformers baseline)")
+    p.add_argument(
+        "--provider", choices=["cuda", "cpu"], default="cuda", help="cpu: the same run on the CPU (tests)"
+    )
+    p.add_argument("--concurrency", default="1,8,32", help="conversations at once, comma separated")
+    p.add_argument("--prompt-lengths", default="50,1000", help="prompt tokens, comma separated")
+    p.add_argument("--new-tokens", type=int, default=40)
     args = p.parse_args(argv)
+    args.concurrency = [int(n) for n in args.concurrency.split(",")]
+    args.lengths = [int(n) for n in args.prompt_lengths.split(",")]
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    import onnxruntime as ort
-
-    if "CUDAExecutionProvider" not in ort.get_available_providers():
-        print(
-            "error: this onnxruntime has no CUDA provider: install onnxruntime-gpu (scripts/gpu_check.sh)",
-            file=sys.stderr,
-        )
+    if lacking := missing(args.model_python, args.provider):
+        print("error: this host lacks what the GPU check needs:\n  " + "\n  ".join(lacking), file=sys.stderr)
         return 2
+    import torch
+
     from export import ServingConfig, export, verify
-    from serve.engine import KVEngine, make_session
     from serve.server import TritonServer, free_ports
 
+    torch.set_num_threads(args.threads)  # 16+ threads made transformers' generate 5x slower there
+    check, vocab = Check(args.out), SHAPES[args.shape]["vocab_size"]
+    rep, lines = check.report, check.lines
+    cuda = args.provider == "cuda"
+    rep["gpu"] = torch.cuda.get_device_name(0) if cuda else "none (a CPU run)"
+    rep["onnxruntime"], rep["new_tokens"] = __import__("onnxruntime").__version__, args.new_tokens
     work = args.out / f"gpu-{args.shape}"
     ckpt = build_model(args.shape, work / "checkpoint")
+    serving = ServingConfig(kv_slots=max(args.concurrency), max_batch_size=4)
+    with_optimum = importlib.util.find_spec("optimum") is not None
     repo = work / "model_repository"
-    serving = ServingConfig(max_queue_delay_us=200)
-    result = export(ckpt, repo, fp16=True, device="cuda", serving=serving)
+    result = export(ckpt, repo, fp16=cuda, device=args.provider, serving=serving, reference=with_optimum)
     onnx_path = str(result.onnx_file)
-    dev = verify.check_graph(result.onnx_file, verify.torch_reference(ckpt), "cuda")
-    engine = KVEngine(make_session(onnx_path, "cuda"), slots=serving.kv_slots)
-    on_device = engine.kv.values[0].device_name().lower()
-    assert on_device == "cuda", f"KV buffers are on {on_device}, not the GPU"
-    report = {
-        "fp16_vs_pytorch_max_abs": dev.max_abs,
-        "fp16_top1": dev.top1,
-        "kv_device": on_device,
-        "kv_bytes": engine.kv.nbytes,
-        "rows": [],
-    }
-    vocab, lengths, conc = SHAPES[args.shape]["vocab_size"], [50, 1000], [1, 8]
-    report["rows"] += measure("ort_cuda", partial(run_ort, engine, new_tokens=40), lengths, conc, vocab)
-    del engine
-    os.environ["RUDIALOGPT_EXECUTION_PROVIDER"] = "cuda"
+
+    def parity():
+        dev = verify.check_graph(result.onnx_file, verify.torch_reference(ckpt), args.provider)
+        rep["parity"] = {"max_abs": dev.max_abs, "top1": dev.top1, "optimum_reference": with_optimum}
+
+    check.phase("parity", parity)
+    # Its engines are freed when it returns.
+    check.phase("engines", partial(engine_phases, check, args, onnx_path, serving.kv_slots, vocab))
+    os.environ["RUDIALOGPT_EXECUTION_PROVIDER"] = args.provider
     log_file = work / "tritonserver.log"
-    http, grpc, metrics = free_ports(3)
-    with TritonServer(repo, http, grpc, metrics, log_file=log_file, model_python=args.model_python) as server:
-        served = measure(
-            "triton_cuda",
-            lambda b: run_triton(server.url, io.DEFAULT_MODEL_NAME, b, 40),
-            lengths,
-            conc,
+
+    def served():
+        from bench.stats import server_times
+
+        http, grpc, metrics = free_ports(3)
+        with TritonServer(
+            repo, http, grpc, metrics, log_file=log_file, model_python=args.model_python
+        ) as server:
+            times = partial(server_times, server.url, server.metrics_url, io.DEFAULT_MODEL_NAME)
+            runner = lambda b: run_triton(server.url, io.DEFAULT_MODEL_NAME, b, args.new_tokens)  # noqa: E731
+            rep["rows"] += measure("triton_cuda", runner, args.lengths, args.concurrency, vocab, times)
+        rep["served_kv_on"] = "on cuda" if "on cuda" in log_file.read_text() else "not on cuda"
+
+    check.phase("triton_cuda", served)
+
+    def baseline(attention: str):
+        from transformers import AutoModelForCausalLM
+
+        dtype = torch.float16 if cuda else torch.float32
+        model = AutoModelForCausalLM.from_pretrained(ckpt, dtype=dtype, attn_implementation=attention)
+        model = model.to(args.provider).eval()
+        rows = measure(
+            f"transformers_{attention}",
+            lambda b: run_transformers(model, b, args.new_tokens, args.provider),
+            args.lengths,
+            args.concurrency,
             vocab,
         )
-        report["rows"] += served
-    served_on = "on cuda" in log_file.read_text()
-    assert served_on, f"the served model did not report its KV cache on cuda ({log_file})"
-    lines = [
-        f"fp16 vs PyTorch: max |Δlogit| {dev.max_abs:.3f}, top-1 {dev.top1:.0%}; KV buffers on {on_device} "
-        f"({report['kv_bytes'] / 1e6:.0f} MB)",
-        "",
-        "| backend | prompt | conversations | ms/token | p95 | TTFT ms | tokens/s |",
-        "|---|---:|---:|---:|---:|---:|---:|",
-    ]
-    for r in report["rows"]:
-        lines.append(
-            f"| {r['backend']} | {r['prompt']} | {r['concurrency']} | {r['ms_per_token_median']:.2f} | "
-            f"{r['ms_per_token_p95']:.2f} | {r['ttft_ms_median']:.1f} | {r['tokens_per_s']:.1f} |"
-        )
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "gpu-check.md").write_text("\n".join(lines) + "\n")
-    (args.out / "gpu-check.json").write_text(json.dumps(report, indent=2))
+        rep["rows"] += rows
+
+    for attention in ("eager", "sdpa"):
+        check.phase(f"transformers_{attention}", partial(baseline, attention))
+    lines += summary(rep, args.lengths, args.concurrency)
+    check.write()
     print("\n".join(lines))
-    return 0
+    return 0 if all(ph["ok"] for ph in rep["phases"].values()) else 1
+
+
+def _get(rows: list[dict], backend: str, prompt: int, n: int, key: str) -> float:
+    return next(
+        (r[key] for r in rows if (r["backend"], r["prompt"], r["concurrency"]) == (backend, prompt, n)),
+        float("nan"),
+    )
+
+
+def summary(rep: dict, lengths: list[int], concurrency: list[int]) -> list[str]:
+    """The report's Markdown: setup, parity, graphs, the table and the targets."""
+    rows, short, lo, hi = rep["rows"], min(lengths), min(concurrency), max(concurrency)
+    par, kv = rep.get("parity", {}), rep.get("kv", {})
+    lines = [
+        f"GPU: {rep['gpu']}; onnxruntime {rep['onnxruntime']}; 124M GPT-2 (random weights), fp16, greedy, "
+        f"{rep['new_tokens']} new tokens; ms per token = ms per step.",
+        "",
+        f"- fp16 serving graph vs PyTorch: max |Δlogit| {par.get('max_abs', float('nan')):.3g}, "
+        f"top-1 {par.get('top1', float('nan')):.1%}; KV buffers on {kv.get('device')} "
+        f"({kv.get('bytes', 0) / 1e9:.2f} GB)",
+        "- phases: " + ", ".join(f"{k} {'ok' if v['ok'] else 'FAILED'}" for k, v in rep["phases"].items()),
+    ]
+    if "churn" in rep:
+        c = rep["churn"]
+        lines.append(
+            f"- decode graphs vs ordinary calls, {c['rounds']} rounds, conversations joining and leaving: "
+            f"{c['rows_differing']} of {c['rows']} greedy tokens differ ({c['graph_steps']} graph steps; "
+            f"{c['rows_refused']} rows refused for want of a slot)"
+        )
+    for g in rep.get("graphs", []):
+        lines.append(
+            f"- decode graph of {g['bucket']} slots: first run (capture) {g['first_run_ms']:.1f} ms, "
+            f"{g['memory_mb']:.0f} MB, max |Δ| vs ordinary {g['max_abs_vs_ordinary']:.2g}"
+        )
+    lines += ["", *table(rows, LABELS)]
+    targets = []
+    served, engine = "triton_cuda", "ort_cuda_graphs"
+    if any(r["backend"] == served for r in rows) and any(r["backend"] == engine for r in rows):
+        ms = "ms_per_token_median"
+        targets += [
+            target(
+                f"engine decode step, {lo} conversation(s), ms", _get(rows, engine, short, lo, ms), "le", 1.0
+            ),
+            target(
+                f"engine decode step, {hi} conversations, ms", _get(rows, engine, short, hi, ms), "le", 1.5
+            ),
+            target(
+                f"served / in-process ms/token, {lo} conversation(s)",
+                _get(rows, served, short, lo, ms) / _get(rows, engine, short, lo, ms),
+                "le",
+                1.3,
+            ),
+            *(
+                target(
+                    f"served / in-process tokens/s, {n} conversations",
+                    _get(rows, served, short, n, "tokens_per_s")
+                    / _get(rows, engine, short, n, "tokens_per_s"),
+                    "ge",
+                    0.8,
+                )
+                for n in concurrency
+                if n > lo
+            ),
+            *(
+                target(
+                    f"served / transformers eager tokens/s, {n} conversations",
+                    _get(rows, served, short, n, "tokens_per_s")
+                    / _get(rows, "transformers_eager", short, n, "tokens_per_s"),
+                    "gt",
+                    1.0,
+                )
+                for n in concurrency
+            ),
+            target(
+                "model.py per execute / (0.3 ms + 5 % of the engine's step), worst row",
+                max(overhead(r) for r in rows if r["backend"] == served),
+                "le",
+                1.0,
+            ),
+        ]
+    return lines + target_table(targets)
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ class Timing:
     token_s: list[float] = field(default_factory=list)  # every later token, all conversations
     wall_s: float = 0.0  # the whole run
     tokens: int = 0  # tokens generated in all
+    extra: dict = field(default_factory=dict)  # what else the runner measured (the client's counts)
 
 
 def prompts(n: int, prompt_len: int, vocab: int, seed: int) -> list[list[int]]:
@@ -29,8 +30,9 @@ def prompts(n: int, prompt_len: int, vocab: int, seed: int) -> list[list[int]]:
     return [rng.integers(10, vocab, prompt_len).tolist() for _ in range(n)]
 
 
-def run_transformers(model, batch: list[list[int]], new_tokens: int) -> Timing:
-    """(1) transformers `generate` in-process, with its KV cache; one batch of all conversations."""
+def run_transformers(model, batch: list[list[int]], new_tokens: int, device: str = "cpu") -> Timing:
+    """(1) transformers `generate` in-process, with its KV cache (DynamicCache), the model's own
+    attention implementation; one batch of all conversations."""
     import torch
     from transformers import StoppingCriteria, StoppingCriteriaList
 
@@ -41,7 +43,7 @@ def run_transformers(model, batch: list[list[int]], new_tokens: int) -> Timing:
             stamps.append(time.perf_counter())
             return torch.zeros(input_ids.shape[0], dtype=torch.bool)
 
-    ids = torch.tensor(batch)
+    ids = torch.tensor(batch, device=device)
     t0 = time.perf_counter()
     with torch.no_grad():
         model.generate(
@@ -63,20 +65,56 @@ def run_transformers(model, batch: list[list[int]], new_tokens: int) -> Timing:
     )
 
 
-def run_ort(engine, batch: list[list[int]], new_tokens: int, pick=None) -> Timing:
-    """(2) onnxruntime in-process: the server's engine (or the one before v2), without Triton or HTTP.
-    `pick(conversation, logits)` chooses each next token (default: greedy)."""
+def run_ort(engine, batch: list[list[int]], new_tokens: int, sampling=None) -> Timing:
+    """(2) onnxruntime in-process: the server's engine, without Triton or HTTP, all conversations
+    in one call per step, choosing each token as the bot does (greedy unless `sampling`): from the
+    candidates, or from the whole row where they cannot prove the choice."""
+    from bot.sampling import Context, SamplingConfig, choose, next_token
     from serve.engine import Step
 
-    pick = pick or (lambda i, x: int(np.argmax(x)))
+    cfg = sampling or SamplingConfig.greedy()
+    contexts = [Context(p, cfg.no_repeat_ngram_size) for p in batch]
+    rngs = [np.random.default_rng(i) for i in range(len(batch))]
+
+    def pick(i: int, out) -> int:
+        ctx = contexts[i]
+        token = choose(out.top_ids[i], out.top_logits[i], ctx, cfg, rngs[i])
+        if token is None:  # the same step again, for the whole row
+            row = engine.step([Step(i + 1, np.array(ctx.tokens[-1:]), len(ctx) - 1, full=True)]).logits(0)
+            token = next_token(row, ctx.array(), cfg, rngs[i])
+        return token
+
     t0 = time.perf_counter()
-    logits = engine.step([Step(i + 1, np.array(p), start=True) for i, p in enumerate(batch)])
+    out = engine.step([Step(i + 1, np.array(p), 0) for i, p in enumerate(batch)])
     stamps = [time.perf_counter()]
     for k in range(new_tokens - 1):
-        nxt = [pick(i, x[0]) for i, x in enumerate(logits)]
+        for i, ctx in enumerate(contexts):
+            ctx.append(pick(i, out))
         last = k == new_tokens - 2
-        logits = engine.step([Step(i + 1, np.array([t]), end=last) for i, t in enumerate(nxt)])
+        out = engine.step(
+            [Step(i + 1, np.array(ctx.tokens[-1:]), len(ctx) - 1, end=last) for i, ctx in enumerate(contexts)]
+        )
         stamps.append(time.perf_counter())
+    return _timing(batch, t0, stamps, new_tokens)
+
+
+def run_reference(engine, batch: list[list[int]], new_tokens: int) -> Timing:
+    """(2a) the engine before v2 (export/optimum_engine.py), greedy on its whole rows of logits."""
+    from serve.engine import Step
+
+    t0 = time.perf_counter()
+    rows = engine.logits([Step(i + 1, np.array(p), 0) for i, p in enumerate(batch)])
+    stamps = [time.perf_counter()]
+    for k in range(new_tokens - 1):
+        nxt = [int(np.argmax(x)) for x in rows]
+        rows = engine.logits(
+            [Step(i + 1, np.array([t]), None, end=k == new_tokens - 2) for i, t in enumerate(nxt)]
+        )
+        stamps.append(time.perf_counter())
+    return _timing(batch, t0, stamps, new_tokens)
+
+
+def _timing(batch: list[list[int]], t0: float, stamps: list[float], new_tokens: int) -> Timing:
     steps = np.diff([t0, *stamps])
     return Timing(
         [float(steps[0])] * len(batch),
@@ -100,6 +138,7 @@ def run_triton(
     async def all_at_once():
         client = TritonClient(url, model, timeout=120, gate=gate)
         try:
+            await client.model_info()  # fetched once per client: not part of the first token's time
             t0 = time.perf_counter()
             gens = await asyncio.gather(
                 *(
@@ -107,14 +146,19 @@ def run_triton(
                     for i, p in enumerate(batch)
                 )
             )
-            return gens, time.perf_counter() - t0
+            return (gens, time.perf_counter() - t0), client
         finally:
             await client.close()
 
-    gens, wall = asyncio.run(all_at_once())
+    (gens, wall), client = asyncio.run(all_at_once())
     return Timing(
         [g.first_token_s for g in gens],
         [s for g in gens for s in g.step_s],
         wall,
         sum(len(g.tokens) for g in gens),
+        {
+            "rows_per_request": client.gate.released / max(client.gate.rounds, 1),
+            "bytes_per_row": client.bytes_received / max(client.rows_answered, 1),
+            "full_rows": sum(g.full_rows for g in gens),
+        },
     )
