@@ -176,16 +176,22 @@ def engine_phases(check: Check, args: argparse.Namespace, onnx_path: str, slots:
     from serve.engine import KVEngine, make_session
 
     rep, cuda = check.report, args.provider == "cuda"
+    grid = (args.lengths, args.concurrency, vocab)
     plain = KVEngine(make_session(onnx_path, args.provider), slots=slots, decode_graphs="off")
-    graphs = KVEngine(
-        make_session(onnx_path, args.provider, cuda_graphs=cuda), slots=slots, decode_graphs="on"
-    )
-    rep["kv"] = {"device": graphs.kv.values[0].device_name(), "bytes": graphs.kv.nbytes}
+    rep["kv"] = {"device": plain.kv.values[0].device_name(), "bytes": plain.kv.nbytes}
+    runner = partial(run_ort, plain, new_tokens=args.new_tokens)
+    rep["rows"] += check.phase("ort_cuda", partial(measure, "ort_cuda", runner, *grid)) or []
+
+    def graph_engine() -> KVEngine:
+        session = make_session(onnx_path, args.provider, cuda_graphs=cuda)
+        return KVEngine(session, slots=slots, decode_graphs="on")
+
+    graphs = check.phase("graph_session", graph_engine)
+    if not isinstance(graphs, KVEngine):
+        return
     check.phase("capture", lambda: rep.__setitem__("graphs", capture_graphs(graphs, vocab)))
-    for name, engine in (("ort_cuda", plain), ("ort_cuda_graphs", graphs)):
-        runner = partial(run_ort, engine, new_tokens=args.new_tokens)
-        grid = (args.lengths, args.concurrency, vocab)
-        rep["rows"] += check.phase(name, partial(measure, name, runner, *grid)) or []
+    runner = partial(run_ort, graphs, new_tokens=args.new_tokens)
+    rep["rows"] += check.phase("ort_cuda_graphs", partial(measure, "ort_cuda_graphs", runner, *grid)) or []
     check.phase("churn", lambda: rep.__setitem__("churn", churn_parity(graphs, plain, vocab)))
 
 

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import time
 import urllib.request
 from dataclasses import dataclass
 
 from prometheus_client.parser import text_string_to_metric_families
+
+from contract import triton_io as io
 
 # Triton's cumulative per-request durations (nanoseconds) in /v2/models/<m>/stats.
 PHASES = ("queue", "compute_input", "compute_infer", "compute_output")
@@ -49,7 +52,12 @@ class ServerTimes:
 
 
 def server_times(url: str, metrics_url: str, model: str) -> ServerTimes:
-    """Triton's statistics and model.py's timing gauges of `model`, now."""
+    """Triton's statistics and model.py's timing gauges of `model`, now. The gauges are set at most
+    every io.GAUGE_INTERVAL_S: after that long, one probe makes the model set them."""
+    from serve.health import probe
+
+    time.sleep(io.GAUGE_INTERVAL_S + 0.05)
+    probe(url, model)
     stats = _stats(url, model)
     phases = {k: stats["inference_stats"][k]["ns"] / 1e9 for k in PHASES}
     with urllib.request.urlopen(metrics_url, timeout=10) as r:

@@ -119,6 +119,10 @@ def onnx_present(layer: int, kind: str) -> str:
     return f"present.{layer}.{kind}"
 
 
+# The model's own gauges on Triton's /metrics are set at most this often (each set is a message
+# to the server), and whenever the sequences held change: an idle model shows its last values.
+GAUGE_INTERVAL_S = 1.0
+
 # Where export puts the tokenizer for the bot: model_repository/<name>/tokenizer/.
 TOKENIZER_DIR = "tokenizer"
 

@@ -23,7 +23,6 @@ from contract import triton_io as io
 from serve.engine import Output, Step, StepError, open_engine
 
 ENV_PROVIDER = "RUDIALOGPT_EXECUTION_PROVIDER"  # overrides the execution_provider parameter
-GAUGE_INTERVAL_S = 1.0  # gauges are set at most this often, and whenever the sequences held change
 GAUGES = {  # the model's own metrics on Triton's /metrics: name -> description
     "rudialogpt_cached_sequences": "Sequences holding a KV slot",
     "rudialogpt_cached_tokens": "Tokens of context held in KV slots",
@@ -150,9 +149,9 @@ class TritonPythonModel:
 
     def _update_gauges(self, now: float) -> None:
         """Set the gauges (each set is a message to the server: ~tens of µs), at most every
-        GAUGE_INTERVAL_S unless the sequences held changed."""
+        io.GAUGE_INTERVAL_S unless the sequences held changed."""
         usage = self.engine.usage()
-        if usage.sequences == self.gauges_sequences and now - self.gauges_at < GAUGE_INTERVAL_S:
+        if usage.sequences == self.gauges_sequences and now - self.gauges_at < io.GAUGE_INTERVAL_S:
             return
         self.gauges_at, self.gauges_sequences = now, usage.sequences
         values = {**usage.__dict__, **self.timing}
