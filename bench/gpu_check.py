@@ -35,7 +35,7 @@ import numpy as np
 
 from bench.__main__ import SHAPES, build_model, measure
 from bench.report import overhead, table, target, target_table
-from bench.runners import prompts, run_ort, run_transformers, run_triton
+from bench.runners import prompts, run_ort, run_rounds, run_transformers, run_triton
 from contract import triton_io as io
 
 log = logging.getLogger("bench.gpu_check")
@@ -138,6 +138,27 @@ def capture_graphs(engine, vocab: int) -> list[dict]:
     return out
 
 
+def prompt_costs(engine, vocab: int, chunk: int = 256, chunks: int = 4) -> list[dict]:
+    """ms of each 256-token chunk of a 1000-token prompt (the bot's chunks), twice: a prompt's
+    first chunk (position 0) and its continuations (past in the cache) take different kernels."""
+    import torch
+
+    from serve.engine import Step
+
+    out = []
+    for attempt in range(2):
+        ids = prompts(1, chunk * chunks, vocab, 30 + attempt)[0]
+        for k in range(chunks):
+            if engine.device == "cuda":
+                torch.cuda.synchronize()
+            t = time.perf_counter()
+            result = engine.step([Step(500 + attempt, np.array(ids[k * chunk : (k + 1) * chunk]), k * chunk)])
+            out.append({"attempt": attempt, "position": k * chunk, "ms": (time.perf_counter() - t) * 1000})
+            assert result.status[0] == 0, result.errors
+        engine.step([Step(500 + attempt, np.zeros(0, np.int64), None, end=True)])
+    return out
+
+
 def churn_parity(graphs, plain, vocab: int, steps: int = 200) -> dict:
     """Greedy tokens of two engines over `steps` rounds with conversations joining and leaving."""
     from serve.engine import Step
@@ -181,6 +202,7 @@ def engine_phases(check: Check, args: argparse.Namespace, onnx_path: str, slots:
     rep["kv"] = {"device": plain.kv.values[0].device_name(), "bytes": plain.kv.nbytes}
     runner = partial(run_ort, plain, new_tokens=args.new_tokens)
     rep["rows"] += check.phase("ort_cuda", partial(measure, "ort_cuda", runner, *grid)) or []
+    check.phase("prompt_chunks", lambda: rep.__setitem__("prompt_chunks", prompt_costs(plain, vocab)))
 
     def graph_engine() -> KVEngine:
         session = make_session(onnx_path, args.provider, cuda_graphs=cuda)
@@ -258,6 +280,10 @@ def main(argv: list[str] | None = None) -> int:
             times = partial(server_times, server.url, server.metrics_url, io.DEFAULT_MODEL_NAME)
             runner = lambda b: run_triton(server.url, io.DEFAULT_MODEL_NAME, b, args.new_tokens)  # noqa: E731
             rep["rows"] += measure("triton_cuda", runner, args.lengths, args.concurrency, vocab, times)
+            rep["rounds"] = [
+                run_rounds(server.url, io.DEFAULT_MODEL_NAME, server.metrics_url, n, min(args.lengths), vocab)
+                for n in args.concurrency
+            ]
         rep["served_kv_on"] = "on cuda" if "on cuda" in log_file.read_text() else "not on cuda"
 
     check.phase("triton_cuda", served)
@@ -317,6 +343,27 @@ def summary(rep: dict, lengths: list[int], concurrency: list[int]) -> list[str]:
             f"- decode graph of {g['bucket']} slots: first run (capture) {g['first_run_ms']:.1f} ms, "
             f"{g['memory_mb']:.0f} MB, max |Δ| vs ordinary {g['max_abs_vs_ordinary']:.2g}"
         )
+    if "prompt_chunks" in rep:
+        chunks = ", ".join(
+            f"{c['position']}: {c['ms']:.1f}" for c in rep["prompt_chunks"] if c["attempt"] == 1
+        )
+        lines.append(
+            f"- a 1000-token prompt in 256-token chunks, ms per chunk by position (second prompt): {chunks}"
+        )
+    if "rounds" in rep:
+        lines += [
+            "",
+            "Where a served decode step goes (bare round requests, greedy, no gate; ms per round):",
+            "",
+            "| conversations | round | client request | Triton's phases | model.py | engine |",
+            "|---:|---:|---:|---:|---:|---:|",
+        ]
+        for r in rep["rounds"]:
+            triton = sum(r[f"{k}_ms"] for k in ("queue", "compute_input", "compute_infer", "compute_output"))
+            lines.append(
+                f"| {r['concurrency']} | {r['round_ms']:.2f} | {r['request_ms']:.2f} | {triton:.2f} "
+                f"| {r['model_py_ms_per_execute']:.2f} | {r['engine_ms_per_execute']:.2f} |"
+            )
     lines += ["", *table(rows, LABELS)]
     targets = []
     served, engine = "triton_cuda", "ort_cuda_graphs"

@@ -41,7 +41,7 @@ def run_transformers(model, batch: list[list[int]], new_tokens: int, device: str
     class Clock(StoppingCriteria):  # called once per generated token
         def __call__(self, input_ids, scores, **kwargs):
             stamps.append(time.perf_counter())
-            return torch.zeros(input_ids.shape[0], dtype=torch.bool)
+            return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
 
     ids = torch.tensor(batch, device=device)
     t0 = time.perf_counter()
@@ -162,3 +162,49 @@ def run_triton(
             "full_rows": sum(g.full_rows for g in gens),
         },
     )
+
+
+def run_rounds(
+    url: str, model: str, metrics_url: str, n: int, prompt_len: int, vocab: int, steps: int = 100
+) -> dict:
+    """Where a served decode step's time goes: `n` sequences started, then `steps` greedy rounds
+    sent as bare round requests (no step gate, no generate loop), against the server's own times
+    over exactly those rounds (bench/stats.py). ms per round: the client's whole round, its
+    request (tensors, HTTP, parsing), Triton's phases, model.py's own time and the engine's."""
+    from bench.stats import server_times
+    from bot.triton_client import Row, TritonClient
+
+    async def main() -> dict:
+        client = TritonClient(url, model, timeout=120)
+        try:
+            seqs = [70_000 + i for i in range(n)]
+            batch = prompts(n, prompt_len, vocab, seed=17)
+            first = await client._send_round(
+                [Row(s, 0, np.array(p)) for s, p in zip(seqs, batch, strict=True)]
+            )
+            tokens = [int(a.ids[0]) for a in first]  # type: ignore[union-attr]
+            positions = [len(p) for p in batch]
+            before = await asyncio.to_thread(server_times, url, metrics_url, model)
+            sending = 0.0
+            t0 = time.perf_counter()
+            for _ in range(steps):
+                rows = [Row(s, p, np.array([t])) for s, p, t in zip(seqs, positions, tokens, strict=True)]
+                t = time.perf_counter()
+                answers = await client._send_round(rows)
+                sending += time.perf_counter() - t
+                tokens = [int(a.ids[0]) for a in answers]  # type: ignore[union-attr]
+                positions = [p + 1 for p in positions]
+            wall = time.perf_counter() - t0
+            after = await asyncio.to_thread(server_times, url, metrics_url, model)
+            await client._send_round([Row(s, 0, np.zeros(0, np.int64), end=True) for s in seqs])
+        finally:
+            await client.close()
+        server = after.since(before)
+        return {
+            "concurrency": n,
+            "round_ms": wall / steps * 1000,
+            "request_ms": sending / steps * 1000,
+            **{k: v for k, v in server.items() if k.endswith("_ms") or k.endswith("execute")},
+        }
+
+    return asyncio.run(main())

@@ -262,7 +262,7 @@ class TritonClient:
         )
         status = result.as_numpy(io.STATUS)[0]
         ids, logits = result.as_numpy(io.CANDIDATE_IDS)[0], result.as_numpy(io.CANDIDATE_LOGITS)[0]
-        full = iter(result.as_numpy(io.LOGITS)[0])
+        full, errors = iter(result.as_numpy(io.LOGITS)[0]), iter(result.as_numpy(io.ERRORS)[0])
         self.bytes_received += len(json.dumps(result.get_response())) + sum(
             o.get("parameters", {}).get("binary_data_size", 0) for o in result.get_response()["outputs"]
         )
@@ -272,7 +272,7 @@ class TritonClient:
             if status[i] == io.ROW_OK:
                 answers.append(StepOutput(ids[i], logits[i], next(full) if row.full else None))
                 continue
-            text = result.as_numpy(io.ERRORS)[0][i].decode(errors="replace")
+            text = next(errors).decode(errors="replace")
             kind, code = _ROW_ERRORS.get(int(status[i]), (TritonRequestError, 400))
             answers.append(kind(f"Triton refused the step ({code}): {text}", code))
         return answers

@@ -29,7 +29,7 @@ REQUEST_INPUTS = {
 }
 # The answer.
 STATUS = "STATUS"  # INT32 [1, rows]: ROW_OK or the row's error code (below)
-ERRORS = "ERRORS"  # BYTES [1, rows]: the row's error message, empty when ROW_OK
+ERRORS = "ERRORS"  # BYTES [1, failed rows]: the message of each row not ROW_OK, in row order
 CANDIDATE_IDS = "CANDIDATE_IDS"  # INT32 [1, rows, K]: the K most likely next tokens, best first
 CANDIDATE_LOGITS = "CANDIDATE_LOGITS"  # FP32 [1, rows, K]: their logits
 LOGITS = "LOGITS"  # FP32 [1, full rows, vocab]: the whole row of each ROW_FULL row, in row order

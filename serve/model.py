@@ -78,7 +78,7 @@ def _response(out: Output, start: int, n: int, vocab: int) -> Any:
     full = out.full[mine] if out.full is not None and mine else np.zeros((0, vocab), np.float32)
     tensors = {
         io.STATUS: out.status[rows],
-        io.ERRORS: np.array([e.encode() for e in out.errors[rows]], dtype=np.object_),
+        io.ERRORS: np.array([e.encode() for e in out.errors[rows] if e], dtype=np.object_),
         io.CANDIDATE_IDS: out.top_ids[rows],
         io.CANDIDATE_LOGITS: out.top_logits[rows],
         io.LOGITS: full,

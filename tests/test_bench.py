@@ -93,7 +93,7 @@ def test_gpu_check_runs_its_phases_on_the_cpu(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads((tmp_path / "gpu-check.json").read_text())
-    assert all(phase["ok"] for phase in report["phases"].values()) and len(report["phases"]) == 10
+    assert all(phase["ok"] for phase in report["phases"].values()) and len(report["phases"]) == 11
     backends = {r["backend"] for r in report["rows"]}
     assert backends == {
         "ort_cuda",
@@ -104,6 +104,10 @@ def test_gpu_check_runs_its_phases_on_the_cpu(tmp_path):
     }
     assert report["churn"]["rows_differing"] == 0 and report["churn"]["graph_steps"] > 50
     assert [g["bucket"] for g in report["graphs"]] == [1, 2, 3] and report["parity"]["top1"] == 1.0
+    assert [r["concurrency"] for r in report["rounds"]] == [1, 3] and all(
+        r["engine_ms_per_execute"] > 0 for r in report["rounds"]
+    )
+    assert len(report["prompt_chunks"]) == 8
     assert "| target |" in (tmp_path / "gpu-check.md").read_text()
 
 

@@ -80,7 +80,7 @@ def test_a_round_runs_many_sequences_and_answers_each_row(client, sample_ids, to
     candidates are its logits' K largest, a ROW_FULL row gets its whole row too."""
     other = list(reversed(sample_ids))
     out = round_request(client, [(201, 0, sample_ids[:4]), (202, 0, other[:3], io.ROW_FULL)])
-    assert list(out[io.STATUS]) == [0, 0] and list(out[io.ERRORS]) == [b"", b""]
+    assert list(out[io.STATUS]) == [0, 0] and out[io.ERRORS].size == 0  # messages of failed rows only
     k = out[io.CANDIDATE_IDS].shape[1]
     assert out[io.LOGITS].shape == (1, torch_logits.shape[1])  # only the row that asked
     assert np.abs(out[io.CANDIDATE_LOGITS][0] - np.sort(torch_logits[3])[::-1][:k]).max() < 1e-4
