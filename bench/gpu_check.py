@@ -200,6 +200,7 @@ def engine_phases(check: Check, args: argparse.Namespace, onnx_path: str, slots:
     grid = (args.lengths, args.concurrency, vocab)
     plain = KVEngine(make_session(onnx_path, args.provider), slots=slots, decode_graphs="off")
     rep["kv"] = {"device": plain.kv.values[0].device_name(), "bytes": plain.kv.nbytes}
+    rep["warm_up_s"] = {"ordinary": plain.warm_up()}  # as the served model does at load
     runner = partial(run_ort, plain, new_tokens=args.new_tokens)
     rep["rows"] += check.phase("ort_cuda", partial(measure, "ort_cuda", runner, *grid)) or []
     check.phase("prompt_chunks", lambda: rep.__setitem__("prompt_chunks", prompt_costs(plain, vocab)))
@@ -212,6 +213,7 @@ def engine_phases(check: Check, args: argparse.Namespace, onnx_path: str, slots:
     if not isinstance(graphs, KVEngine):
         return
     check.phase("capture", lambda: rep.__setitem__("graphs", capture_graphs(graphs, vocab)))
+    rep["warm_up_s"]["graphs"] = graphs.warm_up()
     runner = partial(run_ort, graphs, new_tokens=args.new_tokens)
     rep["rows"] += check.phase("ort_cuda_graphs", partial(measure, "ort_cuda_graphs", runner, *grid)) or []
     check.phase("churn", lambda: rep.__setitem__("churn", churn_parity(graphs, plain, vocab)))
@@ -343,6 +345,9 @@ def summary(rep: dict, lengths: list[int], concurrency: list[int]) -> list[str]:
             f"- decode graph of {g['bucket']} slots: first run (capture) {g['first_run_ms']:.1f} ms, "
             f"{g['memory_mb']:.0f} MB, max |Δ| vs ordinary {g['max_abs_vs_ordinary']:.2g}"
         )
+    if "warm_up_s" in rep:
+        warm = ", ".join(f"{k} {v:.1f} s" for k, v in rep["warm_up_s"].items())
+        lines.append(f"- warm-up at load (every chunk width, each decode graph): {warm}")
     if "prompt_chunks" in rep:
         chunks = ", ".join(
             f"{c['position']}: {c['ms']:.1f}" for c in rep["prompt_chunks"] if c["attempt"] == 1

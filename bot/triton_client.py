@@ -1,5 +1,5 @@
-"""Every network call to Triton: the rounds of this process's generations, over HTTP with
-tritonclient's aio client, binary tensors.
+"""Every network call to Triton: the rounds of this process's generations, over HTTP (aiohttp,
+with tritonclient's request and response codecs), binary tensors.
 
 A generation is a sequence (a random id) whose KV cache the server keeps. Each step is a row: the
 position of its first new token (0 starts the sequence), the new tokens, and flags. The rows of
@@ -20,6 +20,7 @@ import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
+from urllib.parse import quote
 
 import aiohttp
 import numpy as np
@@ -167,10 +168,12 @@ class TritonClient:
         self._outputs = [
             triton_http.InferRequestedOutput(name, binary_data=True) for name in io.RESPONSE_OUTPUTS
         ]
-        self._client: triton_http.InferenceServerClient | None = None
+        self._infer_url = f"http://{url}/v2/models/{quote(model)}/infer"
+        self._session: aiohttp.ClientSession | None = None  # the rounds' keep-alive connections
+        self._client: triton_http.InferenceServerClient | None = None  # model config (tritonclient)
         self._info: ModelInfo | None = None
         self._admit: asyncio.Semaphore | None = None
-        self.bytes_received = 0  # answers' payload (JSON header and tensors) since start
+        self.bytes_received = 0  # answers' bodies (JSON header and tensors) since start
         self.rows_answered = 0
 
     @property
@@ -181,6 +184,9 @@ class TritonClient:
 
     async def close(self) -> None:
         await self.gate.close()
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
         if self._client is not None:
             await self._client.close()
             self._client = None
@@ -257,15 +263,34 @@ class TritonClient:
             _tensor(io.FLAGS, np.array([flags], np.int32)),
             _tensor(io.INPUT_IDS, np.concatenate([r.ids for r in rows])[None]),
         ]
-        result = await self._call(
-            lambda: self.client.infer(self.model, inputs, outputs=self._outputs, headers=self._headers)
+        body, json_size = triton_http.InferenceServerClient.generate_request_body(
+            inputs, outputs=self._outputs
         )
+        headers = {**self._headers, "Inference-Header-Content-Length": str(json_size)}
+        if self._session is None:  # created lazily: aiohttp needs the running event loop
+            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None))
+
+        async def post() -> tuple[int, str | None, bytes]:
+            assert self._session is not None
+            async with self._session.post(self._infer_url, data=body, headers=headers) as response:
+                return (
+                    response.status,
+                    response.headers.get("Inference-Header-Content-Length"),
+                    await response.read(),
+                )
+
+        status_code, header_length, data = await self._call(post)
+        if status_code != 200:
+            try:
+                text = json.loads(data)["error"]
+            except (ValueError, KeyError, TypeError):
+                text = data[:200].decode("utf-8", "replace")
+            raise _classify(InferenceServerException(text, status=str(status_code)))
+        result = triton_http.InferenceServerClient.parse_response_body(data, header_length=header_length)
         status = result.as_numpy(io.STATUS)[0]
         ids, logits = result.as_numpy(io.CANDIDATE_IDS)[0], result.as_numpy(io.CANDIDATE_LOGITS)[0]
         full, errors = iter(result.as_numpy(io.LOGITS)[0]), iter(result.as_numpy(io.ERRORS)[0])
-        self.bytes_received += len(json.dumps(result.get_response())) + sum(
-            o.get("parameters", {}).get("binary_data_size", 0) for o in result.get_response()["outputs"]
-        )
+        self.bytes_received += len(data)
         self.rows_answered += len(rows)
         answers: list[StepOutput | BaseException] = []
         for i, row in enumerate(rows):

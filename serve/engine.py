@@ -23,7 +23,7 @@ import numpy as np
 import onnxruntime as ort
 
 from contract import triton_io as io
-from serve.plan import Row, plan_calls, rounds
+from serve.plan import Row, chunk_width, plan_calls, rounds
 from serve.runner import CallResult, DecodeGraph, KVBuffers, Runner, Shape, buckets, make_session
 from serve.slots import EVICT_AFTER_S, SlotTable
 from serve.steps import Output, Step, StepError
@@ -113,6 +113,23 @@ class KVEngine:
                 self.graph_steps,
             )
 
+    def warm_up(self) -> float:
+        """Run every shape this engine will meet once, at load, so that no user waits for a first
+        run (onnxruntime's CUDA provider takes ~0.05-0.5 s for a shape it has not run): the chunk
+        widths at a prompt's start and after it (on the probe's slot), and each decode graph (on
+        the free slots, captured). The seconds it took."""
+        t0 = time.monotonic()
+        probe, width = io.PROBE_SEQUENCE_ID, 16
+        while not self.ragged and 2 * width <= self.slot_length:
+            self.step([Step(probe, np.zeros(width, np.int64), 0)])
+            self.step([Step(probe, np.zeros(width, np.int64), width, end=True)])
+            width *= 2
+        for bucket in list(self.graphs):
+            dummies = [probe + 1 + i for i in range(bucket)]
+            self.step([Step(k, np.zeros(1, np.int64), 0) for k in dummies])
+            self.step([Step(k, np.zeros(1, np.int64), 1, end=True) for k in dummies])
+        return time.monotonic() - t0
+
     # ---- the step ---------------------------------------------------------------------------
     def step(self, steps: list[Step]) -> Output:
         """Each step's status and candidates (and the whole row where it asked).
@@ -168,7 +185,10 @@ class KVEngine:
                 if step.end:
                     self.table.free(step.sequence_id)
                 continue
-            rows.append(Row(i, seq.slot, seq.length, step.ids, step.full))
+            pad = (
+                0 if self.ragged else chunk_width(step.ids.size, seq.length, self.slot_length) - step.ids.size
+            )
+            rows.append(Row(i, seq.slot, seq.length, step.ids, step.full, pad))
         lengths = self.table.lengths()
         failed: set[int] = set()
         for call, graph in self._calls(rows, lengths):

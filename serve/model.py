@@ -105,6 +105,7 @@ class TritonPythonModel:
             float(params[io.PARAM_IDLE_SECONDS]),
         )
         self.logger = pb_utils.Logger
+        warm_s = self.engine.warm_up()
         labels = {"model": args["model_name"], "version": args["model_version"]}
         # The families must outlive their metrics: keep them on the instance.
         self.families = {
@@ -135,7 +136,8 @@ class TritonPythonModel:
         self.logger.log_info(
             f"rudialogpt: {provider} provider, {e.layers} layers, vocab {e.vocab_size}; "
             f"KV: {e.slots} slots x {e.slot_length} positions, {e.kv.nbytes / 1e9:.2f} GB "
-            f"{np.dtype(e.kv.dtype).name} on {e.device}; graphs: {','.join(map(str, e.graphs)) or 'off'}"
+            f"{np.dtype(e.kv.dtype).name} on {e.device}; graphs: {','.join(map(str, e.graphs)) or 'off'}; "
+            f"warmed up in {warm_s:.1f} s"
         )
 
     def _sweep(self) -> None:

@@ -29,6 +29,23 @@ class Row:
     past: int  # tokens of context before the new ones (the first new token's position)
     ids: np.ndarray
     full: bool = False  # the whole row of logits is wanted
+    pad: int = 0  # filler tokens after `ids` (see chunk_width); their cache entries are overwritten later
+
+    @property
+    def width(self) -> int:
+        return self.ids.size + self.pad
+
+
+def chunk_width(n: int, past: int, slot_length: int) -> int:
+    """The width a chunk of `n` tokens runs at in a graph without ragged chunks: the next power of
+    two from 16 (where the slot has room), so that few chunk shapes ever reach onnxruntime (its
+    CUDA provider pays ~0.05-0.5 s for each shape it has not run yet; they are run at load).
+
+    Filler tokens after a chunk are harmless there: attention is causal, the logits are taken at
+    the last real token, and the context length counts only the real ones, so the next real
+    tokens overwrite the fillers' cache entries."""
+    width = max(16, 1 << (n - 1).bit_length())
+    return width if n > 1 and past + width <= slot_length else n
 
 
 def rounds(sequence_ids: Sequence[int]) -> Iterator[list[int]]:
@@ -55,14 +72,14 @@ def plan_calls(rows: list[Row], lengths: dict[int, int], slot_length: int, ragge
     multi-token chunk in a call of its own."""
     calls: list[list[Row]] = []
     for row in sorted(rows, key=lambda r: r.slot):
-        alone = not ragged and (row.ids.size > 1 or (calls and calls[-1][0].ids.size > 1))
+        alone = not ragged and (row.width > 1 or (calls and calls[-1][0].width > 1))
         if calls and not alone:
             current = calls[-1]
             lo, hi = current[0].slot, current[-1].slot + 1
-            width = max(r.ids.size for r in current)
-            merged_width = max(width, row.ids.size)
+            width = max(r.width for r in current)
+            merged_width = max(width, row.width)
             merged = (row.slot + 1 - lo) * merged_width
-            apart = (hi - lo) * width + CALL_OVERHEAD_TOKENS + row.ids.size
+            apart = (hi - lo) * width + CALL_OVERHEAD_TOKENS + row.width
             fits = row.past + merged_width <= slot_length and all(
                 lengths.get(s, 1) + merged_width <= slot_length for s in range(lo, row.slot)
             )

@@ -193,7 +193,8 @@ def fill_rows(
         b, n = r.slot - lo, r.ids.size
         ids[b, :n] = r.ids
         pos[b] = np.minimum(r.past + np.arange(width), shape.max_positions - 1)
-        seqlens_k[b], query[b] = r.past + n - 1, n
+        # GQA writes the whole width (fillers included); the logits come from the last real token.
+        seqlens_k[b], query[b] = r.past + r.width - 1, n
 
 
 class Runner:
@@ -206,7 +207,7 @@ class Runner:
 
     def run(self, call: list[Row], lengths: dict[int, int]) -> CallResult:
         lo, hi = call[0].slot, call[-1].slot + 1
-        width, rows = max(r.ids.size for r in call), hi - lo
+        width, rows = max(r.width for r in call), hi - lo
         arrays: dict[str, np.ndarray] = {
             "ids": np.zeros((rows, width), np.int64),
             "pos": np.zeros((rows, width), np.int64),

@@ -343,3 +343,25 @@ def test_a_graph_without_ragged_chunks_serves_the_same(tiny_checkpoint, tmp_path
             seqs[k].append(30 + t)
             assert close(row, ref(seqs[k]))
     assert e.calls == 3 + 4 and e.rows_idle == 2
+
+
+def test_uniform_chunks_run_at_few_widths_and_load_warms_them(tiny_checkpoint, tmp_path, ref):
+    """Without ragged chunks a chunk runs at the next power of two from 16 (fillers after it): the
+    logits stay exact, the context counts the real tokens, and warm_up() runs every width and each
+    decode graph once at load, leaving every slot free."""
+    from export import serving_graph
+
+    cfg, weights = serving_graph.load_weights(tiny_checkpoint)
+    serving_graph.save(serving_graph.build(cfg, weights, ragged=False), tmp_path / "uniform.onnx")
+    e = KVEngine(make_session(str(tmp_path / "uniform.onnx")), slots=3, slot_length=128, decode_graphs="on")
+    widths = []
+    real = e.runner.run
+    e.runner.run = lambda call, lengths: widths.append(max(r.width for r in call)) or real(call, lengths)
+    assert e.warm_up() > 0 and not e.table.seqs and e.table.free_slots() == 3
+    assert sorted(set(widths)) == [1, 16, 32, 64] and all(g.runs for g in e.graphs.values())
+    widths.clear()
+    ids = tokens(95, 37)
+    out = rows_of(e, [start(1, ids[:20]), start(2, ids[:3])])
+    assert close(out[0], ref(ids[:20])) and close(out[1], ref(ids[:3]))
+    out = rows_of(e, [then(1, ids[20:37])])  # 17 tokens after 20: width 32
+    assert close(out[0], ref(ids)) and e.table[1].length == 37 and widths == [32, 16, 32]

@@ -131,17 +131,23 @@ def test_no_free_slot_is_unavailable_for_now(triton):
 def test_a_round_is_one_request_with_the_clients_routing_key(triton, monkeypatch):
     """Five generations stepping together: their rows travel as one request, which carries the
     client's routing key (a load balancer keeps this process's rounds on one replica)."""
+    import json
+
+    import aiohttp
+
     sent: list[tuple[int, str]] = []
+    real_post = aiohttp.ClientSession.post
+
+    def post(self, url, *, data, headers, **kwargs):
+        header = json.loads(data[: int(headers["Inference-Header-Content-Length"])])
+        rows = next(i["shape"][1] for i in header["inputs"] if i["name"] == io.SEQUENCE_IDS)
+        sent.append((rows, headers[io.ROUTING_HEADER]))
+        return real_post(self, url, data=data, headers=headers, **kwargs)
+
+    monkeypatch.setattr(aiohttp.ClientSession, "post", post)
 
     async def main():
         c = TritonClient(triton.url)
-        real = c.client.infer
-
-        async def infer(model, inputs, **kwargs):
-            sent.append((inputs[0].shape()[1], kwargs["headers"][io.ROUTING_HEADER]))
-            return await real(model, inputs, **kwargs)
-
-        monkeypatch.setattr(c.client, "infer", infer)
         try:
             await asyncio.gather(*(c.step(7200 + k, [1, 2, 3], 0) for k in range(5)))
             return c.routing_key
