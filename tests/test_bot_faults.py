@@ -18,7 +18,7 @@ import pytest
 
 from bot.console import UNAVAILABLE
 from bot.handlers import SORRY
-from bot.history import FILENAME, History
+from bot.history import FILENAME, merge_turns
 from bot.metrics import Metrics
 from bot.telegram import build_application
 from contract.dialogue import CONTEXT_TURNS, FIRST, SECOND
@@ -161,8 +161,7 @@ def test_python_m_bot_sigkilled_between_two_messages(tg, triton, model_repositor
         ("bot", texts[1]),
     ]
     # The second reply's prompt is the last CONTEXT_TURNS turns before it: the first exchange.
-    with History.in_dir(tmp_path / "data") as history:
-        turns = history.turns(CHAT, CONTEXT_TURNS + 1)
+    turns = merge_turns(reversed(rows(tmp_path / "data", CHAT)), CONTEXT_TURNS + 1)
     assert turns[:-1][-CONTEXT_TURNS:] == ["Меня зовут Аня", texts[0], "Как меня зовут?"]
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -12,8 +11,10 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from bot.history import FILENAME, DatabaseSettings, History, SQLiteStore, Store, open_store
+from bot.history import FILENAME, DatabaseSettings, Store, Unsent, open_store
 from bot.history_pg import MIGRATIONS, PostgresStore, redact
+from bot.history_sqlite import MIGRATIONS as SQLITE_MIGRATIONS
+from bot.history_sqlite import SQLiteStore
 
 CHAT, OTHER = 42, -1001234567890  # a supergroup id needs 64 bits
 Body = Callable[[Store], Awaitable[None]]
@@ -28,8 +29,9 @@ def backend(request, tmp_path) -> tuple[Path, DatabaseSettings]:
 
 @asynccontextmanager
 async def opened(backend: tuple[Path, DatabaseSettings], keep: int | None = None) -> AsyncIterator[Store]:
-    store = open_store(*backend)
-    if keep is not None:
+    if keep is None:
+        store = open_store(*backend)
+    else:
         store = PostgresStore(backend[1], keep) if backend[1].url else SQLiteStore(backend[0], keep)
     await store.start()
     try:
@@ -210,35 +212,146 @@ def test_chat_turn_lets_one_task_in_per_chat(backend):
     run(backend, body)
 
 
+# -- each message once, by Telegram's (chat id, message id) --------------------------------------
+
+
+def test_a_message_and_its_reply_are_stored_once_by_id(backend):
+    """Adding again (a retry after a lost commit acknowledgement, a redelivery) changes nothing."""
+
+    async def body(store: Store) -> None:
+        first = await store.add(CHAT, "user", "Привет", 7)
+        assert await store.add(CHAT, "user", "Привет", 7) == first
+        assert not await store.is_answered(CHAT, 7) and await store.unanswered() == [(CHAT, 7)]
+        reply = await store.add(CHAT, "bot", "Привет!", 7)
+        assert await store.add(CHAT, "bot", "Привет!", 7) == reply != first
+        assert await store.unsent(CHAT) == [Unsent(reply, 7, "Привет!")]  # stored before it is sent
+        for _ in range(2):
+            await store.mark_answered(CHAT, 7, reply=reply)
+        assert await store.is_answered(CHAT, 7) and await store.unanswered() == []
+        assert await store.unsent(CHAT) == [] and await store.turns(CHAT, 10) == ["Привет", "Привет!"]
+        assert not await store.is_answered(OTHER, 7)  # the id is Telegram's per chat
+
+    run(backend, body)
+
+
+def test_an_answer_covers_its_turn_a_command_only_itself(backend):
+    async def body(store: Store) -> None:
+        await store.add(CHAT, "user", "а", 1)  # its handling died: merged into the next turn
+        await store.add(CHAT, "user", "б", 2)
+        await store.mark_answered(CHAT, 2, reply=await store.add(CHAT, "bot", "ответ", 2))
+        assert await store.is_answered(CHAT, 1) and await store.is_answered(CHAT, 2)
+        await store.add(CHAT, "user", "в", 3)
+        await store.mark_answered(CHAT, 4, turn=False)  # /help, answered while "в" waits
+        assert await store.is_answered(CHAT, 4) and not await store.is_answered(CHAT, 3)
+        assert await store.unanswered() == [(CHAT, 3)] and await store.turns(CHAT, 3) == [
+            "а\nб",
+            "ответ",
+            "в",
+        ]
+
+    run(backend, body)
+
+
+def test_a_refused_reply_is_forgotten_a_sent_one_is_kept(backend):
+    async def body(store: Store) -> None:
+        await store.add(CHAT, "user", "а", 1)
+        refused = await store.add(CHAT, "bot", "не дошло", 1)
+        await store.forget(CHAT, refused)
+        assert await store.turns(CHAT, 3) == ["а"] and await store.unsent(CHAT) == []
+        sent = await store.add(CHAT, "bot", "дошло", 1)
+        await store.mark_answered(CHAT, 1, reply=sent)
+        await store.forget(CHAT, sent)  # only an unsent reply can be forgotten
+        assert await store.turns(CHAT, 3) == ["а", "дошло"]
+
+    run(backend, body)
+
+
+def test_reset_forgets_the_dialogue_not_which_messages_were_answered(backend):
+    async def body(store: Store) -> None:
+        await store.add(CHAT, "user", "а", 1)
+        await store.mark_answered(CHAT, 1, reply=await store.add(CHAT, "bot", "б", 1))
+        assert await store.reset(CHAT) == 2 and await store.turns(CHAT, 3) == []
+        assert await store.is_answered(CHAT, 1)  # delivered again after /reset: still not answered twice
+
+    run(backend, body)
+
+
+def test_the_inbox_is_pruned_per_chat(backend):
+    async def body(store: Store) -> None:
+        for i in range(1, 11):
+            await store.mark_answered(CHAT, i, turn=False)
+        await store.mark_answered(OTHER, 1, turn=False)
+        assert [await store.is_answered(CHAT, i) for i in range(1, 11)] == [False] * 6 + [True] * 4
+        assert await store.is_answered(OTHER, 1)
+
+    run(backend, body, keep=4)
+
+
 # -- SQLite only -------------------------------------------------------------------------------
+
+
+def rows(path: Path) -> list[tuple]:
+    with sqlite3.connect(path) as db:
+        return db.execute("SELECT id, chat_id, role, text, at FROM messages ORDER BY id").fetchall()
 
 
 def test_every_message_is_committed_at_once_in_wal_mode(tmp_path):
     """A second connection (another process after a crash) sees each message as soon as it is added."""
-    with History.in_dir(tmp_path) as store:
-        store.add(CHAT, "user", "сохранено")
+
+    async def main() -> None:
+        store = SQLiteStore(tmp_path)
+        await store.add(CHAT, "user", "сохранено", 1)
         other = sqlite3.connect(tmp_path / FILENAME)
         try:
             assert other.execute("PRAGMA journal_mode").fetchone() == ("wal",)
             assert other.execute("SELECT text FROM messages").fetchall() == [("сохранено",)]
         finally:
             other.close()
+            await store.close()
+
+    asyncio.run(main())
 
 
-def test_sqlite_shared_between_threads(tmp_path):
-    with History.in_dir(tmp_path) as history:
+def test_a_file_of_the_previous_version_is_migrated_without_loss(tmp_path):
+    """A history.sqlite3 as the v1 bot wrote it (its schema and statements, user_version 0)."""
+    path = tmp_path / FILENAME
+    with sqlite3.connect(path) as db:
+        db.executescript(SQLITE_MIGRATIONS[0])
+        for i, (role, text) in enumerate(DIALOGUE):
+            db.execute(
+                "INSERT INTO messages (chat_id, role, text, at) VALUES (?, ?, ?, ?)",
+                (CHAT, role, text, 1e9 + i),
+            )
+        db.execute("DELETE FROM messages WHERE id = 1")  # pruned, as v1 did
+    before = rows(path)
 
-        def writer(chat: int) -> None:
-            for i in range(50):
-                history.add(chat, "user" if i % 2 == 0 else "bot", f"{chat}-{i}")
+    async def main() -> None:
+        store = SQLiteStore(tmp_path)
+        try:
+            assert store.version == len(SQLITE_MIGRATIONS) == 2
+            assert await store.turns(CHAT, 10) == [text for _, text in DIALOGUE[1:]]
+            await store.add(CHAT, "user", "Новое", 9)
+            await store.add(CHAT, "user", "Новое", 9)
+            assert await store.turns(CHAT, 1) == ["Что делаешь?\nНовое"] and await store.unanswered() == [
+                (CHAT, 9)
+            ]
+        finally:
+            await store.close()
 
-        threads = [threading.Thread(target=writer, args=(chat,)) for chat in range(4)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        for chat in range(4):
-            assert history.turns(chat, 50) == [f"{chat}-{i}" for i in range(50)]
+    asyncio.run(main())
+    assert rows(path)[: len(before)] == before and len(rows(path)) == len(before) + 1  # ids and times kept
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA user_version").fetchone() == (2,)
+    asyncio.run(SQLiteStore(tmp_path).close())  # opened again: nothing left to migrate
+    assert len(rows(path)) == len(before) + 1
+
+
+def test_a_newer_file_is_refused(tmp_path):
+    asyncio.run(SQLiteStore(tmp_path).close())
+    with sqlite3.connect(tmp_path / FILENAME) as db:
+        db.execute(f"PRAGMA user_version = {len(SQLITE_MIGRATIONS) + 1}")
+    with pytest.raises(ValueError, match=rf"{FILENAME} has history schema v3, newer .* set BOT_DATA_DIR"):
+        SQLiteStore(tmp_path)
 
 
 # -- PostgreSQL only ---------------------------------------------------------------------------
@@ -263,6 +376,45 @@ def test_schema_is_created_once_and_versioned(database_url):
             await conn.close()
 
     assert asyncio.run(main()) == list(range(1, len(MIGRATIONS) + 1))
+
+
+def test_a_database_of_the_previous_version_is_migrated_without_loss(database_url):
+    """The v1 schema and rows as the v1 bot wrote them; two replicas of this bot start on it at once."""
+
+    async def main() -> tuple[list, list, list[int]]:
+        conn = await asyncpg.connect(database_url)
+        try:
+            async with conn.transaction():  # v1's migration
+                await conn.execute(
+                    "CREATE TABLE schema_version (version integer PRIMARY KEY, "
+                    "at timestamptz NOT NULL DEFAULT now())"
+                )
+                await conn.execute(MIGRATIONS[0])
+                await conn.execute("INSERT INTO schema_version (version) VALUES (1)")
+            for role, text in DIALOGUE:  # v1's add
+                await conn.execute(
+                    "INSERT INTO messages (chat_id, role, text) VALUES ($1, $2, $3)", CHAT, role, text
+                )
+            query = "SELECT id, chat_id, role, text, at FROM messages ORDER BY id"
+            before = await conn.fetch(query)
+            stores = [PostgresStore(settings(database_url)) for _ in range(2)]
+            await asyncio.gather(*(s.start() for s in stores))
+            try:
+                assert await stores[0].turns(CHAT, 10) == [text for _, text in DIALOGUE]
+                for store in stores:
+                    await store.add(CHAT, "user", "Новое", 9)
+                assert await stores[1].turns(CHAT, 1) == ["Что делаешь?\nНовое"]
+            finally:
+                for store in stores:
+                    await store.close()
+            versions = [r["version"] for r in await conn.fetch("SELECT version FROM schema_version")]
+            return before, await conn.fetch(query), versions
+        finally:
+            await conn.close()
+
+    before, after, versions = asyncio.run(main())
+    assert after[: len(before)] == before and len(after) == len(before) + 1  # ids and times kept
+    assert sorted(versions) == [1, 2] == list(range(1, len(MIGRATIONS) + 1))
 
 
 def test_a_newer_schema_is_refused(database_url):
