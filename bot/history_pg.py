@@ -15,6 +15,7 @@ commit whose acknowledgement was lost finds its work done (bot/history.py writes
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import socket
@@ -215,7 +216,8 @@ class PostgresStore(Store):
             await conn.execute("SELECT pg_advisory_xact_lock($1)", chat_id)
             return conn, transaction
         except BaseException:
-            conn.terminate()
+            with contextlib.suppress(asyncpg.InterfaceError):  # one lost was given back already
+                conn.terminate()
             await self._started(self._lock_pool).release(conn)
             raise
 
@@ -248,7 +250,8 @@ class PostgresStore(Store):
                         chat_id,
                         exc or type(exc).__name__,
                     )
-                    conn.terminate()
+                    with contextlib.suppress(asyncpg.InterfaceError):  # one lost was given back already
+                        conn.terminate()
                 finally:
                     await self._started(self._lock_pool).release(conn)
 
