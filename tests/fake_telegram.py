@@ -50,7 +50,8 @@ class FakeTelegram:
     def __init__(self, token: str = "123456:FAKE-token-for-tests"):
         self.token = token
         self.calls: list[Call] = []
-        self._updates: list[dict] = []
+        self.queued: list[dict] = []  # every update `message` made, in order
+        self._updates: list[dict] = []  # those not confirmed yet
         self._again: list[dict] = []  # updates handed out once more whatever the offset (`deliver`)
         self._chats: dict[int, dict] = {}
         self._failures: dict[str, list[tuple[int, str]]] = {}
@@ -116,6 +117,7 @@ class FakeTelegram:
             }
         update = {"update_id": next(self._ids), "message": message}
         with self._changed:
+            self.queued.append(update)
             self._updates.append(update)
             self._changed.notify_all()
         return update
@@ -147,6 +149,10 @@ class FakeTelegram:
             for c in list(self.calls)
             if c.method == method and (chat_id is None or c.params.get("chat_id") == str(chat_id))
         ]
+
+    def message_ids(self, chat_id: int) -> list[int]:
+        """The ids of the users' messages to the chat, in order."""
+        return [u["message"]["message_id"] for u in self.queued if u["message"]["chat"]["id"] == chat_id]
 
     def texts(self, chat_id: int) -> list[str]:
         """Texts the bot sent to the chat, in order."""

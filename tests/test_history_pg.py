@@ -4,6 +4,7 @@ refuses the password, or goes away while the bot runs (the real PostgreSQL of th
 from __future__ import annotations
 
 import asyncio
+import logging
 import subprocess
 import time
 from pathlib import Path
@@ -19,6 +20,7 @@ from bot.telegram import build_application
 from serve.server import free_port
 from tests.fake_telegram import FakeTelegram
 from tests.helpers import ROOT
+from tests.pg_proxy import CommitCutter
 from tests.telegram_harness import (
     LOCK_SECONDS,
     Replica,
@@ -150,3 +152,37 @@ def test_database_going_away_while_running(tg, triton, tokenizer, postgres, data
     assert turns == ["Привет!", texts[0], "А теперь?", texts[2], "Ещё раз", texts[3]]
     assert metrics.registry.get_sample_value("bot_errors_total", {"kind": "database"}) == 1
     assert metrics.registry.get_sample_value("bot_errors_total", {"kind": "unexpected"}) == 0
+
+
+# A text message's turn commits, in order: its message, the reply, the reply marked sent, the lock.
+TURN_COMMITS = {
+    "message": "database call failed",
+    "reply": "database call failed",
+    "sent": "database call failed",
+}
+TURN_COMMITS["lock"] = "lock connection lost by the end of its turn"
+
+
+@pytest.mark.parametrize("lost", TURN_COMMITS)
+def test_a_lost_commit_acknowledgement_still_answers_once(
+    tg, triton, tokenizer, postgres, database_url, tmp_path, caplog, lost
+):
+    """The server commits and the connection drops before the bot sees it (a proxy cuts it after
+    the server's answer): the bot retries, finds its work done, and answers each message once."""
+    caplog.set_level(logging.WARNING)
+    with CommitCutter(postgres.port) as proxy:
+        database = DatabaseSettings(proxy.url(database_url), 10, retry_seconds=10, lock_seconds=LOCK_SECONDS)
+        settings = Settings(tg.token, tg.url, tmp_path / "data", metrics_port=0, database=database)
+
+        async def body(dialogues):
+            proxy.lose(list(TURN_COMMITS).index(lost) + 1)
+            await say(tg, FIRST_CHAT, "Привет!")
+            await say(tg, FIRST_CHAT, "Как дела?")
+            await wait(lambda: dialogues.history.is_answered(FIRST_CHAT, tg.message_ids(FIRST_CHAT)[-1]))
+            return await dialogues.history.turns(FIRST_CHAT, 100), await dialogues.history.unsent(FIRST_CHAT)
+
+        turns, unsent = run_bot(build_application(chatbot(triton.url, tokenizer), settings), body)
+    texts = tg.texts(FIRST_CHAT)
+    assert proxy.cut == 1 and TURN_COMMITS[lost] in caplog.text  # lost, and the bot noticed
+    assert len(texts) == 2 and all(generated(t) for t in texts) and unsent == []
+    assert turns == ["Привет!", texts[0], "Как дела?", texts[1]]
