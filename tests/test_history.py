@@ -191,12 +191,22 @@ def test_concurrent_tasks_of_many_chats(backend):
     run(backend, body)
 
 
-async def turn(store: Store, chat: int, name: str, hold: float, log: list[str]) -> None:
-    """Hold the chat's turn for `hold` seconds; log when it was entered and left."""
+async def turn(
+    store: Store, chat: int, name: str, hold: float, log: list[str], until: asyncio.Event | None = None
+) -> None:
+    """Hold the chat's turn for `hold` seconds (and `until` is set); log when it was entered and left."""
     async with store.chat_turn(chat):
         log.append(f"{name} in")
         await asyncio.sleep(hold)
+        if until:
+            await until.wait()
         log.append(f"{name} out")
+
+
+async def entered(log: list[str], name: str) -> None:
+    """Wait until `name` holds its turn (taking PostgreSQL's lock may take long on a busy machine)."""
+    while f"{name} in" not in log:
+        await asyncio.sleep(0.01)
 
 
 def test_chat_turn_lets_one_task_in_per_chat(backend):
@@ -204,9 +214,15 @@ def test_chat_turn_lets_one_task_in_per_chat(backend):
 
     async def body(store: Store) -> None:
         log: list[str] = []
-        first = asyncio.create_task(turn(store, CHAT, "a", 0.3, log))
-        await asyncio.sleep(0.1)
-        await asyncio.gather(first, turn(store, CHAT, "b", 0, log), turn(store, OTHER, "c", 0, log))
+        other_done = asyncio.Event()
+
+        async def other_chat() -> None:
+            await turn(store, OTHER, "c", 0, log)
+            other_done.set()
+
+        first = asyncio.create_task(turn(store, CHAT, "a", 0, log, until=other_done))
+        await entered(log, "a")
+        await asyncio.gather(first, turn(store, CHAT, "b", 0, log), other_chat())
         assert log == ["a in", "c in", "c out", "a out", "b in", "b out"]
 
     run(backend, body)
@@ -464,7 +480,7 @@ def test_a_live_holder_keeps_its_lock_past_the_bound(database_url):
         log: list[str] = []
         try:
             first = asyncio.create_task(turn(a, CHAT, "a", 3.0, log))  # three bounds long
-            await asyncio.sleep(0.3)
+            await entered(log, "a")
             await asyncio.gather(first, turn(b, CHAT, "b", 0, log))
         finally:
             await a.close()
