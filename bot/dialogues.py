@@ -26,7 +26,7 @@ from telegram.error import NetworkError, TelegramError, TimedOut
 from bot.chat import ChatBot, Reply
 from bot.console import RESET_DONE, UNAVAILABLE
 from bot.drafts import Drafts
-from bot.history import Store, StoreUnavailable
+from bot.history import Store
 from bot.metrics import Metrics
 from bot.streaming import OnText
 from bot.text import split_message
@@ -171,8 +171,8 @@ class Dialogues:
                     if new:
                         log.info("chat %d: answering message %d, left unanswered", chat_id, message_id)
                         await self._reply(stand_in(bot, chat_id, message_id), quote=True)
-            except (TelegramError, StoreUnavailable) as exc:
-                log.warning("chat %d: message %d is still unanswered: %s", chat_id, message_id, exc)
+            except Exception:  # the next chat is tried all the same
+                log.exception("chat %d: message %d is still unanswered", chat_id, message_id)
 
     def _count(self, reply: Reply, started: float, first_shown: float | None) -> None:
         """Metrics and a log line for a reply just sent."""
