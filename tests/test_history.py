@@ -1,9 +1,9 @@
-"""bot/history.py and bot/history_pg.py: the same store tests against SQLite and a real PostgreSQL."""
+"""bot/history.py: the same store tests against SQLite and a real PostgreSQL; PostgreSQL's chat lock.
+Each backend's own schema and migrations: test_history_sqlite.py, test_history_pg.py."""
 
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -12,8 +12,7 @@ import asyncpg
 import pytest
 
 from bot.history import FILENAME, DatabaseSettings, Store, Unsent, open_store
-from bot.history_pg import MIGRATIONS, PostgresStore, redact
-from bot.history_sqlite import MIGRATIONS as SQLITE_MIGRATIONS
+from bot.history_pg import PostgresStore, redact
 from bot.history_sqlite import SQLiteStore
 
 CHAT, OTHER = 42, -1001234567890  # a supergroup id needs 64 bits
@@ -303,148 +302,11 @@ def test_the_inbox_is_pruned_per_chat(backend):
     run(backend, body, keep=4)
 
 
-# -- SQLite only -------------------------------------------------------------------------------
-
-
-def rows(path: Path) -> list[tuple]:
-    with sqlite3.connect(path) as db:
-        return db.execute("SELECT id, chat_id, role, text, at FROM messages ORDER BY id").fetchall()
-
-
-def test_every_message_is_committed_at_once_in_wal_mode(tmp_path):
-    """A second connection (another process after a crash) sees each message as soon as it is added."""
-
-    async def main() -> None:
-        store = SQLiteStore(tmp_path)
-        await store.add(CHAT, "user", "сохранено", 1)
-        other = sqlite3.connect(tmp_path / FILENAME)
-        try:
-            assert other.execute("PRAGMA journal_mode").fetchone() == ("wal",)
-            assert other.execute("SELECT text FROM messages").fetchall() == [("сохранено",)]
-        finally:
-            other.close()
-            await store.close()
-
-    asyncio.run(main())
-
-
-def test_a_file_of_the_previous_version_is_migrated_without_loss(tmp_path):
-    """A history.sqlite3 as the v1 bot wrote it (its schema and statements, user_version 0)."""
-    path = tmp_path / FILENAME
-    with sqlite3.connect(path) as db:
-        db.executescript(SQLITE_MIGRATIONS[0])
-        for i, (role, text) in enumerate(DIALOGUE):
-            db.execute(
-                "INSERT INTO messages (chat_id, role, text, at) VALUES (?, ?, ?, ?)",
-                (CHAT, role, text, 1e9 + i),
-            )
-        db.execute("DELETE FROM messages WHERE id = 1")  # pruned, as v1 did
-    before = rows(path)
-
-    async def main() -> None:
-        store = SQLiteStore(tmp_path)
-        try:
-            assert store.version == len(SQLITE_MIGRATIONS) == 2
-            assert await store.turns(CHAT, 10) == [text for _, text in DIALOGUE[1:]]
-            await store.add(CHAT, "user", "Новое", 9)
-            await store.add(CHAT, "user", "Новое", 9)
-            assert await store.turns(CHAT, 1) == ["Что делаешь?\nНовое"] and await store.unanswered() == [
-                (CHAT, 9)
-            ]
-        finally:
-            await store.close()
-
-    asyncio.run(main())
-    assert rows(path)[: len(before)] == before and len(rows(path)) == len(before) + 1  # ids and times kept
-    with sqlite3.connect(path) as db:
-        assert db.execute("PRAGMA user_version").fetchone() == (2,)
-    asyncio.run(SQLiteStore(tmp_path).close())  # opened again: nothing left to migrate
-    assert len(rows(path)) == len(before) + 1
-
-
-def test_a_newer_file_is_refused(tmp_path):
-    asyncio.run(SQLiteStore(tmp_path).close())
-    with sqlite3.connect(tmp_path / FILENAME) as db:
-        db.execute(f"PRAGMA user_version = {len(SQLITE_MIGRATIONS) + 1}")
-    with pytest.raises(ValueError, match=rf"{FILENAME} has history schema v3, newer .* set BOT_DATA_DIR"):
-        SQLiteStore(tmp_path)
-
-
-# -- PostgreSQL only ---------------------------------------------------------------------------
+# -- PostgreSQL only: the lock's bound ----------------------------------------------------------
 
 
 def settings(url: str, **kw: float) -> DatabaseSettings:
     return DatabaseSettings(url, **{"connect_seconds": 5, "retry_seconds": 2, "lock_seconds": 3, **kw})
-
-
-def test_schema_is_created_once_and_versioned(database_url):
-    async def main() -> list[int]:
-        stores = [PostgresStore(settings(database_url)) for _ in range(3)]
-        await asyncio.gather(*(s.start() for s in stores))  # three replicas starting at once
-        for s in stores:
-            await s.close()
-        conn = await asyncpg.connect(database_url)
-        try:
-            return [
-                r["version"] for r in await conn.fetch("SELECT version FROM schema_version ORDER BY version")
-            ]
-        finally:
-            await conn.close()
-
-    assert asyncio.run(main()) == list(range(1, len(MIGRATIONS) + 1))
-
-
-def test_a_database_of_the_previous_version_is_migrated_without_loss(database_url):
-    """The v1 schema and rows as the v1 bot wrote them; two replicas of this bot start on it at once."""
-
-    async def main() -> tuple[list, list, list[int]]:
-        conn = await asyncpg.connect(database_url)
-        try:
-            async with conn.transaction():  # v1's migration
-                await conn.execute(
-                    "CREATE TABLE schema_version (version integer PRIMARY KEY, "
-                    "at timestamptz NOT NULL DEFAULT now())"
-                )
-                await conn.execute(MIGRATIONS[0])
-                await conn.execute("INSERT INTO schema_version (version) VALUES (1)")
-            for role, text in DIALOGUE:  # v1's add
-                await conn.execute(
-                    "INSERT INTO messages (chat_id, role, text) VALUES ($1, $2, $3)", CHAT, role, text
-                )
-            query = "SELECT id, chat_id, role, text, at FROM messages ORDER BY id"
-            before = await conn.fetch(query)
-            stores = [PostgresStore(settings(database_url)) for _ in range(2)]
-            await asyncio.gather(*(s.start() for s in stores))
-            try:
-                assert await stores[0].turns(CHAT, 10) == [text for _, text in DIALOGUE]
-                for store in stores:
-                    await store.add(CHAT, "user", "Новое", 9)
-                assert await stores[1].turns(CHAT, 1) == ["Что делаешь?\nНовое"]
-            finally:
-                for store in stores:
-                    await store.close()
-            versions = [r["version"] for r in await conn.fetch("SELECT version FROM schema_version")]
-            return before, await conn.fetch(query), versions
-        finally:
-            await conn.close()
-
-    before, after, versions = asyncio.run(main())
-    assert after[: len(before)] == before and len(after) == len(before) + 1  # ids and times kept
-    assert sorted(versions) == [1, 2] == list(range(1, len(MIGRATIONS) + 1))
-
-
-def test_a_newer_schema_is_refused(database_url):
-    async def main() -> None:
-        store = PostgresStore(settings(database_url))
-        await store.start()
-        await store.close()
-        conn = await asyncpg.connect(database_url)
-        await conn.execute("INSERT INTO schema_version (version) VALUES ($1)", len(MIGRATIONS) + 1)
-        await conn.close()
-        with pytest.raises(ValueError, match=rf"BOT_DATABASE_URL: .*schema v{len(MIGRATIONS) + 1}, newer"):
-            await PostgresStore(settings(database_url)).start()
-
-    asyncio.run(main())
 
 
 def test_the_lock_of_a_hung_holder_goes_after_the_bound(database_url):
