@@ -10,7 +10,7 @@ from telegram.constants import ChatType
 from telegram.error import TelegramError
 from telegram.ext import Application, CommandHandler, ContextTypes, ExtBot, JobQueue, MessageHandler, filters
 
-from bot.console import RESET_DONE, UNAVAILABLE
+from bot.console import UNAVAILABLE
 from bot.dialogues import Dialogues
 from bot.history import StoreUnavailable
 from bot.text import without_mention
@@ -73,20 +73,17 @@ def message_of(update: Update) -> Message:
 
 async def start(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     """Greet the user and say what the bot is."""
-    await message_of(update).reply_text(START)
+    await dialogues(context).once(message_of(update), START)
 
 
 async def help_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     """Explain how to talk to the bot."""
-    await message_of(update).reply_text(HELP)
+    await dialogues(context).once(message_of(update), HELP)
 
 
 async def reset(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     """Forget this chat's dialogue (after any reply still being written)."""
-    message = message_of(update)
-    async with dialogues(context).lock(message.chat_id):
-        await dialogues(context).history.reset(message.chat_id)
-    await message.reply_text(RESET_DONE)
+    await dialogues(context).reset(message_of(update))
 
 
 async def on_text(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
@@ -98,18 +95,19 @@ async def on_text(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
 
 async def not_text(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     """Tell the user that only text is understood (stickers, photos, voice…)."""
-    await message_of(update).reply_text(NOT_TEXT)
+    await dialogues(context).once(message_of(update), NOT_TEXT)
 
 
 async def refuse(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-    """Refuse a chat that is not on ALLOWED_CHAT_IDS."""
+    """Refuse a chat that is not on ALLOWED_CHAT_IDS (nothing of it is stored: a message delivered
+    again is refused again)."""
     message = message_of(update)
     log.info("chat %d is not allowed", message.chat_id)
     await message.reply_text(REFUSED)
 
 
 async def on_error(update: object, context: ContextTypes.DEFAULT_TYPE) -> None:
-    """Log the error with its traceback and apologise to the user."""
+    """Log the error with its traceback, apologise to the user and record the message as answered."""
     log.error("error while handling an update", exc_info=context.error)
     unavailable = isinstance(context.error, StoreUnavailable)  # the history's database is down
     kind = (
@@ -120,11 +118,18 @@ async def on_error(update: object, context: ContextTypes.DEFAULT_TYPE) -> None:
         else "unexpected"
     )
     dialogues(context).metrics.errors.labels(kind).inc()
-    if isinstance(update, Update) and update.effective_message:
+    message = update.effective_message if isinstance(update, Update) else None
+    if message is None:
+        return
+    try:
+        await message.reply_text(UNAVAILABLE if unavailable else SORRY)
+    except TelegramError as exc:
+        log.warning("could not apologise: %s", exc)
+    if not unavailable:  # answered by the apology: not again at the next start or when delivered again
         try:
-            await update.effective_message.reply_text(UNAVAILABLE if unavailable else SORRY)
-        except TelegramError as exc:
-            log.warning("could not apologise: %s", exc)
+            await dialogues(context).history.mark_answered(message.chat_id, message.message_id, turn=False)
+        except StoreUnavailable as exc:
+            log.warning("could not record the apology: %s", exc)
 
 
 def add_handlers(application: BotApplication, allowed_chat_ids: frozenset[int]) -> None:

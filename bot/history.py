@@ -1,42 +1,39 @@
-"""The Telegram bot's dialogue history: the store interface, its SQLite backend and `open_store`.
+"""The Telegram bot's dialogue history: the store's logic, once for both backends, and `open_store`.
 
-SQLite (a file in BOT_DATA_DIR) is the embedded default; with BOT_DATABASE_URL set the history
-lives in PostgreSQL (bot/history_pg.py), shared by every replica of the bot. Each message is
-committed the moment it is added, so a crash loses nothing said before it. `reset` deletes the
-chat's rows: a forgotten dialogue is gone, not hidden. Consecutive messages of one speaker (the
-user wrote again after a failed reply) come back as one turn, so the prompt keeps alternating
-speakers. `chat_turn` is the per-chat lock: one reply at a time per chat (cluster-wide in
-PostgreSQL, per process in SQLite).
+SQLite (bot/history_sqlite.py, a file in BOT_DATA_DIR) is the embedded default; with
+BOT_DATABASE_URL set the history lives in PostgreSQL (bot/history_pg.py), shared by every replica
+of the bot. Both run the statements below (asyncpg's `$n` parameters; the SQLite connection takes
+them too) and differ only in how they connect, migrate, retry and lock.
+
+Each incoming message is known by Telegram's (chat id, message id): the `inbox` table has one row
+per message and says whether it was answered, so a message delivered again (a lost getUpdates
+confirmation, a webhook retry, the same update at two replicas) is acknowledged and not answered
+twice. The dialogue is in `messages`: the user's message under its id, the bot's reply under the
+id of the message it answers, stored before it is sent and marked sent when Telegram took it (the
+same transaction marks the message answered). Every write is one transaction, and doing it again
+(a retry after a lost commit acknowledgement) changes nothing. `reset` deletes the chat's
+dialogue: a forgotten dialogue is gone, not hidden; the inbox keeps only the bare ids. Consecutive
+messages of one speaker (the user wrote again after a failed reply) come back as one turn, so the
+prompt keeps alternating speakers. `chat_turn` is the per-chat lock: one message at a time per
+chat (cluster-wide in PostgreSQL, per process in SQLite).
 """
 
 from __future__ import annotations
 
+import abc
 import asyncio
-import sqlite3
-import threading
-import time
 import weakref
-from collections.abc import AsyncIterator, Iterable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from collections.abc import Awaitable, Callable, Iterable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol, TypeVar
 
 Role = Literal["user", "bot"]
+T = TypeVar("T")
 FILENAME = "history.sqlite3"
-KEEP_ROWS = 200  # per chat: older rows are deleted as new ones come
+KEEP_ROWS = 200  # per chat, in messages and in the inbox: older rows are deleted as new ones come
 DATABASE_URL = "BOT_DATABASE_URL"  # the variable that switches the history to PostgreSQL
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS messages (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    chat_id INTEGER NOT NULL,
-    role TEXT NOT NULL CHECK (role IN ('user', 'bot')),
-    text TEXT NOT NULL,
-    at REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS messages_by_chat ON messages (chat_id, id);
-"""
 
 
 class StoreUnavailable(Exception):
@@ -54,28 +51,22 @@ class DatabaseSettings:
     lock_seconds: float = 30.0  # BOT_CHAT_LOCK_SECONDS: a hung replica holds a chat's lock at most this long
 
 
-class Store(Protocol):
-    """What the bot needs of a history store; every method may raise StoreUnavailable."""
+@dataclass(frozen=True)
+class Unsent:
+    """A reply stored but not known to have reached Telegram (its sender died or lost the call)."""
 
-    where: str  # for the start-up log line: the file, or the database URL without its password
+    row: int
+    message_id: int  # the message it answers
+    text: str
 
-    async def start(self) -> None:
-        """Connect (retrying within the settings' window) and create or migrate the schema."""
 
-    async def add(self, chat_id: int, role: Role, text: str) -> None:
-        """Append one message and commit it; the chat's rows beyond `keep` are dropped."""
+class Connection(Protocol):
+    """The calls the store makes: asyncpg's Connection, or bot/history_sqlite.py's stand-in."""
 
-    async def turns(self, chat_id: int, n: int) -> list[str]:
-        """The chat's last `n` turns, oldest first; a speaker's consecutive messages form one turn."""
-
-    async def reset(self, chat_id: int) -> int:
-        """Forget the chat's dialogue; the number of messages forgotten."""
-
-    def chat_turn(self, chat_id: int) -> AbstractAsyncContextManager[None]:
-        """Hold the chat's lock for the block: one reply at a time per chat, in order of arrival."""
-
-    async def close(self) -> None:
-        """Release the connections (or the file)."""
+    async def execute(self, sql: str, *args: object) -> str: ...
+    async def fetch(self, sql: str, *args: object) -> list[Any]: ...
+    async def fetchval(self, sql: str, *args: object) -> Any: ...
+    def transaction(self) -> AbstractAsyncContextManager[Any]: ...
 
 
 def check_role(role: str) -> None:
@@ -109,88 +100,149 @@ class ChatLocks:
         return lock
 
 
-class History:
-    """Messages per chat in one SQLite file; one instance may be shared by tasks and threads."""
-
-    def __init__(self, path: Path, keep: int = KEEP_ROWS):
-        self.path, self.keep = Path(path), keep
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock = threading.Lock()
-        self._db = sqlite3.connect(self.path, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.executescript(_SCHEMA)
-
-    @classmethod
-    def in_dir(cls, folder: Path) -> History:
-        """The store `history.sqlite3` in `folder` (created if missing)."""
-        return cls(Path(folder) / FILENAME)
-
-    def add(self, chat_id: int, role: Role, text: str) -> None:
-        """Append one message and commit it; the chat's rows beyond `keep` are dropped."""
-        with self._lock, self._db:
-            self._db.execute(
-                "INSERT INTO messages (chat_id, role, text, at) VALUES (?, ?, ?, ?)",
-                (chat_id, role, text, time.time()),
-            )
-            self._db.execute(
-                "DELETE FROM messages WHERE chat_id = ? AND id <= (SELECT id FROM messages "
-                "WHERE chat_id = ? ORDER BY id DESC LIMIT 1 OFFSET ?)",
-                (chat_id, chat_id, self.keep),
-            )
-
-    def turns(self, chat_id: int, n: int) -> list[str]:
-        """The chat's last `n` turns, oldest first; a speaker's consecutive messages form one turn."""
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT role, text FROM messages WHERE chat_id = ? ORDER BY id DESC", (chat_id,)
-            )
-            return merge_turns(rows, n)
-
-    def reset(self, chat_id: int) -> int:
-        """Forget the chat's dialogue (its rows are deleted); the number of messages forgotten."""
-        with self._lock, self._db:
-            return self._db.execute("DELETE FROM messages WHERE chat_id = ?", (chat_id,)).rowcount
-
-    def close(self) -> None:
-        with self._lock:
-            self._db.close()
-
-    def __enter__(self) -> History:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+PRUNE = (
+    "DELETE FROM {table} WHERE chat_id = $1 AND {key} <= "
+    "(SELECT {key} FROM {table} WHERE chat_id = $1 ORDER BY {key} DESC LIMIT 1 OFFSET $2)"
+)
 
 
-class SQLiteStore:
-    """The Store over a History file: calls take well under a millisecond, so they run inline; the
-    chat lock is per process (one replica only)."""
+class Store(abc.ABC):
+    """The history; every method may raise StoreUnavailable. A backend connects, migrates, runs a
+    call on a connection (`_run`) and locks a chat; the statements are the same for both."""
 
-    def __init__(self, folder: Path, keep: int = KEEP_ROWS):
-        self.history = History(Path(folder) / FILENAME, keep)
-        self.where = f"SQLite {self.history.path}"
-        self._locks = ChatLocks()
+    where: str  # for the start-up log line: the file, or the database URL without its password
+    keep: int = KEEP_ROWS
+    NOW: str  # the backend's SQL for the current time, as its `messages.at` holds it
 
+    @abc.abstractmethod
     async def start(self) -> None:
-        """Nothing to connect to: the file was opened with the store."""
+        """Connect (retrying within the settings' window) and create or migrate the schema."""
 
-    async def add(self, chat_id: int, role: Role, text: str) -> None:
+    @abc.abstractmethod
+    def chat_turn(self, chat_id: int) -> AbstractAsyncContextManager[None]:
+        """Hold the chat's lock for the block: one message at a time per chat, in order of arrival."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Release the connections (or the file)."""
+
+    @abc.abstractmethod
+    async def _run(self, work: Callable[[Connection], Awaitable[T]]) -> T:
+        """`work(connection)`; PostgreSQL retries it on a lost connection."""
+
+    async def add(self, chat_id: int, role: Role, text: str, message_id: int | None = None) -> int:
+        """Store a message and commit it; its row id. With `message_id` (Telegram's: the user's
+        message, or the one a reply answers) it is stored once: adding it again gives the same row.
+        Such a user's message enters the inbox unanswered; such a reply is stored unsent, until
+        `mark_answered` marks it. The chat's rows beyond `keep` are dropped."""
         check_role(role)
-        self.history.add(chat_id, role, text)
+
+        async def insert(conn: Connection) -> int:
+            async with conn.transaction():
+                if role == "user" and message_id is not None:
+                    await conn.execute(
+                        "INSERT INTO inbox (chat_id, message_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                        chat_id,
+                        message_id,
+                    )
+                row: int = await conn.fetchval(
+                    "INSERT INTO messages (chat_id, role, text, message_id, sent, at) "
+                    f"VALUES ($1, $2, $3, $4, $5, {self.NOW}) ON CONFLICT (chat_id, message_id, role) "
+                    "DO UPDATE SET text = excluded.text RETURNING id",
+                    chat_id,
+                    role,
+                    text,
+                    message_id,
+                    role == "user" or message_id is None,
+                )
+                await conn.execute(PRUNE.format(table="messages", key="id"), chat_id, self.keep)
+                return row
+
+        return await self._run(insert)
 
     async def turns(self, chat_id: int, n: int) -> list[str]:
-        return self.history.turns(chat_id, n)
+        """The chat's last `n` turns, oldest first; a speaker's consecutive messages form one turn."""
+        rows = await self._run(
+            lambda conn: conn.fetch(
+                "SELECT role, text FROM messages WHERE chat_id = $1 ORDER BY id DESC", chat_id
+            )
+        )
+        return merge_turns(((row["role"], row["text"]) for row in rows), n)
 
     async def reset(self, chat_id: int) -> int:
-        return self.history.reset(chat_id)
+        """Forget the chat's dialogue (its rows are deleted); the number of messages forgotten."""
+        status = await self._run(
+            lambda conn: conn.execute("DELETE FROM messages WHERE chat_id = $1", chat_id)
+        )
+        return int(status.split()[-1])
 
-    @asynccontextmanager
-    async def chat_turn(self, chat_id: int) -> AsyncIterator[None]:
-        async with self._locks(chat_id):
-            yield
+    async def is_answered(self, chat_id: int, message_id: int) -> bool:
+        """Whether the message was answered already (it is being delivered again)."""
+        answered = await self._run(
+            lambda conn: conn.fetchval(
+                "SELECT EXISTS (SELECT 1 FROM inbox WHERE chat_id = $1 AND message_id = $2 AND answered)",
+                chat_id,
+                message_id,
+            )
+        )
+        return bool(answered)
 
-    async def close(self) -> None:
-        self.history.close()
+    async def mark_answered(
+        self, chat_id: int, message_id: int, reply: int | None = None, turn: bool = True
+    ) -> None:
+        """Record, in one transaction, that the message was answered: by the stored reply `reply`
+        (now sent), or by a fixed text; with `turn`, so were the chat's earlier unanswered messages
+        (they were merged into this turn, or forgotten by /reset)."""
+
+        async def mark(conn: Connection) -> None:
+            async with conn.transaction():
+                if reply is not None:
+                    await conn.execute("UPDATE messages SET sent = TRUE WHERE id = $1", reply)
+                await conn.execute(
+                    "INSERT INTO inbox (chat_id, message_id, answered) VALUES ($1, $2, TRUE) "
+                    "ON CONFLICT (chat_id, message_id) DO UPDATE SET answered = TRUE",
+                    chat_id,
+                    message_id,
+                )
+                if turn:
+                    await conn.execute(
+                        "UPDATE inbox SET answered = TRUE "
+                        "WHERE chat_id = $1 AND message_id < $2 AND NOT answered",
+                        chat_id,
+                        message_id,
+                    )
+                await conn.execute(PRUNE.format(table="inbox", key="message_id"), chat_id, self.keep)
+
+        await self._run(mark)
+
+    async def unsent(self, chat_id: int) -> list[Unsent]:
+        """The chat's replies stored but not marked sent, oldest first."""
+        rows = await self._run(
+            lambda conn: conn.fetch(
+                "SELECT id, message_id, text FROM messages WHERE chat_id = $1 AND NOT sent ORDER BY id",
+                chat_id,
+            )
+        )
+        return [Unsent(row["id"], row["message_id"], row["text"]) for row in rows]
+
+    async def forget(self, chat_id: int, row: int) -> None:
+        """Delete an unsent reply (Telegram refused it: the user never saw it)."""
+        await self._run(
+            lambda conn: conn.execute(
+                "DELETE FROM messages WHERE id = $1 AND chat_id = $2 AND NOT sent", row, chat_id
+            )
+        )
+
+    async def unanswered(self) -> list[tuple[int, int]]:
+        """(chat id, its newest unanswered message id) for every chat with a message stored and not
+        answered: its handling died with its process, or is under way on another replica."""
+        rows = await self._run(
+            lambda conn: conn.fetch(
+                "SELECT chat_id, max(message_id) AS message_id FROM inbox WHERE NOT answered "
+                "GROUP BY chat_id ORDER BY chat_id"
+            )
+        )
+        return [(row["chat_id"], row["message_id"]) for row in rows]
 
 
 def open_store(data_dir: Path, database: DatabaseSettings) -> Store:
@@ -200,4 +252,6 @@ def open_store(data_dir: Path, database: DatabaseSettings) -> Store:
         from bot.history_pg import PostgresStore
 
         return PostgresStore(database)
+    from bot.history_sqlite import SQLiteStore
+
     return SQLiteStore(data_dir)

@@ -8,12 +8,14 @@ at once when a replica dies (its socket closes); after BOT_CHAT_LOCK_SECONDS whe
 cut off, because the holder proves it lives by a query every third of that time and the server
 ends a transaction idle for longer (idle_in_transaction_session_timeout). Messages are written on
 other pooled connections and committed at once, as in SQLite. A lost connection is retried with
-backoff for BOT_DATABASE_RETRY_SECONDS, then the call raises StoreUnavailable.
+backoff for BOT_DATABASE_RETRY_SECONDS, then the call raises StoreUnavailable; a retry after a
+commit whose acknowledgement was lost finds its work done (bot/history.py writes idempotently).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import socket
@@ -29,11 +31,10 @@ from bot.history import (
     DATABASE_URL,
     KEEP_ROWS,
     ChatLocks,
+    Connection,
     DatabaseSettings,
-    Role,
+    Store,
     StoreUnavailable,
-    check_role,
-    merge_turns,
 )
 
 log = logging.getLogger(__name__)
@@ -49,6 +50,17 @@ MIGRATIONS = (
         at timestamptz NOT NULL DEFAULT now()
     );
     CREATE INDEX messages_by_chat ON messages (chat_id, id);""",
+    # v2: each message once, by Telegram's (chat id, message id); replies sent or not; the inbox
+    """ALTER TABLE messages ADD COLUMN message_id bigint, ADD COLUMN sent boolean NOT NULL DEFAULT true;
+    CREATE UNIQUE INDEX messages_once ON messages (chat_id, message_id, role);
+    CREATE INDEX messages_unsent ON messages (chat_id) WHERE NOT sent;
+    CREATE TABLE inbox (
+        chat_id bigint NOT NULL,
+        message_id bigint NOT NULL,
+        answered boolean NOT NULL DEFAULT false,
+        PRIMARY KEY (chat_id, message_id)
+    );
+    CREATE INDEX inbox_unanswered ON inbox (chat_id) WHERE NOT answered;""",
 )
 MIGRATION_LOCK = (0x626F74, 1)  # two-int advisory key: a key space apart from the chats' bigint keys
 DATA_CONNECTIONS = 4  # per replica, for the short reads and writes
@@ -96,8 +108,10 @@ def redact(url: str) -> str:
     return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
 
 
-class PostgresStore:
+class PostgresStore(Store):
     """The Store in PostgreSQL; `await start()` before use, `await close()` after."""
+
+    NOW = "now()"
 
     def __init__(self, settings: DatabaseSettings, keep: int = KEEP_ROWS):
         self.settings, self.keep = settings, keep
@@ -184,43 +198,12 @@ class PostgresStore:
             call, self.settings.retry_seconds, 0.1, 2.0, "database call failed", unavailable
         )
 
-    async def _run(self, work: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
+    async def _run(self, work: Callable[[Connection], Awaitable[T]]) -> T:
         async def attempt() -> T:
             async with self._started(self._pool).acquire() as conn:
                 return await work(conn)
 
         return await self._retrying(attempt)
-
-    async def add(self, chat_id: int, role: Role, text: str) -> None:
-        check_role(role)
-
-        async def insert(conn: asyncpg.Connection) -> None:
-            async with conn.transaction():
-                await conn.execute(
-                    "INSERT INTO messages (chat_id, role, text) VALUES ($1, $2, $3)", chat_id, role, text
-                )
-                await conn.execute(
-                    "DELETE FROM messages WHERE chat_id = $1 AND id <= (SELECT id FROM messages "
-                    "WHERE chat_id = $1 ORDER BY id DESC LIMIT 1 OFFSET $2)",
-                    chat_id,
-                    self.keep,
-                )
-
-        await self._run(insert)
-
-    async def turns(self, chat_id: int, n: int) -> list[str]:
-        rows = await self._run(
-            lambda conn: conn.fetch(
-                "SELECT role, text FROM messages WHERE chat_id = $1 ORDER BY id DESC", chat_id
-            )
-        )
-        return merge_turns(((row["role"], row["text"]) for row in rows), n)
-
-    async def reset(self, chat_id: int) -> int:
-        status = await self._run(
-            lambda conn: conn.execute("DELETE FROM messages WHERE chat_id = $1", chat_id)
-        )
-        return int(status.split()[-1])
 
     async def _lock(self, chat_id: int) -> tuple[asyncpg.Connection, asyncpg.transaction.Transaction]:
         """A connection in a transaction that holds the chat's advisory lock (waits for it)."""
@@ -233,7 +216,8 @@ class PostgresStore:
             await conn.execute("SELECT pg_advisory_xact_lock($1)", chat_id)
             return conn, transaction
         except BaseException:
-            conn.terminate()
+            with contextlib.suppress(asyncpg.InterfaceError):  # one lost was given back already
+                conn.terminate()
             await self._started(self._lock_pool).release(conn)
             raise
 
@@ -266,7 +250,8 @@ class PostgresStore:
                         chat_id,
                         exc or type(exc).__name__,
                     )
-                    conn.terminate()
+                    with contextlib.suppress(asyncpg.InterfaceError):  # one lost was given back already
+                        conn.terminate()
                 finally:
                     await self._started(self._lock_pool).release(conn)
 

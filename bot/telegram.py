@@ -30,14 +30,15 @@ ALLOWED_UPDATES = [Update.MESSAGE]
 
 
 async def post_init(application: BotApplication) -> None:
-    """Connect the history, publish the command menu and start the Triton health checks."""
+    """Connect the history, publish the command menu, start answering what a stopped process left
+    unanswered and the Triton health checks."""
     await application.bot_data[STATE].history.start()
     await application.bot.set_my_commands(COMMANDS)
-    application.bot_data[STATE].watch_triton()
+    application.bot_data[STATE].run_in_background(application.bot)
 
 
 async def post_shutdown(application: BotApplication) -> None:
-    """Stop the health checks and generations, close the history and the Triton client."""
+    """Stop the background tasks and generations, close the history and the Triton client."""
     await application.bot_data[STATE].close()
 
 

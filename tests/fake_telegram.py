@@ -45,14 +45,17 @@ class Call:
 class FakeTelegram:
     """`with FakeTelegram() as tg:` — point the bot at `tg.url`, push updates, read `tg.calls`."""
 
+    _ids = itertools.count(1)  # message and update ids, unique across the fakes of a run as Telegram's are
+
     def __init__(self, token: str = "123456:FAKE-token-for-tests"):
         self.token = token
         self.calls: list[Call] = []
-        self._updates: list[dict] = []
+        self.queued: list[dict] = []  # every update `message` made, in order
+        self._updates: list[dict] = []  # those not confirmed yet
+        self._again: list[dict] = []  # updates handed out once more whatever the offset (`deliver`)
         self._chats: dict[int, dict] = {}
         self._failures: dict[str, list[tuple[int, str]]] = {}
         self._changed = threading.Condition()
-        self._ids = itertools.count(1)
         self._closing = False
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._server.daemon_threads = False  # server_close() joins the request threads
@@ -114,9 +117,18 @@ class FakeTelegram:
             }
         update = {"update_id": next(self._ids), "message": message}
         with self._changed:
+            self.queued.append(update)
             self._updates.append(update)
             self._changed.notify_all()
         return update
+
+    def deliver(self, update: dict[str, Any]) -> None:
+        """Hand out `update` (again) with the next getUpdates, even if the bot confirmed it: what
+        Telegram does when a confirmation was lost, or what a second replica gets."""
+        self._chats[update["message"]["chat"]["id"]] = update["message"]["chat"]
+        with self._changed:
+            self._again.append(update)
+            self._changed.notify_all()
 
     def fail_next(self, method: str, code: int, description: str, times: int = 1) -> None:
         """Make the next `times` calls of `method` fail with this Bot API error."""
@@ -137,6 +149,10 @@ class FakeTelegram:
             for c in list(self.calls)
             if c.method == method and (chat_id is None or c.params.get("chat_id") == str(chat_id))
         ]
+
+    def message_ids(self, chat_id: int) -> list[int]:
+        """The ids of the users' messages to the chat, in order."""
+        return [u["message"]["message_id"] for u in self.queued if u["message"]["chat"]["id"] == chat_id]
 
     def texts(self, chat_id: int) -> list[str]:
         """Texts the bot sent to the chat, in order."""
@@ -163,8 +179,11 @@ class FakeTelegram:
             while True:
                 self._updates = [u for u in self._updates if u["update_id"] >= offset]
                 left = deadline - time.monotonic()
-                if self._updates or left <= 0 or self._closing:
-                    return self._updates[: int(params.get("limit", 100))]
+                if self._updates or self._again or left <= 0 or self._closing:
+                    again, self._again = self._again, []
+                    return sorted(again + self._updates, key=lambda u: u["update_id"])[
+                        : int(params.get("limit", 100))
+                    ]
                 self._changed.wait(left)
 
     def _draft(self, params: dict[str, str]) -> tuple[int, str] | None:

@@ -7,10 +7,12 @@ import asyncio
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable
+from contextlib import closing
 from pathlib import Path
 from typing import TypeVar
 
@@ -20,7 +22,7 @@ from bot.chat import ChatBot, DialogueTokenizer, Reply
 from bot.console import UNAVAILABLE
 from bot.dialogues import Dialogues
 from bot.handlers import HELP, NOT_TEXT, SORRY, START, STATE
-from bot.history import History
+from bot.history import FILENAME, merge_turns
 from bot.sampling import SamplingConfig
 from bot.settings import Settings
 from bot.streaming import OnText
@@ -124,9 +126,10 @@ async def say(tg: FakeTelegram, chat_id: int, text: str | None = None, **kw) -> 
 
 
 def saved_turns(settings: Settings, chat_id: int) -> list[str]:
-    """The chat's history as the stopped bot left it on disk."""
-    with History.in_dir(settings.data_dir) as history:
-        return history.turns(chat_id, 100)
+    """The chat's history as the bot left it in its SQLite file (read while it runs, too)."""
+    with closing(sqlite3.connect(settings.data_dir / FILENAME)) as db:
+        rows = db.execute("SELECT role, text FROM messages WHERE chat_id = ? ORDER BY id DESC", (chat_id,))
+        return merge_turns(rows, 100)
 
 
 def generated(text: str) -> bool:

@@ -5,20 +5,24 @@ fake Bot API, real tritonservers."""
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import signal
+import socket
 import sqlite3
 import subprocess
 import time
+from collections.abc import Callable
 from contextlib import closing
 from pathlib import Path
 
+import asyncpg
 import pytest
 
 from bot.console import UNAVAILABLE
 from bot.handlers import SORRY
-from bot.history import FILENAME, History
+from bot.history import FILENAME, merge_turns
 from bot.metrics import Metrics
 from bot.telegram import build_application
 from contract.dialogue import CONTEXT_TURNS, FIRST, SECOND
@@ -126,7 +130,7 @@ def test_python_m_bot_sigkilled_between_two_messages(tg, triton, model_repositor
 
     def replied(n: int, update: dict) -> bool:
         # The kill comes "between" messages: after the reply is sent and stored and the update
-        # acknowledged (a kill before the ack would get the message answered again).
+        # acknowledged (before the ack the message would come again, to be acknowledged only).
         return (
             len(tg.texts(CHAT)) >= n
             and (tmp_path / "data" / FILENAME).exists()
@@ -161,9 +165,90 @@ def test_python_m_bot_sigkilled_between_two_messages(tg, triton, model_repositor
         ("bot", texts[1]),
     ]
     # The second reply's prompt is the last CONTEXT_TURNS turns before it: the first exchange.
-    with History.in_dir(tmp_path / "data") as history:
-        turns = history.turns(CHAT, CONTEXT_TURNS + 1)
+    turns = merge_turns(reversed(rows(tmp_path / "data", CHAT)), CONTEXT_TURNS + 1)
     assert turns[:-1][-CONTEXT_TURNS:] == ["Меня зовут Аня", texts[0], "Как меня зовут?"]
+
+
+def stored(data_dir: Path, database_url: str, chat_id: int) -> list[tuple[str, str]]:
+    """The chat's rows in the bot's history, SQLite in `data_dir` or PostgreSQL at `database_url`."""
+    if not database_url:
+        return rows(data_dir, chat_id) if (data_dir / FILENAME).exists() else []
+
+    async def fetch() -> list[tuple[str, str]]:
+        conn = await asyncpg.connect(database_url)
+        try:
+            query = "SELECT role, text FROM messages WHERE chat_id = $1 ORDER BY id"
+            return [tuple(r) for r in await conn.fetch(query, chat_id)]
+        except asyncpg.UndefinedTableError:  # not created yet
+            return []
+        finally:
+            await conn.close()
+
+    return asyncio.run(fetch())
+
+
+def until(condition: Callable[[], object], timeout: float = 90) -> None:
+    start = time.monotonic()
+    while not condition():
+        assert time.monotonic() - start < timeout, "timed out"
+        time.sleep(0.05)
+
+
+@pytest.mark.timeout(150)
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_python_m_bot_killed_mid_reply_answers_when_started_again(
+    tg, triton, model_repository, tmp_path, request, backend
+):
+    """SIGKILLed while generating (its Triton never answers): the update was acknowledged, so
+    Telegram won't bring it back; the bot started again finds the message stored and unanswered and
+    answers it once, quoting it."""
+    url = request.getfixturevalue("database_url") if backend == "postgresql" else ""
+    silent = socket.create_server(("127.0.0.1", 0))  # takes connections, never answers
+    env = bot_env(tg, tmp_path / "data", TRITON_MODEL="rudialogpt", TRITON_TIMEOUT="60", BOT_DATABASE_URL=url)
+
+    def start_bot(n: int, triton_url: str) -> subprocess.Popen:
+        with open(tmp_path / f"bot{n}.log", "w") as out:
+            return subprocess.Popen(
+                python_m_bot(model_repository),
+                cwd=ROOT,
+                env={**env, "TRITON_URL": triton_url},
+                stdout=out,
+                stderr=out,
+            )
+
+    def answered(n: int) -> bool:
+        return len(tg.texts(CHAT)) >= n and len(stored(tmp_path / "data", url, CHAT)) >= 2 * n
+
+    with silent:
+        first = start_bot(1, f"127.0.0.1:{silent.getsockname()[1]}")
+        try:
+            update = tg.message(CHAT, "Меня зовут Аня")
+            until(lambda: acked(tg, update) and stored(tmp_path / "data", url, CHAT))
+        finally:
+            first.kill()
+            first.wait()
+    second = start_bot(2, triton.url)
+    try:
+        until(lambda: answered(1) or second.poll() is not None)
+        tg.message(CHAT, "Как меня зовут?")
+        until(lambda: answered(2) or second.poll() is not None)
+    finally:
+        second.send_signal(signal.SIGTERM)
+        second.wait(timeout=30)
+    log = (tmp_path / "bot2.log").read_text()
+    assert second.returncode == 0, log
+    late, reply = tg.texts(CHAT)
+    assert generated(late) and generated(reply) and "left unanswered" in log
+    assert (
+        json.loads(tg.of("sendMessage", CHAT)[0]["reply_parameters"])["message_id"]
+        == (update["message"]["message_id"])
+    )
+    assert stored(tmp_path / "data", url, CHAT) == [
+        ("user", "Меня зовут Аня"),
+        ("bot", late),
+        ("user", "Как меня зовут?"),
+        ("bot", reply),
+    ]
 
 
 # -- hostile text --------------------------------------------------------------------------

@@ -1,10 +1,9 @@
-"""bot/history.py and bot/history_pg.py: the same store tests against SQLite and a real PostgreSQL."""
+"""bot/history.py: the same store tests against SQLite and a real PostgreSQL; PostgreSQL's chat lock.
+Each backend's own schema and migrations: test_history_sqlite.py, test_history_pg.py."""
 
 from __future__ import annotations
 
 import asyncio
-import sqlite3
-import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -12,8 +11,9 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from bot.history import FILENAME, DatabaseSettings, History, SQLiteStore, Store, open_store
-from bot.history_pg import MIGRATIONS, PostgresStore, redact
+from bot.history import FILENAME, DatabaseSettings, Store, Unsent, open_store
+from bot.history_pg import PostgresStore, redact
+from bot.history_sqlite import SQLiteStore
 
 CHAT, OTHER = 42, -1001234567890  # a supergroup id needs 64 bits
 Body = Callable[[Store], Awaitable[None]]
@@ -28,8 +28,9 @@ def backend(request, tmp_path) -> tuple[Path, DatabaseSettings]:
 
 @asynccontextmanager
 async def opened(backend: tuple[Path, DatabaseSettings], keep: int | None = None) -> AsyncIterator[Store]:
-    store = open_store(*backend)
-    if keep is not None:
+    if keep is None:
+        store = open_store(*backend)
+    else:
         store = PostgresStore(backend[1], keep) if backend[1].url else SQLiteStore(backend[0], keep)
     await store.start()
     try:
@@ -189,12 +190,22 @@ def test_concurrent_tasks_of_many_chats(backend):
     run(backend, body)
 
 
-async def turn(store: Store, chat: int, name: str, hold: float, log: list[str]) -> None:
-    """Hold the chat's turn for `hold` seconds; log when it was entered and left."""
+async def turn(
+    store: Store, chat: int, name: str, hold: float, log: list[str], until: asyncio.Event | None = None
+) -> None:
+    """Hold the chat's turn for `hold` seconds (and `until` is set); log when it was entered and left."""
     async with store.chat_turn(chat):
         log.append(f"{name} in")
         await asyncio.sleep(hold)
+        if until:
+            await until.wait()
         log.append(f"{name} out")
+
+
+async def entered(log: list[str], name: str) -> None:
+    """Wait until `name` holds its turn (taking PostgreSQL's lock may take long on a busy machine)."""
+    while f"{name} in" not in log:
+        await asyncio.sleep(0.01)
 
 
 def test_chat_turn_lets_one_task_in_per_chat(backend):
@@ -202,81 +213,100 @@ def test_chat_turn_lets_one_task_in_per_chat(backend):
 
     async def body(store: Store) -> None:
         log: list[str] = []
-        first = asyncio.create_task(turn(store, CHAT, "a", 0.3, log))
-        await asyncio.sleep(0.1)
-        await asyncio.gather(first, turn(store, CHAT, "b", 0, log), turn(store, OTHER, "c", 0, log))
+        other_done = asyncio.Event()
+
+        async def other_chat() -> None:
+            await turn(store, OTHER, "c", 0, log)
+            other_done.set()
+
+        first = asyncio.create_task(turn(store, CHAT, "a", 0, log, until=other_done))
+        await entered(log, "a")
+        await asyncio.gather(first, turn(store, CHAT, "b", 0, log), other_chat())
         assert log == ["a in", "c in", "c out", "a out", "b in", "b out"]
 
     run(backend, body)
 
 
-# -- SQLite only -------------------------------------------------------------------------------
+# -- each message once, by Telegram's (chat id, message id) --------------------------------------
 
 
-def test_every_message_is_committed_at_once_in_wal_mode(tmp_path):
-    """A second connection (another process after a crash) sees each message as soon as it is added."""
-    with History.in_dir(tmp_path) as store:
-        store.add(CHAT, "user", "сохранено")
-        other = sqlite3.connect(tmp_path / FILENAME)
-        try:
-            assert other.execute("PRAGMA journal_mode").fetchone() == ("wal",)
-            assert other.execute("SELECT text FROM messages").fetchall() == [("сохранено",)]
-        finally:
-            other.close()
+def test_a_message_and_its_reply_are_stored_once_by_id(backend):
+    """Adding again (a retry after a lost commit acknowledgement, a redelivery) changes nothing."""
+
+    async def body(store: Store) -> None:
+        first = await store.add(CHAT, "user", "Привет", 7)
+        assert await store.add(CHAT, "user", "Привет", 7) == first
+        assert not await store.is_answered(CHAT, 7) and await store.unanswered() == [(CHAT, 7)]
+        reply = await store.add(CHAT, "bot", "Привет!", 7)
+        assert await store.add(CHAT, "bot", "Привет!", 7) == reply != first
+        assert await store.unsent(CHAT) == [Unsent(reply, 7, "Привет!")]  # stored before it is sent
+        for _ in range(2):
+            await store.mark_answered(CHAT, 7, reply=reply)
+        assert await store.is_answered(CHAT, 7) and await store.unanswered() == []
+        assert await store.unsent(CHAT) == [] and await store.turns(CHAT, 10) == ["Привет", "Привет!"]
+        assert not await store.is_answered(OTHER, 7)  # the id is Telegram's per chat
+
+    run(backend, body)
 
 
-def test_sqlite_shared_between_threads(tmp_path):
-    with History.in_dir(tmp_path) as history:
+def test_an_answer_covers_its_turn_a_command_only_itself(backend):
+    async def body(store: Store) -> None:
+        await store.add(CHAT, "user", "а", 1)  # its handling died: merged into the next turn
+        await store.add(CHAT, "user", "б", 2)
+        await store.mark_answered(CHAT, 2, reply=await store.add(CHAT, "bot", "ответ", 2))
+        assert await store.is_answered(CHAT, 1) and await store.is_answered(CHAT, 2)
+        await store.add(CHAT, "user", "в", 3)
+        await store.mark_answered(CHAT, 4, turn=False)  # /help, answered while "в" waits
+        assert await store.is_answered(CHAT, 4) and not await store.is_answered(CHAT, 3)
+        assert await store.unanswered() == [(CHAT, 3)] and await store.turns(CHAT, 3) == [
+            "а\nб",
+            "ответ",
+            "в",
+        ]
 
-        def writer(chat: int) -> None:
-            for i in range(50):
-                history.add(chat, "user" if i % 2 == 0 else "bot", f"{chat}-{i}")
-
-        threads = [threading.Thread(target=writer, args=(chat,)) for chat in range(4)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        for chat in range(4):
-            assert history.turns(chat, 50) == [f"{chat}-{i}" for i in range(50)]
+    run(backend, body)
 
 
-# -- PostgreSQL only ---------------------------------------------------------------------------
+def test_a_refused_reply_is_forgotten_a_sent_one_is_kept(backend):
+    async def body(store: Store) -> None:
+        await store.add(CHAT, "user", "а", 1)
+        refused = await store.add(CHAT, "bot", "не дошло", 1)
+        await store.forget(CHAT, refused)
+        assert await store.turns(CHAT, 3) == ["а"] and await store.unsent(CHAT) == []
+        sent = await store.add(CHAT, "bot", "дошло", 1)
+        await store.mark_answered(CHAT, 1, reply=sent)
+        await store.forget(CHAT, sent)  # only an unsent reply can be forgotten
+        assert await store.turns(CHAT, 3) == ["а", "дошло"]
+
+    run(backend, body)
+
+
+def test_reset_forgets_the_dialogue_not_which_messages_were_answered(backend):
+    async def body(store: Store) -> None:
+        await store.add(CHAT, "user", "а", 1)
+        await store.mark_answered(CHAT, 1, reply=await store.add(CHAT, "bot", "б", 1))
+        assert await store.reset(CHAT) == 2 and await store.turns(CHAT, 3) == []
+        assert await store.is_answered(CHAT, 1)  # delivered again after /reset: still not answered twice
+
+    run(backend, body)
+
+
+def test_the_inbox_is_pruned_per_chat(backend):
+    async def body(store: Store) -> None:
+        for i in range(1, 11):
+            await store.mark_answered(CHAT, i, turn=False)
+        await store.mark_answered(OTHER, 1, turn=False)
+        assert [await store.is_answered(CHAT, i) for i in range(1, 11)] == [False] * 6 + [True] * 4
+        assert await store.is_answered(OTHER, 1)
+
+    run(backend, body, keep=4)
+
+
+# -- PostgreSQL only: the lock's bound ----------------------------------------------------------
 
 
 def settings(url: str, **kw: float) -> DatabaseSettings:
     return DatabaseSettings(url, **{"connect_seconds": 5, "retry_seconds": 2, "lock_seconds": 3, **kw})
-
-
-def test_schema_is_created_once_and_versioned(database_url):
-    async def main() -> list[int]:
-        stores = [PostgresStore(settings(database_url)) for _ in range(3)]
-        await asyncio.gather(*(s.start() for s in stores))  # three replicas starting at once
-        for s in stores:
-            await s.close()
-        conn = await asyncpg.connect(database_url)
-        try:
-            return [
-                r["version"] for r in await conn.fetch("SELECT version FROM schema_version ORDER BY version")
-            ]
-        finally:
-            await conn.close()
-
-    assert asyncio.run(main()) == list(range(1, len(MIGRATIONS) + 1))
-
-
-def test_a_newer_schema_is_refused(database_url):
-    async def main() -> None:
-        store = PostgresStore(settings(database_url))
-        await store.start()
-        await store.close()
-        conn = await asyncpg.connect(database_url)
-        await conn.execute("INSERT INTO schema_version (version) VALUES ($1)", len(MIGRATIONS) + 1)
-        await conn.close()
-        with pytest.raises(ValueError, match=rf"BOT_DATABASE_URL: .*schema v{len(MIGRATIONS) + 1}, newer"):
-            await PostgresStore(settings(database_url)).start()
-
-    asyncio.run(main())
 
 
 def test_the_lock_of_a_hung_holder_goes_after_the_bound(database_url):
@@ -312,7 +342,7 @@ def test_a_live_holder_keeps_its_lock_past_the_bound(database_url):
         log: list[str] = []
         try:
             first = asyncio.create_task(turn(a, CHAT, "a", 3.0, log))  # three bounds long
-            await asyncio.sleep(0.3)
+            await entered(log, "a")
             await asyncio.gather(first, turn(b, CHAT, "b", 0, log))
         finally:
             await a.close()

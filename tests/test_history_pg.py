@@ -1,24 +1,30 @@
-"""bot/history_pg.py's faults through the bot: a database that is unreachable, late at start,
-refuses the password, or goes away while the bot runs (the real PostgreSQL of the session)."""
+"""bot/history_pg.py: its schema, created once and migrated from v1 without loss; its faults
+through the bot: a database that is unreachable, late at start, refuses the password, goes away
+while the bot runs, or loses a commit's acknowledgement (the real PostgreSQL of the session). The
+store's behaviour on both backends: test_history.py."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import subprocess
 import time
 from pathlib import Path
 
+import asyncpg
 import pytest
 
 from bot.console import UNAVAILABLE
 from bot.handlers import SORRY
 from bot.history import DatabaseSettings
+from bot.history_pg import MIGRATIONS, PostgresStore
 from bot.metrics import Metrics
 from bot.settings import Settings
 from bot.telegram import build_application
 from serve.server import free_port
 from tests.fake_telegram import FakeTelegram
 from tests.helpers import ROOT
+from tests.pg_proxy import CommitCutter
 from tests.telegram_harness import (
     LOCK_SECONDS,
     Replica,
@@ -34,6 +40,89 @@ from tests.telegram_harness import (
 FIRST_CHAT = 6000
 # Bounds setup too: the first test may train, export and start the session's Triton (~1-2 min).
 pytestmark = [pytest.mark.timeout(600), pytest.mark.usefixtures("no_leaked_threads")]
+
+
+V1_ROWS = [("user", "Привет"), ("bot", "Привет!"), ("user", "Что делаешь?")]
+
+
+def settings(url: str) -> DatabaseSettings:
+    return DatabaseSettings(url, connect_seconds=5, retry_seconds=2, lock_seconds=3)
+
+
+# -- the schema ----------------------------------------------------------------------------------
+
+
+def test_schema_is_created_once_and_versioned(database_url):
+    async def main() -> list[int]:
+        stores = [PostgresStore(settings(database_url)) for _ in range(3)]
+        await asyncio.gather(*(s.start() for s in stores))  # three replicas starting at once
+        for s in stores:
+            await s.close()
+        conn = await asyncpg.connect(database_url)
+        try:
+            return [
+                r["version"] for r in await conn.fetch("SELECT version FROM schema_version ORDER BY version")
+            ]
+        finally:
+            await conn.close()
+
+    assert asyncio.run(main()) == list(range(1, len(MIGRATIONS) + 1))
+
+
+def test_a_database_of_the_previous_version_is_migrated_without_loss(database_url):
+    """The v1 schema and rows as the v1 bot wrote them; two replicas of this bot start on it at once."""
+
+    async def main() -> tuple[list, list, list[int]]:
+        conn = await asyncpg.connect(database_url)
+        try:
+            async with conn.transaction():  # v1's migration
+                await conn.execute(
+                    "CREATE TABLE schema_version (version integer PRIMARY KEY, "
+                    "at timestamptz NOT NULL DEFAULT now())"
+                )
+                await conn.execute(MIGRATIONS[0])
+                await conn.execute("INSERT INTO schema_version (version) VALUES (1)")
+            for role, text in V1_ROWS:  # v1's add
+                await conn.execute(
+                    "INSERT INTO messages (chat_id, role, text) VALUES ($1, $2, $3)", FIRST_CHAT, role, text
+                )
+            query = "SELECT id, chat_id, role, text, at FROM messages ORDER BY id"
+            before = await conn.fetch(query)
+            stores = [PostgresStore(settings(database_url)) for _ in range(2)]
+            await asyncio.gather(*(s.start() for s in stores))
+            try:
+                assert await stores[0].turns(FIRST_CHAT, 10) == [text for _, text in V1_ROWS]
+                for store in stores:
+                    await store.add(FIRST_CHAT, "user", "Новое", 9)
+                assert await stores[1].turns(FIRST_CHAT, 1) == ["Что делаешь?\nНовое"]
+            finally:
+                for store in stores:
+                    await store.close()
+            versions = [r["version"] for r in await conn.fetch("SELECT version FROM schema_version")]
+            return before, await conn.fetch(query), versions
+        finally:
+            await conn.close()
+
+    before, after, versions = asyncio.run(main())
+    assert after[: len(before)] == before and len(after) == len(before) + 1  # ids and times kept
+    assert sorted(versions) == [1, 2] == list(range(1, len(MIGRATIONS) + 1))
+
+
+def test_a_newer_schema_is_refused(database_url):
+    async def main() -> None:
+        store = PostgresStore(settings(database_url))
+        await store.start()
+        await store.close()
+        conn = await asyncpg.connect(database_url)
+        await conn.execute("INSERT INTO schema_version (version) VALUES ($1)", len(MIGRATIONS) + 1)
+        await conn.close()
+        with pytest.raises(ValueError, match=rf"BOT_DATABASE_URL: .*schema v{len(MIGRATIONS) + 1}, newer"):
+            await PostgresStore(settings(database_url)).start()
+
+    asyncio.run(main())
+
+
+# -- faults through the bot ---------------------------------------------------------------------
 
 
 def run_bot_process(tg: FakeTelegram, model_repository: Path, tmp_path: Path, url: str, **env: str):
@@ -150,3 +239,37 @@ def test_database_going_away_while_running(tg, triton, tokenizer, postgres, data
     assert turns == ["Привет!", texts[0], "А теперь?", texts[2], "Ещё раз", texts[3]]
     assert metrics.registry.get_sample_value("bot_errors_total", {"kind": "database"}) == 1
     assert metrics.registry.get_sample_value("bot_errors_total", {"kind": "unexpected"}) == 0
+
+
+# A text message's turn commits, in order: its message, the reply, the reply marked sent, the lock.
+TURN_COMMITS = {
+    "message": "database call failed",
+    "reply": "database call failed",
+    "sent": "database call failed",
+}
+TURN_COMMITS["lock"] = "lock connection lost by the end of its turn"
+
+
+@pytest.mark.parametrize("lost", TURN_COMMITS)
+def test_a_lost_commit_acknowledgement_still_answers_once(
+    tg, triton, tokenizer, postgres, database_url, tmp_path, caplog, lost
+):
+    """The server commits and the connection drops before the bot sees it (a proxy cuts it after
+    the server's answer): the bot retries, finds its work done, and answers each message once."""
+    caplog.set_level(logging.WARNING)
+    with CommitCutter(postgres.port) as proxy:
+        database = DatabaseSettings(proxy.url(database_url), 10, retry_seconds=10, lock_seconds=LOCK_SECONDS)
+        settings = Settings(tg.token, tg.url, tmp_path / "data", metrics_port=0, database=database)
+
+        async def body(dialogues):
+            proxy.lose(list(TURN_COMMITS).index(lost) + 1)
+            await say(tg, FIRST_CHAT, "Привет!")
+            await say(tg, FIRST_CHAT, "Как дела?")
+            await wait(lambda: dialogues.history.is_answered(FIRST_CHAT, tg.message_ids(FIRST_CHAT)[-1]))
+            return await dialogues.history.turns(FIRST_CHAT, 100), await dialogues.history.unsent(FIRST_CHAT)
+
+        turns, unsent = run_bot(build_application(chatbot(triton.url, tokenizer), settings), body)
+    texts = tg.texts(FIRST_CHAT)
+    assert proxy.cut == 1 and TURN_COMMITS[lost] in caplog.text  # lost, and the bot noticed
+    assert len(texts) == 2 and all(generated(t) for t in texts) and unsent == []
+    assert turns == ["Привет!", texts[0], "Как дела?", texts[1]]
