@@ -8,6 +8,7 @@ import json
 import pytest
 import yaml
 
+from contract import triton_io as io
 from tests.deployment import (
     K8S,
     K8S_VERSION,
@@ -58,14 +59,14 @@ def selector(deployment: str) -> dict:
     return k8s_resource("Deployment", deployment)["spec"]["selector"]["matchLabels"]
 
 
-def test_router_keeps_a_sequence_on_one_triton_pod():
+def test_router_keeps_a_bot_process_on_one_triton_pod():
     config = envoy_config()["static_resources"]
     (cluster,) = config["clusters"]
     assert cluster["lb_policy"] in {"RING_HASH", "MAGLEV"} and cluster["type"] == "STRICT_DNS"
     route = config["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]["route_config"][
         "virtual_hosts"
     ][0]["routes"][0]["route"]
-    assert route["hash_policy"][0]["header"]["header_name"] == "x-sequence-id"
+    assert route["hash_policy"][0]["header"]["header_name"] == io.ROUTING_HEADER.lower()
     # The hashed hosts are the Triton pods themselves: a headless Service's DNS name.
     address = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]
     name, namespace = address["socket_address"]["address"].split(".")[:2]
