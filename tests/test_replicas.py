@@ -67,13 +67,19 @@ def text(chat: int, k: int) -> str:
     return f"Чат {chat - FIRST_CHAT}, сообщение {k + 1}: как дела?"
 
 
+def two_replicas(stack: ExitStack, triton, model_repository, database_url, tmp_path) -> tuple[list, list]:
+    """Two fake Telegrams and a bot process on each, all on one database."""
+    fakes = [stack.enter_context(FakeTelegram()) for _ in range(2)]
+    replicas = [
+        Replica(tg, triton, model_repository, database_url, tmp_path / f"bot{i}.log")
+        for i, tg in enumerate(fakes)
+    ]
+    return fakes, replicas
+
+
 def test_two_replicas_answer_20_chats_in_order_exactly_once(triton, model_repository, database_url, tmp_path):
     with ExitStack() as stack:
-        fakes = [stack.enter_context(FakeTelegram()) for _ in range(2)]
-        replicas = [
-            Replica(tg, triton, model_repository, database_url, tmp_path / f"bot{i}.log")
-            for i, tg in enumerate(fakes)
-        ]
+        fakes, replicas = two_replicas(stack, triton, model_repository, database_url, tmp_path)
         try:
             overlaps = asyncio.run(converse(fakes, replicas, database_url))
         finally:
@@ -103,11 +109,7 @@ def test_the_same_updates_at_two_replicas_at_once_are_answered_once(
     """Every update reaches both replicas at once (a webhook retry that lands on another replica):
     one answers it, the other only acknowledges it."""
     with ExitStack() as stack:
-        fakes = [stack.enter_context(FakeTelegram()) for _ in range(2)]
-        replicas = [
-            Replica(tg, triton, model_repository, database_url, tmp_path / f"bot{i}.log")
-            for i, tg in enumerate(fakes)
-        ]
+        fakes, replicas = two_replicas(stack, triton, model_repository, database_url, tmp_path)
         try:
             asyncio.run(converse(fakes, replicas, database_url, BOTH_CHATS, BOTH_MESSAGES, both=True))
         finally:
