@@ -26,7 +26,7 @@ SERVER_FILES = {
     ROOT / "serve" / "model.py": "model.py",
     **{
         ROOT / "serve" / f"{m}.py": f"serve/{m}.py"
-        for m in ("__init__", "engine", "steps", "slots", "plan", "runner")
+        for m in ("__init__", "engine", "steps", "slots", "plan", "runner", "graphs")
     },
 }
 

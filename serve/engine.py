@@ -2,9 +2,10 @@
 
 Pure numpy + onnxruntime (no Triton imports), so it runs and is tested in-process as well as
 inside Triton's python backend (serve/model.py). The graph is export/serving_graph.py's. The
-engine ties four units together: the slot table (serve/slots.py: which sequence holds which slot,
+engine ties five units together: the slot table (serve/slots.py: which sequence holds which slot,
 positions, eviction), the plan (serve/plan.py: rounds and calls), the runner (serve/runner.py:
-onnxruntime calls, decode graphs) and the step types (serve/steps.py).
+sessions, KV buffers, ordinary onnxruntime calls), the decode graphs (serve/graphs.py) and the
+step types (serve/steps.py).
 
 A sequence holds one slot from its first step (position 0) to END. Rows are right-padded chunks
 with their own lengths, so prompts and single tokens, at any context lengths, share a call
@@ -23,8 +24,9 @@ import numpy as np
 import onnxruntime as ort
 
 from contract import triton_io as io
+from serve.graphs import DecodeGraph, buckets
 from serve.plan import Row, chunk_width, plan_calls, rounds
-from serve.runner import CallResult, DecodeGraph, KVBuffers, Runner, Shape, buckets, make_session
+from serve.runner import CallResult, KVBuffers, Runner, Shape, make_session
 from serve.slots import EVICT_AFTER_S, SlotTable
 from serve.steps import Output, Step, StepError
 

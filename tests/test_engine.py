@@ -284,7 +284,8 @@ def test_decode_graphs_on_fixed_bindings_equal_ordinary_calls(tiny_checkpoint, t
 def test_a_decode_graph_that_differs_is_turned_off(session, monkeypatch):
     """The first run of each decode graph is checked against an ordinary call: a graph whose
     candidates differ is not used, and the ordinary answer stands."""
-    from serve.runner import CallResult, DecodeGraph
+    from serve.graphs import DecodeGraph
+    from serve.runner import CallResult
 
     e = KVEngine(session, slots=2, decode_graphs="on")
     real = DecodeGraph.run

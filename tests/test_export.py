@@ -20,7 +20,7 @@ def test_repository_layout(model_repository):
         "config.pbtxt",
         "1/model.onnx",
         "1/model.py",
-        *(f"1/serve/{m}.py" for m in ("__init__", "engine", "steps", "slots", "plan", "runner")),
+        *(f"1/serve/{m}.py" for m in ("__init__", "engine", "steps", "slots", "plan", "runner", "graphs")),
         "1/contract/triton_io.py",
         f"{io.TOKENIZER_DIR}/tokenizer.json",
     ):
