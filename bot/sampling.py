@@ -144,8 +144,7 @@ class Context:
 
     def __init__(self, ids: list[int] | np.ndarray, ngram: int):
         self.tokens: list[int] = []
-        self.seen: set[int] = set()
-        self._seen = np.zeros(1024, bool)  # the same, by id (grown as ids come)
+        self._seen = np.zeros(1024, bool)  # by id: in the context (grown as ids come)
         self.ngram = ngram
         self.follows: dict[tuple[int, ...], set[int]] = {}
         for token in ids:
@@ -154,9 +153,13 @@ class Context:
     def __len__(self) -> int:
         return len(self.tokens)
 
+    @property
+    def seen(self) -> set[int]:
+        """The ids in the context."""
+        return set(np.flatnonzero(self._seen).tolist())
+
     def append(self, token: int) -> None:
         self.tokens.append(token)
-        self.seen.add(token)
         self._grow(token)
         self._seen[token] = True
         n = self.ngram

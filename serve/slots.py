@@ -67,17 +67,22 @@ class SlotTable:
         it, so a step sent again recomputes the same tokens; a position past it means the server
         lost what came between. `busy`: the sequences of this round (never evicted for a new one)."""
         seq = self.seqs.get(sequence_id)
-        if position is not None and position < 0:
+        lost = f"start it again at position 0 (slots idle for {self.idle_seconds:.0f} s are freed)"
+        if position is None:
+            if seq is None:
+                raise StepError(
+                    f"sequence {sequence_id}: the server holds no cache for it: {lost}", io.ROW_LOST
+                )
+            position = seq.length
+        if position < 0:
             raise StepError(f"sequence {sequence_id}: position {position} is negative")
-        at = (seq.length if seq is not None else 1) if position is None else position
-        if at > 0 and (seq is None or at > seq.length):
+        if position > 0 and (seq is None or position > seq.length):
             held = f"holds {seq.length} tokens of it" if seq is not None else "holds no cache for it"
             raise StepError(
-                f"sequence {sequence_id}: the step starts at position {at} but the server {held}: start "
-                f"it again at position 0 (slots idle for {self.idle_seconds:.0f} s are freed)",
+                f"sequence {sequence_id}: the step starts at position {position} but the server "
+                f"{held}: {lost}",
                 io.ROW_LOST,
             )
-        position = at
         if position + n > self.slot_length:
             raise StepError(
                 f"context of {position + n} tokens exceeds the {self.slot_length} positions of a KV "
