@@ -72,6 +72,7 @@ async def generate(
     async def feed(at: int, whole: bool = full) -> StepOutput:
         """The answer after the context's tokens from position `at` on (in chunks), recovering."""
         nonlocal resumes
+        waited = 0.0  # for a free slot, at most the client's timeout
         while True:
             try:
                 out = None
@@ -82,9 +83,10 @@ async def generate(
                 assert out is not None
                 return out
             except NoFreeSlot:  # every slot held: wait for one, without counting it as a failure
-                if at > 0:
+                if at > 0 or waited >= client.timeout:
                     raise
                 await asyncio.sleep(RESUME_WAIT_S)
+                waited += RESUME_WAIT_S
             except (TritonUnavailable, SequenceLost) as exc:
                 if resumes <= 0:
                     raise
