@@ -15,6 +15,7 @@ ERROR_KINDS = ("triton_unavailable", "triton_request", "telegram", "database", "
 LATENCY_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 8.0, 13.0, 20.0, 30.0)
 FIRST_TEXT_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0)
 DRAFT_RESULTS = ("sent", "failed")
+SWITCH_RESULTS = ("followed", "refused")  # a new model version: its tokenizer loaded, or not
 
 
 class Metrics:
@@ -49,11 +50,24 @@ class Metrics:
         self.triton_up = Gauge(
             "bot_triton_up", "1 while Triton answers (last reply or health check)", registry=self.registry
         )
+        self.model_version = Gauge(
+            "bot_model_version",
+            "The model version (Triton's version folder) that answered this bot's last step; 0: none yet",
+            registry=self.registry,
+        )
+        self.model_switches = Counter(
+            "bot_model_switches",
+            "New model versions met: followed (its tokenizer loaded) or refused (the bot cannot use it)",
+            ["result"],
+            registry=self.registry,
+        )
         ProcessCollector(registry=self.registry)
         for kind in ERROR_KINDS:  # every label is exported from the start, at 0
             self.errors.labels(kind)
         for result in DRAFT_RESULTS:
             self.drafts.labels(result)
+        for result in SWITCH_RESULTS:
+            self.model_switches.labels(result)
 
     def serve(self, port: int) -> None:
         """Expose /metrics on 0.0.0.0:`port` from a daemon thread."""
