@@ -23,6 +23,7 @@ from bench.report import write_report
 from bench.runners import Timing, prompts, run_ort, run_reference, run_transformers, run_triton
 from bench.scenarios import run_scenarios
 from bench.stats import ServerTimes, server_times
+from contract import repository as layout
 from contract import triton_io as io
 
 INT8_MODEL = f"{io.DEFAULT_MODEL_NAME}_int8"  # the int8 export, served beside the fp32 one
@@ -129,16 +130,18 @@ def main(argv: list[str] | None = None) -> int:
     most = max(int(c) for c in args.concurrency.split(","))
     serving = ServingConfig(intra_op_threads=args.threads, kv_slots=most, max_batch_size=most)
     for name, quantize in ((io.DEFAULT_MODEL_NAME, None), (INT8_MODEL, "int8")):
-        if not (repo / name / "1" / io.ONNX_FILE).exists():
+        if layout.newest(repo / name) is None:
             t0 = time.monotonic()
             export(ckpt, repo, name=name, quantize=quantize, serving=serving)
             log.info("exported %s in %.0f s", name, time.monotonic() - t0)
     if not (work / "optimum" / "model.onnx").exists():
         main_export(str(ckpt), output=work / "optimum", task="text-generation-with-past", do_validation=False)
     model = AutoModelForCausalLM.from_pretrained(ckpt).eval()
+    newest = layout.newest(repo / io.DEFAULT_MODEL_NAME)
+    assert newest is not None
     conc = [int(c) for c in args.concurrency.split(",")]
     engine = KVEngine(
-        make_session(str(repo / io.DEFAULT_MODEL_NAME / "1" / io.ONNX_FILE), threads=args.threads),
+        make_session(str(newest / io.ONNX_FILE), threads=args.threads),
         slots=max(conc),
     )
     engine_v1 = OptimumEngine(

@@ -9,10 +9,11 @@ import os
 import sys
 from collections.abc import Mapping
 
-from bot.chat import ChatBot, DialogueTokenizer
+from bot.chat import ChatBot
 from bot.sampling import SamplingConfig
 from bot.settings import FLAGS, Mode, Settings
 from bot.step_gate import GateConfig
+from bot.tokenizer import ModelVersions
 from bot.triton_client import TritonClient
 
 
@@ -29,7 +30,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, help="seed sampling for reproducible replies")
     p.add_argument(
         FLAGS["BOT_TOKENIZER_DIR"],
-        help="folder with tokenizer.json (default: env BOT_TOKENIZER_DIR, else what export wrote)",
+        help="the model's folder in the repository, whose versions' tokenizers are followed, or a "
+        "folder with tokenizer.json (default: env BOT_TOKENIZER_DIR, else model_repository/rudialogpt)",
     )
     p.add_argument(
         FLAGS["TRITON_TIMEOUT"],
@@ -53,7 +55,7 @@ def build_bot(args: argparse.Namespace, settings: Settings) -> ChatBot:
         triton.url, triton.model, timeout=triton.timeout, gate=GateConfig(enabled=triton.step_gate)
     )
     sampling = (SamplingConfig.greedy if args.greedy else SamplingConfig)(max_new_tokens=args.max_new_tokens)
-    return ChatBot(client, DialogueTokenizer(settings.tokenizer_dir), sampling, seed=args.seed)
+    return ChatBot(client, ModelVersions.open(settings.tokenizer_dir), sampling, seed=args.seed)
 
 
 async def console(bot: ChatBot) -> None:

@@ -2,64 +2,22 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
-from tokenizers import Tokenizer
 
-from bot.generate import Generation, generate
+from bot.generate import Generation, VersionChanged, generate
 from bot.sampling import SamplingConfig
 from bot.streaming import OnText, on_tokens
+from bot.tokenizer import DialogueTokenizer, ModelVersions
 from bot.triton_client import TritonClient
-from contract.dialogue import FIRST, build_prompt, clean_reply, fit_turns
+from contract.dialogue import build_prompt, clean_reply, fit_turns
 
 log = logging.getLogger(__name__)
 
 FALLBACK_REPLY = "Хм, даже не знаю, что сказать. Расскажи ещё что-нибудь?"
-
-
-class DialogueTokenizer:
-    """tokenizer.json (as export wrote it) with the ids the dialogue needs."""
-
-    def __init__(self, folder: Path):
-        folder = Path(folder)
-        path = folder / "tokenizer.json"
-        if not path.exists():
-            raise FileNotFoundError(
-                f"no tokenizer at {path}: run `python -m export`, or pass "
-                "--tokenizer (BOT_TOKENIZER_DIR) with a folder holding tokenizer.json"
-            )
-        self.tokenizer = Tokenizer.from_file(str(path))
-        self.first_id = self.tokenizer.token_to_id(FIRST)
-        if self.first_id is None:
-            raise ValueError(f"{path} lacks the {FIRST} token: this is not a ruDialoGPT tokenizer")
-        eos = (
-            json.loads((folder / "tokenizer_config.json").read_text()).get("eos_token")
-            if (folder / "tokenizer_config.json").exists()
-            else None
-        )
-        eos = eos.get("content") if isinstance(eos, dict) else eos
-        eos_id = self.tokenizer.token_to_id(eos) if eos else None
-        self.stop_ids = tuple(i for i in (self.first_id, eos_id) if i is not None)
-
-    def encode(self, text: str) -> list[int]:
-        ids: list[int] = self.tokenizer.encode(text, add_special_tokens=False).ids
-        return ids
-
-    def count(self, text: str) -> int:
-        return len(self.encode(text))
-
-    def keep_last(self, text: str, n: int) -> str:
-        """The last `n` tokens of `text`, as text."""
-        return self.decode(self.encode(text)[-n:]).strip()
-
-    def decode(self, ids: list[int]) -> str:
-        text: str = self.tokenizer.decode(ids, skip_special_tokens=True)
-        return text
 
 
 @dataclass
@@ -68,6 +26,10 @@ class Reply:
     generation: Generation  # token ids and timings
     seconds: float  # wall time of the whole reply
     prompt_tokens: int
+    version: str | None = None  # the model version that generated it (None: not followed)
+
+
+SWITCHES = 3  # new model versions one reply may meet and start again for
 
 
 class ChatBot:
@@ -76,43 +38,66 @@ class ChatBot:
     def __init__(
         self,
         client: TritonClient,
-        tokenizer: DialogueTokenizer,
+        tokenizer: DialogueTokenizer | ModelVersions,
         sampling: SamplingConfig,
         seed: int | None = None,
     ):
-        self.client, self.tokenizer = client, tokenizer
-        self.sampling = sampling.with_(stop_ids=tokenizer.stop_ids)
+        self.client = client
+        self.versions = tokenizer if isinstance(tokenizer, ModelVersions) else ModelVersions.fixed(tokenizer)
+        self.sampling = sampling
         self.rng = np.random.default_rng(seed)
 
-    async def prompt_ids(self, turns: list[str]) -> list[int]:
+    @property
+    def tokenizer(self) -> DialogueTokenizer:
+        """The tokenizer of the model version now served (as far as this bot knows)."""
+        return self.versions.current.tokenizer
+
+    async def prompt_ids(self, turns: list[str], tokenizer: DialogueTokenizer | None = None) -> list[int]:
         """The prompt for `turns` (oldest first, the user's last), trimmed to fit the model."""
+        tokenizer = tokenizer or self.tokenizer
         info = await self.client.model_info()
         budget = info.max_positions - self.sampling.max_new_tokens
-        kept = fit_turns(turns, self.tokenizer.count, budget, self.tokenizer.keep_last)
-        return self.tokenizer.encode(build_prompt(kept))
+        kept = fit_turns(turns, tokenizer.count, budget, tokenizer.keep_last)
+        return tokenizer.encode(build_prompt(kept))
 
     async def reply(self, turns: list[str], on_text: OnText | None = None) -> Reply:
         """The reply to the last turn; an empty one is retried once with sampling, then a fallback.
 
         `on_text(text)`, if given, gets the visible reply each time it grows while it is generated;
-        every such text is the start of the returned reply's text."""
+        every such text is the start of the returned reply's text, except where a new model version
+        took over mid-reply: the reply then starts again, and so do its texts."""
         t0 = time.perf_counter()
-        ids = await self.prompt_ids(turns)
-        limit = (await self.client.model_info()).max_positions
-        stream = (lambda: on_tokens(self.tokenizer.decode, on_text)) if on_text else (lambda: None)
-        gen = await generate(
-            self.client, ids, self.sampling, self.rng, max_positions=limit, on_tokens=stream()
-        )
-        text = clean_reply(self.tokenizer.decode(gen.tokens))
-        if not text:
+        reply = await self._generate(turns, self.sampling, on_text)
+        if not reply.text:
             log.info("empty reply: retrying once with sampling")
-            gen = await generate(
-                self.client,
-                ids,
-                SamplingConfig(stop_ids=self.sampling.stop_ids, max_new_tokens=self.sampling.max_new_tokens),
-                self.rng,
-                max_positions=limit,
-                on_tokens=stream(),
-            )
-            text = clean_reply(self.tokenizer.decode(gen.tokens)) or FALLBACK_REPLY
-        return Reply(text, gen, time.perf_counter() - t0, len(ids))
+            greedy_free = SamplingConfig(max_new_tokens=self.sampling.max_new_tokens)
+            reply = await self._generate(turns, greedy_free, on_text)
+            reply.text = reply.text or FALLBACK_REPLY
+        reply.seconds = time.perf_counter() - t0
+        return reply
+
+    async def _generate(self, turns: list[str], sampling: SamplingConfig, on_text: OnText | None) -> Reply:
+        """One generation for `turns` with the served version's tokenizer; started again (up to
+        SWITCHES times) when another version answers (bot/tokenizer.py follows it)."""
+        for switches in range(SWITCHES + 1):
+            served = self.versions.current
+            tok = served.tokenizer
+            ids = await self.prompt_ids(turns, tok)
+            limit = (await self.client.model_info()).max_positions
+            try:
+                gen = await generate(
+                    self.client,
+                    ids,
+                    sampling.with_(stop_ids=tok.stop_ids),
+                    self.rng,
+                    max_positions=limit,
+                    on_tokens=on_tokens(tok.decode, on_text) if on_text else None,
+                    version=served.version,
+                )
+            except VersionChanged as exc:
+                if switches == SWITCHES:
+                    raise
+                self.versions.follow(exc.version)  # TokenizerRefused: this bot cannot use it
+                continue
+            return Reply(clean_reply(tok.decode(gen.tokens)), gen, 0.0, len(ids), served.version)
+        raise AssertionError("unreachable")

@@ -79,6 +79,7 @@ class Dialogues:
         draft_every: float = 0.0,
     ):
         self.chatbot, self.history, self.metrics = chatbot, history, metrics
+        chatbot.versions.report_to(metrics)
         self.health_every, self.draft_every = health_every, draft_every
         self._background: set[asyncio.Task[Reply]] = set()
         self._tasks: list[asyncio.Task[None]] = []  # the health checks, the recovery at start

@@ -12,7 +12,14 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from bot.sampling import Context, SamplingConfig, choose, needs_full_row, next_token
-from bot.triton_client import NoFreeSlot, SequenceLost, StepOutput, TritonClient, TritonUnavailable
+from bot.triton_client import (
+    NoFreeSlot,
+    SequenceLost,
+    StepOutput,
+    TritonClient,
+    TritonError,
+    TritonUnavailable,
+)
 from contract import triton_io as io
 
 log = logging.getLogger(__name__)
@@ -27,6 +34,15 @@ class Generation:
     first_token_s: float = 0.0  # time to the first answer (prompt step)
     step_s: list[float] = field(default_factory=list)  # time of every later step
     full_rows: int = 0  # steps whose candidates could not prove the choice: the whole row was fetched
+
+
+class VersionChanged(Exception):
+    """Another model version answered than the one the generation is for: its tokens so far are
+    dropped (a reply comes from one model) and the caller starts it again for `version`."""
+
+    def __init__(self, version: str, expected: str):
+        super().__init__(f"model version {version} answered a generation for version {expected}")
+        self.version, self.expected = version, expected
 
 
 def new_sequence_id() -> int:
@@ -48,6 +64,7 @@ async def generate(
     on_tokens: Callable[[list[int]], Awaitable[None] | None] | None = None,
     *,
     prompt_chunk: int | None = PROMPT_CHUNK,
+    version: str | None = None,
 ) -> Generation:
     """Sample a reply to `prompt_ids`; END is always sent, also on errors and cancellation.
 
@@ -58,7 +75,9 @@ async def generate(
     (it names its position, so that is safe); if the server lost the sequence, it is started
     again over the whole context: `resumes` times in all before the error is raised. With
     `max_positions`, generation also stops where the model's context ends. `on_tokens(tokens)`,
-    if given, gets the reply's ids so far after each sampled token (awaited)."""
+    if given, gets the reply's ids so far after each sampled token (awaited). With `version` (the
+    model version `prompt_ids` were encoded for), an answer from another version raises
+    VersionChanged: a new version loaded on the server (it holds none of this sequence)."""
     if prompt_chunk is not None and prompt_chunk < 1:
         raise ValueError(
             f"prompt_chunk must be >= 1 token (or None for the whole prompt), got {prompt_chunk}"
@@ -79,16 +98,21 @@ async def generate(
                 for i in range(at, max(len(context), 1), chunk):
                     last = i + chunk >= len(context)
                     out = await client.step(seq, context.tokens[i : i + chunk], i, full=whole and last)
+                    if version is not None and out.version != version:
+                        raise VersionChanged(out.version, version)
                     at = i + chunk
                 assert out is not None
                 return out
-            except NoFreeSlot:  # every slot held: wait for one, without counting it as a failure
-                if at > 0 or waited >= client.timeout:
-                    raise
-                await asyncio.sleep(RESUME_WAIT_S)
-                waited += RESUME_WAIT_S
-            except (TritonUnavailable, SequenceLost) as exc:
-                if resumes <= 0:
+            except TritonError as exc:
+                if version is not None and exc.version and exc.version != version:
+                    raise VersionChanged(exc.version, version) from exc
+                if isinstance(exc, NoFreeSlot):  # every slot held: wait, not counted as a failure
+                    if at > 0 or waited >= client.timeout:
+                        raise
+                    await asyncio.sleep(RESUME_WAIT_S)
+                    waited += RESUME_WAIT_S
+                    continue
+                if not isinstance(exc, (TritonUnavailable, SequenceLost)) or resumes <= 0:
                     raise
                 resumes -= 1
                 lost = isinstance(exc, SequenceLost)

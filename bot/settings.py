@@ -23,7 +23,7 @@ from contract import triton_io as io
 Mode = Literal["console", "polling", "webhook"]  # what `python -m bot` runs: the settings it needs
 
 TELEGRAM_API = "https://api.telegram.org"
-DEFAULT_TOKENIZER = Path("model_repository") / io.DEFAULT_MODEL_NAME / io.TOKENIZER_DIR
+DEFAULT_TOKENIZER = Path("model_repository") / io.DEFAULT_MODEL_NAME  # the versions' tokenizers
 FLAGS = {"TRITON_TIMEOUT": "--timeout", "BOT_TOKENIZER_DIR": "--tokenizer"}  # variable: its flag
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 
@@ -54,7 +54,7 @@ class Settings:
     draft_every: float = 1.0  # BOT_DRAFT_INTERVAL: seconds between drafts (0: no drafts)
     database: DatabaseSettings = field(default_factory=DatabaseSettings)  # BOT_DATABASE_* (history.py)
     triton: TritonSettings = field(default_factory=TritonSettings)  # TRITON_*
-    tokenizer_dir: Path = DEFAULT_TOKENIZER  # BOT_TOKENIZER_DIR (--tokenizer): what export wrote
+    tokenizer_dir: Path = DEFAULT_TOKENIZER  # BOT_TOKENIZER_DIR (--tokenizer): model or tokenizer folder
 
     @classmethod
     def from_env(

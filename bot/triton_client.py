@@ -38,11 +38,12 @@ T = TypeVar("T")
 
 
 class TritonError(RuntimeError):
-    """A Triton call failed; `status` is the HTTP status it answered with (0: no answer)."""
+    """A Triton call failed; `status` is the HTTP status it answered with (0: no answer), `version`
+    the model version whose answer this is ("": none answered)."""
 
-    def __init__(self, message: str, status: int = 0):
+    def __init__(self, message: str, status: int = 0, version: str = ""):
         super().__init__(message)
-        self.status = status
+        self.status, self.version = status, version
 
 
 class TritonUnavailable(TritonError):
@@ -93,6 +94,7 @@ class StepOutput:
     ids: np.ndarray  # int32 [K]
     logits: np.ndarray  # float32 [K]
     full: np.ndarray | None = None  # float32 [vocab]
+    version: str = ""  # the model version that answered (Triton's version folder)
 
 
 # How Triton answers, measured against the real server (tests/test_triton_client.py, one test each):
@@ -173,6 +175,7 @@ class TritonClient:
         self._client: triton_http.InferenceServerClient | None = None  # model config (tritonclient)
         self._info: ModelInfo | None = None
         self._admit: asyncio.Semaphore | None = None
+        self.version = ""  # the model version of the last answer ("": none yet)
         self.bytes_received = 0  # answers' bodies (JSON header and tensors) since start
         self.rows_answered = 0
 
@@ -216,7 +219,7 @@ class TritonClient:
         return await asyncio.to_thread(is_alive, self.url, self.model, self.timeout)
 
     async def model_info(self) -> ModelInfo:
-        """The served model's context and slots (fetched once, with retries)."""
+        """The served model's context and slots (fetched with retries; again after a new version answered)."""
         if self._info is None:
             config: dict[str, Any] = await self._retrying()(
                 self._call, lambda: self.client.get_model_config(self.model)
@@ -287,6 +290,9 @@ class TritonClient:
                 text = data[:200].decode("utf-8", "replace")
             raise _classify(InferenceServerException(text, status=str(status_code)))
         result = triton_http.InferenceServerClient.parse_response_body(data, header_length=header_length)
+        version = str(result.get_response().get("model_version", ""))
+        if version != self.version:
+            self._version_seen(version)
         status = result.as_numpy(io.STATUS)[0]
         ids, logits = result.as_numpy(io.CANDIDATE_IDS)[0], result.as_numpy(io.CANDIDATE_LOGITS)[0]
         full, errors = iter(result.as_numpy(io.LOGITS)[0]), iter(result.as_numpy(io.ERRORS)[0])
@@ -295,9 +301,15 @@ class TritonClient:
         answers: list[StepOutput | BaseException] = []
         for i, row in enumerate(rows):
             if status[i] == io.ROW_OK:
-                answers.append(StepOutput(ids[i], logits[i], next(full) if row.full else None))
+                answers.append(StepOutput(ids[i], logits[i], next(full) if row.full else None, version))
                 continue
             text = next(errors).decode(errors="replace")
             kind, code = _ROW_ERRORS.get(int(status[i]), (TritonRequestError, 400))
-            answers.append(kind(f"Triton refused the step ({code}): {text}", code))
+            answers.append(kind(f"Triton refused the step ({code}): {text}", code, version))
         return answers
+
+    def _version_seen(self, version: str) -> None:
+        """Another model version answers: its config may differ (context, slots), so it is read again."""
+        if self.version:
+            log.info("Triton answers with model version %s (was %s)", version, self.version)
+        self.version, self._info = version, None

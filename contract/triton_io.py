@@ -123,9 +123,6 @@ def onnx_present(layer: int, kind: str) -> str:
 # to the server), and whenever the sequences held change: an idle model shows its last values.
 GAUGE_INTERVAL_S = 1.0
 
-# Where export puts the tokenizer for the bot: model_repository/<name>/tokenizer/.
-TOKENIZER_DIR = "tokenizer"
-
 # The HTTP header that carries a client's routing key: a load balancer in front of several Triton
 # replicas hashes it, so every round of one bot process reaches the replica that holds its caches.
 ROUTING_HEADER = "X-Routing-Key"

@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+from contract import repository as layout
 from contract import triton_io as io
 
 log = logging.getLogger("demo")
@@ -52,9 +53,12 @@ def ensure_checkpoint(output: Path, data: Path, base_model: str, steps: int) -> 
 
 
 def ensure_export(checkpoint: Path, repository: Path) -> Path:
-    model = repository / io.DEFAULT_MODEL_NAME / "1" / io.ONNX_FILE
+    model_dir = repository / io.DEFAULT_MODEL_NAME
+    newest = max(layout.versions(model_dir), default=0)
+    model = layout.version_dir(model_dir, newest) / io.ONNX_FILE
     weights = checkpoint / "model.safetensors"
-    if model.exists() and weights.exists() and model.stat().st_mtime >= weights.stat().st_mtime:
+    fresh = model.exists() and weights.exists() and model.stat().st_mtime >= weights.stat().st_mtime
+    if fresh and layout.tokenizer_dir(model_dir, newest).is_dir():  # an export that writes versions
         stage(2, f"export: reusing {model.parent.parent} (newer than the checkpoint)")
         return repository
     from export import export
@@ -111,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         from bot.__main__ import main as bot_main
 
-        tokenizer = ["--tokenizer", str(repository / io.DEFAULT_MODEL_NAME / io.TOKENIZER_DIR)]
+        tokenizer = ["--tokenizer", str(repository / io.DEFAULT_MODEL_NAME)]
         if os.environ.get("TELEGRAM_BOT_TOKEN"):
             stage(4, "chat: Telegram bot running (Ctrl-C to stop)")
             return bot_main(tokenizer)

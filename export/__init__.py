@@ -2,5 +2,6 @@
 
 from export.exporter import ExportError, ExportResult, export
 from export.triton_config import ServingConfig
+from export.versions import VersionError, rollback
 
-__all__ = ["ExportError", "ExportResult", "ServingConfig", "export"]
+__all__ = ["ExportError", "ExportResult", "ServingConfig", "VersionError", "export", "rollback"]

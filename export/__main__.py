@@ -1,4 +1,9 @@
-"""`python -m export --checkpoint output/ --repository model_repository/`"""
+"""`python -m export --checkpoint output/ --repository model_repository/`: a new version of the model.
+
+Each export is checked against PyTorch and then appears as the next version folder
+(model_repository/<name>/<N>/); Triton, polling the repository, loads it while the previous one
+serves, and the bot follows. `--rollback` publishes the previous version again; `--list` shows them.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +13,7 @@ import sys
 from pathlib import Path
 
 from contract import triton_io as io
+from export import versions
 from export.exporter import ExportError, export
 from export.triton_config import ServingConfig
 
@@ -75,11 +81,43 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--idle-seconds", type=int, default=d.idle_seconds, help="free a sequence idle this long")
     p.add_argument("--threads", type=int, default=d.intra_op_threads, help="onnxruntime threads (0: auto)")
+    p.add_argument(
+        "--keep",
+        type=int,
+        default=versions.DEFAULT_KEEP,
+        help="versions kept in the model's folder after this one is written (older ones are deleted)",
+    )
+    p.add_argument(
+        "--rollback",
+        nargs="?",
+        type=int,
+        const=0,
+        metavar="N",
+        help="no export: publish version N (default: the one before the newest) again as the newest",
+    )
+    p.add_argument("--list", action="store_true", help="no export: list the model's versions, newest first")
     args = p.parse_args(argv)
     # onnxruntime's quantizer logs every tensor on the root logger: only ours speak at INFO.
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("export").setLevel(logging.INFO)
-    for flag, value in (("--kv-slots", args.kv_slots), ("--max-batch-size", args.max_batch_size)):
+    model_dir = args.repository / args.name
+    if args.list:
+        lines = versions.describe(model_dir)
+        print("\n".join(lines) if lines else f"{model_dir} holds no versions: export a checkpoint first")
+        return 0
+    if args.rollback is not None:
+        try:
+            number = versions.rollback(model_dir, args.rollback or None, args.keep)
+        except versions.VersionError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        print(f"published {model_dir / str(number)}: a copy of version {_copy_of(model_dir, number)}")
+        return 0
+    for flag, value in (
+        ("--kv-slots", args.kv_slots),
+        ("--max-batch-size", args.max_batch_size),
+        ("--keep", args.keep),
+    ):
         if value < 1:
             p.error(f"{flag} must be at least 1, got {value}")
     if args.slot_length < 0:
@@ -104,12 +142,13 @@ def main(argv: list[str] | None = None) -> int:
             serving,
             None if args.ragged_chunks == "auto" else args.ragged_chunks == "yes",
             reference=not args.skip_reference,
+            keep=args.keep,
         )
     except ExportError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(
-        f"exported {result.model_dir}  max|Δlogit| {result.max_abs_diff:.2e}"
+        f"exported version {result.version}: {result.onnx_file.parent}  max|Δlogit| {result.max_abs_diff:.2e}"
         + (
             f"  int8 max|Δlogit| {result.quantized_diff:.3f} top-1 {result.quantized_top1:.0%}"
             if result.quantized_diff is not None
@@ -118,6 +157,12 @@ def main(argv: list[str] | None = None) -> int:
         + f"  ({result.seconds:.1f} s)"
     )
     return 0
+
+
+def _copy_of(model_dir: Path, number: int) -> str:
+    from contract.repository import version_info
+
+    return str(version_info(model_dir, number).get("copy_of", "?"))
 
 
 if __name__ == "__main__":

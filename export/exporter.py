@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -13,8 +12,9 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from contract import repository as layout
 from contract import triton_io as io
-from export.replace import replace_dir
+from export import versions
 from export.triton_config import ServingConfig, render
 
 log = logging.getLogger(__name__)
@@ -38,7 +38,7 @@ class ExportError(RuntimeError):
 @dataclass
 class ExportResult:
     model_dir: Path  # model_repository/<name>
-    onnx_file: Path
+    onnx_file: Path  # model_repository/<name>/<version>/model.onnx
     max_abs_diff: float  # the serving graph vs PyTorch (served path and ragged batch)
     quantized_diff: float | None = None  # the int8 model vs PyTorch
     quantized_top1: float | None = None  # share of positions where int8 and PyTorch agree on argmax
@@ -46,6 +46,7 @@ class ExportResult:
     serving: dict = field(default_factory=dict)  # the ServingConfig written to config.pbtxt
     top1: float = 1.0  # share of positions where the serving graph and PyTorch agree on argmax
     optimum_diff: float | None = None  # optimum's export (the reference) vs PyTorch; None: skipped
+    version: int = 1  # the version folder written: the next number after those in model_dir
 
 
 def check_checkpoint(checkpoint: Path) -> dict:
@@ -91,8 +92,13 @@ def export(
     serving: ServingConfig | None = None,
     ragged: bool | None = None,
     reference: bool = True,
+    keep: int = versions.DEFAULT_KEEP,
 ) -> ExportResult:
-    """Export `checkpoint` into `repository/name`, verified against PyTorch; replaces it atomically.
+    """Export `checkpoint` as a new version of `repository/name`, verified against PyTorch.
+
+    Nothing in the repository changes until every check passed; then the version appears in one
+    rename (export/versions.py: Triton, polling, loads it while the previous one serves) and the
+    versions beyond the `keep` newest are deleted.
 
     optimum's export (task text-generation-with-past) is made and checked first: it is the
     reference. The served model is the serving graph (export/serving_graph.py) built from the same
@@ -141,8 +147,11 @@ def export(
         log.info("this onnxruntime has no CUDA provider: the fp16 graph is checked on the CPU provider")
         provider = "cpu"
 
-    repository.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=repository))
+    if keep < 1:
+        raise ExportError(f"--keep must be at least 1 (the version that serves), got {keep}")
+    model_dir = repository / name
+    new_model = not model_dir.exists()
+    staging = versions.staging(model_dir)  # inside the model's folder: Triton ignores it there
     try:
         texts = verify.torch_reference(checkpoint)
         ref = None
@@ -218,9 +227,8 @@ def export(
             onnx_path.unlink()
             onnx_path = quantized
 
-        model_dir = staging / name
-        version = model_dir / "1"
-        version.mkdir(parents=True)
+        version = staging / "version"
+        version.mkdir()
         serving = replace(serving, onnx_file=io.ONNX_FILE)
         for f in staging.glob(onnx_path.name + "*"):  # the model and any external-data file
             shutil.move(str(f), version / f.name.replace(onnx_path.stem, "model", 1))
@@ -228,16 +236,32 @@ def export(
             (version / dst).parent.mkdir(exist_ok=True)
             shutil.copy2(src, version / dst)
         shutil.copytree(ROOT / "contract", version / "contract", ignore=shutil.ignore_patterns("__pycache__"))
-        _save_tokenizer(checkpoint, model_dir / io.TOKENIZER_DIR)
-        (model_dir / "config.pbtxt").write_text(render(serving))
-
-        final = repository / name
-        replace_dir(model_dir, final)  # the old or the new model is complete at every instant
+        tokenizer = version / layout.TOKENIZER_DIR
+        _save_tokenizer(checkpoint, tokenizer)
+        vocab = int(config["vocab_size"])
+        if problems := layout.tokenizer_problems(tokenizer, vocab):
+            raise ExportError(
+                f"{checkpoint}'s tokenizer does not fit the model ({'; '.join(problems)}): the bot "
+                "could not talk to it; train from a ruDialoGPT checkpoint (its tokenizer has the markers)"
+            )
+        info = {
+            "checkpoint": str(checkpoint.resolve()),
+            "precision": precision,
+            "quantize": quantize,
+            "max_abs_diff": dev.max_abs,
+            "top1": dev.top1,
+            "tokenizer_sha256": layout.tokenizer_digest(tokenizer),
+        }
+        number = versions.publish(version, model_dir, render(serving), info, keep)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    size = sum(f.stat().st_size for f in (final / "1").glob(io.ONNX_FILE + "*"))
+        if new_model and not any(model_dir.iterdir()):  # a failed first export leaves nothing
+            model_dir.rmdir()
+    final = layout.version_dir(model_dir, number)
+    size = sum(f.stat().st_size for f in final.glob(io.ONNX_FILE + "*"))
     log.info(
-        "wrote %s (model %.1f MB; KV slots %d x %d positions = %.1f MB) in %.1f s",
+        "wrote version %d: %s (model %.1f MB; KV slots %d x %d positions = %.1f MB) in %.1f s",
+        number,
         final,
         size / 1e6,
         serving.kv_slots,
@@ -246,8 +270,8 @@ def export(
         time.monotonic() - t0,
     )
     return ExportResult(
-        final,
-        final / "1" / io.ONNX_FILE,
+        model_dir,
+        final / io.ONNX_FILE,
         dev.max_abs,
         qdiff,
         qtop1,
@@ -255,6 +279,7 @@ def export(
         asdict(serving),
         dev.top1,
         ref.max_abs if ref else None,
+        number,
     )
 
 

@@ -1,4 +1,4 @@
-"""config.pbtxt for the served model: explicit tensors, the sequence batcher, ORT settings."""
+"""config.pbtxt of the served model: explicit tensors, dynamic batcher, version policy, ORT settings."""
 
 from __future__ import annotations
 
@@ -67,6 +67,9 @@ def model_config(cfg: ServingConfig) -> ModelConfig:
     # KIND_CPU also on a GPU host: the python backend places nothing itself; the model's
     # onnxruntime session (execution_provider) puts the graph and the KV slots on the GPU.
     config.instance_group.add(count=1, kind=pb.ModelInstanceGroup.KIND_CPU)
+    # The highest version serves (export/versions.py). Triton, polling, loads a new one beside it
+    # and then unloads the old one: two are held only for that moment.
+    config.version_policy.latest.num_versions = 1
     params = {
         io.PARAM_ONNX_FILE: cfg.onnx_file,
         io.PARAM_EXECUTION_PROVIDER: cfg.execution_provider,
@@ -89,7 +92,8 @@ def render(cfg: ServingConfig) -> str:
         "# (contract/triton_io.py); the KV caches stay in the model instance (python backend:\n"
         "# model.py + serve/), one slot per sequence plus one for the liveness probe. KIND_CPU also\n"
         "# on a GPU host: the model's onnxruntime session (the execution_provider parameter) puts\n"
-        "# the graph and the KV slots on the GPU.\n"
+        "# the graph and the KV slots on the GPU. One config for every version folder; the highest\n"
+        "# serves (Triton polling the repository loads a new one while the old one serves).\n"
         f"# KV slots: {cfg.kv_slots} x {cfg.context} positions = {cfg.kv_bytes / 1e6:.1f} MB.\n"
     )
     return header + text_format.MessageToString(model_config(cfg))

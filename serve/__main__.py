@@ -33,6 +33,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--grpc-port", type=int, default=8001)
     p.add_argument("--metrics-port", type=int, default=8002)
     p.add_argument("--log-file", type=Path, help="write the server's own log here")
+    p.add_argument(
+        "--poll-seconds",
+        type=int,
+        default=TritonServer.poll_seconds,
+        help="look for a new model version this often (python -m export writes one); 0: never",
+    )
     p.add_argument("--model", default=io.DEFAULT_MODEL_NAME, help="the model whose liveness is watched")
     p.add_argument(
         "--check-every",
@@ -55,6 +61,7 @@ def main(argv: list[str] | None = None) -> int:
             args.metrics_port,
             host=args.host,
             log_file=args.log_file,
+            poll_seconds=args.poll_seconds,
         )
 
     def on_ready(server: TritonServer) -> None:

@@ -20,6 +20,7 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from contract import triton_io as io
+from contract.repository import TOKENIZER_DIR, tokenizer_problems
 from serve.engine import Output, Step, StepError, open_engine
 
 ENV_PROVIDER = "RUDIALOGPT_EXECUTION_PROVIDER"  # overrides the execution_provider parameter
@@ -105,8 +106,16 @@ class TritonPythonModel:
             float(params[io.PARAM_IDLE_SECONDS]),
         )
         self.logger = pb_utils.Logger
+        name, version = args["model_name"], args["model_version"]
+        if problems := tokenizer_problems(folder / TOKENIZER_DIR, self.engine.vocab_size):
+            # Triton keeps the version that serves when this one fails to load.
+            raise pb_utils.TritonModelException(
+                f"{name} version {version} refused: its tokenizer cannot drive this graph "
+                f"({'; '.join(problems)}); the previous version keeps serving. Fix: export the "
+                "checkpoint with `python -m export` (it checks this before writing a version)"
+            )
         warm_s = self.engine.warm_up()
-        labels = {"model": args["model_name"], "version": args["model_version"]}
+        labels = {"model": name, "version": version}
         # The families must outlive their metrics: keep them on the instance.
         self.families = {
             name: pb_utils.MetricFamily(name=name, kind=pb_utils.MetricFamily.GAUGE, description=text)
@@ -134,7 +143,7 @@ class TritonPythonModel:
         self.sweeper.start()
         e = self.engine
         self.logger.log_info(
-            f"rudialogpt: {provider} provider, {e.layers} layers, vocab {e.vocab_size}; "
+            f"{name} version {version}: {provider} provider, {e.layers} layers, vocab {e.vocab_size}; "
             f"KV: {e.slots} slots x {e.slot_length} positions, {e.kv.nbytes / 1e9:.2f} GB "
             f"{np.dtype(e.kv.dtype).name} on {e.device}; graphs: {','.join(map(str, e.graphs)) or 'off'}; "
             f"warmed up in {warm_s:.1f} s"

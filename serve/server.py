@@ -123,6 +123,7 @@ class TritonServer:
     extra_args: list[str] = field(default_factory=list)  # more tritonserver flags
     ready_timeout: float = 120.0  # seconds to wait for /v2/health/ready
     model_python: Path | None = None  # venv that runs model.py; None: $TRITON_MODEL_PYTHON or .venv-triton
+    poll_seconds: int = 5  # how often Triton looks for new versions (export/versions.py); 0: never
     process: subprocess.Popen[bytes] | None = field(default=None, init=False)
     _watchdog: subprocess.Popen[bytes] | None = field(default=None, init=False)
     _workdir: Path | None = field(default=None, init=False)
@@ -200,7 +201,14 @@ class TritonServer:
             f"--metrics-address={self.host}",
             f"--metrics-port={self.metrics_port}",
             "--allow-gpu-metrics=false",
-            "--model-control-mode=none",
+            # poll: a new version folder is loaded while the old one serves. Like `none`, it
+            # keeps the load/unload API closed to whoever reaches the ports ("not allowed if
+            # polling is enabled"); only who can write the repository changes what runs.
+            *(
+                ["--model-control-mode=poll", f"--repository-poll-secs={self.poll_seconds}"]
+                if self.poll_seconds
+                else ["--model-control-mode=none"]
+            ),
             "--exit-timeout-secs=10",
             f"--backend-config=python,shm-region-prefix-name={self.shm_prefix}",
             *self.extra_args,

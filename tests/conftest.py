@@ -72,8 +72,8 @@ def triton(model_repository, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tokenizer(model_repository) -> DialogueTokenizer:
-    """The bot's tokenizer, as export wrote it beside the model."""
-    return DialogueTokenizer(model_repository / MODEL / "tokenizer")
+    """The bot's tokenizer, as export wrote it in the model's first version."""
+    return DialogueTokenizer(model_repository / MODEL / "1" / "tokenizer")
 
 
 @pytest.fixture

@@ -167,6 +167,13 @@ def metric(url: str, name: str, **labels: str) -> float:
     return found[0]
 
 
+def server_rss_mib(pid: int) -> float:
+    """Resident memory of tritonserver and its python-backend stubs, MiB."""
+    children = subprocess.run(["ps", "-o", "rss=", "--ppid", str(pid)], capture_output=True, text=True).stdout
+    own = int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * 4
+    return (own + sum(int(x) for x in children.split())) / 1024
+
+
 def cached_sequences(triton: TritonServer, model: str = MODEL) -> float:
     """The model's gauge of the sequences whose KV cache it holds."""
     return metric(triton.metrics_url, "rudialogpt_cached_sequences", model=model)

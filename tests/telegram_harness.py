@@ -158,7 +158,7 @@ def python_m_bot(model_repository: Path, *flags: str) -> list[str]:
         "-m",
         "bot",
         "--tokenizer",
-        str(model_repository / MODEL / "tokenizer"),
+        str(model_repository / MODEL),  # the model's folder: the bot follows its versions
         "--max-new-tokens",
         "8",
         *flags,

@@ -20,8 +20,8 @@ from tests.helpers import ROOT, interactive
 
 
 def console_argv(model_repository: Path, *flags: str) -> list[str]:
-    """`python -m bot --console` with the exported tokenizer."""
-    tokenizer = model_repository / "rudialogpt" / "tokenizer"
+    """`python -m bot --console` with the exported tokenizer (the model's folder: its versions')."""
+    tokenizer = model_repository / "rudialogpt"
     return [sys.executable, "-m", "bot", "--console", "--tokenizer", str(tokenizer), *flags]
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from contract import repository as layout
 from contract import triton_io as io
 from export import ExportError, ServingConfig, export
 from export.triton_config import model_config, render, validate
@@ -22,9 +23,15 @@ def test_repository_layout(model_repository):
         "1/model.py",
         *(f"1/serve/{m}.py" for m in ("__init__", "engine", "steps", "slots", "plan", "runner", "graphs")),
         "1/contract/triton_io.py",
-        f"{io.TOKENIZER_DIR}/tokenizer.json",
+        "1/contract/repository.py",
+        f"1/{layout.TOKENIZER_DIR}/tokenizer.json",
+        f"1/{layout.VERSION_INFO}",
+        "1/__pycache__",  # files: Python writes nothing where Triton polls (export/versions.py)
+        "1/serve/__pycache__",
+        "1/contract/__pycache__",
     ):
         assert (model / f).is_file(), f
+    assert [p.name for p in model.iterdir() if p.is_dir()] == ["1"]  # no staging left, no tokenizer/
     config = validate((model / "config.pbtxt").read_text())
     assert {i.name for i in config.input} == set(io.REQUEST_INPUTS)
     assert {o.name for o in config.output} == set(io.RESPONSE_OUTPUTS)
@@ -34,6 +41,7 @@ def test_repository_layout(model_repository):
     )
     assert config.parameters[io.PARAM_IDLE_SECONDS].string_value == "120"
     assert config.parameters[io.PARAM_SLOT_LENGTH].string_value == "512"
+    assert config.version_policy.latest.num_versions == 1  # the newest version serves
 
 
 def test_the_served_graph_is_built_for_serving(model_repository):

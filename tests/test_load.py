@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import subprocess
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,16 +11,9 @@ import pytest
 from bot.chat import ChatBot
 from bot.sampling import SamplingConfig
 from bot.triton_client import TritonClient
-from tests.helpers import metric
+from tests.helpers import metric, server_rss_mib
 
 CONVERSATIONS, MESSAGES, AT_ONCE = 100, 5, 32
-
-
-def server_rss_mib(pid: int) -> float:
-    """Resident memory of tritonserver and its python-backend stubs."""
-    children = subprocess.run(["ps", "-o", "rss=", "--ppid", str(pid)], capture_output=True, text=True).stdout
-    own = int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * 4
-    return (own + sum(int(x) for x in children.split())) / 1024
 
 
 @pytest.mark.timeout(300)

@@ -174,6 +174,7 @@ def test_model_unloaded_then_dead(model_repository, tmp_path):
     server = start_triton(
         model_repository,
         tmp_path / "t.log",
+        poll_seconds=0,
         extra_args=["--model-control-mode=explicit", "--load-model=rudialogpt"],
     )
 
