@@ -30,8 +30,10 @@ RUN python3 -m serve.cuda_libraries
 COPY contract/ contract/
 COPY serve/__init__.py serve/health.py serve/supervisor.py serve/
 
-# The model is mounted at /models at run time (docker-compose.yml), not baked in.
+# The model is mounted at /models at run time (docker-compose.yml), not baked in. Poll mode: a new
+# version folder export publishes there is loaded without a restart (docker-compose.yml says why
+# poll and not explicit: no load API that takes model files over the network).
 EXPOSE 8000 8001 8002
 HEALTHCHECK --interval=10s --timeout=15s --start-period=120s --retries=3 CMD ["python3", "-m", "serve.health", "--timeout", "10"]
 ENTRYPOINT ["python3", "-m", "serve.supervisor", "--"]
-CMD ["tritonserver", "--model-repository=/models"]
+CMD ["tritonserver", "--model-repository=/models", "--model-control-mode=poll", "--repository-poll-secs=5"]

@@ -52,13 +52,15 @@ TRITON_METRICS = {
     "nv_cpu_memory_used_bytes",
     "nv_cpu_memory_total_bytes",
 }
-MODEL_METRICS = {"rudialogpt_cached_sequences"}
+MODEL_METRICS = {"rudialogpt_cached_sequences", "rudialogpt_kv_slots_free"}
 BOT_METRICS = {
     "bot_replies_total",
     "bot_generated_tokens_total",
     "bot_errors_total",
     "bot_triton_up",
     "bot_drafts_total",
+    "bot_model_version",
+    "bot_model_switches_total",
 }
 BOT_HISTOGRAMS = {"bot_reply_latency_seconds", "bot_first_text_seconds"}
 KNOWN_METRICS = (
@@ -68,7 +70,8 @@ KNOWN_METRICS = (
     | {h + suffix for h in BOT_HISTOGRAMS for suffix in ("_bucket", "_sum", "_count")}
 )
 # What the dashboard must show (panels asked for: requests and failures, queue and compute time,
-# GPU utilization and memory, cached sequences, reply latency, errors by kind).
+# GPU utilization and memory, cached sequences, reply latency, errors by kind; the model version
+# that answers and the bots' switches to new versions).
 DASHBOARD_MUST_USE = {
     "nv_inference_request_success",
     "nv_inference_request_failure",
@@ -80,6 +83,8 @@ DASHBOARD_MUST_USE = {
     "bot_reply_latency_seconds_bucket",
     "bot_errors_total",
     "bot_first_text_seconds_bucket",
+    "bot_model_version",
+    "bot_model_switches_total",
 }
 # Every variable the bot reads, plus what compose itself needs.
 ENV_VARIABLES = {
@@ -192,11 +197,14 @@ def promtool_check_queries(tmp_path: Path, queries: dict[str, str]) -> None:
 
 
 def dashboard_queries() -> list[tuple[str, str]]:
-    """(panel title / refId, PromQL) for every query in the dashboard, variables included."""
+    """(panel title / refId, PromQL) for every query in the dashboard, annotations and variables
+    included."""
     dashboard = json.loads(DASHBOARD.read_text(encoding="utf-8"))
     queries = [
         (f"{p['title']} / {t['refId']}", t["expr"]) for p in dashboard["panels"] for t in p.get("targets", [])
     ]
+    annotations = dashboard["annotations"]["list"]
+    queries += [(f"annotation {a['name']}", a["expr"]) for a in annotations if "expr" in a]
     for var in dashboard["templating"]["list"]:
         found = re.fullmatch(r"label_values\((.+),\s*\w+\)", var["definition"])
         if found:  # label_values(metric, label): the metric must exist too

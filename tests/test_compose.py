@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import json
 import posixpath
 import re
 import subprocess
@@ -60,13 +61,18 @@ def flags(command: list[str]) -> dict[str, str]:
     return dict(arg.split("=", 1) for arg in command if arg.startswith("--") and "=" in arg)
 
 
+def host_mount(service: dict, path: str) -> tuple[str, str]:
+    """(host path relative to the compose file, mode) of `path` in a service's container."""
+    path = posixpath.join(service.get("working_dir", "/"), path)
+    for target, (source, mode) in volumes(service).items():
+        if source.startswith(".") and (path == target or path.startswith(target.rstrip("/") + "/")):
+            return posixpath.normpath(posixpath.join(source, posixpath.relpath(path, target))), mode
+    raise AssertionError(f"{path} is on no host folder mount of {service}")
+
+
 def on_host(service: dict, path: str) -> str:
     """The host path (relative to the compose file) that `path` in a service's container is."""
-    path = posixpath.join(service.get("working_dir", "/"), path)
-    for target, (source, _mode) in volumes(service).items():
-        if source.startswith(".") and (path == target or path.startswith(target.rstrip("/") + "/")):
-            return posixpath.normpath(posixpath.join(source, posixpath.relpath(path, target)))
-    raise AssertionError(f"{path} is on no host folder mount of {service}")
+    return host_mount(service, path)[0]
 
 
 def test_triton_serves_read_only_what_export_writes_and_the_bot_reads_its_tokenizer():
@@ -74,11 +80,29 @@ def test_triton_serves_read_only_what_export_writes_and_the_bot_reads_its_tokeni
     triton, export, bot = services["triton"], services["export"], services["bot"]
     repository = flags(triton["command"])["--model-repository"]
     written = on_host(export, export["command"][export["command"].index("--repository") + 1])
-    assert on_host(triton, repository) == written and volumes(triton)[repository][1] == "ro"
-    # Only what export wrote is served: no model load/unload API (a way to run other code).
-    assert flags(triton["command"])["--model-control-mode"] == "none"
-    tokenizer = bot["environment"]["BOT_TOKENIZER_DIR"].replace("${TRITON_MODEL:-rudialogpt}", "rudialogpt")
-    assert on_host(bot, tokenizer) == f"{written}/rudialogpt/tokenizer"
+    assert host_mount(triton, repository) == (written, "ro")
+    # The bot reads <model folder>/<N>/tokenizer/ of the version that answered: the model folder,
+    # inside the repository export writes, read-only.
+    model_folder = bot["environment"]["BOT_TOKENIZER_DIR"]
+    model_folder = model_folder.replace("${TRITON_MODEL:-rudialogpt}", "rudialogpt")
+    assert host_mount(bot, model_folder) == (f"{written}/rudialogpt", "ro")
+
+
+def test_triton_polls_the_repository_for_new_versions_and_has_no_load_api():
+    # poll: a new version folder export publishes is loaded while the old one serves, no restart.
+    # Not explicit, whose load API takes model files (python-backend code) in a request body; in
+    # poll mode that API is refused, so only who writes the read-only-mounted repository decides.
+    command = flags(compose()["services"]["triton"]["command"])
+    assert command["--model-control-mode"] == "poll"
+    assert 0 < int(command["--repository-poll-secs"]) <= 10  # Triton's default 15 s: a slower switch
+
+
+def test_the_triton_image_polls_like_compose():
+    dockerfile = (ROOT / "docker" / "triton.Dockerfile").read_text(encoding="utf-8")
+    [cmd] = re.findall(r"^CMD (\[.*\])$", dockerfile, re.M)
+    image, composed = flags(json.loads(cmd)), flags(compose()["services"]["triton"]["command"])
+    for flag in ("--model-repository", "--model-control-mode", "--repository-poll-secs"):
+        assert image.get(flag) == composed[flag], flag
 
 
 def test_the_bot_and_the_healthcheck_reach_tritons_http_port():

@@ -4,6 +4,7 @@ Triton pod, the autoscaler's metric, the PostgreSQL history of the bot's replica
 from __future__ import annotations
 
 import json
+import posixpath
 
 import pytest
 import yaml
@@ -77,6 +78,61 @@ def test_router_keeps_a_bot_process_on_one_triton_pod():
     router = k8s_resource("Service", "triton")
     assert router["spec"]["selector"] == selector("triton-router")
     assert k8s_resource("ConfigMap", "bot")["data"]["TRITON_URL"] == "triton:8000"
+
+
+def container_and_volumes(deployment: str) -> tuple[dict, dict[str, dict]]:
+    spec = k8s_resource("Deployment", deployment)["spec"]["template"]["spec"]
+    [container] = spec["containers"]
+    return container, {v["name"]: v for v in spec["volumes"]}
+
+
+def on_volume(deployment: str, path: str) -> tuple[str, str, bool]:
+    """(claim name, path inside the claim, read-only) of `path` in a deployment's container."""
+    container, volumes = container_and_volumes(deployment)
+    for mount in container["volumeMounts"]:
+        target = mount["mountPath"].rstrip("/")
+        if path == target or path.startswith(target + "/"):
+            claim = volumes[mount["name"]]["persistentVolumeClaim"]
+            below = posixpath.relpath(path, target)
+            inside = posixpath.normpath(posixpath.join(mount.get("subPath", ""), below))
+            read_only = mount.get("readOnly", False) and claim.get("readOnly", False)
+            return claim["claimName"], "" if inside == "." else inside, read_only
+    raise AssertionError(f"{path} is on no volume of {deployment}")
+
+
+def triton_flags() -> dict[str, str]:
+    container, _ = container_and_volumes("triton")
+    return dict(a.split("=", 1) for a in container["args"] if a.startswith("--") and "=" in a)
+
+
+def test_triton_polls_the_shared_volume_for_new_versions():
+    # poll: a new version folder in the volume is loaded while the old one serves. Not explicit,
+    # whose load API takes model files (python-backend code) in a request body.
+    flags = triton_flags()
+    assert flags["--model-control-mode"] == "poll"
+    assert 0 < int(flags["--repository-poll-secs"]) <= 10
+    claim, inside, read_only = on_volume("triton", flags["--model-repository"])
+    assert (claim, inside, read_only) == ("model-repository", "", True)
+    assert "ReadWriteMany" in k8s_resource("PersistentVolumeClaim", claim)["spec"]["accessModes"]
+
+
+def test_router_checks_the_models_readiness_not_the_servers():
+    # /v2/health/ready is 400 in poll mode while a version loads (or after one failed to load),
+    # though the model serves; the model's own ready endpoint stays 200 while any version serves.
+    (cluster,) = envoy_config()["static_resources"]["clusters"]
+    (check,) = cluster["health_checks"]
+    model = k8s_resource("ConfigMap", "bot")["data"]["TRITON_MODEL"]
+    assert check["http_health_check"]["path"] == f"/v2/models/{model}/ready"
+
+
+def test_bot_reads_the_tokenizers_of_the_model_folder_triton_serves():
+    # The bot loads <model folder>/<N>/tokenizer/ of the version N that answered: it mounts the
+    # model folder of the volume Triton serves, read-only, where BOT_TOKENIZER_DIR says.
+    config = k8s_resource("ConfigMap", "bot")["data"]
+    model_folder = config["BOT_TOKENIZER_DIR"]
+    repository = triton_flags()["--model-repository"]
+    assert on_volume("bot", model_folder) == on_volume("triton", f"{repository}/{config['TRITON_MODEL']}")
+    assert on_volume("bot", model_folder) == ("model-repository", config["TRITON_MODEL"], True)
 
 
 def test_hpa_scales_on_the_adapter_metric():

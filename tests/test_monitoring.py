@@ -68,8 +68,9 @@ def test_grafana_provisioning_matches_compose_and_dashboard():
     (provider,) = load_yaml(GRAFANA / "provisioning/dashboards/rudialogpt.yml")["providers"]
     assert mounts["./monitoring/grafana/dashboards"] == provider["options"]["path"]
     assert mounts["./monitoring/grafana/provisioning"] == "/etc/grafana/provisioning"
-    dashboard = json.loads(DASHBOARD.read_text(encoding="utf-8"))
-    used = {t["datasource"]["uid"] for p in dashboard["panels"] for t in p.get("targets", [])}
+    board = dashboard()
+    used = {t["datasource"]["uid"] for p in board["panels"] for t in p.get("targets", [])}
+    used |= {a["datasource"]["uid"] for a in board["annotations"]["list"]}
     assert used == {datasource["uid"]}
 
 
@@ -85,10 +86,45 @@ def test_dashboard_shows_what_was_asked():
     assert used >= DASHBOARD_MUST_USE, DASHBOARD_MUST_USE - used
 
 
+def dashboard() -> dict:
+    return json.loads(DASHBOARD.read_text(encoding="utf-8"))
+
+
+def test_dashboard_panels_do_not_overlap():
+    boxes = [(p["title"], p["gridPos"]) for p in dashboard()["panels"]]
+    for title, box in boxes:
+        assert box["x"] >= 0 and box["x"] + box["w"] <= 24, f"{title} is wider than the dashboard"
+    for i, (title, a) in enumerate(boxes):
+        for other, b in boxes[i + 1 :]:
+            apart = (
+                a["x"] + a["w"] <= b["x"]
+                or b["x"] + b["w"] <= a["x"]
+                or a["y"] + a["h"] <= b["y"]
+                or b["y"] + b["h"] <= a["y"]
+            )
+            assert apart, f"{title!r} and {other!r} overlap"
+
+
+def test_dashboard_shows_which_model_version_serves():
+    # A rollout (a new version folder, Triton in poll mode) shows as the version the bots are
+    # answered by, beside Triton's own requests per version (its metrics' `version` label).
+    panels = {p["title"]: [t["expr"] for t in p.get("targets", [])] for p in dashboard()["panels"]}
+    by_version = re.compile(r"\bby \((?:[^)]*,\s*)?version\b[^)]*\)")
+    assert any(
+        any("bot_model_version" in promql_metrics(e) for e in exprs)
+        and any(by_version.search(e) and promql_metrics(e) & TRITON_METRICS for e in exprs)
+        for exprs in panels.values()
+    ), "no panel shows bot_model_version beside a Triton metric by version"
+    # ... and marks the moment on every panel: an annotation on the bots' version.
+    annotations = [a for a in dashboard()["annotations"]["list"] if a.get("enable") and "expr" in a]
+    assert any(
+        promql_metrics(a["expr"]) & {"bot_model_version", "bot_model_switches_total"} for a in annotations
+    ), "no annotation marks a model switch"
+
+
 def test_dashboard_queries_parse_as_promql(tmp_path):
-    dashboard = json.loads(DASHBOARD.read_text(encoding="utf-8"))
     values = {"__rate_interval": "1m", "__interval": "15s", "__range": "1h"}
-    values.update({v["name"]: v["current"]["value"] for v in dashboard["templating"]["list"]})
+    values.update({v["name"]: v["current"]["value"] for v in dashboard()["templating"]["list"]})
 
     def substitute(expr: str) -> str:
         return re.sub(r"\$(\w+)", lambda m: values[m.group(1)], expr)  # KeyError: undefined variable
