@@ -98,7 +98,7 @@ async def generate(
                 for i in range(at, max(len(context), 1), chunk):
                     last = i + chunk >= len(context)
                     out = await client.step(seq, context.tokens[i : i + chunk], i, full=whole and last)
-                    if version is not None and out.version != version:
+                    if version is not None and out.version and out.version != version:
                         raise VersionChanged(out.version, version)
                     at = i + chunk
                 assert out is not None

@@ -101,7 +101,14 @@ class ModelVersions:
                 "folder in the repository (model_repository/<name>, with the versions `python -m "
                 "export` wrote) or a folder holding tokenizer.json"
             )
-        return cls(_load(folder, str(usable[-1])), folder)
+        errors = []
+        for version in reversed(usable):  # the newest this bot can read (a newer one may be refused)
+            try:
+                return cls(_load(folder, str(version)), folder)
+            except Exception as exc:  # tokenizers raises plain Exceptions for a broken file
+                errors.append(f"version {version}: {exc}")
+                log.error("model version %s's tokenizer cannot be used by this bot: %s", version, exc)
+        raise ValueError(f"no tokenizer under {folder} that this bot can use ({'; '.join(errors)})")
 
     @classmethod
     def fixed(cls, tokenizer: DialogueTokenizer) -> ModelVersions:
