@@ -1,17 +1,22 @@
-"""bot/generate.py + bot/chat.py against the real Triton: parity with transformers, isolation, END."""
+"""bot/generate.py + bot/chat.py against the real Triton: parity with transformers, isolation, END;
+and, with a scripted client, what an answer from another model version does."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import shutil
 import time
 
 import numpy as np
 import pytest
+from tokenizers import Tokenizer
 
 from bot.chat import ChatBot
-from bot.generate import generate
+from bot.generate import VersionChanged, generate
 from bot.sampling import SamplingConfig
-from bot.triton_client import TritonClient, TritonUnavailable
+from bot.triton_client import ModelInfo, SequenceLost, StepOutput, TritonClient, TritonUnavailable
+from contract import triton_io as io
 from contract.dialogue import build_prompt
 from tests.helpers import Slow, cached_sequences, start_triton
 
@@ -265,3 +270,124 @@ def test_triton_killed_mid_generation_is_a_typed_error_then_recovers(model_repos
         assert len(asyncio.run(normal()).tokens) == 8
     finally:
         server.stop()
+
+
+# -- model versions: a scripted client, no server ---------------------------------------------------
+
+
+def answer(token: int, version: str) -> StepOutput:
+    """A step's answer whose best candidate is `token` (greedy picks it), from model `version`."""
+    ids = np.array([token, *(i for i in range(1000, 1000 + io.CANDIDATES) if i != token)][: io.CANDIDATES])
+    return StepOutput(
+        ids.astype(np.int32), np.linspace(10.0, 0.0, io.CANDIDATES, dtype=np.float32), None, version
+    )
+
+
+class Scripted:
+    """A TritonClient stand-in that answers each step with the next item of `script` (a
+    StepOutput, or an exception to raise); records every step as (position, ids)."""
+
+    timeout = 1.0
+
+    def __init__(self, script, max_positions: int = 512):
+        self.script = list(script)
+        self.steps: list[tuple[int, list[int]]] = []
+        self.ended: list[int] = []
+        self.info = ModelInfo(max_positions, kv_slots=4)
+
+    @contextlib.asynccontextmanager
+    async def admitted(self):
+        yield
+
+    async def model_info(self):
+        return self.info
+
+    async def step(self, sequence_id, ids, position, *, full=False):
+        self.steps.append((position, list(ids)))
+        item = self.script.pop(0)
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+    def end(self, sequence_id):
+        self.ended.append(sequence_id)
+
+
+STOP = 7
+PROMPT = [11, 12, 13]
+
+
+def scripted_generate(client: Scripted, version: str | None):
+    cfg = SamplingConfig.greedy(max_new_tokens=10, stop_ids=(STOP,))
+    return asyncio.run(generate(client, PROMPT, cfg, np.random.default_rng(0), version=version))
+
+
+@pytest.mark.parametrize("at", [0, 2], ids=["prompt", "mid-reply"])
+def test_an_answer_from_another_version_raises_version_changed_at_once(at):
+    script = [answer(20 + i, "1") for i in range(at)] + [answer(99, "2"), answer(STOP, "2")]
+    client = Scripted(script)
+    with pytest.raises(VersionChanged) as changed:
+        scripted_generate(client, version="1")
+    assert (changed.value.version, changed.value.expected) == ("2", "1")
+    assert len(client.steps) == at + 1 and len(client.script) == 1  # no step after the answer
+    assert len(client.ended) == 1  # END is still sent
+
+
+def test_an_error_row_from_another_version_is_not_retried():
+    lost = SequenceLost("no cache for this sequence", 400, version="2")
+    client = Scripted([answer(20, "1"), lost, answer(21, "2"), answer(STOP, "2")])
+    with pytest.raises(VersionChanged) as changed:
+        scripted_generate(client, version="1")
+    assert changed.value.version == "2" and changed.value.__cause__ is lost
+    assert [p for p, _ in client.steps] == [0, 3] and len(client.ended) == 1
+
+
+@pytest.mark.parametrize(
+    "version, error_version",
+    [(None, "2"), ("1", "1"), ("1", "")],
+    ids=["not-followed", "same-version", "no-answer"],
+)
+def test_a_lost_sequence_is_started_again_when_the_version_does_not_matter(version, error_version):
+    """Without `version` (a fixed tokenizer), or from the same version, or with no version known,
+    SequenceLost restarts the sequence over the whole context, as before versions."""
+    lost = SequenceLost("no cache for this sequence", 400, version=error_version)
+    after = error_version or "1"
+    client = Scripted([answer(20, "1"), lost, answer(21, after), answer(STOP, after)])
+    gen = scripted_generate(client, version=version)
+    assert gen.tokens == [20, 21] and gen.stopped
+    assert client.steps == [(0, PROMPT), (3, [20]), (0, [*PROMPT, 20]), (4, [21])]
+
+
+def test_chat_bot_starts_a_reply_again_with_the_new_versions_tokenizer(tmp_path, model_repository):
+    """Version 2 (with a tokenizer that has one more token) answers a reply begun for version 1:
+    the bot follows it, encodes the prompt again with version 2's tokenizer and starts again."""
+    from bot.tokenizer import ModelVersions
+    from contract import repository as layout
+
+    word = "приветище"
+    model_dir = tmp_path / "rudialogpt"
+    real = model_repository / "rudialogpt" / "1" / layout.TOKENIZER_DIR
+    shutil.copytree(real, layout.tokenizer_dir(model_dir, 1))
+    versions = ModelVersions.open(model_dir)
+    old = versions.current.tokenizer
+    changed = layout.tokenizer_dir(model_dir, 2)
+    shutil.copytree(real, changed)  # version 2 appears after the bot opened the folder
+    tok = Tokenizer.from_file(str(changed / "tokenizer.json"))
+    tok.add_tokens([word])
+    tok.save(str(changed / "tokenizer.json"))
+    new_id = tok.token_to_id(word)
+    turns = [f"скажи {word}"]
+
+    client = Scripted([answer(new_id, "2"), answer(new_id, "2"), answer(old.first_id, "2")])
+    bot = ChatBot(client, versions, SamplingConfig.greedy(max_new_tokens=8), seed=0)
+    texts: list[str] = []
+    reply = asyncio.run(bot.reply(turns, on_text=texts.append))
+
+    new = versions.current.tokenizer
+    assert versions.current.version == "2" and new is not old
+    assert reply.version == "2" and reply.text == word
+    first, again = client.steps[0][1], client.steps[1][1]
+    assert first == old.encode(build_prompt(turns))  # begun for version 1
+    assert again == new.encode(build_prompt(turns)) != first  # started again for version 2
+    assert reply.prompt_tokens == len(again) and reply.generation.tokens == [new_id]
+    assert texts == [word] and len(client.ended) == 2
