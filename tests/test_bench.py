@@ -120,3 +120,15 @@ def test_gpu_check_names_what_the_host_lacks(tmp_path):
         timeout=120,
     )
     assert proc.returncode == 2 and "the model's venv" in proc.stderr and "not found" in proc.stderr
+
+
+def test_rollout_tiny_under_3_chats(tmp_path):
+    """bench/rollout.py with the tiny shape: a new version under 3 chats, no failed reply, none
+    from the old version once the new one answered, and a peak memory above the idle one."""
+    from bench.rollout import run
+
+    r = run("tiny", tmp_path, chats=3, poll_seconds=1)
+    assert r["failed"] == 0 and r["v1_replies_started_after_first_v2"] == 0
+    assert r["replies_by_version"]["1"] >= 6 and r["replies_by_version"]["2"] >= 6
+    assert r["export_end_to_first_v2_reply_s"] > 0 and r["two_versions_held_s"] > 0
+    assert r["rss_peak_mib"] >= r["rss_idle_mib"] > 0

@@ -1,0 +1,398 @@
+"""`python -m bench.rollout --shape small [--chats 8] [--poll-seconds 2] [--out results/] [--docs docs]`
+
+A new model version while chats talk to the bot, measured on the real tritonserver (polling): checkpoint
+A exported as version 1 and served; `--chats` conversations through the bot's ChatBot, each sending its
+next message when its reply came; meanwhile checkpoint B (same shape, other weights) exported as version
+2 (`reference=False`: no optimum reference export, the serving graph is still checked against PyTorch).
+Recorded: export time, export end → first reply from v2, failed replies, v1 replies after that one,
+Triton's RSS (server + stubs, every 50 ms), how long two versions were held; plus the GPU memory a host
+needs during a switch. Writes rollout-<shape>.json and .md to --out (and --docs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import shutil
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bench.__main__ import SHAPES, build_model
+from bot.chat import ChatBot
+from contract import triton_io as io
+
+MODEL = io.DEFAULT_MODEL_NAME
+TOKENS = 16  # greedy tokens per reply
+KEEP_TURNS = 6  # history kept per chat (the bot trims to the model's context anyway)
+CUDA_CONTEXT_GB = 0.5  # per python-backend stub (process) with a CUDA session: assumed, not measured
+GPU_SHAPES = {  # name: n_layer, n_embd, vocab, positions (GPT-2 layout), served fp16
+    "small": (12, 768, 50261, 2048),  # ruDialoGPT-small, 124M
+    "medium": (24, 1024, 50261, 2048),  # ruDialoGPT-medium, 355M
+}
+
+
+def rss_mib(pid: int, children: list[int]) -> float:
+    """Resident memory of `pid` and `children` (tritonserver and its stubs), MiB."""
+    pages = 0
+    for p in [pid, *children]:
+        with contextlib.suppress(OSError, ValueError, IndexError):  # a stub that just exited
+            pages += int(Path(f"/proc/{p}/statm").read_text().split()[1])
+    return pages * 4 / 1024
+
+
+def children_of(pid: int) -> list[int]:
+    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True).stdout
+    return [int(x) for x in out.split()]
+
+
+def index(url: str) -> dict[str, str]:
+    """Triton's repository index: each version of the model and its state."""
+    req = urllib.request.Request(f"http://{url}/v2/repository/index", b"{}")
+    with urllib.request.urlopen(req, timeout=5) as answer:
+        return {e["version"]: e.get("state", "") for e in json.loads(answer.read()) if e.get("name") == MODEL}
+
+
+def gauge_versions(metrics_url: str) -> set[str]:
+    """Versions with a `rudialogpt_kv_slots_free` gauge on Triton's /metrics."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(metrics_url, timeout=5) as answer:
+        families = text_string_to_metric_families(answer.read().decode())
+    return {s.labels["version"] for f in families for s in f.samples if s.name == "rudialogpt_kv_slots_free"}
+
+
+RSS = ("idle", "before", "peak", "peak_switch", "after")  # the rss_<k>_mib figures
+HELD = ("LOADING", "READY", "UNLOADING")  # a version in these states holds its memory
+
+
+class Watch:
+    """Samples Triton's RSS every 50 ms, its versions (index, gauges) every 250 ms, in a thread."""
+
+    def __init__(self, pid: int, url: str, metrics_url: str):
+        self.pid, self.url, self.metrics_url = pid, url, metrics_url
+        self.rss: list[tuple[float, float]] = []  # (monotonic, MiB)
+        self.states: list[tuple[float, dict[str, str], set[str]]] = []  # (monotonic, index, gauges)
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        n, children = 0, children_of(self.pid)
+        while not self.stop.wait(0.05):
+            if n % 5 == 0:
+                children = children_of(self.pid)  # a new version's stub appears as it loads
+                with contextlib.suppress(OSError):
+                    self.states.append((time.monotonic(), index(self.url), gauge_versions(self.metrics_url)))
+            self.rss.append((time.monotonic(), rss_mib(self.pid, children)))
+            n += 1
+
+    def between(self, t0: float, t1: float) -> list[float]:
+        return [m for t, m in self.rss if t0 <= t <= t1] or [self.rss[-1][1]]
+
+    def held(self) -> int:
+        """Versions holding memory now, by the last index sample."""
+        return sum(s in HELD for s in self.states[-1][1].values()) if self.states else 0
+
+    def first(self, check: Callable[[dict[str, str], set[str]], bool]) -> float | None:
+        return next((t for t, idx, gauges in self.states if check(idx, gauges)), None)
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join()
+
+
+@dataclass
+class Said:
+    started: float
+    finished: float
+    version: str | None
+
+
+@dataclass
+class Chats:
+    said: list[Said] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+    stop: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+async def converse(bot: ChatBot, k: int, chats: Chats) -> None:
+    """One conversation: its next message as soon as the reply came, until told to stop."""
+    history: list[str] = []
+    m = 0
+    while not chats.stop.is_set():
+        message = f"Привет, я собеседник {k}. Сообщение {m}: как дела?"
+        m += 1
+        started = time.monotonic()
+        try:
+            reply = await bot.reply([*history, message])
+        except Exception as exc:  # counted: must stay 0
+            chats.failed.append(repr(exc))
+            await asyncio.sleep(0.1)
+            continue
+        chats.said.append(Said(started, time.monotonic(), reply.version))
+        history = [*history, message, reply.text][-KEEP_TURNS:]
+
+
+def variant(checkpoint: Path, folder: Path) -> Path:
+    """Checkpoint B: the same shape and tokenizer as `checkpoint`, other random weights (seed 1),
+    so that its greedy replies differ."""
+    import torch
+    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
+
+    if (folder / "model.safetensors").exists():
+        return folder
+    torch.manual_seed(1)
+    GPT2LMHeadModel(GPT2Config.from_pretrained(checkpoint)).save_pretrained(folder)
+    AutoTokenizer.from_pretrained(checkpoint).save_pretrained(folder)
+    return folder
+
+
+async def until(check: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what}: not after {timeout:.0f} s")
+        await asyncio.sleep(0.1)
+
+
+def run(shape: str, out: Path, chats: int = 8, poll_seconds: int = 2, threads: int = 2) -> dict:
+    """The rollout under `chats` conversations; every figure, as written to rollout-<shape>.json."""
+    from bot.sampling import SamplingConfig
+    from bot.tokenizer import ModelVersions
+    from bot.triton_client import TritonClient
+    from export import ServingConfig, export
+    from serve.server import TritonServer, free_ports
+
+    work = out / f"rollout-{shape}"
+    ckpt_a = build_model(shape, work / "a")
+    ckpt_b = variant(ckpt_a, work / "b")
+    repo = work / "model_repository"
+    shutil.rmtree(repo, ignore_errors=True)
+    serving = ServingConfig(intra_op_threads=threads, kv_slots=chats, max_batch_size=chats, slot_length=1024)
+    t = time.monotonic()
+    first = export(ckpt_a, repo, serving=serving, reference=False)
+    export_a_s = time.monotonic() - t
+    http, grpc, metrics = free_ports(3)
+    triton_log = out / f"rollout-{shape}-triton.log"
+    triton_log.unlink(missing_ok=True)
+    server = TritonServer(repo, http, grpc, metrics, log_file=triton_log, poll_seconds=poll_seconds)
+    restarts: list[float] = []  # the bot's "starting the sequence again": a step found its cache gone
+
+    def restarted(record: logging.LogRecord) -> bool:
+        if "starting the sequence again" in record.getMessage():
+            restarts.append(time.monotonic())
+        return True
+
+    logging.getLogger("bot.generate").addFilter(restarted)
+    f: dict = {}
+    with server:
+        assert server.process is not None
+        time.sleep(2)
+        f["rss_idle_mib"] = rss_mib(server.process.pid, children_of(server.process.pid))
+        watch = Watch(server.process.pid, server.url, server.metrics_url)
+        talk = Chats()
+
+        async def scenario() -> None:
+            client = TritonClient(server.url, MODEL, timeout=120)
+            bot = ChatBot(
+                client, ModelVersions.open(repo / MODEL), SamplingConfig.greedy(max_new_tokens=TOKENS)
+            )
+            tasks = [asyncio.create_task(converse(bot, k, talk)) for k in range(chats)]
+            try:
+                await until(lambda: len(talk.said) >= 2 * chats, 600, "replies from version 1")
+                f["t_export_start"] = time.monotonic()
+                second = await asyncio.to_thread(export, ckpt_b, repo, serving=serving, reference=False)
+                f["t_export_end"] = time.monotonic()
+                assert second.version == 2, second.version
+                await until(lambda: any(s.version == "2" for s in talk.said), 600, "a reply from version 2")
+                first_v2 = min(s.finished for s in talk.said if s.version == "2")
+                f["t_first_v2"] = first_v2
+                await until(
+                    lambda: sum(s.started > first_v2 for s in talk.said) >= 2 * chats and watch.held() == 1,
+                    600,
+                    "version 1 unloaded",
+                )
+                f["t_settled"] = time.monotonic()
+                await asyncio.sleep(3)  # "after": v2 alone, chatting
+                f["t_end"] = time.monotonic()
+            finally:
+                talk.stop.set()
+                await asyncio.gather(*tasks)
+                await client.close()
+
+        try:
+            asyncio.run(scenario())
+        finally:
+            watch.close()
+            logging.getLogger("bot.generate").removeFilter(restarted)
+    t0, end = f["t_export_start"], f["t_export_end"]
+
+    def since_export(check: Callable[[dict[str, str], set[str]], bool]) -> float | None:
+        t = watch.first(check)
+        return None if t is None else t - end
+
+    v2_loading = since_export(lambda i, g: i.get("2") in HELD)
+    v1_gone = since_export(lambda i, g: "2" in i and i.get("1") not in HELD)
+    shape_params = params(*(SHAPES[shape][k] for k in ("n_layer", "n_embd", "vocab_size", "n_positions")))
+    late_v1 = [s for s in talk.said if s.started > f["t_first_v2"] and s.version != "2"]
+    onnx_bytes = first.onnx_file.stat().st_size
+    rss = {
+        "idle": f["rss_idle_mib"],
+        "before": statistics.median(watch.between(t0 - 3, t0)),
+        "peak": max(watch.between(t0, f["t_settled"])),
+        "peak_switch": max(watch.between(end, f["t_settled"])),
+        "after": statistics.median(watch.between(f["t_settled"], f["t_end"])),
+    }
+    return {
+        "shape": shape, "model": SHAPES[shape], "chats": chats, "poll_seconds": poll_seconds,
+        "threads": threads, "tokens_per_reply": TOKENS, "reference_export": False,
+        "serving": {"kv_slots": serving.kv_slots, "slot_length": serving.slot_length, "dtype": "fp32"},
+        "onnx_bytes": onnx_bytes, "export_a_s": export_a_s, "export_s": end - t0,
+        "export_end_to_first_v2_reply_s": f["t_first_v2"] - end,
+        "replies": len(talk.said),
+        "replies_by_version": {v: sum(s.version == v for s in talk.said) for v in ("1", "2")},
+        "failed": len(talk.failed), "failures": talk.failed[:5],
+        "v1_replies_started_after_first_v2": len(late_v1),
+        **{f"rss_{k}_mib": v for k, v in rss.items()},
+        "v2_loading_after_export_end_s": v2_loading,
+        "v2_ready_after_export_end_s": since_export(lambda i, g: i.get("2") == "READY"),
+        "v1_unloaded_after_export_end_s": v1_gone,
+        "two_versions_held_s": None if v1_gone is None or v2_loading is None else v1_gone - v2_loading,
+        "gauges_of_both_after_export_end_s": since_export(lambda i, g: {"1", "2"} <= g),
+        "v1_gauge_left_after_unload": "1" in watch.states[-1][2],
+        # Triton loading the serving version again (poll saw the model's folder change): each
+        # reload drops the KV caches of the sequences in flight; the bot starts them again.
+        "v1_reloads": triton_log.read_text(errors="replace").count(f'"loading: {MODEL}:1"') - 1,
+        # Steps that found their cache gone (SequenceLost), from the export's start on; the switch to
+        # v2 itself restarts replies through VersionChanged, which this does not count.
+        "sequences_restarted": sum(t >= t0 for t in restarts),
+        "file_ratio": onnx_bytes / (4 * shape_params),
+        "gpu_estimate": gpu_estimate(onnx_bytes / (4 * shape_params)),
+    }  # fmt: skip
+
+
+def params(layers: int, hidden: int, vocab: int, positions: int) -> int:
+    """GPT-2's parameter count (LM head tied to the embedding)."""
+    return vocab * hidden + positions * hidden + layers * (12 * hidden * hidden + 13 * hidden) + 2 * hidden
+
+
+def gpu_estimate(file_ratio: float, slots: int = 32, context: int = 1024) -> list[dict]:
+    """GPU memory of one version served fp16: weights (parameters × 2 bytes × `file_ratio`, the
+    fp32 ONNX file's bytes over 4 per parameter, measured) + KV slots as ServingConfig.kv_bytes
+    counts them + an assumed CUDA context per stub; a switch holds two versions."""
+    rows = []
+    for name, shape in GPU_SHAPES.items():
+        layers, hidden = shape[0], shape[1]
+        weights = params(*shape) * 2 * file_ratio / 1e9
+        kv = (slots + io.PROBE_SLOTS) * context * layers * 2 * hidden * 2 / 1e9
+        one = weights + kv + CUDA_CONTEXT_GB
+        rows.append(dict(model=name, params_m=params(*shape) / 1e6, weights_gb=weights, kv_gb=kv, slots=slots,
+                         context=context, one_version_gb=one, switch_gb=2 * one))  # fmt: skip
+    return rows
+
+
+def report(r: dict) -> str:
+    def s(key: str) -> str:
+        return "–" if r[key] is None else f"{r[key]:.1f}"
+
+    rows = [
+        ("chats (each sends its next message when its reply came)", r["chats"]),
+        ("replies (from v1 / v2)", f"{r['replies']} ({r['replies_by_version']['1']} / "
+                                   f"{r['replies_by_version']['2']})"),
+        ("failed replies", r["failed"]),
+        ("replies started after the first v2 reply, answered by v1", r["v1_replies_started_after_first_v2"]),
+        ("export of v2, s (fp32, no reference, beside the serving Triton)", f"{r['export_s']:.1f}"),
+        ("export end → first reply from v2, s", f"{r['export_end_to_first_v2_reply_s']:.2f}"),
+        ("export end → v2 LOADING / v2 READY / v1 unloaded, s (index, every 0.25 s)",
+         f"{s('v2_loading_after_export_end_s')} / {s('v2_ready_after_export_end_s')} / "
+         f"{s('v1_unloaded_after_export_end_s')}"),
+        ("two versions held (v2 LOADING → v1 UNAVAILABLE), s", s("two_versions_held_s")),
+        ("Triton RSS (server + stubs) idle / chatting on v1 / peak from export start / peak from export "
+         "end / after, MiB", " / ".join(f"{r[f'rss_{k}_mib']:.0f}" for k in RSS)),
+        ("Triton reloads of v1 while the export wrote its staging folder", r["v1_reloads"]),
+        ("sequences the bot started again because their KV cache was gone", r["sequences_restarted"]),
+    ]  # fmt: skip
+    notes = [
+        "Random weights: most greedy replies decode to nothing, so the bot's retry with sampling runs "
+        "as well (two generations for such a reply)."
+    ]
+    if r["v1_reloads"]:
+        notes.append(
+            f"While the export wrote its staging folder inside the model's folder, Triton (poll) loaded v1 "
+            f"again {r['v1_reloads']} time(s), each a second copy in memory; each reload dropped the KV "
+            f"caches of the sequences in flight: the bot started {r['sequences_restarted']} again (none "
+            "failed), and v2 began loading only once the last reload was done."
+        )
+    if r["v1_gauge_left_after_unload"]:
+        notes.append("v1's `rudialogpt_*` gauges stayed on Triton's /metrics after v1 was unloaded.")
+    gpu = [
+        f"| {g['model']} | {g['params_m']:.0f}M | {g['weights_gb']:.2f} | {g['kv_gb']:.2f} "
+        f"({g['slots']}+1 × {g['context']}) | {g['one_version_gb']:.1f} | {g['switch_gb']:.1f} |"
+        for g in r["gpu_estimate"]
+    ]
+    return "\n".join(
+        [
+            f"# A new model version under {r['chats']} chats: shape {r['shape']} (`bench/rollout.py`)",
+            "",
+            f"Real tritonserver on this CPU (poll {r['poll_seconds']} s, {r['threads']} onnxruntime "
+            f"threads, fp32, {r['serving']['kv_slots']} KV slots × {r['serving']['slot_length']} positions), "
+            f"the bot's ChatBot, greedy {r['tokens_per_reply']} tokens per reply. Exports skip optimum's "
+            "reference export (`reference=False`); the serving graph is still checked against PyTorch.",
+            "",
+            "| | |",
+            "|---|---|",
+            *(f"| {k} | {v} |" for k, v in rows),
+            "",
+            *(f"- {n}" for n in notes),
+            "",
+            "## GPU memory a host needs (fp16, estimate, not measured)",
+            "",
+            "| model | params | weights GB | KV GB (slots × positions) | one version GB | in a switch GB |",
+            "|---|---|---|---|---|---|",
+            *gpu,
+            "",
+            f"Weights: parameters × 2 bytes × {r['file_ratio']:.2f} (the fp32 ONNX file's bytes over 4 per "
+            "parameter, measured on this export); KV slots as ServingConfig.kv_bytes counts them (the probe "
+            f"slot included); plus {CUDA_CONTEXT_GB} GB of CUDA context per python-backend stub (one per "
+            "loaded version): an assumption for recent GPUs, not measured here; onnxruntime's activation "
+            "workspace comes on top. A switch holds two versions at once.",
+            "",
+            f"Rerun: `python -m bench.rollout --shape {r['shape']} --chats {r['chats']} --poll-seconds "
+            f"{r['poll_seconds']} --out results --docs docs` (writes rollout-{r['shape']}.json and .md).",
+            "",
+        ]
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.rollout", description=__doc__)
+    p.add_argument("--shape", choices=sorted(SHAPES), default="small")
+    p.add_argument("--chats", type=int, default=8)
+    p.add_argument("--poll-seconds", type=int, default=2)
+    p.add_argument("--threads", type=int, default=2, help="onnxruntime threads per version")
+    p.add_argument("--out", type=Path, default=Path("results"))
+    p.add_argument("--docs", type=Path, help="also write rollout-<shape>.json/.md here")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    args.out.mkdir(parents=True, exist_ok=True)
+    result = run(args.shape, args.out, args.chats, args.poll_seconds, args.threads)
+    for folder in [args.out, *([args.docs] if args.docs else [])]:
+        (folder / f"rollout-{args.shape}.json").write_text(json.dumps(result, indent=2) + "\n")
+        (folder / f"rollout-{args.shape}.md").write_text(report(result))
+        print(folder / f"rollout-{args.shape}.md")
+    print(report(result))
+    return 0 if result["failed"] == 0 and result["v1_replies_started_after_first_v2"] == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
