@@ -34,7 +34,9 @@ def versions(model_dir: Path) -> list[int]:
     if not model_dir.is_dir():
         return []
     return sorted(
-        int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit() and p.name[0] != "0"
+        int(p.name)
+        for p in model_dir.iterdir()
+        if p.is_dir() and p.name.isascii() and p.name.isdigit() and p.name[0] != "0"
     )
 
 
@@ -81,7 +83,7 @@ def tokenizer_problems(folder: Path, vocab_size: int | None = None) -> list[str]
     path = folder / "tokenizer.json"
     try:
         spec = json.loads(path.read_text(encoding="utf-8"))
-        ids = _token_ids(spec)
+        ids = {token: int(i) for token, i in _token_ids(spec).items()}
     except FileNotFoundError:
         return [f"no {path}: export writes it beside the model"]
     except (ValueError, KeyError, TypeError, AttributeError) as exc:

@@ -151,7 +151,7 @@ def export(
         raise ExportError(f"--keep must be at least 1 (the version that serves), got {keep}")
     model_dir = repository / name
     new_model = not model_dir.exists()
-    staging = versions.staging(model_dir)  # inside the model's folder: Triton ignores it there
+    staging = versions.staging(model_dir)  # beside the repository: Triton never sees it
     try:
         texts = verify.torch_reference(checkpoint)
         ref = None
@@ -255,7 +255,7 @@ def export(
         number = versions.publish(version, model_dir, render(serving), info, keep)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-        if new_model and not any(model_dir.iterdir()):  # a failed first export leaves nothing
+        if new_model and model_dir.is_dir() and not any(model_dir.iterdir()):  # a failed first export
             model_dir.rmdir()
     final = layout.version_dir(model_dir, number)
     size = sum(f.stat().st_size for f in final.glob(io.ONNX_FILE + "*"))

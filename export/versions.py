@@ -2,10 +2,13 @@
 
 Triton (`--model-control-mode=poll`) loads the highest version number beside the one serving and
 unloads the old one once the new one is ready; a version that fails to load leaves the old one
-serving. So a version must appear complete, at once, and never change afterwards:
-- it is written in a staging folder inside the model's folder (Triton ignores names that are not
-  numbers there; at the repository's root it would take any folder for a model and fail it), then
-  renamed to the next number;
+serving. Triton 2.51 loads the serving version AGAIN (a new instance: every sequence's KV cache
+lost) whenever something new appears in the model's folder, also a folder it ignores as a version
+(measured: a `.staging-x` created there, or a file written into it). Deleting a folder does not.
+So a version must appear complete, in one step, and never change afterwards:
+- it is written in a staging folder beside the repository, on the same filesystem (at the
+  repository's root Triton would take the folder for a model and fail it), then renamed to the
+  next number in the model's folder: one change, one load (of the new version);
 - nothing in it is written later: Python would write `__pycache__/` beside model.py and the engine's
   modules when the python backend imports them (its stub ignores PYTHONDONTWRITEBYTECODE), Triton
   sees the folder changed and loads the version a second time, which drops every sequence's KV
@@ -36,9 +39,26 @@ class VersionError(RuntimeError):
 
 
 def staging(model_dir: Path) -> Path:
-    """A new, empty staging folder inside `model_dir` (created with its parents)."""
+    """A new, empty staging folder outside the repository Triton polls, on its filesystem (a
+    version is renamed from there): beside the repository. Where that is another filesystem
+    (the repository is a mount) or read-only, inside `model_dir`, which costs the serving version
+    one more load while the export runs (a warning says so)."""
     model_dir = Path(model_dir)
-    model_dir.mkdir(parents=True, exist_ok=True)
+    repository = model_dir.parent
+    repository.mkdir(parents=True, exist_ok=True)
+    beside = repository.resolve().parent
+    try:
+        if os.stat(beside).st_dev == os.stat(repository).st_dev:
+            return Path(tempfile.mkdtemp(prefix=f".{repository.name}{layout.STAGING_PREFIX}", dir=beside))
+    except OSError:  # not writable there
+        pass
+    log.warning(
+        "staging inside %s (beside the repository is %s): Triton loads the serving version once "
+        "more while this export runs, and its chats start their replies again",
+        model_dir,
+        "another filesystem" if beside.exists() else "missing",
+    )
+    model_dir.mkdir(exist_ok=True)
     return Path(tempfile.mkdtemp(prefix=layout.STAGING_PREFIX, dir=model_dir))
 
 
@@ -52,18 +72,24 @@ def seal(folder: Path) -> None:
 
 
 def publish(staged: Path, model_dir: Path, config_text: str, info: dict, keep: int = DEFAULT_KEEP) -> int:
-    """Rename the complete version folder `staged` to the next version number of `model_dir`,
-    write config.pbtxt if it changed, prune to `keep` versions; the new number.
+    """Rename the complete version folder `staged` (in a folder from `staging()`) to the next
+    version number of `model_dir`, write config.pbtxt if it changed, prune to `keep` versions; the
+    new number. A new model's folder appears whole, config and version 1 in one rename.
 
     The version comes first: a poll between the two writes loads it with the previous config (a
     config.pbtxt that changes later reloads the model once more)."""
-    model_dir = Path(model_dir)
+    model_dir, staged = Path(model_dir), Path(staged)
+    check_keep(keep)
     seal(staged)
     number = max(layout.versions(model_dir), default=0) + 1
-    (staged / layout.VERSION_INFO).unlink(missing_ok=True)  # a rollback's may be a hard link
-    (staged / layout.VERSION_INFO).write_text(
-        json.dumps({"version": number, "written": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **info}, indent=1)
-    )
+    _record(staged, {**info, "written": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "version": number})
+    if not model_dir.exists():
+        whole = staged.parent / model_dir.name
+        whole.mkdir()
+        (whole / "config.pbtxt").write_text(config_text)
+        os.rename(staged, whole / str(number))
+        os.rename(whole, model_dir)
+        return number
     while True:  # another export may take the number first: then the next one
         try:
             os.rename(staged, model_dir / str(number))
@@ -72,12 +98,10 @@ def publish(staged: Path, model_dir: Path, config_text: str, info: dict, keep: i
             if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY):
                 raise
             number += 1
-            info_path = staged / layout.VERSION_INFO
-            recorded = json.loads(info_path.read_text())
-            info_path.write_text(json.dumps({**recorded, "version": number}, indent=1))
+            _record(staged, {**layout.version_info(staged.parent, staged.name), "version": number})
     config = model_dir / "config.pbtxt"
     if not config.exists() or config.read_text() != config_text:
-        tmp = model_dir / f"{layout.STAGING_PREFIX}config.pbtxt"
+        tmp = staged.parent / "config.pbtxt"  # the staging folder: the same filesystem
         tmp.write_text(config_text)
         os.replace(tmp, config)
     legacy = model_dir / layout.TOKENIZER_DIR  # exports before versions kept one tokenizer here
@@ -88,10 +112,21 @@ def publish(staged: Path, model_dir: Path, config_text: str, info: dict, keep: i
     return number
 
 
-def prune(model_dir: Path, keep: int) -> list[int]:
-    """Delete all but the `keep` highest versions (never the highest); the numbers deleted."""
+def _record(staged: Path, info: dict) -> None:
+    """Write the version's version.json as a new file (a rollback's may be a hard link)."""
+    (staged / layout.VERSION_INFO).unlink(missing_ok=True)
+    (staged / layout.VERSION_INFO).write_text(json.dumps(info, indent=1))
+
+
+def check_keep(keep: int) -> None:
     if keep < 1:
         raise VersionError(f"--keep must be at least 1 (the serving version), got {keep}")
+
+
+def prune(model_dir: Path, keep: int) -> list[int]:
+    """Delete all but the `keep` highest versions (never the highest); the numbers deleted.
+    (A deleted folder is no change to Triton's poll: the serving version stays loaded.)"""
+    check_keep(keep)
     old = layout.versions(model_dir)[:-keep]
     for number in old:
         shutil.rmtree(layout.version_dir(model_dir, number))
@@ -104,6 +139,7 @@ def rollback(model_dir: Path, to: int | None = None, keep: int = DEFAULT_KEEP) -
     """Publish version `to` (default: the one below the highest) again, as the next number; the
     new number. Its files are hard links where the filesystem allows (no second copy on disk)."""
     model_dir = Path(model_dir)
+    check_keep(keep)
     numbers = layout.versions(model_dir)
     if to is None:
         if len(numbers) < 2:

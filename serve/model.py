@@ -205,3 +205,6 @@ class TritonPythonModel:
     def finalize(self) -> None:
         self.stop.set()
         self.sweeper.join(timeout=2)
+        # Unloaded (a new version took over): its series leave /metrics with the Metric objects.
+        self.gauges.clear()
+        self.families.clear()

@@ -27,8 +27,9 @@ from bot.tokenizer import ModelVersions
 from bot.triton_client import TritonClient
 from contract import repository as layout
 from contract.dialogue import clean_reply
+from export import versions
 from export.__main__ import main as export_main
-from tests.helpers import MODEL, server_rss_mib, start_triton
+from tests.helpers import MODEL, scrape, server_rss_mib, start_triton
 from tests.telegram_harness import run_bot, say
 
 pytestmark = [pytest.mark.timeout(600), pytest.mark.usefixtures("no_leaked_threads")]
@@ -105,30 +106,48 @@ def index(url: str) -> dict[str, dict]:
 
 def hand_made_version(model_dir: Path, source: int) -> int:
     """A copy of version `source` with another checkpoint's tokenizer (it has ids the graph has no
-    logits for), put in place in one rename, as someone copying folders by hand could: the model
-    must refuse it."""
+    logits for), staged beside the repository and renamed into place, as an operator copying
+    folders by hand would: the model must refuse it."""
     number = max(layout.versions(model_dir)) + 1
-    staged = model_dir / f"{layout.STAGING_PREFIX}by-hand"
+    staged = model_dir.parent.parent / f"{layout.STAGING_PREFIX}by-hand"
     shutil.copytree(layout.version_dir(model_dir, source), staged)
     spec_path = staged / layout.TOKENIZER_DIR / "tokenizer.json"
     spec = json.loads(spec_path.read_text())
-    spec["added_tokens"].append(
-        {**spec["added_tokens"][-1], "id": len(spec["model"]["vocab"]) + 50, "content": "<x>"}
-    )
+    extra = {**spec["added_tokens"][-1], "id": len(spec["model"]["vocab"]) + 50, "content": "<x>"}
+    spec["added_tokens"].append(extra)
     spec_path.write_text(json.dumps(spec))
     staged.rename(model_dir / str(number))
     return number
 
 
+def loads(log: Path, version: int) -> int:
+    """How often Triton began loading `version` of the model (its log)."""
+    return log.read_text(errors="replace").count(f'"loading: {MODEL}:{version}"')
+
+
+def metric_versions(url: str) -> set[str]:
+    """The versions whose model gauges are on Triton's /metrics."""
+    families = [f for f in scrape(url) if f.name == "rudialogpt_kv_slots_free"]
+    return {sample.labels["version"] for f in families for sample in f.samples}
+
+
 def test_new_versions_roll_out_under_8_chats_without_a_failed_reply(
-    tiny_checkpoint, tmp_path, tg, settings, capsys
+    tiny_checkpoint, tmp_path, tg, settings, capsys, monkeypatch
 ):
     repo = tmp_path / "repo"
     model_dir = repo / MODEL
     constant, t = constant_model(tiny_checkpoint, tmp_path / "constant")
     first = ["--checkpoint", str(tiny_checkpoint), "--repository", str(repo), "--skip-reference"]
     assert export_main(first) == 0
-    server = start_triton(repo, tmp_path / "triton.log", poll_seconds=POLL_S)
+    log = tmp_path / "triton.log"
+    server = start_triton(repo, log, poll_seconds=POLL_S)
+    publish = versions.publish
+
+    def slowly(*args, **kwargs):  # a real export takes minutes: its staging outlives a few polls
+        time.sleep(3 * POLL_S)
+        return publish(*args, **kwargs)
+
+    monkeypatch.setattr(versions, "publish", slowly)
     try:
         metrics = Metrics()
         client = TritonClient(server.url, MODEL, timeout=30)
@@ -156,10 +175,11 @@ def test_new_versions_roll_out_under_8_chats_without_a_failed_reply(
                 )
 
             chats = [asyncio.create_task(chat(1000 + k)) for k in range(CHATS)]
+            watch = MemoryWatch(server.process.pid)
             try:
                 await replies("1", 0.0, each=1)
                 # 1. A new checkpoint exported while they chat: version 2.
-                watch = MemoryWatch(server.process.pid)
+                watch.peak = 0.0
                 args = ["--checkpoint", str(constant), "--repository", str(repo), "--skip-reference"]
                 assert await asyncio.to_thread(export_main, args) == 0
                 exported = time.monotonic()
@@ -168,6 +188,8 @@ def test_new_versions_roll_out_under_8_chats_without_a_failed_reply(
                 first_v2 = min(s.finished for s in bot.said if s.version == "2")
                 figures["export_to_first_reply_s"] = first_v2 - exported
                 assert all(s.version == "2" for s in bot.said if s.started > first_v2)
+                # Each version loaded once: the export's staging never made Triton reload version 1.
+                assert (loads(log, 1), loads(log, 2)) == (1, 1)
                 # 2. A version whose tokenizer cannot drive the model: Triton refuses it, 2 serves on.
                 refused = str(hand_made_version(model_dir, 2))
                 await tg.wait_for(
@@ -192,8 +214,12 @@ def test_new_versions_roll_out_under_8_chats_without_a_failed_reply(
                 figures["rollback_to_first_reply_s"] = (
                     min(s.finished for s in bot.said if s.version == "4") - rolled
                 )
+                assert loads(log, 4) == 1
+                # An unloaded version's gauges leave /metrics (its line ends on the dashboard).
+                await tg.wait_for(lambda: metric_versions(server.metrics_url) == {"4"}, 30)
             finally:
                 stop.set()
+                watch.close()
                 await asyncio.gather(*chats)
 
         run_bot(build_application(bot, settings, metrics), scenario)

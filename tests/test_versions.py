@@ -54,7 +54,7 @@ def add_version(model_dir: Path, number: int, tokenizer: Path | None = None, **i
 @pytest.fixture
 def repo(tmp_path, real_tokenizer) -> Path:
     """A model folder with config.pbtxt and versions 1, 2, 3, each with a tokenizer."""
-    model_dir = tmp_path / MODEL
+    model_dir = tmp_path / "repo" / MODEL
     for n in (1, 2, 3):
         add_version(model_dir, n, real_tokenizer, checkpoint=f"ckpt-{n}")
     (model_dir / "config.pbtxt").write_text(CONFIG)
@@ -62,7 +62,11 @@ def repo(tmp_path, real_tokenizer) -> Path:
 
 
 def leftovers(model_dir: Path) -> list[str]:
-    return sorted(p.name for p in model_dir.iterdir() if p.name.startswith(layout.STAGING_PREFIX))
+    """Staging folders left in the model's folder or beside its repository."""
+    beside = model_dir.parent.parent
+    return sorted(
+        p.name for p in [*model_dir.iterdir(), *beside.iterdir()] if layout.STAGING_PREFIX in p.name
+    )
 
 
 # -- contract/repository.py: which folders are versions -------------------------------------------
@@ -97,7 +101,10 @@ def test_version_info_is_empty_when_missing_or_unreadable(tmp_path):
 
 def test_publish_renames_the_staged_folder_to_the_next_number(repo, real_tokenizer, monkeypatch):
     staged = fill(versions.staging(repo), real_tokenizer)
-    assert staged.parent == repo and staged.name.startswith(layout.STAGING_PREFIX)
+    # Beside the repository (Triton polls it: a folder appearing in the model's folder reloads
+    # the serving version), on its filesystem (the version is renamed from there).
+    assert staged.parent == repo.parent.parent and layout.STAGING_PREFIX in staged.name
+    assert os.stat(staged).st_dev == os.stat(repo).st_dev
     (staged / "serve" / "__pycache__").mkdir()  # what an import would have written
     (staged / "serve" / "__pycache__" / "engine.cpython-311.pyc").write_bytes(b"pyc")
     seen_at_rename = []
@@ -144,7 +151,7 @@ def test_seal_makes_python_unable_to_write_bytecode(tmp_path):
 
 
 def test_publish_writes_config_only_when_missing_or_changed(tmp_path):
-    model_dir = tmp_path / MODEL
+    model_dir = tmp_path / "repo" / MODEL
     config = model_dir / "config.pbtxt"
 
     versions.publish(fill(versions.staging(model_dir)), model_dir, CONFIG, {})
@@ -161,7 +168,7 @@ def test_publish_writes_config_only_when_missing_or_changed(tmp_path):
 
 
 def test_publish_removes_the_legacy_tokenizer_folder(tmp_path, real_tokenizer):
-    model_dir = tmp_path / MODEL
+    model_dir = tmp_path / "repo" / MODEL
     shutil.copytree(real_tokenizer, model_dir / layout.TOKENIZER_DIR)  # an export before versions
     number = versions.publish(fill(versions.staging(model_dir), real_tokenizer), model_dir, CONFIG, {})
     assert number == 1
@@ -239,14 +246,38 @@ def test_rollback_publishes_the_second_highest_again_as_hard_links(repo):
     assert leftovers(repo) == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="product bug: publish() writes {'version': number, **info}, so the source's 'version' "
-    "in a rollback's info overrides the new number",
-)
 def test_a_rollbacks_version_json_holds_its_own_number(repo):
     assert versions.rollback(repo) == 4
     assert layout.version_info(repo, 4)["version"] == 4
+
+
+def test_a_new_models_folder_appears_whole(tmp_path, real_tokenizer, monkeypatch):
+    """The first export: config.pbtxt and version 1 appear in one rename of the model's folder."""
+    model_dir = tmp_path / "repo" / MODEL
+    seen = []
+    rename = os.rename
+
+    def watched(src, dst):
+        if Path(dst) == model_dir:
+            seen.append(sorted(p.name for p in Path(src).iterdir()))
+        rename(src, dst)
+
+    monkeypatch.setattr(os, "rename", watched)
+    assert versions.publish(fill(versions.staging(model_dir)), model_dir, CONFIG, {}) == 1
+    assert seen == [["1", "config.pbtxt"]] and leftovers(model_dir) == []
+
+
+def test_staging_falls_back_inside_the_model_folder_on_another_filesystem(repo, monkeypatch, caplog):
+    """Beside the repository is another filesystem (the repository is a mount): staged inside the
+    model's folder instead, with a warning that the serving version is loaded once more."""
+    real = os.stat
+    beside = repo.parent.parent.resolve()
+    monkeypatch.setattr(
+        os, "stat", lambda p, *a, **k: os.stat_result((0,) * 10) if Path(p) == beside else real(p, *a, **k)
+    )
+    staged = versions.staging(repo)
+    assert staged.parent == repo and "loads the serving version once more" in caplog.text
+    assert versions.publish(fill(staged), repo, CONFIG, {}, keep=10) == 4
 
 
 def test_rollback_to_an_explicit_version_and_keep(repo):
@@ -296,7 +327,7 @@ def test_rollback_errors_name_the_fix(repo, damage, to, message):
 
 def test_rollback_of_an_empty_folder(tmp_path):
     with pytest.raises(VersionError, match="holds 0 version"):
-        versions.rollback(tmp_path / MODEL)
+        versions.rollback(tmp_path / "repo" / MODEL)
 
 
 # -- describe and the CLI --------------------------------------------------------------------------
@@ -313,7 +344,7 @@ def test_describe_lists_versions_newest_first(repo):
 
 
 def cli(tmp_path: Path, *args: str) -> int:
-    return main(["--repository", str(tmp_path), *args])
+    return main(["--repository", str(tmp_path / "repo"), *args])
 
 
 def test_cli_list(tmp_path, real_tokenizer, capsys):
@@ -321,7 +352,7 @@ def test_cli_list(tmp_path, real_tokenizer, capsys):
     assert "holds no versions: export a checkpoint first" in capsys.readouterr().out
 
     for n in (1, 2):
-        add_version(tmp_path / MODEL, n, real_tokenizer, checkpoint=f"ckpt-{n}")
+        add_version(tmp_path / "repo" / MODEL, n, real_tokenizer, checkpoint=f"ckpt-{n}")
     assert cli(tmp_path, "--list") == 0
     lines = capsys.readouterr().out.splitlines()
     assert [line.split()[0] for line in lines] == ["2", "1"] and "ckpt-2" in lines[0]
@@ -349,10 +380,6 @@ def test_cli_keep_0_is_a_usage_error(tmp_path, capsys):
     assert "--keep must be at least 1, got 0" in capsys.readouterr().err
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="product bug: rollback() checks --keep only in prune(), after the copy is published",
-)
 def test_cli_rollback_with_keep_0_publishes_nothing(tmp_path, repo, capsys):
     assert cli(tmp_path, "--rollback", "--keep", "0") == 2
     assert "--keep" in capsys.readouterr().err
