@@ -112,7 +112,9 @@ def test_triton_polls_the_shared_volume_for_new_versions():
     assert flags["--model-control-mode"] == "poll"
     assert 0 < int(flags["--repository-poll-secs"]) <= 10
     claim, inside, read_only = on_volume("triton", flags["--model-repository"])
-    assert (claim, inside, read_only) == ("model-repository", "", True)
+    # Triton polls the volume's repository/ only: new versions arrive in its staging/ and are
+    # renamed in (something new appearing in the model's folder reloads the serving version).
+    assert (claim, inside, read_only) == ("model-repository", "repository", True)
     assert "ReadWriteMany" in k8s_resource("PersistentVolumeClaim", claim)["spec"]["accessModes"]
 
 
@@ -132,7 +134,11 @@ def test_bot_reads_the_tokenizers_of_the_model_folder_triton_serves():
     model_folder = config["BOT_TOKENIZER_DIR"]
     repository = triton_flags()["--model-repository"]
     assert on_volume("bot", model_folder) == on_volume("triton", f"{repository}/{config['TRITON_MODEL']}")
-    assert on_volume("bot", model_folder) == ("model-repository", config["TRITON_MODEL"], True)
+    assert on_volume("bot", model_folder) == (
+        "model-repository",
+        f"repository/{config['TRITON_MODEL']}",
+        True,
+    )
 
 
 def test_hpa_scales_on_the_adapter_metric():
