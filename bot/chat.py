@@ -41,8 +41,10 @@ class ChatBot:
         tokenizer: DialogueTokenizer | ModelVersions,
         sampling: SamplingConfig,
         seed: int | None = None,
+        stops: bool = True,
     ):
         self.client = client
+        self.stops = stops  # a reply ends at the served tokenizer's stop ids (False: only at its length)
         self.versions = tokenizer if isinstance(tokenizer, ModelVersions) else ModelVersions.fixed(tokenizer)
         self.sampling = sampling
         self.rng = np.random.default_rng(seed)
@@ -88,7 +90,7 @@ class ChatBot:
                 gen = await generate(
                     self.client,
                     ids,
-                    sampling.with_(stop_ids=tok.stop_ids),
+                    sampling.with_(stop_ids=tok.stop_ids if self.stops else ()),
                     self.rng,
                     max_positions=limit,
                     on_tokens=on_tokens(tok.decode, on_text) if on_text else None,

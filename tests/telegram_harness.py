@@ -70,11 +70,9 @@ def chatbot(url: str, tokenizer: DialogueTokenizer, timeout: float = 10.0) -> Re
 
 def streaming_chatbot(url: str, tokenizer: DialogueTokenizer, timeout: float = 10.0) -> RecordingChatBot:
     """A chatbot whose replies take 24 tokens of >= 50 ms each (no stop token): long enough to stream."""
-    bot = RecordingChatBot(
-        Slow(url, MODEL, timeout=timeout), tokenizer, SamplingConfig(max_new_tokens=24), seed=0
+    return RecordingChatBot(
+        Slow(url, MODEL, timeout=timeout), tokenizer, SamplingConfig(max_new_tokens=24), seed=0, stops=False
     )
-    bot.sampling = bot.sampling.with_(stop_ids=())
-    return bot
 
 
 def run_bot(application: Application, scenario: Callable[[Dialogues], Awaitable[T]]) -> T:
