@@ -77,6 +77,12 @@ def tokenizer(model_repository) -> DialogueTokenizer:
 
 
 @pytest.fixture
+def real_tokenizer(model_repository) -> Path:
+    """The tokenizer folder the session's real export wrote (read-only: copy it to change it)."""
+    return model_repository / MODEL / "1" / "tokenizer"
+
+
+@pytest.fixture
 def tg():
     """The fake Telegram Bot API (tests/fake_telegram.py) on a free port."""
     with FakeTelegram() as fake:

@@ -21,12 +21,6 @@ from tests.helpers import MODEL
 NEW_WORD = "приветище"  # one token in a changed tokenizer, several in the real one
 
 
-@pytest.fixture
-def real_tokenizer(model_repository) -> Path:
-    """The tokenizer folder the session's real export wrote (read-only: copy it to change it)."""
-    return model_repository / MODEL / "1" / layout.TOKENIZER_DIR
-
-
 def add_version(model_dir: Path, number: int, tokenizer: Path | None) -> Path:
     """Version folder `number` with a copy of `tokenizer` (None: a version without one)."""
     folder = model_dir / str(number)
