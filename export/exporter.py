@@ -147,8 +147,10 @@ def export(
         log.info("this onnxruntime has no CUDA provider: the fp16 graph is checked on the CPU provider")
         provider = "cpu"
 
-    if keep < 1:
-        raise ExportError(f"--keep must be at least 1 (the version that serves), got {keep}")
+    try:
+        versions.check_keep(keep)  # before the work: publish() would refuse it only at the end
+    except versions.VersionError as exc:
+        raise ExportError(str(exc)) from None
     model_dir = repository / name
     new_model = not model_dir.exists()
     staging = versions.staging(model_dir)  # beside the repository: Triton never sees it

@@ -71,15 +71,15 @@ def triton(model_repository, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def tokenizer(model_repository) -> DialogueTokenizer:
-    """The bot's tokenizer, as export wrote it in the model's first version."""
-    return DialogueTokenizer(model_repository / MODEL / "1" / "tokenizer")
-
-
-@pytest.fixture
 def real_tokenizer(model_repository) -> Path:
-    """The tokenizer folder the session's real export wrote (read-only: copy it to change it)."""
+    """The tokenizer folder export wrote in the model's first version (read-only: copy it to change it)."""
     return model_repository / MODEL / "1" / "tokenizer"
+
+
+@pytest.fixture(scope="session")
+def tokenizer(real_tokenizer) -> DialogueTokenizer:
+    """The bot's tokenizer, as export wrote it in the model's first version."""
+    return DialogueTokenizer(real_tokenizer)
 
 
 @pytest.fixture

@@ -169,9 +169,9 @@ def metric(url: str, name: str, **labels: str) -> float:
 
 def server_rss_mib(pid: int) -> float:
     """Resident memory of tritonserver and its python-backend stubs, MiB."""
-    children = subprocess.run(["ps", "-o", "rss=", "--ppid", str(pid)], capture_output=True, text=True).stdout
-    own = int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * 4
-    return (own + sum(int(x) for x in children.split())) / 1024
+    from bench.rollout import children_of, rss_mib
+
+    return rss_mib(pid, children_of(pid))
 
 
 def cached_sequences(triton: TritonServer, model: str = MODEL) -> float:

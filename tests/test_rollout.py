@@ -7,15 +7,14 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
-import threading
 import time
 import urllib.request
-from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from bench.rollout import Watch
 from bot.chat import ChatBot, Reply
 from bot.console import UNAVAILABLE
 from bot.handlers import SORRY
@@ -76,25 +75,6 @@ class VersionRecorder(ChatBot):
         reply = await super().reply(turns, on_text)
         self.said.append(Said(started, time.monotonic(), reply.version, reply.text))
         return reply
-
-
-class MemoryWatch:
-    """The peak resident memory of tritonserver and its stubs, sampled every 50 ms."""
-
-    def __init__(self, pid: int):
-        self.pid, self.peak, self.stop = pid, 0.0, threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
-        while not self.stop.wait(0.05):
-            with suppress(OSError, ValueError):
-                self.peak = max(self.peak, server_rss_mib(self.pid))
-
-    def close(self) -> float:
-        self.stop.set()
-        self.thread.join()
-        return self.peak
 
 
 def index(url: str) -> dict[str, dict]:
@@ -175,16 +155,16 @@ def test_new_versions_roll_out_under_8_chats_without_a_failed_reply(
                 )
 
             chats = [asyncio.create_task(chat(1000 + k)) for k in range(CHATS)]
-            watch = MemoryWatch(server.process.pid)
+            watch = Watch(server.process.pid, server.url, server.metrics_url)
             try:
                 await replies("1", 0.0, each=1)
                 # 1. A new checkpoint exported while they chat: version 2.
-                watch.peak = 0.0
+                switch_began = time.monotonic()
                 args = ["--checkpoint", str(constant), "--repository", str(repo), "--skip-reference"]
                 assert await asyncio.to_thread(export_main, args) == 0
                 exported = time.monotonic()
                 await replies("2", exported)
-                figures["peak_rss"] = watch.close()
+                figures["peak_rss"] = max(watch.between(switch_began, time.monotonic()))
                 first_v2 = min(s.finished for s in bot.said if s.version == "2")
                 figures["export_to_first_reply_s"] = first_v2 - exported
                 assert all(s.version == "2" for s in bot.said if s.started > first_v2)
