@@ -118,9 +118,9 @@ def main(argv: list[str] | None = None) -> int:
     from optimum.exporters.onnx import main_export
     from transformers import AutoModelForCausalLM
 
+    from engine.core import KVEngine, make_session
     from export import ServingConfig, export
     from export.optimum_engine import OptimumEngine
-    from serve.engine import KVEngine, make_session
     from serve.server import TritonServer, free_ports
 
     torch.set_num_threads(args.threads)

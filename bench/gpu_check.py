@@ -115,7 +115,7 @@ def capture_graphs(engine, vocab: int) -> list[dict]:
     """Each decode graph captured on its own: its first run's time and the GPU memory it took."""
     import torch
 
-    from serve.engine import Step
+    from engine.core import Step
 
     def free() -> int:
         return torch.cuda.mem_get_info()[0] if engine.device == "cuda" else 0
@@ -143,7 +143,7 @@ def prompt_costs(engine, vocab: int, chunk: int = 256, chunks: int = 4) -> list[
     first chunk (position 0) and its continuations (past in the cache) take different kernels."""
     import torch
 
-    from serve.engine import Step
+    from engine.core import Step
 
     out = []
     for attempt in range(2):
@@ -161,7 +161,7 @@ def prompt_costs(engine, vocab: int, chunk: int = 256, chunks: int = 4) -> list[
 
 def churn_parity(graphs, plain, vocab: int, steps: int = 200) -> dict:
     """Greedy tokens of two engines over `steps` rounds with conversations joining and leaving."""
-    from serve.engine import Step
+    from engine.core import Step
 
     rng, contexts, rows, differ, refused = np.random.default_rng(5), {}, 0, 0, 0
     for t in range(steps):
@@ -194,7 +194,7 @@ def churn_parity(graphs, plain, vocab: int, steps: int = 200) -> dict:
 
 def engine_phases(check: Check, args: argparse.Namespace, onnx_path: str, slots: int, vocab: int) -> None:
     """The engine in-process: KV on the device, decode graphs captured, both paths timed and compared."""
-    from serve.engine import KVEngine, make_session
+    from engine.core import KVEngine, make_session
 
     rep, cuda = check.report, args.provider == "cuda"
     grid = (args.lengths, args.concurrency, vocab)

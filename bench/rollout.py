@@ -29,7 +29,7 @@ from pathlib import Path
 
 from bench.__main__ import SHAPES, build_model
 from bench.rollout_report import gpu_estimate, params, report
-from bot.chat import ChatBot
+from client.chat import ChatBot
 from contract import triton_io as io
 
 MODEL = io.DEFAULT_MODEL_NAME
@@ -162,9 +162,9 @@ async def until(check: Callable[[], bool], timeout: float, what: str) -> None:
 
 def run(shape: str, out: Path, chats: int = 8, poll_seconds: int = 2, threads: int = 2) -> dict:
     """The rollout under `chats` conversations; every figure, as written to rollout-<shape>.json."""
-    from bot.sampling import SamplingConfig
-    from bot.tokenizer import ModelVersions
-    from bot.triton_client import TritonClient
+    from client.sampling import SamplingConfig
+    from client.tokenizer import ModelVersions
+    from client.transport import TritonClient
     from export import ServingConfig, export
     from serve.server import TritonServer, free_ports
 
@@ -188,7 +188,7 @@ def run(shape: str, out: Path, chats: int = 8, poll_seconds: int = 2, threads: i
             restarts.append(time.monotonic())
         return True
 
-    logging.getLogger("bot.generate").addFilter(restarted)
+    logging.getLogger("client.generate").addFilter(restarted)
     f: dict = {}
     with server:
         assert server.process is not None
@@ -229,7 +229,7 @@ def run(shape: str, out: Path, chats: int = 8, poll_seconds: int = 2, threads: i
             asyncio.run(scenario())
         finally:
             watch.close()
-            logging.getLogger("bot.generate").removeFilter(restarted)
+            logging.getLogger("client.generate").removeFilter(restarted)
     t0, end = f["t_export_start"], f["t_export_end"]
 
     def since_export(check: Callable[[dict[str, str], set[str]], bool]) -> float | None:

@@ -69,8 +69,8 @@ def run_ort(engine, batch: list[list[int]], new_tokens: int, sampling=None) -> T
     """(2) onnxruntime in-process: the server's engine, without Triton or HTTP, all conversations
     in one call per step, choosing each token as the bot does (greedy unless `sampling`): from the
     candidates, or from the whole row where they cannot prove the choice."""
-    from bot.sampling import Context, SamplingConfig, choose, next_token
-    from serve.engine import Step
+    from client.sampling import Context, SamplingConfig, choose, next_token
+    from engine.core import Step
 
     cfg = sampling or SamplingConfig.greedy()
     contexts = [Context(p, cfg.no_repeat_ngram_size) for p in batch]
@@ -100,7 +100,7 @@ def run_ort(engine, batch: list[list[int]], new_tokens: int, sampling=None) -> T
 
 def run_reference(engine, batch: list[list[int]], new_tokens: int) -> Timing:
     """(2a) the engine before v2 (export/optimum_engine.py), greedy on its whole rows of logits."""
-    from serve.engine import Step
+    from engine.core import Step
 
     t0 = time.perf_counter()
     rows = engine.logits([Step(i + 1, np.array(p), 0) for i, p in enumerate(batch)])
@@ -129,9 +129,9 @@ def run_triton(
 ) -> Timing:
     """(3)/(4) the bot's own client and generate loop against the real Triton, conversations concurrent
     (greedy unless `sampling`; `gate`: the client's GateConfig; the rest goes to generate())."""
-    from bot.generate import generate
-    from bot.sampling import SamplingConfig
-    from bot.triton_client import TritonClient
+    from client.generate import generate
+    from client.sampling import SamplingConfig
+    from client.transport import TritonClient
 
     cfg = (sampling or SamplingConfig.greedy()).with_(max_new_tokens=new_tokens, stop_ids=())
 
@@ -172,7 +172,7 @@ def run_rounds(
     over exactly those rounds (bench/stats.py). ms per round: the client's whole round, its
     request (tensors, HTTP, parsing), Triton's phases, model.py's own time and the engine's."""
     from bench.stats import server_times
-    from bot.triton_client import Row, TritonClient
+    from client.transport import Row, TritonClient
 
     async def main() -> dict:
         client = TritonClient(url, model, timeout=120)

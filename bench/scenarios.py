@@ -28,7 +28,7 @@ log = logging.getLogger("bench.scenarios")
 
 @dataclass(frozen=True)
 class Mode:
-    gate: bool  # the client-side step gate (bot/step_gate.py)
+    gate: bool  # the client-side step gate (client/rounds.py)
     prompt_chunk: int | None  # prompt tokens per step; None: the whole prompt in one
 
 
@@ -39,8 +39,8 @@ MODES = {
 
 
 def _client(url: str, model: str, gate: bool):
-    from bot.step_gate import GateConfig
-    from bot.triton_client import TritonClient
+    from client.rounds import GateConfig
+    from client.transport import TritonClient
 
     return TritonClient(url, model, timeout=120, gate=GateConfig(enabled=gate))
 
@@ -56,7 +56,7 @@ def _steps(gens) -> dict:
 
 def sampled(url: str, engine, n: int, prompt: int, vocab: int, new_tokens: int) -> list[dict]:
     """(a) the card's sampling, served and in-process, n conversations."""
-    from bot.sampling import SamplingConfig
+    from client.sampling import SamplingConfig
 
     cfg = SamplingConfig(max_new_tokens=new_tokens)
     batch = prompts(n, prompt, vocab, seed=7)
@@ -94,8 +94,8 @@ def churn(
 ) -> dict:
     """(c) users chatting at random: each sends `replies` messages with random prompt and reply
     lengths and pauses; the same draws before and after."""
-    from bot.generate import generate
-    from bot.sampling import SamplingConfig
+    from client.generate import generate
+    from client.sampling import SamplingConfig
 
     rng = np.random.default_rng(11)
     plan = [
@@ -149,8 +149,8 @@ def churn(
 
 def newcomer(url: str, n: int, prompt: int, long_prompt: int, vocab: int, new_tokens: int, mode: str) -> dict:
     """(d) n conversations decoding; after 5 tokens each, one more arrives with a long prompt."""
-    from bot.generate import generate
-    from bot.sampling import SamplingConfig
+    from client.generate import generate
+    from client.sampling import SamplingConfig
 
     cfg = SamplingConfig.greedy(max_new_tokens=new_tokens, stop_ids=())
     batch, late = prompts(n, prompt, vocab, seed=3), prompts(1, long_prompt, vocab, seed=4)[0]
@@ -196,7 +196,7 @@ def newcomer(url: str, n: int, prompt: int, long_prompt: int, vocab: int, new_to
 def sampling_cost(vocab: int, repeats: int = 200) -> dict[str, float]:
     """ms per token of the card's sampling, 600 tokens of context: from one vocab-sized row of
     logits, and from its K candidates (what the server answers)."""
-    from bot.sampling import Context, SamplingConfig, choose, next_token
+    from client.sampling import Context, SamplingConfig, choose, next_token
 
     rng = np.random.default_rng(0)
     logits, context = rng.normal(size=vocab).astype(np.float32) * 3, rng.integers(0, vocab, 600)

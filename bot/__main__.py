@@ -9,12 +9,12 @@ import os
 import sys
 from collections.abc import Mapping
 
-from bot.chat import ChatBot
-from bot.sampling import SamplingConfig
 from bot.settings import FLAGS, Mode, Settings
-from bot.step_gate import GateConfig
-from bot.tokenizer import ModelVersions
-from bot.triton_client import TritonClient
+from client.chat import ChatBot
+from client.rounds import GateConfig
+from client.sampling import SamplingConfig
+from client.tokenizer import ModelVersions
+from client.transport import TritonClient
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

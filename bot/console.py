@@ -17,8 +17,8 @@ import threading
 from collections.abc import AsyncIterator, Callable
 from typing import TextIO
 
-from bot.chat import ChatBot
-from bot.triton_client import TritonError
+from client.chat import ChatBot
+from client.transport import TritonError
 from contract.dialogue import CONTEXT_TURNS, clean_turn
 
 log = logging.getLogger(__name__)

@@ -23,14 +23,14 @@ from telegram import Bot, Chat, Message
 from telegram.constants import ChatAction, ChatType
 from telegram.error import NetworkError, TelegramError, TimedOut
 
-from bot.chat import ChatBot, Reply
 from bot.console import RESET_DONE, UNAVAILABLE
 from bot.drafts import Drafts
-from bot.history import Store
+from bot.history.store import Store
 from bot.metrics import Metrics
-from bot.streaming import OnText
 from bot.text import split_message
-from bot.triton_client import TritonError, TritonUnavailable
+from client.chat import ChatBot, Reply
+from client.streaming import OnText
+from client.transport import TritonError, TritonUnavailable
 from contract.dialogue import CONTEXT_TURNS
 
 log = logging.getLogger(__name__)
@@ -79,7 +79,7 @@ class Dialogues:
         draft_every: float = 0.0,
     ):
         self.chatbot, self.history, self.metrics = chatbot, history, metrics
-        chatbot.versions.report_to(metrics)
+        chatbot.versions.watch(metrics.model_changed)
         self.health_every, self.draft_every = health_every, draft_every
         self._background: set[asyncio.Task[Reply]] = set()
         self._tasks: list[asyncio.Task[None]] = []  # the health checks, the recovery at start

@@ -12,7 +12,7 @@ from telegram.ext import Application, CommandHandler, ContextTypes, ExtBot, JobQ
 
 from bot.console import UNAVAILABLE
 from bot.dialogues import Dialogues
-from bot.history import StoreUnavailable
+from bot.history.store import StoreUnavailable
 from bot.text import without_mention
 from contract.dialogue import clean_turn
 

@@ -69,6 +69,13 @@ class Metrics:
         for result in SWITCH_RESULTS:
             self.model_switches.labels(result)
 
+    def model_changed(self, result: str, version: str | None) -> None:
+        """The client's ModelVersions reports the version it uses ("current") or a switch."""
+        if result in SWITCH_RESULTS:
+            self.model_switches.labels(result).inc()
+        if result != "refused" and version and version.isdigit():
+            self.model_version.set(int(version))
+
     def serve(self, port: int) -> None:
         """Expose /metrics on 0.0.0.0:`port` from a daemon thread."""
         start_http_server(port, registry=self.registry)

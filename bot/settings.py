@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from bot.history import DATABASE_URL, DatabaseSettings
+from bot.history.store import DATABASE_URL, DatabaseSettings
+from client.transport import DEFAULT_TIMEOUT
 from contract import triton_io as io
 
 Mode = Literal["console", "polling", "webhook"]  # what `python -m bot` runs: the settings it needs
@@ -32,9 +33,11 @@ _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 class TritonSettings:
     """Where the model is served and how long a call to it may take."""
 
-    url: str = "127.0.0.1:8000"  # TRITON_URL: Triton's HTTP host:port, without a scheme
+    url: str = io.DEFAULT_URL  # TRITON_URL: Triton's HTTP host:port, without a scheme
     model: str = io.DEFAULT_MODEL_NAME  # TRITON_MODEL: the model's name in the repository
-    timeout: float = 10.0  # TRITON_TIMEOUT (--timeout): seconds per call; in Telegram also per reply
+    timeout: float = (
+        DEFAULT_TIMEOUT  # TRITON_TIMEOUT (--timeout): seconds per call; in Telegram also per reply
+    )
     step_gate: bool = True  # TRITON_STEP_GATE: False (0) lets each conversation step on its own
 
 
@@ -181,6 +184,7 @@ class _Values:
         name, raw = self.raw(var)
         if raw and not re.fullmatch(r"[^\s/:]+:\d{1,5}", raw):
             raise ValueError(
-                f"{name} must be Triton's HTTP host:port without a scheme (e.g. 127.0.0.1:8000), got {raw!r}"
+                f"{name} must be Triton's HTTP host:port without a scheme "
+                f"(e.g. {io.DEFAULT_URL}), got {raw!r}"
             )
         return raw or default

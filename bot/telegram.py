@@ -15,13 +15,13 @@ from telegram import Update
 from telegram.error import InvalidToken
 from telegram.ext import AIORateLimiter, ApplicationBuilder
 
-from bot.chat import ChatBot
 from bot.dialogues import Dialogues
 from bot.handlers import COMMANDS, STATE, BotApplication, add_handlers
 from bot.history import open_store
 from bot.metrics import Metrics
 from bot.redact import hide_token_in_logs
 from bot.settings import Settings
+from client.chat import ChatBot
 
 log = logging.getLogger(__name__)
 

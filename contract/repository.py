@@ -1,9 +1,13 @@
 """The model repository's layout and the tokenizer rule: what export writes, Triton loads, the bot reads.
 
     model_repository/<name>/config.pbtxt        one config for all versions (version_policy latest 1)
-    model_repository/<name>/<N>/                 a version: model.onnx, model.py, serve/, contract/,
-                                                 tokenizer/ (what the bot encodes with), version.json
-    model_repository/<name>/.staging-*/          an export being written (Triton ignores the name)
+    model_repository/<name>/<N>/                 a version: model.onnx, model.py (Triton's entry,
+                                                 one import of engine.model), engine/ and contract/
+                                                 (the packages, copied whole), tokenizer/ (what the
+                                                 bot encodes with), version.json
+    <repository's parent>/.<repository>.staging-*/  an export being written, beside the repository
+                                                 (anything new inside the model's folder makes
+                                                 Triton load the serving version again)
 
 Triton loads the highest version number; the bot reads the tokenizer of the version that answered
 it. A version's tokenizer must pass `tokenizer_problems` against its graph's vocabulary: export
@@ -23,7 +27,10 @@ from contract.dialogue import FIRST, SECOND
 
 TOKENIZER_DIR = "tokenizer"  # in a version folder: tokenizer.json and tokenizer_config.json
 VERSION_INFO = "version.json"  # in a version folder: what export recorded (source, checks, digest)
-STAGING_PREFIX = ".staging-"  # an export being written, inside the model's folder
+STAGING_PREFIX = ".staging-"  # an export being written (beside the repository, see export/versions.py)
+CODE_PACKAGES = ("engine", "contract")  # copied whole into every version: what model.py imports
+ENTRY_FILE = "model.py"  # the file Triton's python backend loads from a version folder
+ENTRY_SOURCE = "from engine.model import TritonPythonModel  # noqa: F401  (the engine package beside it)\n"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")  # what the digest covers
 
 

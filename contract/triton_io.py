@@ -12,6 +12,8 @@ END row may carry no tokens (then it only frees).
 from __future__ import annotations
 
 DEFAULT_MODEL_NAME = "rudialogpt"
+DEFAULT_HTTP_PORT = 8000  # Triton's HTTP port (its own default; `python -m serve` and the demo use it)
+DEFAULT_URL = f"127.0.0.1:{DEFAULT_HTTP_PORT}"  # where the bot, bench and probe look for Triton
 
 # Triton tensors of a round request (config.pbtxt, model.py, bot client). Every tensor has a
 # leading batch dimension of 1 (Triton's dynamic batcher may hand model.py several requests).
@@ -41,6 +43,12 @@ RESPONSE_OUTPUTS = {
     LOGITS: "FP32",
 }
 
+
+def round_shapes(rows: int, tokens: int) -> dict[str, list[int]]:
+    """Each input's shape in a round of `rows` rows that carry `tokens` new ids in all."""
+    return {name: [1, tokens if name == INPUT_IDS else rows] for name in REQUEST_INPUTS}
+
+
 # FLAGS bits.
 ROW_END = 1  # free the sequence's cache after this row
 ROW_FULL = 2  # answer the whole row of logits too (LOGITS)
@@ -52,12 +60,13 @@ ROW_LOST = 2  # the server holds no cache for the sequence at that position: sta
 ROW_BUSY = 3  # no KV slot free for a new sequence right now: try again later
 ROW_FAILED = 4  # onnxruntime failed; the sequence's cache was dropped: start it again at 0
 
-# The liveness probe's sequence id (serve/health.py): one token at position 0 with END. Above
-# every id a client draws (randbits(63)), so a probe never touches a real generation's cache.
+# The liveness probe's sequence id: one token at position 0 with END (PROBE_ROW). Above every id a
+# client draws (randbits(63)), so a probe never touches a real generation's cache.
 PROBE_SEQUENCE_ID = 2**63
+PROBE_ROW = {SEQUENCE_IDS: PROBE_SEQUENCE_ID, POSITIONS: 0, COUNTS: 1, FLAGS: ROW_END, INPUT_IDS: 0}
 
 # The engine keeps one KV slot more than config.pbtxt's kv_slots: the probe's own (see
-# serve/slots.py), so a probe never waits for a slot or takes one from a generation.
+# engine/slots.py), so a probe never waits for a slot or takes one from a generation.
 PROBE_SLOTS = 1
 
 # config.pbtxt `parameters` the model (and the client) read (string values).
@@ -67,7 +76,7 @@ PARAM_INTRA_OP_THREADS = "intra_op_threads"  # onnxruntime threads; "0" lets ORT
 PARAM_IDLE_SECONDS = "cache_idle_seconds"  # a cache unused this long is freed
 PARAM_KV_SLOTS = "kv_slots"  # KV-cache slots: most sequences cached at once (the client's limit too)
 PARAM_SLOT_LENGTH = "slot_length"  # positions one slot holds: the longest context a sequence may reach
-PARAM_DECODE_GRAPHS = "decode_graphs"  # "auto" (on with CUDA), "on", "off": see serve/runner.py
+PARAM_DECODE_GRAPHS = "decode_graphs"  # "auto" (on with CUDA), "on", "off": see engine/runner.py
 
 # Serving graph metadata (export/serving_graph.py): the model's shape, read by the engine.
 META_NUM_LAYERS = "num_layers"  # transformer layers (past_key.N)
@@ -79,7 +88,7 @@ META_RAGGED_CHUNKS = "ragged_chunks"  # "1" if rows may carry chunks of any leng
 META_CANDIDATES = "candidates"  # K: the candidate tokens the graph answers per row
 
 # Serving defaults, one definition each: export writes them into config.pbtxt (ServingConfig in
-# export/triton_config.py), model.py reads what config.pbtxt says, and the engine (serve/engine.py)
+# export/triton_config.py), model.py reads what config.pbtxt says, and the engine (engine/core.py)
 # uses them when it is built directly (tests, bench).
 ONNX_FILE = "model.onnx"  # the served graph in the model's version folder
 DEFAULT_KV_SLOTS = 8  # KV-cache slots: sequences generating at once (each holds one from START to END)

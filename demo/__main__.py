@@ -80,7 +80,9 @@ def main(argv: list[str] | None = None) -> int:
         default=int(os.environ.get("DEMO_TRAIN_STEPS", "600")),
         help="training steps when no checkpoint exists (env DEMO_TRAIN_STEPS)",
     )
-    p.add_argument("--http-port", type=int, default=int(os.environ.get("DEMO_HTTP_PORT", "8000")))
+    p.add_argument(
+        "--http-port", type=int, default=int(os.environ.get("DEMO_HTTP_PORT", io.DEFAULT_HTTP_PORT))
+    )
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for name in ("demo", "training", "serve", "bot"):

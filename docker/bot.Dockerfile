@@ -12,7 +12,7 @@ COPY requirements/bot.txt requirements/bot.txt
 RUN pip install -r requirements/bot.txt
 
 COPY contract/ contract/
-COPY serve/__init__.py serve/health.py serve/
+COPY client/ client/
 COPY bot/ bot/
 
 # Non-root; /data is the SQLite history (a named volume: Docker copies this owner into a new one).

@@ -21,8 +21,8 @@ RUN python3 -m pip install --no-cache-dir --break-system-packages onnxruntime-gp
 # skipped, the NVIDIA Container Toolkit mounts it when the container starts.
 # (`get_available_providers()` cannot tell: it lists the providers compiled in.)
 WORKDIR /opt/rudialogpt
-COPY serve/__init__.py serve/cuda_libraries.py serve/
-RUN python3 -m serve.cuda_libraries
+COPY docker/cuda_libraries.py ./
+RUN python3 cuda_libraries.py
 
 # The liveness probe and the supervisor (standard library only). Triton keeps its health
 # endpoints at 200 when the model's stub process is dead; the supervisor notices (a real

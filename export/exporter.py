@@ -20,15 +20,6 @@ from export.triton_config import ServingConfig, render
 log = logging.getLogger(__name__)
 
 ROOT = Path(__file__).resolve().parent.parent
-# What the model's version folder holds besides the graph: model.py, the engine's modules as the
-# package `serve` (imported as in the repository), and the contract package.
-SERVER_FILES = {
-    ROOT / "serve" / "model.py": "model.py",
-    **{
-        ROOT / "serve" / f"{m}.py": f"serve/{m}.py"
-        for m in ("__init__", "engine", "steps", "slots", "plan", "runner", "graphs")
-    },
-}
 
 
 class ExportError(RuntimeError):
@@ -234,10 +225,9 @@ def export(
         serving = replace(serving, onnx_file=io.ONNX_FILE)
         for f in staging.glob(onnx_path.name + "*"):  # the model and any external-data file
             shutil.move(str(f), version / f.name.replace(onnx_path.stem, "model", 1))
-        for src, dst in SERVER_FILES.items():
-            (version / dst).parent.mkdir(exist_ok=True)
-            shutil.copy2(src, version / dst)
-        shutil.copytree(ROOT / "contract", version / "contract", ignore=shutil.ignore_patterns("__pycache__"))
+        for package in layout.CODE_PACKAGES:  # the model Triton runs, each package whole
+            shutil.copytree(ROOT / package, version / package, ignore=shutil.ignore_patterns("__pycache__"))
+        (version / layout.ENTRY_FILE).write_text(layout.ENTRY_SOURCE)
         tokenizer = version / layout.TOKENIZER_DIR
         _save_tokenizer(checkpoint, tokenizer)
         vocab = int(config["vocab_size"])

@@ -1,6 +1,6 @@
 """The pre-v2 engine, over optimum's graph: the reference the serving graph is checked against.
 
-Until Engine v2 this was serve/engine.py. It now runs optimum's export (`text-generation-with-past`)
+Until Engine v2 this was engine/core.py. It now runs optimum's export (`text-generation-with-past`)
 for the exporter's reference check and as the "today's engine" baseline of `python -m bench`:
 every step feeds the whole past to ORT and keeps the `present` outputs, which concatenate it.
 
@@ -25,8 +25,8 @@ import numpy as np
 import onnxruntime as ort
 
 from contract import triton_io as io
-from serve.engine import Step, StepError
-from serve.plan import rounds
+from engine.core import Step, StepError
+from engine.plan import rounds
 
 log = logging.getLogger(__name__)
 

@@ -74,7 +74,7 @@ def _logits(engine, steps) -> list[np.ndarray]:
 
 def served_path(engine, ids: list[int], prompt_len: int) -> dict[int, np.ndarray]:
     """One sequence as Triton serves it: the prompt in one step, then one token per step."""
-    from serve.engine import Step
+    from engine.core import Step
 
     out = {prompt_len - 1: _logits(engine, [Step(1, np.array(ids[:prompt_len]), 0)])[0]}
     for p in range(prompt_len, len(ids)):
@@ -86,7 +86,7 @@ def served_ragged(engine, texts: Texts, chunk: int = 3) -> list[dict[int, np.nda
     """Both dialogues at once, ragged: the first decodes token by token after its prompt while the
     second joins on its second step and feeds its prompt in chunks of `chunk` tokens, so calls
     mix a prompt chunk with single tokens at different context lengths; rows skip steps too."""
-    from serve.engine import Step
+    from engine.core import Step
 
     a, b = texts.ids
     pa = texts.prompt_lens[0]
@@ -113,7 +113,7 @@ def served_ragged(engine, texts: Texts, chunk: int = 3) -> list[dict[int, np.nda
 
 def check_graph(onnx_path: Path, texts: Texts, provider: str = "cpu") -> Deviation:
     """The serving graph on the served path and ragged, against PyTorch: the worst deviation."""
-    from serve.engine import KVEngine, make_session
+    from engine.core import KVEngine, make_session
 
     session = make_session(str(onnx_path), provider)
     length = max(len(ids) for ids in texts.ids)
@@ -130,7 +130,7 @@ def check_graph(onnx_path: Path, texts: Texts, provider: str = "cpu") -> Deviati
 def check_candidates(engine, texts: Texts) -> Deviation:
     """The graph's candidates against its own whole row after each prompt: their logits must be
     the row's K largest, at their ids (the deviation is 0 when they are)."""
-    from serve.engine import Step
+    from engine.core import Step
 
     worst_gap = 0.0
     for ids, n in zip(texts.ids, texts.prompt_lens, strict=True):
@@ -145,8 +145,8 @@ def check_candidates(engine, texts: Texts) -> Deviation:
 
 def check_optimum(onnx_path: Path, texts: Texts, max_positions: int) -> Deviation:
     """optimum's export (the reference graph) on the served path, against PyTorch."""
+    from engine.core import make_session
     from export.optimum_engine import OptimumEngine
-    from serve.engine import make_session
 
     session = make_session(str(onnx_path))
     return worst(

@@ -1,12 +1,3 @@
-"""Local serving: the real tritonserver binary from the nvidia-pytriton wheel, on the CPU.
-
-Importing the package imports nothing else: the bot's image carries only `serve/health.py`.
-"""
-
-
-def __getattr__(name: str) -> object:
-    if name in ("TritonServer", "TritonServerError"):
-        from serve import server
-
-        return getattr(server, name)
-    raise AttributeError(name)
+"""The host side of serving: start the real tritonserver (`python -m serve`), keep it alive
+(supervisor, watchdog) and probe the model with one real inference (health). What runs inside
+Triton is the `engine` package, which export copies into every model version."""

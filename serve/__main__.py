@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
         help="Triton model repository (written by `python -m export`)",
     )
     p.add_argument("--host", default="127.0.0.1", help="address to bind; 0.0.0.0 for all")
-    p.add_argument("--http-port", type=int, default=8000)
+    p.add_argument("--http-port", type=int, default=io.DEFAULT_HTTP_PORT)
     p.add_argument("--grpc-port", type=int, default=8001)
     p.add_argument("--metrics-port", type=int, default=8002)
     p.add_argument("--log-file", type=Path, help="write the server's own log here")

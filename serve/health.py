@@ -2,10 +2,11 @@
 
 Triton 2.51 keeps `/v2/health/ready`, `/v2/health/live` and `/v2/models/<m>/ready` at 200 after
 its python-backend stub died; only an inference tells ("Stub process ... is not healthy"). The
-probe sends one token with START|END on a reserved correlation id (contract PROBE_SEQUENCE_ID):
-the model runs it, answers logits, and frees the cache at once. The launcher's supervisor, the
-Triton container's entrypoint and healthcheck, the Kubernetes probes and the bot's `bot_triton_up`
-all use `probe()`. Standard library only, so it runs in every image:
+probe is a round of one row (contract/triton_io.py's PROBE_ROW): one token at position 0 with END
+on a reserved sequence id, in the probe's own KV slot; the model runs it, answers its candidates
+and frees the slot at once. The launcher's supervisor, the Triton container's entrypoint and
+healthcheck and the Kubernetes probes use `probe()` (the bot sends the same row through its own
+client). Standard library only, so it runs in the Triton image's system Python:
 
     python -m serve.health [--url 127.0.0.1:8000] [--model rudialogpt] [--timeout 5]
 
@@ -27,19 +28,13 @@ class ModelDead(RuntimeError):
     """The model did not answer a real inference; the message says what happened."""
 
 
-def probe(url: str = "127.0.0.1:8000", model: str = io.DEFAULT_MODEL_NAME, timeout: float = 5.0) -> None:
-    """Run one row of one token at position 0 with END; raise ModelDead unless its candidates come back."""
-    row = {
-        io.SEQUENCE_IDS: io.PROBE_SEQUENCE_ID,
-        io.POSITIONS: 0,
-        io.COUNTS: 1,
-        io.FLAGS: io.ROW_END,
-        io.INPUT_IDS: 0,
-    }
+def probe(url: str = io.DEFAULT_URL, model: str = io.DEFAULT_MODEL_NAME, timeout: float = 5.0) -> None:
+    """Run the probe's row (io.PROBE_ROW); raise ModelDead unless its candidates come back."""
+    shapes = io.round_shapes(rows=1, tokens=1)
     body = json.dumps(
         {
             "inputs": [
-                {"name": name, "shape": [1, 1], "datatype": dtype, "data": [row[name]]}
+                {"name": name, "shape": shapes[name], "datatype": dtype, "data": [io.PROBE_ROW[name]]}
                 for name, dtype in io.REQUEST_INPUTS.items()
             ],
             "outputs": [{"name": io.STATUS}, {"name": io.ERRORS}, {"name": io.CANDIDATE_IDS}],
@@ -64,7 +59,7 @@ def probe(url: str = "127.0.0.1:8000", model: str = io.DEFAULT_MODEL_NAME, timeo
         raise ModelDead(f"model {model!r} at {url}: the probe's row failed (status {status[0]}): {errors}")
 
 
-def is_alive(url: str = "127.0.0.1:8000", model: str = io.DEFAULT_MODEL_NAME, timeout: float = 5.0) -> bool:
+def is_alive(url: str = io.DEFAULT_URL, model: str = io.DEFAULT_MODEL_NAME, timeout: float = 5.0) -> bool:
     """probe() as a bool."""
     try:
         probe(url, model, timeout)
@@ -75,7 +70,7 @@ def is_alive(url: str = "127.0.0.1:8000", model: str = io.DEFAULT_MODEL_NAME, ti
 
 def add_target_arguments(p: argparse.ArgumentParser) -> None:
     """--url and --model: which server and model to probe (this CLI and the supervisor's)."""
-    p.add_argument("--url", default="127.0.0.1:8000", help="Triton HTTP host:port")
+    p.add_argument("--url", default=io.DEFAULT_URL, help="Triton HTTP host:port")
     p.add_argument("--model", default=io.DEFAULT_MODEL_NAME, help="model to probe")
 
 

@@ -31,6 +31,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from contract import triton_io as io
+
 log = logging.getLogger(__name__)
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -115,7 +117,7 @@ class TritonServer:
     """One tritonserver process serving `repository`; use as a context manager or start()/stop()."""
 
     repository: Path  # the Triton model repository to serve
-    http_port: int = 8000  # KServe v2 HTTP API
+    http_port: int = io.DEFAULT_HTTP_PORT  # KServe v2 HTTP API
     grpc_port: int = 8001  # gRPC API
     metrics_port: int = 8002  # Prometheus metrics (/metrics)
     host: str = "127.0.0.1"  # address the ports bind to

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from bot.chat import DialogueTokenizer
 from bot.settings import Settings
+from client.chat import DialogueTokenizer
 from serve.server import free_port
 from tests.fake_telegram import FakeTelegram
 from tests.helpers import IDLE_MODEL, LAUNCHERS, MODEL, SAMPLE_CSV, leftovers, start_triton

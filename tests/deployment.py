@@ -3,12 +3,14 @@ deployment tests read them: paths, parsed files, metric names, PromQL, command-l
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 import yaml
@@ -20,6 +22,7 @@ WEBHOOK_OVERRIDE = ROOT / "docker" / "compose.webhook.yml"
 POSTGRES_OVERRIDE = ROOT / "docker" / "compose.postgres.yml"
 COMPOSE_FILES = [COMPOSE, WEBHOOK_OVERRIDE, POSTGRES_OVERRIDE]
 DOCKERFILES = sorted((ROOT / "docker").glob("*.Dockerfile"))
+CUDA_CHECK = ROOT / "docker" / "cuda_libraries.py"  # the Triton image's build-time check (a script)
 ENV_EXAMPLE = ROOT / ".env.example"
 PROMETHEUS_CONFIG = ROOT / "monitoring" / "prometheus.yml"
 GRAFANA = ROOT / "monitoring" / "grafana"
@@ -109,6 +112,16 @@ ENV_VARIABLES = {
     "POSTGRES_PASSWORD",
 }
 FLOATING_TAGS = {"latest", "stable", "lts", "edge", "nightly", "main", "master"}
+
+
+def load_script(path: Path) -> ModuleType:
+    """A standalone script (not in a package) imported as a module, to test its functions."""
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    assert spec and spec.loader, path
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[path.stem] = module  # dataclasses look their module up while the class is made
+    spec.loader.exec_module(module)
+    return module
 
 
 def load_yaml(path: Path):

@@ -18,7 +18,7 @@ import numpy as np
 from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
-from bot.triton_client import TritonClient
+from client.transport import TritonClient
 from serve.server import TritonServer, TritonServerError, free_ports
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -105,19 +105,19 @@ def round_request(client, rows, model: str = MODEL, dtypes: dict | None = None) 
     answer, without its batch dimension. `dtypes` overrides an input's numpy dtype (bad requests)."""
     import tritonclient.http as http
 
+    from client.transport import Row, round_arrays
     from contract import triton_io as io
 
-    arrays = {
-        io.SEQUENCE_IDS: np.array([[r[0] for r in rows]], np.uint64),
-        io.POSITIONS: np.array([[r[1] for r in rows]], np.int64),
-        io.COUNTS: np.array([[len(r[2]) for r in rows]], np.int32),
-        io.FLAGS: np.array([[r[3] if len(r) > 3 else 0 for r in rows]], np.int32),
-        io.INPUT_IDS: np.array([[t for r in rows for t in r[2]]], np.int64),
-    }
-    for name, dtype in (dtypes or {}).items():
-        arrays[name] = arrays[name].astype(dtype)
+    arrays = round_arrays(
+        [
+            Row(r[0], r[1], np.asarray(r[2], np.int64), end=bool(f & io.ROW_END), full=bool(f & io.ROW_FULL))
+            for r in rows
+            for f in [r[3] if len(r) > 3 else 0]
+        ]
+    )
     inputs = []
     for name, data in arrays.items():
+        data = data.astype((dtypes or {}).get(name, data.dtype))  # a wrong dtype: a malformed request
         tensor = http.InferInput(name, list(data.shape), http.np_to_triton_dtype(data.dtype))
         tensor.set_data_from_numpy(data)
         inputs.append(tensor)

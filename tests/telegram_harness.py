@@ -18,16 +18,16 @@ from typing import TypeVar
 
 from telegram.ext import Application
 
-from bot.chat import ChatBot, DialogueTokenizer, Reply
 from bot.console import UNAVAILABLE
 from bot.dialogues import Dialogues
 from bot.handlers import HELP, NOT_TEXT, SORRY, START, STATE
-from bot.history import FILENAME, merge_turns
-from bot.sampling import SamplingConfig
+from bot.history.store import FILENAME, merge_turns
 from bot.settings import Settings
-from bot.streaming import OnText
 from bot.telegram import ALLOWED_UPDATES
-from bot.triton_client import TritonClient
+from client.chat import ChatBot, DialogueTokenizer, Reply
+from client.sampling import SamplingConfig
+from client.streaming import OnText
+from client.transport import TritonClient
 from tests.fake_telegram import FakeTelegram
 from tests.helpers import MODEL, ROOT, Slow
 

@@ -22,7 +22,7 @@ import pytest
 
 from bot.console import UNAVAILABLE
 from bot.handlers import SORRY
-from bot.history import FILENAME, merge_turns
+from bot.history.store import FILENAME, merge_turns
 from bot.metrics import Metrics
 from bot.telegram import build_application
 from contract.dialogue import CONTEXT_TURNS, FIRST, SECOND

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from bot.chat import ChatBot
 from bot.console import run_console
-from bot.sampling import SamplingConfig
-from bot.triton_client import TritonClient
+from client.chat import ChatBot
+from client.sampling import SamplingConfig
+from client.transport import TritonClient
 from tests.helpers import ROOT, interactive
 
 

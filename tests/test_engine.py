@@ -1,4 +1,4 @@
-"""serve/engine.py (with slots.py, plan.py, runner.py) in-process, against PyTorch: slots written
+"""engine/core.py (with slots.py, plan.py, runner.py) in-process, against PyTorch: slots written
 in place, ragged calls, positions, candidates, decode graphs on fixed bindings, errors."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from contract import triton_io as io
-from serve.engine import KVEngine, Step, StepError, make_session
+from engine.core import KVEngine, Step, StepError, make_session
 
 
 @pytest.fixture(scope="module")
@@ -284,8 +284,8 @@ def test_decode_graphs_on_fixed_bindings_equal_ordinary_calls(tiny_checkpoint, t
 def test_a_decode_graph_that_differs_is_turned_off(session, monkeypatch):
     """The first run of each decode graph is checked against an ordinary call: a graph whose
     candidates differ is not used, and the ordinary answer stands."""
-    from serve.graphs import DecodeGraph
-    from serve.runner import CallResult
+    from engine.graphs import DecodeGraph
+    from engine.runner import CallResult
 
     e = KVEngine(session, slots=2, decode_graphs="on")
     real = DecodeGraph.run

@@ -21,17 +21,16 @@ def test_repository_layout(model_repository):
         "config.pbtxt",
         "1/model.onnx",
         "1/model.py",
-        *(f"1/serve/{m}.py" for m in ("__init__", "engine", "steps", "slots", "plan", "runner", "graphs")),
-        "1/contract/triton_io.py",
-        "1/contract/repository.py",
+        *(f"1/{p.relative_to(ROOT)}" for pkg in layout.CODE_PACKAGES for p in (ROOT / pkg).glob("*.py")),
         f"1/{layout.TOKENIZER_DIR}/tokenizer.json",
         f"1/{layout.VERSION_INFO}",
         "1/__pycache__",  # files: Python writes nothing where Triton polls (export/versions.py)
-        "1/serve/__pycache__",
+        "1/engine/__pycache__",
         "1/contract/__pycache__",
     ):
         assert (model / f).is_file(), f
     assert [p.name for p in model.iterdir() if p.is_dir()] == ["1"]  # no staging left, no tokenizer/
+    assert (model / "1" / layout.ENTRY_FILE).read_text() == layout.ENTRY_SOURCE
     config = validate((model / "config.pbtxt").read_text())
     assert {i.name for i in config.input} == set(io.REQUEST_INPUTS)
     assert {o.name for o in config.output} == set(io.RESPONSE_OUTPUTS)

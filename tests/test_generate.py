@@ -1,4 +1,4 @@
-"""bot/generate.py + bot/chat.py against the real Triton: parity with transformers, isolation, END;
+"""client/generate.py + client/chat.py against the real Triton: parity with transformers, isolation, END;
 and, with a scripted client, what an answer from another model version does."""
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 from tokenizers import Tokenizer
 
-from bot.chat import ChatBot
-from bot.generate import VersionChanged, generate
-from bot.sampling import SamplingConfig
-from bot.triton_client import ModelInfo, SequenceLost, StepOutput, TritonClient, TritonUnavailable
+from client.chat import ChatBot
+from client.generate import VersionChanged, generate
+from client.sampling import SamplingConfig
+from client.transport import ModelInfo, SequenceLost, StepOutput, TritonClient, TritonUnavailable
 from contract import triton_io as io
 from contract.dialogue import build_prompt
 from tests.helpers import Slow, cached_sequences, start_triton
@@ -361,7 +361,7 @@ def test_a_lost_sequence_is_started_again_when_the_version_does_not_matter(versi
 def test_chat_bot_starts_a_reply_again_with_the_new_versions_tokenizer(tmp_path, model_repository):
     """Version 2 (with a tokenizer that has one more token) answers a reply begun for version 1:
     the bot follows it, encodes the prompt again with version 2's tokenizer and starts again."""
-    from bot.tokenizer import ModelVersions
+    from client.tokenizer import ModelVersions
     from contract import repository as layout
 
     word = "приветище"

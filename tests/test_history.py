@@ -1,4 +1,4 @@
-"""bot/history.py: the same store tests against SQLite and a real PostgreSQL; PostgreSQL's chat lock.
+"""bot/history/store.py: the same store tests against SQLite and a real PostgreSQL; PostgreSQL's chat lock.
 Each backend's own schema and migrations: test_history_sqlite.py, test_history_pg.py."""
 
 from __future__ import annotations
@@ -11,9 +11,10 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from bot.history import FILENAME, DatabaseSettings, Store, Unsent, open_store
-from bot.history_pg import PostgresStore, redact
-from bot.history_sqlite import SQLiteStore
+from bot.history import open_store
+from bot.history.postgres import PostgresStore, redact
+from bot.history.sqlite import SQLiteStore
+from bot.history.store import FILENAME, DatabaseSettings, Store, Unsent
 
 CHAT, OTHER = 42, -1001234567890  # a supergroup id needs 64 bits
 Body = Callable[[Store], Awaitable[None]]

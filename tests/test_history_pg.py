@@ -1,4 +1,4 @@
-"""bot/history_pg.py: its schema, created once and migrated from v1 without loss; its faults
+"""bot/history/postgres.py: its schema, created once and migrated from v1 without loss; its faults
 through the bot: a database that is unreachable, late at start, refuses the password, goes away
 while the bot runs, or loses a commit's acknowledgement (the real PostgreSQL of the session). The
 store's behaviour on both backends: test_history.py."""
@@ -16,8 +16,8 @@ import pytest
 
 from bot.console import UNAVAILABLE
 from bot.handlers import SORRY
-from bot.history import DatabaseSettings
-from bot.history_pg import MIGRATIONS, PostgresStore
+from bot.history.postgres import MIGRATIONS, PostgresStore
+from bot.history.store import DatabaseSettings
 from bot.metrics import Metrics
 from bot.settings import Settings
 from bot.telegram import build_application

@@ -1,4 +1,4 @@
-"""bot/history_sqlite.py: the history file: committed at once, its schema migrated from v1 without
+"""bot/history/sqlite.py: the history file: committed at once, its schema migrated from v1 without
 loss, a newer one refused. The store's behaviour on both backends: test_history.py."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from bot.history import FILENAME
-from bot.history_sqlite import MIGRATIONS, SQLiteStore
+from bot.history.sqlite import MIGRATIONS, SQLiteStore
+from bot.history.store import FILENAME
 
 CHAT = 42
 V1_ROWS = [

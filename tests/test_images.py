@@ -13,24 +13,23 @@ from pathlib import Path
 
 import pytest
 
-from serve.cuda_libraries import (
-    COMPONENTS,
-    CUDA_MAJOR,
-    DRIVER_NOTE,
-    FIRST_TRITON_RELEASE,
-    find,
-    missing_message,
-)
 from tests.deployment import (
     COMPOSE_FILES,
+    CUDA_CHECK,
     DOCKERFILES,
     FLOATING_TAGS,
     ROOT,
     compose,
     k8s_resource,
     k8s_resources,
+    load_script,
     tool,
 )
+
+cuda_libraries = load_script(CUDA_CHECK)  # docker/cuda_libraries.py: a script the image runs
+COMPONENTS, CUDA_MAJOR = cuda_libraries.COMPONENTS, cuda_libraries.CUDA_MAJOR
+DRIVER_NOTE, FIRST_TRITON_RELEASE = cuda_libraries.DRIVER_NOTE, cuda_libraries.FIRST_TRITON_RELEASE
+find, missing_message = cuda_libraries.find, cuda_libraries.missing_message
 
 
 def image_references() -> list[tuple[str, str, bool]]:
@@ -129,7 +128,7 @@ def test_dockerignore_lets_every_copy_source_in(dockerfile):
                 )
 
 
-# --- the Triton image's CUDA provider (serve/cuda_libraries.py, run by the build) -------------
+# --- the Triton image's CUDA provider (docker/cuda_libraries.py, run by the build) -------------
 
 TRITON_DOCKERFILE = ROOT / "docker" / "triton.Dockerfile"
 
@@ -147,8 +146,8 @@ def test_triton_image_checks_the_cuda_provider_after_installing_it():
     steps = instructions(TRITON_DOCKERFILE)
     installs = [i for i, (op, args) in enumerate(steps) if op == "RUN" and "pip install" in args]
     [install] = [i for i in installs if "onnxruntime-gpu" in steps[i][1]]
-    [check] = [i for i, (op, args) in enumerate(steps) if op == "RUN" and "-m serve.cuda_libraries" in args]
-    copied = [i for i, (op, args) in enumerate(steps) if op == "COPY" and "serve/cuda_libraries.py" in args]
+    [check] = [i for i, (op, args) in enumerate(steps) if op == "RUN" and "cuda_libraries.py" in args]
+    copied = [i for i, (op, args) in enumerate(steps) if op == "COPY" and "docker/cuda_libraries.py" in args]
     assert install < check and copied and min(copied) < check
     # Nothing installed after the check can undo what it checked.
     assert all(i < check for i in installs), "a pip install after the CUDA library check"
@@ -192,7 +191,7 @@ def compile_library(cc: str, folder: Path, name: str, source: str, needs: tuple[
 
 def cuda_check(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "serve.cuda_libraries", *args],
+        [sys.executable, str(CUDA_CHECK), *args],
         capture_output=True,
         text=True,
         cwd=ROOT,

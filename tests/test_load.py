@@ -8,9 +8,9 @@ import time
 import numpy as np
 import pytest
 
-from bot.chat import ChatBot
-from bot.sampling import SamplingConfig
-from bot.triton_client import TritonClient
+from client.chat import ChatBot
+from client.sampling import SamplingConfig
+from client.transport import TritonClient
 from tests.helpers import metric, server_rss_mib
 
 CONVERSATIONS, MESSAGES, AT_ONCE = 100, 5, 32

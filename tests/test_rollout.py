@@ -15,15 +15,15 @@ from pathlib import Path
 import pytest
 
 from bench.rollout import Watch
-from bot.chat import ChatBot, Reply
 from bot.console import UNAVAILABLE
 from bot.handlers import SORRY
 from bot.metrics import Metrics
-from bot.sampling import SamplingConfig
-from bot.streaming import OnText
 from bot.telegram import build_application
-from bot.tokenizer import ModelVersions
-from bot.triton_client import TritonClient
+from client.chat import ChatBot, Reply
+from client.sampling import SamplingConfig
+from client.streaming import OnText
+from client.tokenizer import ModelVersions
+from client.transport import TritonClient
 from contract import repository as layout
 from contract.dialogue import clean_reply
 from export import versions

@@ -1,4 +1,4 @@
-"""bot/sampling.py: validation, each processor, the sampling distribution, parity with
+"""client/sampling.py: validation, each processor, the sampling distribution, parity with
 transformers' own logits processors and with the previous full-vocabulary implementation, and the
 choice from the server's K candidates equal to the choice from the whole row."""
 
@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bot.sampling import (
+from client.sampling import (
     Context,
     SamplingConfig,
     apply_repetition_penalty,

@@ -61,8 +61,8 @@ def test_ready_and_metadata(triton, client):
 
 def test_token_by_token_matches_pytorch_and_ort(client, sample_ids, torch_logits, model_repository):
     """Prompt step then single tokens through Triton == PyTorch on the whole text == ORT in-process."""
+    from engine.core import KVEngine, make_session
     from export.verify import served_path
-    from serve.engine import KVEngine, make_session
 
     n = 8
     served = [full_row(client, 101, 0, sample_ids[:n])]

@@ -1,4 +1,4 @@
-"""bot/step_gate.py: rounds form, go as one request each, and never hang (unit, with a recording
+"""client/rounds.py: rounds form, go as one request each, and never hang (unit, with a recording
 sender), and through the real Triton: rounds of 8, replies equal to solo ones, and finish, error,
 timeout, cancellation all leave the gate."""
 
@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 from bench.stats import model_stats
-from bot.generate import generate
-from bot.sampling import SamplingConfig
-from bot.step_gate import GateConfig, StepGate
-from bot.triton_client import TritonClient, TritonRequestError
+from client.generate import generate
+from client.rounds import GateConfig, StepGate
+from client.sampling import SamplingConfig
+from client.transport import TritonClient, TritonRequestError
 from tests.helpers import IDLE_MODEL, cached_sequences
 
 FAST = GateConfig(in_flight_s=0.2, busy_s=0.003)

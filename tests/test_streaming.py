@@ -1,4 +1,4 @@
-"""bot/streaming.py: the visible text of a reply being generated, with the real (tiny) tokenizer."""
+"""client/streaming.py: the visible text of a reply being generated, with the real (tiny) tokenizer."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bot.streaming import VisibleText, on_tokens, visible
+from client.streaming import VisibleText, on_tokens, visible
 from contract.dialogue import clean_reply
 
 # Pieces a reply is made of: words, emoji (several byte-level tokens each), turn markers spelt in

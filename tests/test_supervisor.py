@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from bot.triton_client import ModelDown, TritonClient
+from client.transport import ModelDown, TritonClient
 from serve.health import ModelDead, is_alive, probe
 from serve.server import TritonServer, TritonServerError, clean_stale, free_port
 from serve.supervisor import EXIT_MODEL_DEAD, stub_processes

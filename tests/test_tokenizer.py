@@ -1,4 +1,4 @@
-"""bot/tokenizer.py: which tokenizer the bot encodes with, and how it follows the served version.
+"""client/tokenizer.py: which tokenizer the bot encodes with, and how it follows the served version.
 Model folders with versions holding copies of the real export's tokenizer; no server."""
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ import pytest
 from tokenizers import Tokenizer
 
 from bot.metrics import Metrics
-from bot.tokenizer import DialogueTokenizer, ModelVersions, TokenizerRefused
-from bot.triton_client import TritonRequestError
+from client.tokenizer import DialogueTokenizer, ModelVersions, TokenizerRefused
+from client.transport import TritonRequestError
 from contract import repository as layout
 from contract.dialogue import FIRST, SECOND
 from tests.helpers import MODEL
@@ -69,7 +69,7 @@ def shown_version(metrics: Metrics) -> float | None:
 
 
 def tokenizer_logs(caplog, level: int) -> list[str]:
-    return [r.getMessage() for r in caplog.records if r.name == "bot.tokenizer" and r.levelno == level]
+    return [r.getMessage() for r in caplog.records if r.name == "client.tokenizer" and r.levelno == level]
 
 
 @pytest.fixture
@@ -82,7 +82,7 @@ def metrics() -> Metrics:
 
 def test_a_plain_tokenizer_folder_is_fixed(real_tokenizer, metrics):
     versions = ModelVersions.open(real_tokenizer)
-    versions.report_to(metrics)
+    versions.watch(metrics.model_changed)
     served = versions.current
     assert served.version is None and versions.folder is None
     assert served.digest == layout.tokenizer_digest(real_tokenizer)
@@ -105,7 +105,7 @@ def test_a_model_folder_starts_at_its_newest_version_with_a_tokenizer(tmp_path, 
     add_version(model_dir, 3, None)  # an export before versions held tokenizers: skipped
     (model_dir / "07").mkdir()  # not a version
     versions = ModelVersions.open(model_dir)
-    versions.report_to(metrics)
+    versions.watch(metrics.model_changed)
     assert versions.folder == model_dir and versions.current.version == "2"
     assert len(versions.current.tokenizer.encode(NEW_WORD)) == 1  # version 2's tokenizer
     assert versions.current.digest == layout.tokenizer_digest(layout.tokenizer_dir(model_dir, 2))
@@ -136,7 +136,7 @@ def model_dir(tmp_path, real_tokenizer) -> Path:
 @pytest.fixture
 def followed(model_dir, metrics) -> ModelVersions:
     versions = ModelVersions.open(model_dir)
-    versions.report_to(metrics)
+    versions.watch(metrics.model_changed)
     assert versions.current.version == "1"
     return versions
 
@@ -144,7 +144,7 @@ def followed(model_dir, metrics) -> ModelVersions:
 def test_following_a_version_with_the_same_tokenizer_keeps_it(
     model_dir, real_tokenizer, followed, metrics, caplog
 ):
-    caplog.set_level(logging.INFO, logger="bot.tokenizer")
+    caplog.set_level(logging.INFO, logger="client.tokenizer")
     old = followed.current
     add_version(model_dir, 2, real_tokenizer)
 
@@ -163,7 +163,7 @@ def test_following_a_version_with_the_same_tokenizer_keeps_it(
 def test_following_a_version_with_another_tokenizer_loads_it(
     model_dir, real_tokenizer, followed, metrics, caplog, tmp_path
 ):
-    caplog.set_level(logging.INFO, logger="bot.tokenizer")
+    caplog.set_level(logging.INFO, logger="client.tokenizer")
     old = followed.current
     add_version(model_dir, 2, with_new_word(real_tokenizer, tmp_path / "changed"))
 
@@ -189,7 +189,7 @@ def test_following_a_version_with_another_tokenizer_loads_it(
 def test_a_version_whose_tokenizer_is_broken_is_refused_once(
     model_dir, real_tokenizer, followed, metrics, caplog, tmp_path, broken
 ):
-    caplog.set_level(logging.INFO, logger="bot.tokenizer")
+    caplog.set_level(logging.INFO, logger="client.tokenizer")
     old = followed.current
     add_version(model_dir, 2, broken(real_tokenizer, tmp_path / "broken") if broken else None)
 

@@ -1,4 +1,4 @@
-"""bot/triton_client.py's error classes, each from the real error of the real Triton 2.51 (status
+"""client/transport.py's error classes, each from the real error of the real Triton 2.51 (status
 and text as the server sends them, or the row's status), and what the client does with it; a
 round of this client's generations as one request, its routing key on every request."""
 
@@ -13,8 +13,8 @@ import pytest
 import tritonclient.http.aio as triton_http
 from tritonclient.utils import InferenceServerException
 
-from bot.step_gate import GateConfig
-from bot.triton_client import (
+from client.rounds import GateConfig
+from client.transport import (
     ModelDown,
     NoFreeSlot,
     SequenceLost,

@@ -6,7 +6,7 @@ the `present` output, so GroupQueryAttention appends in place. Only the candidat
 come back to the host; the whole `[rows, vocab]` logits stay in a device scratch buffer unless a
 row asks for them.
 
-Decode steps can also run on fixed bindings, replayed as CUDA graphs: serve/graphs.py.
+Decode steps can also run on fixed bindings, replayed as CUDA graphs: engine/graphs.py.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import numpy as np
 import onnxruntime as ort
 
 from contract import triton_io as io
-from serve.plan import Row
+from engine.plan import Row
 
 log = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ import triton_python_backend_utils as pb_utils
 
 from contract import triton_io as io
 from contract.repository import TOKENIZER_DIR, tokenizer_problems
-from serve.engine import Output, Step, StepError, open_engine
+from engine.core import Output, Step, StepError, open_engine
 
 ENV_PROVIDER = "RUDIALOGPT_EXECUTION_PROVIDER"  # overrides the execution_provider parameter
 GAUGES = {  # the model's own metrics on Triton's /metrics: name -> description

@@ -1,11 +1,11 @@
 """The server model's core: GPT-2 steps on onnxruntime over KV-cache slots the engine owns.
 
 Pure numpy + onnxruntime (no Triton imports), so it runs and is tested in-process as well as
-inside Triton's python backend (serve/model.py). The graph is export/serving_graph.py's. The
-engine ties five units together: the slot table (serve/slots.py: which sequence holds which slot,
-positions, eviction), the plan (serve/plan.py: rounds and calls), the runner (serve/runner.py:
-sessions, KV buffers, ordinary onnxruntime calls), the decode graphs (serve/graphs.py) and the
-step types (serve/steps.py).
+inside Triton's python backend (engine/model.py). The graph is export/serving_graph.py's. The
+engine ties five units together: the slot table (engine/slots.py: which sequence holds which slot,
+positions, eviction), the plan (engine/plan.py: rounds and calls), the runner (engine/runner.py:
+sessions, KV buffers, ordinary onnxruntime calls), the decode graphs (engine/graphs.py) and the
+step types (engine/steps.py).
 
 A sequence holds one slot from its first step (position 0) to END. Rows are right-padded chunks
 with their own lengths, so prompts and single tokens, at any context lengths, share a call
@@ -24,11 +24,11 @@ import numpy as np
 import onnxruntime as ort
 
 from contract import triton_io as io
-from serve.graphs import DecodeGraph, buckets
-from serve.plan import Row, chunk_width, plan_calls, rounds
-from serve.runner import CallResult, KVBuffers, Runner, Shape, make_session
-from serve.slots import EVICT_AFTER_S, SlotTable
-from serve.steps import Output, Step, StepError
+from engine.graphs import DecodeGraph, buckets
+from engine.plan import Row, chunk_width, plan_calls, rounds
+from engine.runner import CallResult, KVBuffers, Runner, Shape, make_session
+from engine.slots import EVICT_AFTER_S, SlotTable
+from engine.steps import Output, Step, StepError
 
 __all__ = ["KVEngine", "Output", "Step", "StepError", "Usage", "make_session", "open_engine"]
 

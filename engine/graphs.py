@@ -16,8 +16,8 @@ import numpy as np
 import onnxruntime as ort
 
 from contract import triton_io as io
-from serve.plan import Row
-from serve.runner import GRAPH_SKIP, CallResult, Runner, fill_rows
+from engine.plan import Row
+from engine.runner import GRAPH_SKIP, CallResult, Runner, fill_rows
 
 
 class _Packed:

@@ -15,7 +15,7 @@ has CUDA 12. This check runs at image build, right after onnxruntime-gpu is inst
   `cuda` and `cudnn` extras, `onnxruntime.preload_dlls`); which kernels a graph reaches is only
   decided at run time, so the build requires them all.
 
-    python3 -m serve.cuda_libraries [--library PATH] [--dlopen NAME ...]
+    python3 docker/cuda_libraries.py [--library PATH] [--dlopen NAME ...]
 
 prints where each library was found and exits 0, or prints one line per missing library, naming
 the fix, and exits 1; 2 when it cannot check (no onnxruntime-gpu, or one built for another CUDA
@@ -96,7 +96,7 @@ def provider_library() -> Path:
     built = re.search(r"cuda_version = '(\d+)", info.read_text()) if info.is_file() else None
     if built and int(built.group(1)) != CUDA_MAJOR:
         raise CheckError(
-            f"this onnxruntime-gpu is built for CUDA {built.group(1)} ({info}); serve/cuda_libraries.py "
+            f"this onnxruntime-gpu is built for CUDA {built.group(1)} ({info}); docker/cuda_libraries.py "
             f"and docker/triton.Dockerfile's base image are for CUDA {CUDA_MAJOR}: change them together"
         )
     return capi / PROVIDER

@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 from contract.dialogue import MARKERS, clean_reply
 
 OnText = Callable[[str], Awaitable[None] | None]  # gets the visible text each time it grows
-OnTokens = Callable[[list[int]], Awaitable[None]]  # what bot.generate.generate calls per token
+OnTokens = Callable[[list[int]], Awaitable[None]]  # what client.generate.generate calls per token
 REPLACEMENT = "\ufffd"  # what decoding makes of an incomplete UTF-8 sequence
 
 

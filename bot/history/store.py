@@ -1,7 +1,7 @@
 """The Telegram bot's dialogue history: the store's logic, once for both backends, and `open_store`.
 
-SQLite (bot/history_sqlite.py, a file in BOT_DATA_DIR) is the embedded default; with
-BOT_DATABASE_URL set the history lives in PostgreSQL (bot/history_pg.py), shared by every replica
+SQLite (bot/history/sqlite.py, a file in BOT_DATA_DIR) is the embedded default; with
+BOT_DATABASE_URL set the history lives in PostgreSQL (bot/history/postgres.py), shared by every replica
 of the bot. Both run the statements below (asyncpg's `$n` parameters; the SQLite connection takes
 them too) and differ only in how they connect, migrate, retry and lock.
 
@@ -26,7 +26,6 @@ import weakref
 from collections.abc import Awaitable, Callable, Iterable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal, Protocol, TypeVar
 
 Role = Literal["user", "bot"]
@@ -61,7 +60,7 @@ class Unsent:
 
 
 class Connection(Protocol):
-    """The calls the store makes: asyncpg's Connection, or bot/history_sqlite.py's stand-in."""
+    """The calls the store makes: asyncpg's Connection, or bot/history/sqlite.py's stand-in."""
 
     async def execute(self, sql: str, *args: object) -> str: ...
     async def fetch(self, sql: str, *args: object) -> list[Any]: ...
@@ -243,15 +242,3 @@ class Store(abc.ABC):
             )
         )
         return [(row["chat_id"], row["message_id"]) for row in rows]
-
-
-def open_store(data_dir: Path, database: DatabaseSettings) -> Store:
-    """PostgreSQL when the settings have a URL (BOT_DATABASE_URL), else SQLite in `data_dir`;
-    `await store.start()` connects."""
-    if database.url:
-        from bot.history_pg import PostgresStore
-
-        return PostgresStore(database)
-    from bot.history_sqlite import SQLiteStore
-
-    return SQLiteStore(data_dir)

@@ -4,7 +4,7 @@ with tritonclient's request and response codecs), binary tensors.
 A generation is a sequence (a random id) whose KV cache the server keeps. Each step is a row: the
 position of its first new token (0 starts the sequence), the new tokens, and flags. The rows of
 all generations of this process go together, one request per round (the step gate,
-bot/step_gate.py), and each row gets its status and the K most likely next tokens with their
+client/rounds.py), and each row gets its status and the K most likely next tokens with their
 logits (contract/triton_io.py). Because a row names its position, sending it again gives the same
 answer: a step that timed out may simply be sent again; a sequence the server no longer holds
 (restart, idle timeout, another replica) is started again at position 0.
@@ -28,13 +28,12 @@ import tritonclient.http.aio as triton_http
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential
 from tritonclient.utils import InferenceServerException
 
-from bot.settings import TritonSettings
-from bot.step_gate import GateConfig, StepGate
+from client.rounds import GateConfig, StepGate
 from contract import triton_io as io
-from serve.health import is_alive
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+DEFAULT_TIMEOUT = 10.0  # seconds a call to Triton may take (TRITON_TIMEOUT)
 
 
 class TritonError(RuntimeError):
@@ -139,10 +138,35 @@ def _classify(exc: BaseException) -> TritonError:
     return TritonRequestError(f"Triton refused the request ({status}): {text}", status)
 
 
-def _tensor(name: str, data: np.ndarray) -> triton_http.InferInput:
-    tensor = triton_http.InferInput(name, list(data.shape), io.REQUEST_INPUTS[name])
-    tensor.set_data_from_numpy(data, binary_data=True)
-    return tensor
+def round_arrays(rows: list[Row]) -> dict[str, np.ndarray]:
+    """A round request's inputs for `rows`, by tensor name (contract/triton_io.py's REQUEST_INPUTS)."""
+    return {
+        io.SEQUENCE_IDS: np.array([[r.sequence_id for r in rows]], np.uint64),
+        io.POSITIONS: np.array([[r.position for r in rows]], np.int64),
+        io.COUNTS: np.array([[r.ids.size for r in rows]], np.int32),
+        io.FLAGS: np.array(
+            [[(io.ROW_END if r.end else 0) | (io.ROW_FULL if r.full else 0) for r in rows]], np.int32
+        ),
+        io.INPUT_IDS: np.concatenate([r.ids for r in rows])[None],
+    }
+
+
+def round_inputs(arrays: dict[str, np.ndarray]) -> list[triton_http.InferInput]:
+    """The arrays as tritonclient's binary inputs, with contract/triton_io.py's datatypes."""
+    inputs = []
+    for name, data in arrays.items():
+        tensor = triton_http.InferInput(name, list(data.shape), io.REQUEST_INPUTS[name])
+        tensor.set_data_from_numpy(data, binary_data=True)
+        inputs.append(tensor)
+    return inputs
+
+
+PROBE = Row(
+    io.PROBE_ROW[io.SEQUENCE_IDS],
+    io.PROBE_ROW[io.POSITIONS],
+    np.full(io.PROBE_ROW[io.COUNTS], io.PROBE_ROW[io.INPUT_IDS], np.int64),
+    end=True,
+)
 
 
 class TritonClient:
@@ -154,9 +178,9 @@ class TritonClient:
 
     def __init__(
         self,
-        url: str = TritonSettings.url,
-        model: str = TritonSettings.model,
-        timeout: float = TritonSettings.timeout,
+        url: str = io.DEFAULT_URL,
+        model: str = io.DEFAULT_MODEL_NAME,
+        timeout: float = DEFAULT_TIMEOUT,
         retries: int = 3,
         gate: GateConfig | None = None,
     ):
@@ -214,9 +238,13 @@ class TritonClient:
         )
 
     async def is_ready(self) -> bool:
-        """The model answers a real inference (serve.health: Triton's own ready stays 200 when
+        """The model answers a real inference, the probe's row (Triton's own ready stays 200 when
         the model's process is dead); never raises."""
-        return await asyncio.to_thread(is_alive, self.url, self.model, self.timeout)
+        try:
+            [answer] = await self._send_round([PROBE])
+        except Exception:  # unreachable, refused, malformed: not ready
+            return False
+        return isinstance(answer, StepOutput)
 
     async def model_info(self) -> ModelInfo:
         """The served model's context and slots (fetched with retries; again after a new version answered)."""
@@ -258,14 +286,7 @@ class TritonClient:
 
     async def _send_round(self, rows: list[Row]) -> list[StepOutput | BaseException]:
         """One request for `rows`; each row's answer, or its error."""
-        flags = [(io.ROW_END if r.end else 0) | (io.ROW_FULL if r.full else 0) for r in rows]
-        inputs = [
-            _tensor(io.SEQUENCE_IDS, np.array([[r.sequence_id for r in rows]], np.uint64)),
-            _tensor(io.POSITIONS, np.array([[r.position for r in rows]], np.int64)),
-            _tensor(io.COUNTS, np.array([[r.ids.size for r in rows]], np.int32)),
-            _tensor(io.FLAGS, np.array([flags], np.int32)),
-            _tensor(io.INPUT_IDS, np.concatenate([r.ids for r in rows])[None]),
-        ]
+        inputs = round_inputs(round_arrays(rows))
         body, json_size = triton_http.InferenceServerClient.generate_request_body(
             inputs, outputs=self._outputs
         )

@@ -8,11 +8,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from bot.generate import Generation, VersionChanged, generate
-from bot.sampling import SamplingConfig
-from bot.streaming import OnText, on_tokens
-from bot.tokenizer import DialogueTokenizer, ModelVersions
-from bot.triton_client import TritonClient
+from client.generate import Generation, VersionChanged, generate
+from client.sampling import SamplingConfig
+from client.streaming import OnText, on_tokens
+from client.tokenizer import DialogueTokenizer, ModelVersions
+from client.transport import TritonClient
 from contract.dialogue import build_prompt, clean_reply, fit_turns
 
 log = logging.getLogger(__name__)
@@ -80,7 +80,7 @@ class ChatBot:
 
     async def _generate(self, turns: list[str], sampling: SamplingConfig, on_text: OnText | None) -> Reply:
         """One generation for `turns` with the served version's tokenizer; started again (up to
-        SWITCHES times) when another version answers (bot/tokenizer.py follows it)."""
+        SWITCHES times) when another version answers (client/tokenizer.py follows it)."""
         for switches in range(SWITCHES + 1):
             served = self.versions.current
             tok = served.tokenizer

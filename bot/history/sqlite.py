@@ -15,7 +15,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
-from bot.history import FILENAME, KEEP_ROWS, ChatLocks, Connection, Store
+from bot.history.store import FILENAME, KEEP_ROWS, ChatLocks, Connection, Store
 
 T = TypeVar("T")
 

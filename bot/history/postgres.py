@@ -9,7 +9,7 @@ cut off, because the holder proves it lives by a query every third of that time 
 ends a transaction idle for longer (idle_in_transaction_session_timeout). Messages are written on
 other pooled connections and committed at once, as in SQLite. A lost connection is retried with
 backoff for BOT_DATABASE_RETRY_SECONDS, then the call raises StoreUnavailable; a retry after a
-commit whose acknowledgement was lost finds its work done (bot/history.py writes idempotently).
+commit whose acknowledgement was lost finds its work done (bot/history/store.py writes idempotently).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
-from bot.history import (
+from bot.history.store import (
     DATABASE_URL,
     KEEP_ROWS,
     ChatLocks,

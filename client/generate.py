@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from bot.sampling import Context, SamplingConfig, choose, needs_full_row, next_token
-from bot.triton_client import (
+from client.sampling import Context, SamplingConfig, choose, needs_full_row, next_token
+from client.transport import (
     NoFreeSlot,
     SequenceLost,
     StepOutput,
@@ -70,7 +70,7 @@ async def generate(
 
     The prompt goes in chunks of `prompt_chunk` tokens (None: whole), each a step at its
     position; only the last chunk's answer is used. Each step's answer is the server's K most
-    likely tokens; where they cannot prove the sampler's choice (bot/sampling.py), the same step
+    likely tokens; where they cannot prove the sampler's choice (client/sampling.py), the same step
     is sent again asking for the whole row. If Triton becomes unavailable the step is sent again
     (it names its position, so that is safe); if the server lost the sequence, it is started
     again over the whole context: `resumes` times in all before the error is raised. With

@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass, field
 
 from contract import triton_io as io
-from serve.steps import StepError
+from engine.steps import StepError
 
 log = logging.getLogger(__name__)
 

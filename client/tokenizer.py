@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from tokenizers import Tokenizer
 
-from bot.metrics import Metrics
-from bot.triton_client import TritonRequestError
+from client.transport import TritonRequestError
 from contract import repository as layout
 from contract.dialogue import FIRST
 
@@ -78,6 +78,9 @@ class Served:
     digest: str  # contract.repository.tokenizer_digest of its files ("" when not known)
 
 
+OnChange = Callable[[str, str | None], None]  # (result, version): see ModelVersions.watch
+
+
 class ModelVersions:
     """The tokenizer of the version being served: one log line and a metric per switch."""
 
@@ -85,7 +88,7 @@ class ModelVersions:
         self.current = current
         self.folder = folder  # the model's folder; None: the tokenizer is fixed
         self.refused: dict[str, str] = {}  # version: why its tokenizer cannot be used
-        self.metrics: Metrics | None = None
+        self.on_change: OnChange | None = None
 
     @classmethod
     def open(cls, folder: Path) -> ModelVersions:
@@ -115,10 +118,11 @@ class ModelVersions:
         """One tokenizer for every version."""
         return cls(Served(None, tokenizer, ""))
 
-    def report_to(self, metrics: Metrics) -> None:
-        """Count switches in `metrics` and show the current version there."""
-        self.metrics = metrics
-        self._show(self.current.version)
+    def watch(self, on_change: OnChange) -> None:
+        """Call `on_change(result, version)` now ("current") and at every switch ("followed",
+        "refused"): the bot's metrics."""
+        self.on_change = on_change
+        on_change("current", self.current.version)
 
     def follow(self, version: str) -> Served:
         """The tokenizer for `version`, made current; TokenizerRefused if the bot cannot use it."""
@@ -137,7 +141,7 @@ class ModelVersions:
             )
             self.refused[version] = why
             log.error("%s", why)
-            self._count("refused")
+            self._tell("refused", version)
             raise TokenizerRefused(why) from exc
         same = new.digest == old.digest
         log.info(
@@ -148,17 +152,12 @@ class ModelVersions:
             new.digest[:12],
         )
         self.current = Served(version, old.tokenizer, old.digest) if same else new
-        self._count("followed")
-        self._show(version)
+        self._tell("followed", version)
         return self.current
 
-    def _count(self, result: str) -> None:
-        if self.metrics:
-            self.metrics.model_switches.labels(result).inc()
-
-    def _show(self, version: str | None) -> None:
-        if self.metrics and version and version.isdigit():
-            self.metrics.model_version.set(int(version))
+    def _tell(self, result: str, version: str) -> None:
+        if self.on_change:
+            self.on_change(result, version)
 
 
 def _load(folder: Path, version: str) -> Served:
