@@ -17,7 +17,7 @@ from contract.dialogue import build_prompt, clean_reply, fit_turns
 
 log = logging.getLogger(__name__)
 
-FALLBACK_REPLY = "Хм, даже не знаю, что сказать. Расскажи ещё что-нибудь?"
+FALLBACK = "…"  # what a reply says when the model gave nothing twice (the bot passes its own text)
 
 
 @dataclass
@@ -42,11 +42,13 @@ class ChatBot:
         sampling: SamplingConfig,
         seed: int | None = None,
         stops: bool = True,
+        fallback: str = FALLBACK,
     ):
         self.client = client
         self.stops = stops  # a reply ends at the served tokenizer's stop ids (False: only at its length)
         self.versions = tokenizer if isinstance(tokenizer, ModelVersions) else ModelVersions.fixed(tokenizer)
         self.sampling = sampling
+        self.fallback = fallback
         self.rng = np.random.default_rng(seed)
 
     @property
@@ -63,7 +65,8 @@ class ChatBot:
         return tokenizer.encode(build_prompt(kept))
 
     async def reply(self, turns: list[str], on_text: OnText | None = None) -> Reply:
-        """The reply to the last turn; an empty one is retried once with sampling, then a fallback.
+        """The reply to the last turn; an empty one is retried once with sampling switched on (the
+        bot's own settings otherwise), then it is the fallback text.
 
         `on_text(text)`, if given, gets the visible reply each time it grows while it is generated;
         every such text is the start of the returned reply's text, except where a new model version
@@ -72,9 +75,8 @@ class ChatBot:
         reply = await self._generate(turns, self.sampling, on_text)
         if not reply.text:
             log.info("empty reply: retrying once with sampling")
-            greedy_free = SamplingConfig(max_new_tokens=self.sampling.max_new_tokens)
-            reply = await self._generate(turns, greedy_free, on_text)
-            reply.text = reply.text or FALLBACK_REPLY
+            reply = await self._generate(turns, self.sampling.with_(do_sample=True), on_text)
+            reply.text = reply.text or self.fallback
         reply.seconds = time.perf_counter() - t0
         return reply
 

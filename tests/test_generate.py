@@ -13,7 +13,7 @@ import pytest
 from tokenizers import Tokenizer
 
 from client.chat import ChatBot
-from client.generate import VersionChanged, generate
+from client.generate import Generation, VersionChanged, generate
 from client.sampling import SamplingConfig
 from client.transport import ModelInfo, SequenceLost, StepOutput, TritonClient, TritonUnavailable
 from contract import triton_io as io
@@ -391,3 +391,23 @@ def test_chat_bot_starts_a_reply_again_with_the_new_versions_tokenizer(tmp_path,
     assert again == new.encode(build_prompt(turns)) != first  # started again for version 2
     assert reply.prompt_tokens == len(again) and reply.generation.tokens == [new_id]
     assert texts == [word] and len(client.ended) == 2
+
+
+def test_an_empty_reply_is_retried_with_the_bots_own_settings_sampling_switched_on(tokenizer, monkeypatch):
+    """The model answers nothing: the retry keeps the bot's settings (greedy's penalties off, its
+    top_k, its length) and only switches sampling on; nothing twice gives the bot's fallback text."""
+    import client.chat
+
+    used: list[SamplingConfig] = []
+
+    async def nothing(client, ids, cfg, rng, **kwargs):
+        used.append(cfg)
+        return Generation([], stopped=True)
+
+    monkeypatch.setattr(client.chat, "generate", nothing)
+    own = SamplingConfig.greedy(max_new_tokens=9, top_k=5)
+    bot = ChatBot(Scripted([]), tokenizer, own, seed=0, fallback="ничего")
+    reply = asyncio.run(bot.reply(["привет"]))
+    stops = {"stop_ids": tokenizer.stop_ids}
+    assert used == [own.with_(**stops), own.with_(do_sample=True, **stops)]
+    assert reply.text == "ничего"
