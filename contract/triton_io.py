@@ -91,7 +91,7 @@ META_CANDIDATES = "candidates"  # K: the candidate tokens the graph answers per 
 # export/triton_config.py), model.py reads what config.pbtxt says, and the engine (engine/core.py)
 # uses them when it is built directly (tests, bench).
 ONNX_FILE = "model.onnx"  # the served graph in the model's version folder
-DEFAULT_KV_SLOTS = 8  # KV-cache slots: sequences generating at once (each holds one from START to END)
+DEFAULT_KV_SLOTS = 8  # KV-cache slots: sequences generating at once (each holds one from position 0 to END)
 DEFAULT_IDLE_SECONDS = 60  # a sequence idle this long is freed (its KV slot)
 CANDIDATES = 64  # K: candidate tokens per row (the graph's TopK; at most the vocabulary)
 

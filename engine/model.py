@@ -1,7 +1,7 @@
 """Triton python-backend model: ruDialoGPT on onnxruntime, KV caches kept per sequence.
 
-Export copies this file, the engine's modules (serve/__init__.py, steps, slots, plan, runner,
-engine) and the contract package into the model's version folder. A request is one round of a
+Export copies the `engine` and `contract` packages whole into the model's version folder, whose
+model.py imports this module (contract/repository.py's ENTRY_SOURCE). A request is one round of a
 bot process (contract/triton_io.py): one row per sequence. Triton's dynamic batcher may hand one
 execute() the rounds of several processes; they run as one engine call. A malformed request is
 refused alone (HTTP 400); a bad row fails alone, in its STATUS, and the model keeps serving.

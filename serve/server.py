@@ -16,7 +16,6 @@ import contextlib
 import importlib.util
 import logging
 import os
-import re
 import shutil
 import signal
 import socket
@@ -32,12 +31,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from contract import triton_io as io
+from serve.watchdog import SHM, clean_stale
 
 log = logging.getLogger(__name__)
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV_MODEL_PYTHON = "TRITON_MODEL_PYTHON"  # a venv for model.py; default: <repo>/.venv-triton
-SHM = Path("/dev/shm")
 WATCHDOG = Path(__file__).with_name("watchdog.py")
 
 
@@ -75,36 +74,6 @@ def _wheel_root() -> Path:
     if not (root / "bin" / "tritonserver").exists():
         raise TritonServerError(f"no tritonserver binary under {root}: reinstall nvidia-pytriton")
     return root
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def clean_stale() -> list[Path]:
-    """Remove backend copies and /dev/shm regions of launchers that are no longer running.
-
-    Names carry the launcher's pid (`tritonserver-<pid>-*`, `triton_<pid>_<port>_*`): only those
-    of a dead pid go, so other servers on the machine are never touched."""
-    removed = []
-    candidates = [
-        (p, re.match(r"tritonserver-(\d+)-", p.name))
-        for p in Path(tempfile.gettempdir()).glob("tritonserver-*")
-    ]
-    candidates += [(p, re.match(r"triton_(\d+)_\d+_", p.name)) for p in SHM.glob("triton_*")]
-    for path, match in candidates:
-        if match and not _pid_alive(int(match[1])):
-            shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
-            removed.append(path)
-    if removed:
-        log.info("removed %d leftover(s) of dead launchers: %s", len(removed), ", ".join(map(str, removed)))
-    return removed
 
 
 @contextlib.contextmanager

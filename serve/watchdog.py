@@ -9,21 +9,26 @@ When the launcher is gone it stops the server's whole process group (SIGTERM, th
 a grace period: tritonserver, its python-backend stubs) and removes the backend copy and the
 shared-memory regions. A launcher that stops its server itself SIGTERMs this watchdog first.
 This replaces PR_SET_PDEATHSIG, which fires when the forking *thread* exits, not the process.
+`clean_stale()` removes what launchers that are gone left behind (TritonServer.start calls it).
 Standard library only; run as a plain script, so it needs no import path.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
+import re
 import select
 import shutil
 import signal
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 SHM = Path("/dev/shm")
+log = logging.getLogger(__name__)
 
 
 def group_alive(pgid: int) -> bool:
@@ -66,6 +71,39 @@ def remove_leftovers(workdir: Path, shm_prefix: str) -> None:
     for region in SHM.glob(f"{shm_prefix}*"):
         with contextlib.suppress(OSError):
             region.unlink()
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def clean_stale() -> list[Path]:
+    """Remove backend copies and /dev/shm regions of launchers that are no longer running.
+
+    Names carry the launcher's pid (`tritonserver-<pid>-*`, `triton_<pid>_<port>_*`): only those
+    of a dead pid go, so other servers on the machine are never touched."""
+    removed = []
+    candidates = [
+        (p, re.match(r"tritonserver-(\d+)-", p.name))
+        for p in Path(tempfile.gettempdir()).glob("tritonserver-*")
+    ]
+    candidates += [(p, re.match(r"triton_(\d+)_\d+_", p.name)) for p in SHM.glob("triton_*")]
+    for path, match in candidates:
+        if match and not _pid_alive(int(match[1])):
+            shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+            removed.append(path)
+    if removed:
+        print(
+            f"removed {len(removed)} leftover(s) of dead launchers: {', '.join(map(str, removed))}",
+            file=sys.stderr,
+        )
+    return removed
 
 
 def main(argv: list[str]) -> int:

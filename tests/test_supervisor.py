@@ -22,8 +22,9 @@ import pytest
 
 from client.transport import ModelDown, TritonClient
 from serve.health import ModelDead, is_alive, probe
-from serve.server import TritonServer, TritonServerError, clean_stale, free_port
+from serve.server import TritonServer, TritonServerError, free_port
 from serve.supervisor import EXIT_MODEL_DEAD, stub_processes
+from serve.watchdog import clean_stale
 from tests.helpers import (
     IDLE_MODEL,
     ROOT,

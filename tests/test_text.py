@@ -1,4 +1,5 @@
-"""Unit tests of the Telegram bot's helpers: text splitting, the addressed-to-me filter."""
+"""bot/text.py: Telegram's length measure, splitting long replies, removing the bot's @mention (the
+addressed-to-me filter is tested end to end in test_telegram.py)."""
 
 from __future__ import annotations
 
