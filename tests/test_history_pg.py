@@ -14,13 +14,12 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from bot.console import UNAVAILABLE
-from bot.handlers import SORRY
 from bot.history.postgres import MIGRATIONS, PostgresStore
 from bot.history.store import DatabaseSettings
 from bot.metrics import Metrics
 from bot.settings import Settings
 from bot.telegram import build_application
+from bot.texts import SORRY, UNAVAILABLE
 from serve.server import free_port
 from tests.fake_telegram import FakeTelegram
 from tests.helpers import ROOT

@@ -13,11 +13,10 @@ import pytest
 from prometheus_client import generate_latest
 
 import bot.dialogues as dialogues_module
-from bot.console import RESET_DONE, UNAVAILABLE
-from bot.handlers import HELP, NOT_TEXT, REFUSED, SORRY, START
 from bot.metrics import Metrics
 from bot.settings import Settings
 from bot.telegram import build_application
+from bot.texts import HELP, NOT_TEXT, REFUSED, RESET_DONE, SORRY, START, UNAVAILABLE
 from tests.helpers import start_triton
 from tests.telegram_harness import (
     CHAT,

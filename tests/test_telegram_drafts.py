@@ -8,10 +8,10 @@ import itertools
 
 import pytest
 
-from bot.console import RESET_DONE, UNAVAILABLE
 from bot.metrics import Metrics
 from bot.settings import Settings
 from bot.telegram import build_application
+from bot.texts import RESET_DONE, UNAVAILABLE
 from tests.helpers import cached_sequences
 from tests.telegram_harness import (
     CHAT,
