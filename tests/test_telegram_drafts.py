@@ -31,7 +31,7 @@ pytestmark = [pytest.mark.timeout(300), pytest.mark.usefixtures("no_leaked_threa
 
 
 def drafts_settings(settings: Settings, every: float) -> Settings:
-    return Settings(settings.token, settings.base_url, settings.data_dir, metrics_port=0, draft_every=every)
+    return settings.model_copy(update={"draft_every": every})
 
 
 def test_private_chat_sees_the_reply_grow_in_one_throttled_draft(tg, settings, triton, tokenizer):
