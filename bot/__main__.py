@@ -1,11 +1,10 @@
-"""`python -m bot` (Telegram) or `python -m bot --console`; settings from flags and env vars."""
+"""`python -m bot` (Telegram) or `python -m bot --console`; settings from flags, env vars and .env."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import logging
-import os
 import sys
 from collections.abc import Mapping
 
@@ -41,8 +40,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def load_settings(args: argparse.Namespace, env: Mapping[str, str] = os.environ) -> Settings:
-    """The settings from `env`, the flags given over them; a ValueError names what is wrong."""
+def load_settings(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> Settings:
+    """The settings from `env` (None: the process's environment and .env), the flags given over
+    them; a ValueError names what is wrong."""
     mode: Mode = "console" if args.console else "webhook" if args.webhook else "polling"
     flags = {FLAGS["BOT_TOKENIZER_DIR"]: args.tokenizer, FLAGS["TRITON_TIMEOUT"]: args.timeout}
     return Settings.from_env(env, flags, mode)

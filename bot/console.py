@@ -17,14 +17,13 @@ import threading
 from collections.abc import AsyncIterator, Callable
 from typing import TextIO
 
+from bot.texts import RESET_DONE, UNAVAILABLE
 from client.chat import ChatBot
 from client.transport import TritonError
 from contract.dialogue import CONTEXT_TURNS, clean_turn
 
 log = logging.getLogger(__name__)
 
-UNAVAILABLE = "Модель временно недоступна, попробуйте чуть позже."
-RESET_DONE = "Начнём сначала."
 CLEAR_LINE = "\r\033[K"  # back to the line's start and erase it (a terminal's ANSI codes)
 
 

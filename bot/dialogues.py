@@ -23,11 +23,11 @@ from telegram import Bot, Chat, Message
 from telegram.constants import ChatAction, ChatType
 from telegram.error import NetworkError, TelegramError, TimedOut
 
-from bot.console import RESET_DONE, UNAVAILABLE
 from bot.drafts import Drafts
 from bot.history.store import Store
 from bot.metrics import Metrics
 from bot.text import split_message
+from bot.texts import RESET_DONE, UNAVAILABLE
 from client.chat import ChatBot, Reply
 from client.streaming import OnText
 from client.transport import TritonError, TritonUnavailable

@@ -1,4 +1,4 @@
-"""The Telegram handlers, the texts they answer with, and the filters that route updates to them."""
+"""The Telegram handlers and the filters that route updates to them (their texts: bot/texts.py)."""
 
 from __future__ import annotations
 
@@ -10,32 +10,15 @@ from telegram.constants import ChatType
 from telegram.error import TelegramError
 from telegram.ext import Application, CommandHandler, ContextTypes, ExtBot, JobQueue, MessageHandler, filters
 
-from bot.console import UNAVAILABLE
 from bot.dialogues import Dialogues
 from bot.history.store import StoreUnavailable
 from bot.text import without_mention
+from bot.texts import COMMAND_MENU, HELP, NOT_TEXT, REFUSED, SORRY, START, UNAVAILABLE
 from contract.dialogue import clean_turn
 
 log = logging.getLogger(__name__)
 
-START = (
-    "Привет! Я бот-собеседник: отвечаю с помощью нейросети ruDialoGPT и помню три последние "
-    "реплики разговора. Просто напиши мне что-нибудь.\n/help — подсказка, /reset — начать заново."
-)
-HELP = (
-    "Пиши сообщения — я отвечаю, учитывая три последние реплики.\n"
-    "/reset — забыть разговор и начать сначала.\n"
-    "В группе я отвечаю, когда меня упоминают (@имя) или отвечают на моё сообщение.\n"
-    "Ответы пишет нейросеть: они бывают странными и не обязательно верны."
-)
-NOT_TEXT = "Я понимаю только текст — напиши, пожалуйста, словами."
-REFUSED = "Извините, в этом чате бот недоступен."
-SORRY = "Что-то пошло не так. Попробуйте, пожалуйста, ещё раз чуть позже."
-COMMANDS = [
-    BotCommand("start", "что это за бот"),
-    BotCommand("help", "подсказка"),
-    BotCommand("reset", "начать разговор заново"),
-]
+COMMANDS = [BotCommand(command, description) for command, description in COMMAND_MENU.items()]
 STATE = "dialogues"  # key of the Dialogues in application.bot_data
 Data = dict[Any, Any]  # python-telegram-bot's own type of user_data, chat_data and bot_data
 # The Application bot/telegram.py builds: python-telegram-bot's default types, and ExtBot[int]

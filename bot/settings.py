@@ -1,21 +1,35 @@
 """Every setting of the bot: the environment variables of the README's table, under the command
-line's flags, checked at start-up.
+line's flags, checked at start-up (pydantic-settings).
 
-`Settings.from_env` is the only reader of the environment in bot/. A flag given on the command
-line wins over its variable (`--timeout` over TRITON_TIMEOUT, `--tokenizer` over
-BOT_TOKENIZER_DIR). A wrong value is a ValueError that names the variable (or the flag it came
-from) and what it should be; `python -m bot` prints it as one `error: …` line and exits with 2.
+Each field of `Settings` names its variable (its alias) and has a type that checks the value and
+says what a wrong one must be instead. `Settings.from_env` is the only reader of the environment in
+bot/: the process's variables over a `.env` file in the working directory (one set in the
+environment wins, even blank), or only a mapping it is given (the tests'). A blank value is unset:
+the default. A flag given on the command line wins over its
+variable (`--timeout` over TRITON_TIMEOUT, `--tokenizer` over BOT_TOKENIZER_DIR). A wrong value is
+a ValueError that names the variable (or the flag it came from) and what it should be, and shows
+the value unless it may be a secret; `python -m bot` prints it as one `error: …` line and exits
+with 2.
 """
 
 from __future__ import annotations
 
-import math
-import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BeforeValidator, Field, ValidationError, field_validator
+from pydantic_core import ErrorDetails, PydanticUseDefault
+from pydantic_settings import (
+    BaseSettings,
+    DotEnvSettingsSource,
+    EnvSettingsSource,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
 from bot.history.store import DATABASE_URL, DatabaseSettings
 from client.transport import DEFAULT_TIMEOUT
@@ -26,73 +40,170 @@ Mode = Literal["console", "polling", "webhook"]  # what `python -m bot` runs: th
 TELEGRAM_API = "https://api.telegram.org"
 DEFAULT_TOKENIZER = Path("model_repository") / io.DEFAULT_MODEL_NAME  # the versions' tokenizers
 FLAGS = {"TRITON_TIMEOUT": "--timeout", "BOT_TOKENIZER_DIR": "--tokenizer"}  # variable: its flag
-_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+ENV_FILE = Path(".env")  # read by `python -m bot` under the process's environment (compose's too)
+
+
+def _telegrams_if_blank(url: str) -> str:
+    """A lone slash is blank too: Telegram's server."""
+    if not url.rstrip("/"):
+        raise PydanticUseDefault
+    return url
+
+
+def _comma_separated(value: Any) -> Any:
+    if isinstance(value, str):
+        return frozenset(int(item) for item in value.split(",") if item.strip())
+    return value
+
+
+# The values' types; each description is what the error says a wrong value must be.
+Seconds = Annotated[float, Field(gt=0, allow_inf_nan=False, description="must be a number of seconds > 0")]
+SecondsOrOff = Annotated[
+    float, Field(ge=0, allow_inf_nan=False, description="must be a number of seconds >= 0")
+]
+Port = Annotated[int, Field(ge=1, le=65535, description="must be a port number, 1-65535")]
+PortOrOff = Annotated[int, Field(ge=0, le=65535, description="must be a port number, 0-65535")]
+Switch = Annotated[bool, Field(description="must be 1 or 0 (or true/false, yes/no, on/off)")]
+ChatIds = Annotated[
+    frozenset[int],
+    NoDecode,  # not JSON: "1,-100200"
+    BeforeValidator(_comma_separated),
+    Field(description="must be comma-separated chat ids"),
+]
+BotApiURL = Annotated[
+    str,
+    BeforeValidator(_telegrams_if_blank),
+    Field(pattern=r"^https?://[^/]", description="must start with http:// or https://"),
+    AfterValidator(lambda url: url.rstrip("/")),
+]
+TritonURL = Annotated[
+    str,
+    Field(
+        pattern=r"^[^\s/:]+:\d{1,5}$",
+        description=f"must be Triton's HTTP host:port without a scheme (e.g. {io.DEFAULT_URL})",
+    ),
+]
+DatabaseURL = Annotated[
+    str,
+    Field(
+        pattern=r"^postgres(ql)?://",
+        description="must be a postgresql://user:password@host:port/database URL",
+    ),
+]
+
+
+def var(name: str, default: Any, secret: bool = False) -> Any:
+    """A field read from the variable `name`; a secret's value is kept out of repr and errors."""
+    return Field(default, validation_alias=name, repr=not secret)
 
 
 @dataclass(frozen=True)
 class TritonSettings:
-    """Where the model is served and how long a call to it may take."""
+    """The TRITON_* settings, as `python -m bot` builds its Triton client from them."""
 
-    url: str = io.DEFAULT_URL  # TRITON_URL: Triton's HTTP host:port, without a scheme
-    model: str = io.DEFAULT_MODEL_NAME  # TRITON_MODEL: the model's name in the repository
-    timeout: float = (
-        DEFAULT_TIMEOUT  # TRITON_TIMEOUT (--timeout): seconds per call; in Telegram also per reply
-    )
-    step_gate: bool = True  # TRITON_STEP_GATE: False (0) lets each conversation step on its own
+    url: str
+    model: str
+    timeout: float
+    step_gate: bool
 
 
-@dataclass(frozen=True)
-class Settings:
+class Settings(BaseSettings):
     """The bot's settings. Every value is checked in every mode; only the ones a mode needs must
-    be set (the console needs no token, the webhook its URL and secret)."""
+    be set (the console needs no token, the webhook its URL and secret). `Settings(field=...)`
+    holds what it is given and the defaults; `from_env` reads the variables."""
 
-    token: str = field(default="", repr=False)  # TELEGRAM_BOT_TOKEN, from @BotFather (kept out of logs)
-    base_url: str = TELEGRAM_API  # TELEGRAM_BASE_URL: another Bot API server (blank: Telegram's)
-    data_dir: Path = Path("data")  # BOT_DATA_DIR: where history.sqlite3 lives
-    allowed_chat_ids: frozenset[int] = frozenset()  # ALLOWED_CHAT_IDS: the chats answered (empty: all)
-    metrics_port: int = 9100  # BOT_METRICS_PORT: Prometheus /metrics (0: off)
-    webhook_url: str = ""  # BOT_WEBHOOK_URL: public https:// URL Telegram posts to (webhook mode)
-    webhook_secret: str = field(default="", repr=False)  # BOT_WEBHOOK_SECRET: checked on every post
-    webhook_port: int = 8443  # BOT_WEBHOOK_PORT: where the webhook listens
-    draft_every: float = 1.0  # BOT_DRAFT_INTERVAL: seconds between drafts (0: no drafts)
-    database: DatabaseSettings = field(default_factory=DatabaseSettings)  # BOT_DATABASE_* (history.py)
-    triton: TritonSettings = field(default_factory=TritonSettings)  # TRITON_*
-    tokenizer_dir: Path = DEFAULT_TOKENIZER  # BOT_TOKENIZER_DIR (--tokenizer): model or tokenizer folder
+    model_config = SettingsConfigDict(
+        case_sensitive=True,
+        extra="ignore",  # .env holds compose's variables too
+        frozen=True,
+        validate_by_name=True,
+        validate_default=False,  # a blank value falls back to its default, taken as it is
+    )
+
+    token: str = var("TELEGRAM_BOT_TOKEN", "", secret=True)  # from @BotFather (kept out of logs)
+    base_url: BotApiURL = var("TELEGRAM_BASE_URL", TELEGRAM_API)  # another Bot API server (blank: Telegram's)
+    data_dir: Path = var("BOT_DATA_DIR", Path("data"))  # where history.sqlite3 lives
+    allowed_chat_ids: ChatIds = var("ALLOWED_CHAT_IDS", frozenset())  # the chats answered (empty: all)
+    metrics_port: PortOrOff = var("BOT_METRICS_PORT", 9100)  # Prometheus /metrics (0: off)
+    webhook_url: str = var("BOT_WEBHOOK_URL", "")  # public https:// URL Telegram posts to (webhook mode)
+    webhook_secret: str = var("BOT_WEBHOOK_SECRET", "", secret=True)  # checked on every post
+    webhook_port: Port = var("BOT_WEBHOOK_PORT", 8443)  # where the webhook listens
+    draft_every: SecondsOrOff = var("BOT_DRAFT_INTERVAL", 1.0)  # seconds between drafts (0: no drafts)
+    database_url: DatabaseURL = var(DATABASE_URL, "", secret=True)  # PostgreSQL history (blank: SQLite)
+    # how long the first connection to PostgreSQL is retried before the bot exits
+    connect_seconds: Seconds = var("BOT_DATABASE_CONNECT_SECONDS", DatabaseSettings.connect_seconds)
+    # how long a call retries a lost connection before the user gets "unavailable"
+    retry_seconds: Seconds = var("BOT_DATABASE_RETRY_SECONDS", DatabaseSettings.retry_seconds)
+    # how long a hung replica can hold a chat's turn (a killed one's goes at once)
+    lock_seconds: Seconds = var("BOT_CHAT_LOCK_SECONDS", DatabaseSettings.lock_seconds)
+    triton_url: TritonURL = var("TRITON_URL", io.DEFAULT_URL)  # Triton's HTTP host:port, without a scheme
+    triton_model: str = var("TRITON_MODEL", io.DEFAULT_MODEL_NAME)  # the model's name in the repository
+    triton_timeout: Seconds = var("TRITON_TIMEOUT", DEFAULT_TIMEOUT)  # per call; in Telegram also per reply
+    step_gate: Switch = var("TRITON_STEP_GATE", True)  # False (0) lets each conversation step on its own
+    tokenizer_dir: Path = var("BOT_TOKENIZER_DIR", DEFAULT_TOKENIZER)  # model or tokenizer folder
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _blank_is_unset(cls, value: Any) -> Any:
+        """The value without its surrounding blanks; a blank one leaves the field at its default."""
+        if isinstance(value, str):
+            value = value.strip()
+            if not value:
+                raise PydanticUseDefault
+        return value
+
+    @property
+    def database(self) -> DatabaseSettings:
+        """The history's settings: PostgreSQL with a URL, else SQLite in data_dir."""
+        return DatabaseSettings(
+            self.database_url, self.connect_seconds, self.retry_seconds, self.lock_seconds
+        )
+
+    @property
+    def triton(self) -> TritonSettings:
+        return TritonSettings(self.triton_url, self.triton_model, self.triton_timeout, self.step_gate)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """`Settings(...)` takes only its arguments: the environment is read by `from_env`."""
+        return (init_settings,)
 
     @classmethod
     def from_env(
         cls,
-        env: Mapping[str, str] = os.environ,
+        env: Mapping[str, str] | None = None,
         flags: Mapping[str, str | None] | None = None,
         mode: Mode = "polling",
     ) -> Settings:
-        """Read and check the variables, `flags` (by flag name, None: not given) over them; a
-        ValueError names the variable or flag that is missing or wrong."""
-        v = _Values(env, flags or {})
-        settings = cls(
-            v.text("TELEGRAM_BOT_TOKEN", ""),
-            v.base_url("TELEGRAM_BASE_URL"),
-            Path(v.text("BOT_DATA_DIR", str(cls.data_dir))),
-            v.chat_ids("ALLOWED_CHAT_IDS"),
-            v.port("BOT_METRICS_PORT", cls.metrics_port),
-            v.text("BOT_WEBHOOK_URL", ""),
-            v.text("BOT_WEBHOOK_SECRET", ""),
-            v.port("BOT_WEBHOOK_PORT", cls.webhook_port, allow_zero=False),
-            v.seconds("BOT_DRAFT_INTERVAL", cls.draft_every, allow_zero=True),
-            DatabaseSettings(
-                v.database_url(DATABASE_URL),
-                v.seconds("BOT_DATABASE_CONNECT_SECONDS", DatabaseSettings.connect_seconds),
-                v.seconds("BOT_DATABASE_RETRY_SECONDS", DatabaseSettings.retry_seconds),
-                v.seconds("BOT_CHAT_LOCK_SECONDS", DatabaseSettings.lock_seconds),
-            ),
-            TritonSettings(
-                v.triton_url("TRITON_URL", TritonSettings.url),
-                v.text("TRITON_MODEL", TritonSettings.model),
-                v.seconds("TRITON_TIMEOUT", TritonSettings.timeout),
-                v.boolean("TRITON_STEP_GATE", TritonSettings.step_gate),
-            ),
-            Path(v.text("BOT_TOKENIZER_DIR", str(DEFAULT_TOKENIZER))),
+        """The settings from `env` (None: the process's environment over ENV_FILE), `flags` (by
+        flag name, None: not given) over them; a ValueError names the variable or flag that is
+        missing or wrong."""
+        flags = flags or {}
+        unknown = set(flags) - set(FLAGS.values())
+        if unknown:
+            raise ValueError(
+                f"no setting has the flag(s) {sorted(unknown)}: known are {sorted(FLAGS.values())}"
+            )
+        sources = (
+            (EnvSettingsSource(cls), DotEnvSettingsSource(cls, env_file=ENV_FILE))
+            if env is None
+            else (_Variables(cls, env),)
         )
+        values: dict[str, Any] = {}
+        for source in sources:  # the first one that has a variable wins
+            values = {**source(), **values}
+        values.update((name, flags[flag]) for name, flag in FLAGS.items() if flags.get(flag) is not None)
+        try:
+            settings = cls(**values)
+        except ValidationError as exc:
+            raise ValueError(_error_line(exc.errors()[0], flags)) from None
         if mode != "console" and not settings.token:
             raise ValueError(
                 "TELEGRAM_BOT_TOKEN is not set: create a bot with @BotFather and export its token"
@@ -104,87 +215,19 @@ class Settings:
         return settings
 
 
-class _Values:
-    """Typed readers of the raw values: a flag given wins over its variable; blank means unset."""
+class _Variables(EnvSettingsSource):
+    """pydantic-settings' source of environment variables, reading a given mapping instead."""
 
-    def __init__(self, env: Mapping[str, str], flags: Mapping[str, str | None]):
-        unknown = set(flags) - set(FLAGS.values())
-        if unknown:
-            raise ValueError(
-                f"no setting has the flag(s) {sorted(unknown)}: known are {sorted(FLAGS.values())}"
-            )
-        self.env, self.flags = env, flags
+    def __init__(self, settings_cls: type[BaseSettings], env: Mapping[str, str]):
+        super().__init__(settings_cls)
+        self.env_vars = dict(env)
 
-    def raw(self, var: str) -> tuple[str, str]:
-        """(the name an error should blame, the value without surrounding blanks; '' when unset)."""
-        flag = FLAGS.get(var, "")
-        given = self.flags.get(flag)
-        if given is not None:
-            return flag, given.strip()
-        return var, self.env.get(var, "").strip()
 
-    def text(self, var: str, default: str) -> str:
-        return self.raw(var)[1] or default
-
-    def seconds(self, var: str, default: float, allow_zero: bool = False) -> float:
-        """A finite number of seconds, > 0 (or >= 0 with `allow_zero`)."""
-        name, raw = self.raw(var)
-        try:
-            value = float(raw) if raw else default
-        except ValueError:
-            value = math.nan
-        if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
-            raise ValueError(
-                f"{name} must be a number of seconds {'>= 0' if allow_zero else '> 0'}, got {raw!r}"
-            )
-        return value
-
-    def port(self, var: str, default: int, allow_zero: bool = True) -> int:
-        """A TCP port number (0, where allowed, turns the thing off)."""
-        name, raw = self.raw(var)
-        low = 0 if allow_zero else 1
-        try:
-            value = int(raw) if raw else default
-        except ValueError:
-            value = -1
-        if not low <= value <= 65535:
-            raise ValueError(f"{name} must be a port number, {low}-65535, got {raw!r}")
-        return value
-
-    def boolean(self, var: str, default: bool) -> bool:
-        name, raw = self.raw(var)
-        if not raw:
-            return default
-        if raw.lower() in _TRUE + _FALSE:
-            return raw.lower() in _TRUE
-        raise ValueError(f"{name} must be 1 or 0 (or true/false, yes/no, on/off), got {raw!r}")
-
-    def chat_ids(self, var: str) -> frozenset[int]:
-        name, raw = self.raw(var)
-        try:
-            return frozenset(int(i) for i in raw.split(",") if i.strip())
-        except ValueError:
-            raise ValueError(f"{name} must be comma-separated chat ids, got {raw!r}") from None
-
-    def base_url(self, var: str) -> str:
-        """An http(s):// URL without the trailing slash; blank (or a lone slash): Telegram's."""
-        name, raw = self.raw(var)
-        url = raw.rstrip("/") or TELEGRAM_API
-        if not url.startswith(("http://", "https://")):
-            raise ValueError(f"{name} must start with http:// or https://, got {raw!r}")
-        return url
-
-    def database_url(self, var: str) -> str:
-        name, raw = self.raw(var)
-        if raw and not raw.startswith(("postgresql://", "postgres://")):
-            raise ValueError(f"{name} must be a postgresql://user:password@host:port/database URL")
-        return raw  # not in the message: it may hold the password
-
-    def triton_url(self, var: str, default: str) -> str:
-        name, raw = self.raw(var)
-        if raw and not re.fullmatch(r"[^\s/:]+:\d{1,5}", raw):
-            raise ValueError(
-                f"{name} must be Triton's HTTP host:port without a scheme "
-                f"(e.g. {io.DEFAULT_URL}), got {raw!r}"
-            )
-        return raw or default
+def _error_line(error: ErrorDetails, flags: Mapping[str, str | None]) -> str:
+    """One line for pydantic's first error: the variable (or its flag, if given), what it must be,
+    and the value it got unless the field is a secret."""
+    variable = str(error["loc"][0])
+    field = next(f for f in Settings.model_fields.values() if f.validation_alias == variable)
+    name = FLAGS[variable] if flags.get(FLAGS.get(variable, "")) is not None else variable
+    got = f", got {error['input']!r}" if field.repr else ""
+    return f"{name} {field.description or 'is wrong: ' + error['msg']}{got}"

@@ -1,8 +1,9 @@
 """The Telegram bot's runner (python-telegram-bot 22): long polling by default, a webhook with --webhook.
 
-Where things are: settings in bot/settings.py, handlers and their texts in bot/handlers.py, the
-per-chat answering (locks, typing, history, metrics) in bot/dialogues.py, drafts of a reply being
-generated in bot/drafts.py, text splitting in bot/text.py, token redaction in bot/redact.py.
+Where things are: settings in bot/settings.py, handlers in bot/handlers.py, the texts users see
+in bot/texts.py, the per-chat answering (locks, typing, history, metrics) in bot/dialogues.py,
+drafts of a reply being generated in bot/drafts.py, text splitting in bot/text.py, token
+redaction in bot/redact.py.
 Here only the wiring: build the Application, start and stop what it shares.
 """
 

@@ -92,7 +92,7 @@ def tg():
 @pytest.fixture
 def settings(tg, tmp_path) -> Settings:
     """The bot's settings for `tg`: history under tmp_path, no metrics server."""
-    return Settings(tg.token, tg.url, tmp_path / "data", metrics_port=0)
+    return Settings(token=tg.token, base_url=tg.url, data_dir=tmp_path / "data", metrics_port=0)
 
 
 @pytest.fixture

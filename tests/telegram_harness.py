@@ -18,12 +18,12 @@ from typing import TypeVar
 
 from telegram.ext import Application
 
-from bot.console import UNAVAILABLE
 from bot.dialogues import Dialogues
-from bot.handlers import HELP, NOT_TEXT, SORRY, START, STATE
+from bot.handlers import STATE
 from bot.history.store import FILENAME, merge_turns
 from bot.settings import Settings
 from bot.telegram import ALLOWED_UPDATES
+from bot.texts import HELP, NOT_TEXT, SORRY, START, UNAVAILABLE
 from client.chat import ChatBot, DialogueTokenizer, Reply
 from client.sampling import SamplingConfig
 from client.streaming import OnText

@@ -20,11 +20,10 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from bot.console import UNAVAILABLE
-from bot.handlers import SORRY
 from bot.history.store import FILENAME, merge_turns
 from bot.metrics import Metrics
 from bot.telegram import build_application
+from bot.texts import SORRY, UNAVAILABLE
 from contract.dialogue import CONTEXT_TURNS, FIRST, SECOND
 from serve.health import is_alive
 from serve.supervisor import stub_processes

@@ -14,13 +14,12 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from bot.console import UNAVAILABLE
-from bot.handlers import SORRY
 from bot.history.postgres import MIGRATIONS, PostgresStore
 from bot.history.store import DatabaseSettings
 from bot.metrics import Metrics
 from bot.settings import Settings
 from bot.telegram import build_application
+from bot.texts import SORRY, UNAVAILABLE
 from serve.server import free_port
 from tests.fake_telegram import FakeTelegram
 from tests.helpers import ROOT
@@ -47,6 +46,20 @@ V1_ROWS = [("user", "Привет"), ("bot", "Привет!"), ("user", "Что 
 
 def settings(url: str) -> DatabaseSettings:
     return DatabaseSettings(url, connect_seconds=5, retry_seconds=2, lock_seconds=3)
+
+
+def pg_settings(tg: FakeTelegram, tmp_path: Path, url: str, retry_seconds: float) -> Settings:
+    """The bot's settings for `tg` with the history in PostgreSQL at `url`."""
+    return Settings(
+        token=tg.token,
+        base_url=tg.url,
+        data_dir=tmp_path / "data",
+        metrics_port=0,
+        database_url=url,
+        connect_seconds=10,
+        retry_seconds=retry_seconds,
+        lock_seconds=LOCK_SECONDS,
+    )
 
 
 # -- the schema ----------------------------------------------------------------------------------
@@ -204,8 +217,7 @@ def test_wrong_password_is_refused_at_once(tg, model_repository, tmp_path, postg
 def test_database_going_away_while_running(tg, triton, tokenizer, postgres, database_url, tmp_path):
     """Down longer than the retry window: the user is told, the bot reconnects when it is back.
     Down shorter: the message waits and is answered; nothing stored is lost either way."""
-    database = DatabaseSettings(database_url, connect_seconds=10, retry_seconds=3, lock_seconds=LOCK_SECONDS)
-    settings = Settings(tg.token, tg.url, tmp_path / "data", metrics_port=0, database=database)
+    settings = pg_settings(tg, tmp_path, database_url, retry_seconds=3)
     metrics, bot = Metrics(), chatbot(triton.url, tokenizer)
 
     async def body(dialogues):
@@ -258,8 +270,7 @@ def test_a_lost_commit_acknowledgement_still_answers_once(
     the server's answer): the bot retries, finds its work done, and answers each message once."""
     caplog.set_level(logging.WARNING)
     with CommitCutter(postgres.port) as proxy:
-        database = DatabaseSettings(proxy.url(database_url), 10, retry_seconds=10, lock_seconds=LOCK_SECONDS)
-        settings = Settings(tg.token, tg.url, tmp_path / "data", metrics_port=0, database=database)
+        settings = pg_settings(tg, tmp_path, proxy.url(database_url), retry_seconds=10)
 
         async def body(dialogues):
             proxy.lose(list(TURN_COMMITS).index(lost) + 1)

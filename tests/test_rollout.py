@@ -15,10 +15,9 @@ from pathlib import Path
 import pytest
 
 from bench.rollout import Watch
-from bot.console import UNAVAILABLE
-from bot.handlers import SORRY
 from bot.metrics import Metrics
 from bot.telegram import build_application
+from bot.texts import SORRY, UNAVAILABLE
 from client.chat import ChatBot, Reply
 from client.sampling import SamplingConfig
 from client.streaming import OnText

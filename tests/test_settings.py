@@ -159,6 +159,26 @@ def test_the_database_password_is_not_in_the_error():
     assert "hunter2" not in str(error.value)
 
 
+def test_python_m_bot_reads_a_dot_env_file_under_the_environment(tmp_path, monkeypatch):
+    (tmp_path / ".env").write_text(
+        "TELEGRAM_BOT_TOKEN=123:from-file\nTRITON_MODEL=from-file\nTRITON_TIMEOUT=5\n"
+        "BOT_METRICS_PORT=1\nGRAFANA_ADMIN_PASSWORD=compose's\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("TRITON_MODEL", "from-env")
+    monkeypatch.setenv("TRITON_TIMEOUT", " ")  # set, blank: the default, not the file's
+    for name in ("TELEGRAM_BOT_TOKEN", "BOT_METRICS_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    s = load_settings(parse_args([]))
+    assert (s.token, s.triton.model, s.triton.timeout, s.metrics_port) == (
+        "123:from-file",
+        "from-env",
+        10.0,
+        1,
+    )
+    assert Settings.from_env({}, mode="console").triton.model == "rudialogpt"  # a mapping alone
+
+
 @pytest.mark.parametrize("blank", ["", "  ", "/"])
 def test_blank_base_url_means_telegrams_own(blank):
     s = Settings.from_env({**TOKEN, "TELEGRAM_BASE_URL": blank})

@@ -13,11 +13,9 @@ import pytest
 from prometheus_client import generate_latest
 
 import bot.dialogues as dialogues_module
-from bot.console import RESET_DONE, UNAVAILABLE
-from bot.handlers import HELP, NOT_TEXT, REFUSED, SORRY, START
 from bot.metrics import Metrics
-from bot.settings import Settings
 from bot.telegram import build_application
+from bot.texts import HELP, NOT_TEXT, REFUSED, RESET_DONE, SORRY, START, UNAVAILABLE
 from tests.helpers import start_triton
 from tests.telegram_harness import (
     CHAT,
@@ -100,7 +98,7 @@ def test_start_help_reset_and_unknown_command(tg, settings, triton, tokenizer):
 
 def test_allow_list_refuses_other_chats(tg, settings, triton, tokenizer):
     bot = chatbot(triton.url, tokenizer)
-    settings = Settings(tg.token, tg.url, settings.data_dir, frozenset({CHAT}), metrics_port=0)
+    settings = settings.model_copy(update={"allowed_chat_ids": frozenset({CHAT})})
 
     async def body(dialogues):
         await say(tg, OTHER, "Привет!")

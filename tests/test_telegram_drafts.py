@@ -8,10 +8,10 @@ import itertools
 
 import pytest
 
-from bot.console import RESET_DONE, UNAVAILABLE
 from bot.metrics import Metrics
 from bot.settings import Settings
 from bot.telegram import build_application
+from bot.texts import RESET_DONE, UNAVAILABLE
 from tests.helpers import cached_sequences
 from tests.telegram_harness import (
     CHAT,
@@ -31,7 +31,7 @@ pytestmark = [pytest.mark.timeout(300), pytest.mark.usefixtures("no_leaked_threa
 
 
 def drafts_settings(settings: Settings, every: float) -> Settings:
-    return Settings(settings.token, settings.base_url, settings.data_dir, metrics_port=0, draft_every=every)
+    return settings.model_copy(update={"draft_every": every})
 
 
 def test_private_chat_sees_the_reply_grow_in_one_throttled_draft(tg, settings, triton, tokenizer):

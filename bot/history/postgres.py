@@ -1,15 +1,16 @@
 """The dialogue history in PostgreSQL (asyncpg): one database shared by every replica of the bot.
 
-The schema is created or migrated at start through the `schema_version` table (MIGRATIONS, one
-transaction, under an advisory lock so that replicas starting together migrate once). A chat's
-turn holds a transaction-scoped advisory lock keyed by the chat id on a connection of its own, so
-one reply at a time is written per chat across all replicas. The lock goes with its connection:
-at once when a replica dies (its socket closes); after BOT_CHAT_LOCK_SECONDS when it hangs or is
-cut off, because the holder proves it lives by a query every third of that time and the server
-ends a transaction idle for longer (idle_in_transaction_session_timeout). Messages are written on
-other pooled connections and committed at once, as in SQLite. A lost connection is retried with
-backoff for BOT_DATABASE_RETRY_SECONDS, then the call raises StoreUnavailable; a retry after a
-commit whose acknowledgement was lost finds its work done (bot/history/store.py writes idempotently).
+The schema (bot/history/schema.py) is created or migrated at start through the `schema_version`
+table (one transaction, under an advisory lock so that replicas starting together migrate once). A
+chat's turn holds a transaction-scoped advisory lock keyed by the chat id on a connection of its
+own, so one reply at a time is written per chat across all replicas. The lock goes with its
+connection: at once when a replica dies (its socket closes); after BOT_CHAT_LOCK_SECONDS when it
+hangs or is cut off, because the holder proves it lives by a query every third of that time and the
+server ends a transaction idle for longer (idle_in_transaction_session_timeout). Messages are
+written on other pooled connections and committed at once, as in SQLite. A lost connection is
+retried with backoff for BOT_DATABASE_RETRY_SECONDS, then the call raises StoreUnavailable; a retry
+after a commit whose acknowledgement was lost finds its work done (bot/history/store.py writes
+idempotently).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
+from bot.history.schema import POSTGRESQL, migrations
 from bot.history.store import (
     DATABASE_URL,
     KEEP_ROWS,
@@ -40,28 +42,7 @@ from bot.history.store import (
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-MIGRATIONS = (
-    # v1: the messages, as in the SQLite file
-    """CREATE TABLE messages (
-        id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-        chat_id bigint NOT NULL,
-        role text NOT NULL CHECK (role IN ('user', 'bot')),
-        text text NOT NULL,
-        at timestamptz NOT NULL DEFAULT now()
-    );
-    CREATE INDEX messages_by_chat ON messages (chat_id, id);""",
-    # v2: each message once, by Telegram's (chat id, message id); replies sent or not; the inbox
-    """ALTER TABLE messages ADD COLUMN message_id bigint, ADD COLUMN sent boolean NOT NULL DEFAULT true;
-    CREATE UNIQUE INDEX messages_once ON messages (chat_id, message_id, role);
-    CREATE INDEX messages_unsent ON messages (chat_id) WHERE NOT sent;
-    CREATE TABLE inbox (
-        chat_id bigint NOT NULL,
-        message_id bigint NOT NULL,
-        answered boolean NOT NULL DEFAULT false,
-        PRIMARY KEY (chat_id, message_id)
-    );
-    CREATE INDEX inbox_unanswered ON inbox (chat_id) WHERE NOT answered;""",
-)
+MIGRATIONS = migrations(POSTGRESQL)  # the schema in PostgreSQL's SQL
 MIGRATION_LOCK = (0x626F74, 1)  # two-int advisory key: a key space apart from the chats' bigint keys
 DATA_CONNECTIONS = 4  # per replica, for the short reads and writes
 LOCK_CONNECTIONS = 24  # per replica: chats whose turn it holds or waits for at one time
@@ -111,7 +92,7 @@ def redact(url: str) -> str:
 class PostgresStore(Store):
     """The Store in PostgreSQL; `await start()` before use, `await close()` after."""
 
-    NOW = "now()"
+    NOW = POSTGRESQL.now
 
     def __init__(self, settings: DatabaseSettings, keep: int = KEEP_ROWS):
         self.settings, self.keep = settings, keep

@@ -1,9 +1,9 @@
 """The history in one SQLite file (WAL), for one bot process: the console, `make demo`, one host.
 
-The schema is versioned in the file's `PRAGMA user_version` and migrated when the store opens, in
-one transaction (MIGRATIONS; a file of the first bots has version 0 and the v1 tables). Calls take
-well under a millisecond, so they run inline in the event loop and never yield to it: a
-transaction is never interleaved with another task's. The chat lock is an asyncio lock per chat.
+The schema (bot/history/schema.py) is versioned in the file's `PRAGMA user_version` and migrated
+when the store opens, in one transaction (a file of the first bots has version 0 and the v1
+tables). Calls take well under a millisecond, so they run inline in the event loop and never yield
+to it: a transaction is never interleaved with another task's. The chat lock is an asyncio lock per chat.
 """
 
 from __future__ import annotations
@@ -15,33 +15,12 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
+from bot.history.schema import SQLITE, migrations
 from bot.history.store import FILENAME, KEEP_ROWS, ChatLocks, Connection, Store
 
 T = TypeVar("T")
 
-MIGRATIONS = (
-    # v1: the messages (what the first bots wrote, with PRAGMA user_version left at 0)
-    """CREATE TABLE IF NOT EXISTS messages (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
-        chat_id INTEGER NOT NULL,
-        role TEXT NOT NULL CHECK (role IN ('user', 'bot')),
-        text TEXT NOT NULL,
-        at REAL NOT NULL
-    );
-    CREATE INDEX IF NOT EXISTS messages_by_chat ON messages (chat_id, id)""",
-    # v2: each message once, by Telegram's (chat id, message id); replies sent or not; the inbox
-    """ALTER TABLE messages ADD COLUMN message_id INTEGER;
-    ALTER TABLE messages ADD COLUMN sent INTEGER NOT NULL DEFAULT 1;
-    CREATE UNIQUE INDEX messages_once ON messages (chat_id, message_id, role);
-    CREATE INDEX messages_unsent ON messages (chat_id) WHERE NOT sent;
-    CREATE TABLE inbox (
-        chat_id INTEGER NOT NULL,
-        message_id INTEGER NOT NULL,
-        answered INTEGER NOT NULL DEFAULT 0,
-        PRIMARY KEY (chat_id, message_id)
-    );
-    CREATE INDEX inbox_unanswered ON inbox (chat_id) WHERE NOT answered""",
-)
+MIGRATIONS = migrations(SQLITE)  # the schema in SQLite's SQL
 
 
 class SQLiteConnection:
@@ -86,7 +65,7 @@ def migrate(db: sqlite3.Connection, path: Path) -> int:
                 "run the newer bot, or set BOT_DATA_DIR to another folder"
             )
         for sql in MIGRATIONS[version:]:
-            for statement in sql.split(";"):
+            for statement in sql.split(";"):  # executescript would commit the transaction
                 db.execute(statement)
         db.execute(f"PRAGMA user_version = {len(MIGRATIONS)}")
     except BaseException:
@@ -99,7 +78,7 @@ def migrate(db: sqlite3.Connection, path: Path) -> int:
 class SQLiteStore(Store):
     """The Store in `folder`/history.sqlite3 (created if missing, migrated if old)."""
 
-    NOW = "(julianday('now') - 2440587.5) * 86400.0"  # Unix time, as `at` holds it
+    NOW = SQLITE.now
 
     def __init__(self, folder: Path, keep: int = KEEP_ROWS):
         self.path, self.keep = Path(folder) / FILENAME, keep

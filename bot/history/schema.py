@@ -1,0 +1,80 @@
+"""The history's schema, written once for both backends: the migrations to v1, v2, … as SQL with a
+few dialect placeholders, filled per database by `migrations(dialect)`.
+
+Each backend applies the same list with its own versioning: SQLite in the file's `PRAGMA
+user_version` (bot/history/sqlite.py), PostgreSQL in its `schema_version` table under an advisory
+lock (bot/history/postgres.py). A new migration is appended, never an old one changed: databases
+in use are at v1 or v2 and move on from there.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+
+@dataclass(frozen=True)
+class Dialect:
+    """What one database spells differently for the same schema (the placeholders of SCHEMA)."""
+
+    integer: str  # a 64-bit integer: chat ids (a supergroup's needs 64 bits) and message ids
+    identity: str  # the messages' row id: an integer key the database assigns in increasing order
+    boolean: str  # a flag column
+    true: str  # the flag's literals, as its DEFAULT
+    false: str
+    timestamp: str  # `at`, when a message was stored
+    timestamp_default: str  # `at`'s DEFAULT clause, if the database fills it itself
+    now: str  # the current time as `at` holds it (the store's inserts write it)
+
+
+SQLITE = Dialect(
+    integer="INTEGER",  # SQLite's integers are 64-bit
+    identity="INTEGER PRIMARY KEY AUTOINCREMENT",  # exactly INTEGER: then it is the rowid
+    boolean="INTEGER",  # SQLite has no boolean type: 0 and 1
+    true="1",
+    false="0",
+    timestamp="REAL",  # Unix time in seconds
+    timestamp_default="",
+    now="(julianday('now') - 2440587.5) * 86400.0",
+)
+POSTGRESQL = Dialect(
+    integer="bigint",
+    identity="bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY",
+    boolean="boolean",
+    true="true",
+    false="false",
+    timestamp="timestamptz",
+    timestamp_default=" DEFAULT now()",
+    now="now()",
+)
+
+# v1 says IF NOT EXISTS because a SQLite file of the first bots has its tables at user_version 0;
+# in PostgreSQL, where schema_version says v1 was applied, it changes nothing. SQLite's ALTER TABLE
+# adds one column per statement, so v2 adds its two columns in two statements for both.
+SCHEMA = (
+    # v1: the messages
+    """CREATE TABLE IF NOT EXISTS messages (
+        id {identity},
+        chat_id {integer} NOT NULL,
+        role TEXT NOT NULL CHECK (role IN ('user', 'bot')),
+        text TEXT NOT NULL,
+        at {timestamp} NOT NULL{timestamp_default}
+    );
+    CREATE INDEX IF NOT EXISTS messages_by_chat ON messages (chat_id, id)""",
+    # v2: each message once, by Telegram's (chat id, message id); replies sent or not; the inbox
+    """ALTER TABLE messages ADD COLUMN message_id {integer};
+    ALTER TABLE messages ADD COLUMN sent {boolean} NOT NULL DEFAULT {true};
+    CREATE UNIQUE INDEX messages_once ON messages (chat_id, message_id, role);
+    CREATE INDEX messages_unsent ON messages (chat_id) WHERE NOT sent;
+    CREATE TABLE inbox (
+        chat_id {integer} NOT NULL,
+        message_id {integer} NOT NULL,
+        answered {boolean} NOT NULL DEFAULT {false},
+        PRIMARY KEY (chat_id, message_id)
+    );
+    CREATE INDEX inbox_unanswered ON inbox (chat_id) WHERE NOT answered""",
+)
+
+
+def migrations(dialect: Dialect) -> tuple[str, ...]:
+    """SCHEMA in `dialect`: the SQL of each migration, v1 first (statements separated by `;`)."""
+    return tuple(sql.format_map(asdict(dialect)) for sql in SCHEMA)
