@@ -8,6 +8,7 @@ import logging
 import sys
 from collections.abc import Mapping
 
+from bot import texts
 from bot.settings import FLAGS, Mode, Settings
 from client.chat import ChatBot
 from client.rounds import GateConfig
@@ -55,7 +56,8 @@ def build_bot(args: argparse.Namespace, settings: Settings) -> ChatBot:
         triton.url, triton.model, timeout=triton.timeout, gate=GateConfig(enabled=triton.step_gate)
     )
     sampling = (SamplingConfig.greedy if args.greedy else SamplingConfig)(max_new_tokens=args.max_new_tokens)
-    return ChatBot(client, ModelVersions.open(settings.tokenizer_dir), sampling, seed=args.seed)
+    versions = ModelVersions.open(settings.tokenizer_dir)
+    return ChatBot(client, versions, sampling, seed=args.seed, fallback=texts.FALLBACK)
 
 
 async def console(bot: ChatBot) -> None:

@@ -23,7 +23,7 @@ from bot.handlers import STATE
 from bot.history.store import FILENAME, merge_turns
 from bot.settings import Settings
 from bot.telegram import ALLOWED_UPDATES
-from bot.texts import HELP, NOT_TEXT, SORRY, START, UNAVAILABLE
+from bot.texts import FALLBACK, HELP, NOT_TEXT, SORRY, START, UNAVAILABLE
 from client.chat import ChatBot, DialogueTokenizer, Reply
 from client.sampling import SamplingConfig
 from client.streaming import OnText
@@ -64,14 +64,23 @@ class RecordingChatBot(ChatBot):
 
 def chatbot(url: str, tokenizer: DialogueTokenizer, timeout: float = 10.0) -> RecordingChatBot:
     return RecordingChatBot(
-        TritonClient(url, MODEL, timeout=timeout), tokenizer, SamplingConfig(max_new_tokens=12), seed=0
+        TritonClient(url, MODEL, timeout=timeout),
+        tokenizer,
+        SamplingConfig(max_new_tokens=12),
+        seed=0,
+        fallback=FALLBACK,
     )
 
 
 def streaming_chatbot(url: str, tokenizer: DialogueTokenizer, timeout: float = 10.0) -> RecordingChatBot:
     """A chatbot whose replies take 24 tokens of >= 50 ms each (no stop token): long enough to stream."""
     return RecordingChatBot(
-        Slow(url, MODEL, timeout=timeout), tokenizer, SamplingConfig(max_new_tokens=24), seed=0, stops=False
+        Slow(url, MODEL, timeout=timeout),
+        tokenizer,
+        SamplingConfig(max_new_tokens=24),
+        seed=0,
+        stops=False,
+        fallback=FALLBACK,
     )
 
 
@@ -131,8 +140,9 @@ def saved_turns(settings: Settings, chat_id: int) -> list[str]:
 
 
 def generated(text: str) -> bool:
-    """A reply the model generated, not one of the bot's fixed texts."""
-    return bool(text.strip()) and text not in (UNAVAILABLE, SORRY, NOT_TEXT, HELP, START)
+    """A reply the model generated, not one of the bot's fixed texts (the fallback for a model
+    that said nothing twice among them)."""
+    return bool(text.strip()) and text not in (UNAVAILABLE, SORRY, NOT_TEXT, HELP, START, FALLBACK)
 
 
 # -- `python -m bot` -----------------------------------------------------------------------------

@@ -15,7 +15,7 @@ from prometheus_client import generate_latest
 import bot.dialogues as dialogues_module
 from bot.metrics import Metrics
 from bot.telegram import build_application
-from bot.texts import HELP, NOT_TEXT, REFUSED, RESET_DONE, SORRY, START, UNAVAILABLE
+from bot.texts import FALLBACK, HELP, NOT_TEXT, REFUSED, RESET_DONE, SORRY, START, UNAVAILABLE
 from tests.helpers import start_triton
 from tests.telegram_harness import (
     CHAT,
@@ -74,6 +74,27 @@ def test_text_message_gets_typing_and_a_generated_reply(tg, settings, triton, to
         "bot_triton_up",
     ):
         assert name in exposed
+
+
+def test_a_model_that_always_answers_empty_fails_the_generated_check(
+    tg, settings, triton, tokenizer, monkeypatch
+):
+    """The bot sends its fallback text after two empty generations; `generated()`, which every
+    Telegram test uses to say a reply came from the model, does not count it."""
+    import client.chat
+    from client.generate import Generation
+
+    async def empty(*args, **kwargs):
+        return Generation([], stopped=True)
+
+    monkeypatch.setattr(client.chat, "generate", empty)
+
+    async def body(dialogues):
+        await say(tg, CHAT, "Привет!")
+
+    run_bot(build_application(chatbot(triton.url, tokenizer), settings), body)
+    [reply] = tg.texts(CHAT)
+    assert reply == FALLBACK and not generated(reply)
 
 
 def test_start_help_reset_and_unknown_command(tg, settings, triton, tokenizer):
