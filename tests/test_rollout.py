@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.rollout import Watch
+from bench.server_watch import Watch
 from bot.console import UNAVAILABLE
 from bot.handlers import SORRY
 from bot.metrics import Metrics
