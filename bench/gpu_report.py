@@ -59,7 +59,9 @@ def gpu_summary(rep: dict, lengths: list[int], concurrency: list[int]) -> list[s
         f"{rep['new_tokens']} new tokens; ms per token = ms per step.",
         "",
         f"- fp16 serving graph vs PyTorch: max |Δlogit| {par.get('max_abs', float('nan')):.3g}, "
-        f"top-1 {par.get('top1', float('nan')):.1%}; KV buffers on {kv.get('device')} "
+        f"top-1 {par.get('top1', float('nan')):.1%}"
+        + (f"; vs optimum's ONNX export {par['vs_optimum']:.3g}" if par.get("vs_optimum") is not None else "")
+        + f"; KV buffers on {kv.get('device')} "
         f"({kv.get('bytes', 0) / 1e9:.2f} GB)",
         "- phases: " + ", ".join(f"{k} {'ok' if v['ok'] else 'FAILED'}" for k, v in rep["phases"].items()),
     ]
