@@ -37,9 +37,7 @@ class ExportResult:
     seconds: float = 0.0
     serving: dict = field(default_factory=dict)  # the ServingConfig written to config.pbtxt
     top1: float = 1.0  # share of positions where the serving graph and PyTorch agree on argmax
-    # The serving graph vs optimum's standard ONNX export (the reference), both in onnxruntime, at
-    # the same positions: max |Δlogit| (precision as above); None: the reference was skipped.
-    reference_diff: float | None = None
+    reference_diff: float | None = None  # the serving graph vs optimum's export, ONNX vs ONNX; None: skipped
     version: int = 1  # the version folder written: the next number after those in model_dir
 
 
