@@ -2,8 +2,10 @@
 
 Builds a GPT-2 of the chosen shape with random weights offline, exports it twice (fp32 and
 int8) into one Triton repository, starts the real tritonserver, and times 40 greedy tokens for
-1, 4 and 8 concurrent conversations with ~50- and ~1000-token prompts. The engine before v2
-(optimum's graph, the past concatenated every step) runs beside the serving graph's engine.
+1, 4 and 8 concurrent conversations with ~50- and ~1000-token prompts: transformers `generate`
+(its own KV cache), the server's engine in-process (the serving graph, KV slots written in place),
+and the bot's client against Triton serving the fp32 and the int8 export. Then the many-chats
+scenarios (bench/scenarios.py) against the same server.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.report import write_report
-from bench.runners import Timing, prompts, run_ort, run_reference, run_transformers, run_triton
+from bench.runners import Timing, prompts, run_ort, run_transformers, run_triton
 from bench.scenarios import run_scenarios
 from bench.stats import ServerTimes, server_times
 from contract import repository as layout
@@ -115,12 +117,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("export").setLevel(logging.WARNING)
 
     import torch
-    from optimum.exporters.onnx import main_export
     from transformers import AutoModelForCausalLM
 
     from engine.core import KVEngine, make_session
     from export import ServingConfig, export
-    from export.optimum_engine import OptimumEngine
     from serve.server import TritonServer, free_ports
 
     torch.set_num_threads(args.threads)
@@ -134,8 +134,6 @@ def main(argv: list[str] | None = None) -> int:
             t0 = time.monotonic()
             export(ckpt, repo, name=name, quantize=quantize, serving=serving)
             log.info("exported %s in %.0f s", name, time.monotonic() - t0)
-    if not (work / "optimum" / "model.onnx").exists():
-        main_export(str(ckpt), output=work / "optimum", task="text-generation-with-past", do_validation=False)
     model = AutoModelForCausalLM.from_pretrained(ckpt).eval()
     newest = layout.newest(repo / io.DEFAULT_MODEL_NAME)
     assert newest is not None
@@ -143,10 +141,6 @@ def main(argv: list[str] | None = None) -> int:
     engine = KVEngine(
         make_session(str(newest / io.ONNX_FILE), threads=args.threads),
         slots=max(conc),
-    )
-    engine_v1 = OptimumEngine(
-        make_session(str(work / "optimum" / "model.onnx"), threads=args.threads),
-        SHAPES[args.shape]["n_positions"],
     )
     vocab = SHAPES[args.shape]["vocab_size"]
     lengths = [int(n) for n in args.prompt_lengths.split(",")]
@@ -156,7 +150,6 @@ def main(argv: list[str] | None = None) -> int:
     with TritonServer(repo, http, grpc, metrics, log_file=work / "tritonserver.log") as server:
         runners = {
             "transformers": lambda b: run_transformers(model, b, args.new_tokens),
-            "ort_v1": lambda b: run_reference(engine_v1, b, args.new_tokens),
             "ort": lambda b: run_ort(engine, b, args.new_tokens),
             "triton_fp32": lambda b: run_triton(server.url, io.DEFAULT_MODEL_NAME, b, args.new_tokens),
             "triton_int8": lambda b: run_triton(server.url, INT8_MODEL, b, args.new_tokens),

@@ -3,67 +3,23 @@
 from __future__ import annotations
 
 import json
-import operator
 from pathlib import Path
 
+from bench import scenario_report
+from bench.targets import measured, overhead, target, target_table
+
 LABELS = {
-    "transformers": "(1) transformers generate",
-    "ort_v1": "(2a) engine v1: optimum graph, past concatenated",
-    "ort": "(2) engine v2: serving graph, KV slots in place",
-    "triton_fp32": "(3) client → Triton fp32",
-    "triton_int8": "(4) client → Triton int8",
+    "transformers": "transformers generate",
+    "ort": "engine in-process: serving graph, KV slots in place",
+    "triton_fp32": "client → Triton fp32",
+    "triton_int8": "client → Triton int8",
 }
-
-
-_OPS = {
-    "le": ("<=", operator.le),
-    "ge": (">=", operator.ge),
-    "lt": ("<", operator.lt),
-    "gt": (">", operator.gt),
-}
-
-
-def target(name: str, value: float, op: str | None = None, bound: float = 0.0) -> dict:
-    """A target row: `value` must be `op` `bound` ("le", "ge", "lt", "gt"); without `op` it is reported."""
-    return {
-        "name": name,
-        "target": f"{_OPS[op][0]} {bound:g}" if op else "report",
-        "value": value,
-        "ok_if": (op, bound) if op else None,
-    }
-
-
-def target_table(targets: list[dict]) -> list[str]:
-    """Markdown lines: each target, what is wanted, the value and whether it is met."""
-    lines = ["", "| target | wanted | measured | met |", "|---|---:|---:|:---:|"]
-    for t in targets:
-        met = (
-            "–"
-            if t["ok_if"] is None
-            else "yes"
-            if _OPS[t["ok_if"][0]][1](t["value"], t["ok_if"][1])
-            else "no"
-        )
-        lines.append(f"| {t['name']} | {t['target']} | {t['value']:.2f} | {met} |")
-    return lines
-
-
-def _get(rows, backend, prompt, n, key):
-    for r in rows:
-        if (r["backend"], r["prompt"], r["concurrency"]) == (backend, prompt, n):
-            return r[key]
-    return float("nan")
-
-
-def overhead(row: dict) -> float:
-    """model.py's own time per execute over what it may take: 0.3 ms + 5 % of the engine's step."""
-    return row["model_py_ms_per_execute"] / (0.3 + 0.05 * row["engine_ms_per_execute"])
 
 
 def served_targets(
     rows: list[dict], vocab: int, served: str = "triton_fp32", engine: str = "ort"
 ) -> list[dict]:
-    """What one served step costs beyond the engine's (the served path issue): time, bytes, model.py."""
+    """What one served step costs beyond the engine's: time, bytes, model.py."""
     short, long_ = min(r["prompt"] for r in rows), max(r["prompt"] for r in rows)
     lo = min(r["concurrency"] for r in rows)
     ms = "ms_per_token_median"
@@ -72,14 +28,14 @@ def served_targets(
     return [
         target(
             f"served/in-process ms/token, 1 conversation, prompt {short}",
-            _get(rows, served, short, lo, ms) / _get(rows, engine, short, lo, ms),
+            measured(rows, served, short, lo, ms) / measured(rows, engine, short, lo, ms),
             "le",
             1.1,
         ),
         *(
             target(
                 f"bytes per conversation per step / a whole row ({row_bytes / 1000:.0f} kB), prompt {p}",
-                _get(rows, served, p, lo, "bytes_per_row") / row_bytes,
+                measured(rows, served, p, lo, "bytes_per_row") / row_bytes,
                 "le",
                 bound,
             )
@@ -99,35 +55,33 @@ def ratios(rows: list[dict], vocab: int) -> list[dict]:
     short, long_ = min(r["prompt"] for r in rows), max(r["prompt"] for r in rows)
     lo, hi = min(r["concurrency"] for r in rows), max(r["concurrency"] for r in rows)
     ms = "ms_per_token_median"
+    names = {"ort": "engine in-process", "triton_fp32": "Triton fp32"}
     return [
         *served_targets(rows, vocab),
         target(
-            f"(4)/(1) ms/token, 1 conversation, prompt {short}",
-            _get(rows, "triton_int8", short, lo, ms) / _get(rows, "transformers", short, lo, ms),
+            f"Triton int8 / transformers ms/token, 1 conversation, prompt {short}",
+            measured(rows, "triton_int8", short, lo, ms) / measured(rows, "transformers", short, lo, ms),
             "le",
             0.5,
         ),
-        *(  # Engine v2
+        *(  # KV slots written in place: a step costs about the same whatever the context
             target(
-                f"{LABELS[b][:3]} ms/token at prompt {long_} / at {short}, 1 conversation",
-                _get(rows, b, long_, lo, ms) / _get(rows, b, short, lo, ms),
+                f"{name} ms/token at prompt {long_} / at {short}, 1 conversation",
+                measured(rows, b, long_, lo, ms) / measured(rows, b, short, lo, ms),
                 "le",
                 1.15,
             )
-            for b in ("ort", "triton_fp32")
+            for b, name in names.items()
+        ),
+        # The engine against transformers' own cache (DynamicCache, the past concatenated each step)
+        target(
+            f"engine in-process / transformers ms/token, {hi} conversations, prompt {long_}",
+            measured(rows, "ort", long_, hi, ms) / measured(rows, "transformers", long_, hi, ms),
         ),
         target(
-            f"(2)/(2a) ms/token, {hi} conversations, prompt {long_}",
-            _get(rows, "ort", long_, hi, ms) / _get(rows, "ort_v1", long_, hi, ms),
-            "le",
-            0.5,
-        ),
-        target(
-            f"(2)/(2a) prompt step (TTFT) of {long_} tokens, 1 conversation",
-            _get(rows, "ort", long_, lo, "ttft_ms_median")
-            / _get(rows, "ort_v1", long_, lo, "ttft_ms_median"),
-            "le",
-            0.7,
+            f"engine in-process / transformers prompt step (TTFT) of {long_} tokens, 1 conversation",
+            measured(rows, "ort", long_, lo, "ttft_ms_median")
+            / measured(rows, "transformers", long_, lo, "ttft_ms_median"),
         ),
     ]
 
@@ -197,12 +151,16 @@ def plot(rows: list[dict], path: Path, shape: str) -> None:
 def write_report(
     rows: list[dict], out: Path, shape: str, settings: dict, vocab: int, scenarios: dict | None = None
 ) -> list[Path]:
-    from bench import scenarios as sc
-
     out.mkdir(parents=True, exist_ok=True)
     md, js, png = (out / f"bench-{shape}.{ext}" for ext in ("md", "json", "png"))
-    md.write_text(markdown(rows, shape, vocab) + (sc.markdown(rows, scenarios) if scenarios else ""))
-    extra = {"scenarios": scenarios, "scenario_targets": sc.targets(rows, scenarios)} if scenarios else {}
+    md.write_text(
+        markdown(rows, shape, vocab) + (scenario_report.markdown(rows, scenarios) if scenarios else "")
+    )
+    extra = (
+        {"scenarios": scenarios, "scenario_targets": scenario_report.targets(rows, scenarios)}
+        if scenarios
+        else {}
+    )
     js.write_text(
         json.dumps(
             {
@@ -217,105 +175,3 @@ def write_report(
     )
     plot(rows, png, shape)
     return [md, js, png]
-
-
-def gpu_summary(rep: dict, lengths: list[int], concurrency: list[int], labels: dict[str, str]) -> list[str]:
-    """bench.gpu_check's report in Markdown: setup, parity, graphs, where a step goes, the table,
-    the targets."""
-    rows, short, lo, hi = rep["rows"], min(lengths), min(concurrency), max(concurrency)
-    par, kv = rep.get("parity", {}), rep.get("kv", {})
-    lines = [
-        f"GPU: {rep['gpu']}; onnxruntime {rep['onnxruntime']}; 124M GPT-2 (random weights), fp16, greedy, "
-        f"{rep['new_tokens']} new tokens; ms per token = ms per step.",
-        "",
-        f"- fp16 serving graph vs PyTorch: max |Δlogit| {par.get('max_abs', float('nan')):.3g}, "
-        f"top-1 {par.get('top1', float('nan')):.1%}; KV buffers on {kv.get('device')} "
-        f"({kv.get('bytes', 0) / 1e9:.2f} GB)",
-        "- phases: " + ", ".join(f"{k} {'ok' if v['ok'] else 'FAILED'}" for k, v in rep["phases"].items()),
-    ]
-    if "churn" in rep:
-        c = rep["churn"]
-        lines.append(
-            f"- decode graphs vs ordinary calls, {c['rounds']} rounds, conversations joining and leaving: "
-            f"{c['rows_differing']} of {c['rows']} greedy tokens differ ({c['graph_steps']} graph steps; "
-            f"{c['rows_refused']} rows refused for want of a slot)"
-        )
-    for g in rep.get("graphs", []):
-        lines.append(
-            f"- decode graph of {g['bucket']} slots: first run (capture) {g['first_run_ms']:.1f} ms, "
-            f"{g['memory_mb']:.0f} MB, max |Δ| vs ordinary {g['max_abs_vs_ordinary']:.2g}"
-        )
-    if "warm_up_s" in rep:
-        warm = ", ".join(f"{k} {v:.1f} s" for k, v in rep["warm_up_s"].items())
-        lines.append(f"- warm-up at load (every chunk width, each decode graph): {warm}")
-    if "prompt_chunks" in rep:
-        chunks = ", ".join(
-            f"{c['position']}: {c['ms']:.1f}" for c in rep["prompt_chunks"] if c["attempt"] == 1
-        )
-        lines.append(
-            f"- a 1000-token prompt in 256-token chunks, ms per chunk by position (second prompt): {chunks}"
-        )
-    if "rounds" in rep:
-        lines += [
-            "",
-            "Where a served decode step goes (bare round requests, greedy, no gate; ms per round):",
-            "",
-            "| conversations | round | client request | Triton's phases | model.py | engine |",
-            "|---:|---:|---:|---:|---:|---:|",
-        ]
-        for r in rep["rounds"]:
-            triton = sum(r[f"{k}_ms"] for k in ("queue", "compute_input", "compute_infer", "compute_output"))
-            lines.append(
-                f"| {r['concurrency']} | {r['round_ms']:.2f} | {r['request_ms']:.2f} | {triton:.2f} "
-                f"| {r['model_py_ms_per_execute']:.2f} | {r['engine_ms_per_execute']:.2f} |"
-            )
-    lines += ["", *table(rows, labels)]
-    targets = []
-    served, engine = "triton_cuda", "ort_cuda_graphs"
-    if any(r["backend"] == served for r in rows) and any(r["backend"] == engine for r in rows):
-        ms = "ms_per_token_median"
-        targets += [
-            target(
-                f"engine decode step, {lo} conversation(s), ms",
-                _get(rows, engine, short, lo, ms),
-                "le",
-                1.0,
-            ),
-            target(
-                f"engine decode step, {hi} conversations, ms", _get(rows, engine, short, hi, ms), "le", 1.5
-            ),
-            target(
-                f"served / in-process ms/token, {lo} conversation(s)",
-                _get(rows, served, short, lo, ms) / _get(rows, engine, short, lo, ms),
-                "le",
-                1.3,
-            ),
-            *(
-                target(
-                    f"served / in-process tokens/s, {n} conversations",
-                    _get(rows, served, short, n, "tokens_per_s")
-                    / _get(rows, engine, short, n, "tokens_per_s"),
-                    "ge",
-                    0.8,
-                )
-                for n in concurrency
-                if n > lo
-            ),
-            *(
-                target(
-                    f"served / transformers eager tokens/s, {n} conversations",
-                    _get(rows, served, short, n, "tokens_per_s")
-                    / _get(rows, "transformers_eager", short, n, "tokens_per_s"),
-                    "gt",
-                    1.0,
-                )
-                for n in concurrency
-            ),
-            target(
-                "model.py per execute / (0.3 ms + 5 % of the engine's step), worst row",
-                max(overhead(r) for r in rows if r["backend"] == served),
-                "le",
-                1.0,
-            ),
-        ]
-    return lines + target_table(targets)

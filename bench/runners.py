@@ -1,4 +1,4 @@
-"""The four ways to generate that the benchmark compares, each timed per token the same way.
+"""The ways to generate that the benchmark compares, each timed per token the same way.
 
 Every runner generates `new_tokens` greedy tokens for `n` conversations at once from random
 prompts of `prompt_len` ids and returns, per conversation, the time to the first token and the
@@ -31,7 +31,7 @@ def prompts(n: int, prompt_len: int, vocab: int, seed: int) -> list[list[int]]:
 
 
 def run_transformers(model, batch: list[list[int]], new_tokens: int, device: str = "cpu") -> Timing:
-    """(1) transformers `generate` in-process, with its KV cache (DynamicCache), the model's own
+    """transformers `generate` in-process, with its KV cache (DynamicCache), the model's own
     attention implementation; one batch of all conversations."""
     import torch
     from transformers import StoppingCriteria, StoppingCriteriaList
@@ -66,7 +66,7 @@ def run_transformers(model, batch: list[list[int]], new_tokens: int, device: str
 
 
 def run_ort(engine, batch: list[list[int]], new_tokens: int, sampling=None) -> Timing:
-    """(2) onnxruntime in-process: the server's engine, without Triton or HTTP, all conversations
+    """onnxruntime in-process: the server's engine, without Triton or HTTP, all conversations
     in one call per step, choosing each token as the bot does (greedy unless `sampling`): from the
     candidates, or from the whole row where they cannot prove the choice."""
     from client.sampling import Context, SamplingConfig, choose, next_token
@@ -98,22 +98,6 @@ def run_ort(engine, batch: list[list[int]], new_tokens: int, sampling=None) -> T
     return _timing(batch, t0, stamps, new_tokens)
 
 
-def run_reference(engine, batch: list[list[int]], new_tokens: int) -> Timing:
-    """(2a) the engine before v2 (export/optimum_engine.py), greedy on its whole rows of logits."""
-    from engine.core import Step
-
-    t0 = time.perf_counter()
-    rows = engine.logits([Step(i + 1, np.array(p), 0) for i, p in enumerate(batch)])
-    stamps = [time.perf_counter()]
-    for k in range(new_tokens - 1):
-        nxt = [int(np.argmax(x)) for x in rows]
-        rows = engine.logits(
-            [Step(i + 1, np.array([t]), None, end=k == new_tokens - 2) for i, t in enumerate(nxt)]
-        )
-        stamps.append(time.perf_counter())
-    return _timing(batch, t0, stamps, new_tokens)
-
-
 def _timing(batch: list[list[int]], t0: float, stamps: list[float], new_tokens: int) -> Timing:
     steps = np.diff([t0, *stamps])
     return Timing(
@@ -127,7 +111,7 @@ def _timing(batch: list[list[int]], t0: float, stamps: list[float], new_tokens: 
 def run_triton(
     url: str, model: str, batch: list[list[int]], new_tokens: int, sampling=None, gate=None, **generate_kwargs
 ) -> Timing:
-    """(3)/(4) the bot's own client and generate loop against the real Triton, conversations concurrent
+    """The bot's own client and generate loop against the real Triton, conversations concurrent
     (greedy unless `sampling`; `gate`: the client's GateConfig; the rest goes to generate())."""
     from client.generate import generate
     from client.sampling import SamplingConfig

@@ -1,12 +1,16 @@
-"""Many chats at once: the scenarios of issue 10, each against the real Triton in the same run.
+"""Many chats at once, each scenario against the real Triton in the same run as the main table.
 
-- (a) 8 conversations, prompt 50, the card's default sampling: served vs the in-process engine
-  with the same sampling;
-- (b) 8 conversations, prompt 1000 (from the main table): served vs in-process and transformers;
-- (c) churn: users x replies with random prompt and reply lengths and pauses, before (no step
-  gate, whole prompts) and after (gate, 256-token chunks);
-- (d) 7 conversations decoding while a 1000-token prompt arrives: their step times, before/after;
+- sampled: 8 conversations, prompt 50, the card's default sampling: served vs the in-process
+  engine with the same sampling;
+- long prompts: 8 conversations, prompt 1000 (from the main table): served vs in-process and
+  transformers (compared in scenario_report.py);
+- churn: users x replies with random prompt and reply lengths and pauses, before (no step gate,
+  whole prompts) and after (gate, 256-token chunks);
+- newcomer: 7 conversations decoding while a 1000-token prompt arrives: their step times,
+  before/after;
 - the client's sampling cost per token at the shape's vocabulary.
+
+Their targets and table: scenario_report.py.
 """
 
 from __future__ import annotations
@@ -19,7 +23,6 @@ from typing import Any
 
 import numpy as np
 
-from bench.report import target, target_table
 from bench.runners import prompts, run_ort, run_triton
 from contract import triton_io as io
 
@@ -55,7 +58,7 @@ def _steps(gens) -> dict:
 
 
 def sampled(url: str, engine, n: int, prompt: int, vocab: int, new_tokens: int) -> list[dict]:
-    """(a) the card's sampling, served and in-process, n conversations."""
+    """The card's sampling, served and in-process, n conversations."""
     from client.sampling import SamplingConfig
 
     cfg = SamplingConfig(max_new_tokens=new_tokens)
@@ -92,7 +95,7 @@ def churn(
     mode: str,
     max_pause_s: float = 0.3,
 ) -> dict:
-    """(c) users chatting at random: each sends `replies` messages with random prompt and reply
+    """Users chatting at random: each sends `replies` messages with random prompt and reply
     lengths and pauses; the same draws before and after."""
     from client.generate import generate
     from client.sampling import SamplingConfig
@@ -148,7 +151,7 @@ def churn(
 
 
 def newcomer(url: str, n: int, prompt: int, long_prompt: int, vocab: int, new_tokens: int, mode: str) -> dict:
-    """(d) n conversations decoding; after 5 tokens each, one more arrives with a long prompt."""
+    """n conversations decoding; after 5 tokens each, one more arrives with a long prompt."""
     from client.generate import generate
     from client.sampling import SamplingConfig
 
@@ -228,99 +231,3 @@ def run_scenarios(
     log.info("newcomer: %s", out["newcomer"])
     out["sampling_ms_per_token"] = sampling_cost(vocab)
     return out
-
-
-def _row(rows, **match):
-    return next((r for r in rows if all(r.get(k) == v for k, v in match.items())), None)
-
-
-def targets(rows: list[dict], sc: dict) -> list[dict]:
-    """The issue's targets (a)-(d) and the sampling cost, measured in this run."""
-    hi, long_ = max(r["concurrency"] for r in rows), max(r["prompt"] for r in rows)
-    ms = "ms_per_token_median"
-
-    def get(backend):
-        return (_row(rows, backend=backend, prompt=long_, concurrency=hi) or {}).get(ms, float("nan"))
-
-    a = {r["backend"]: r["tokens_per_s"] for r in sc["sampled"]}
-    c = {r["mode"]: r for r in sc["churn"]}
-    d = {r["mode"]: r for r in sc["newcomer"]}
-    n = sc["sampled"][0]["concurrency"]
-    return [
-        target(
-            f"(a) served / in-process tokens/s, {n} conversations, card's sampling",
-            a["triton_fp32"] / a["ort"],
-            "ge",
-            0.9,
-        ),
-        target(
-            f"(b) served / in-process ms/token, {hi} conversations, prompt {long_}",
-            get("triton_fp32") / get("ort"),
-            "le",
-            1.25,
-        ),
-        target(
-            f"(b) served / transformers ms/token, {hi} conversations, prompt {long_}",
-            get("triton_fp32") / get("transformers"),
-            "lt",
-            1.0,
-        ),
-        target(
-            "(c) churn: median reply tokens/s, after / before",
-            c["after"]["reply_tokens_per_s_median"] / c["before"]["reply_tokens_per_s_median"],
-        ),
-        target(
-            "(c) churn: p95 step time, after / before",
-            c["after"]["ms_per_token_p95"] / c["before"]["ms_per_token_p95"],
-        ),
-        target(
-            f"(d) {d['after']['concurrency']} decoding while a "
-            f"{d['after']['long_prompt']}-token prompt arrives: p95 / median step",
-            d["after"]["ms_per_token_p95"] / d["after"][ms],
-            "le",
-            2.0,
-        ),
-        target(
-            "(d) the same before (no gate, whole prompt): p95 / median step",
-            d["before"]["ms_per_token_p95"] / d["before"][ms],
-        ),
-        target(
-            "sampling from the whole row, card's settings: ms per token", sc["sampling_ms_per_token"]["row"]
-        ),
-        target(
-            "sampling from the candidates, card's settings: ms per token",
-            sc["sampling_ms_per_token"]["candidates"],
-            "le",
-            0.1,
-        ),
-    ]
-
-
-def markdown(rows: list[dict], sc: dict) -> str:
-    """The scenarios' section of the report."""
-
-    def f(r, k, fmt=".1f"):
-        return format(r[k], fmt) if k in r else ""
-
-    lines = [
-        "",
-        "Many chats at once (before: no step gate, whole prompts; after: the bot's defaults, gate on "
-        "and 256-token prompt chunks). ms/token: the decoding conversations' steps.",
-        "",
-        "| scenario | mode | tokens/s | reply tok/s median | ms/token | p95 | max | newcomer TTFT ms |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
-    ]
-    for r in sc["churn"] + sc["newcomer"]:
-        lines.append(
-            f"| {r['scenario']} | {r['mode']} | {f(r, 'tokens_per_s')} | {f(r, 'reply_tokens_per_s_median')} "
-            f"| {f(r, 'ms_per_token_median')} | {f(r, 'ms_per_token_p95')} | {f(r, 'ms_per_token_max')} "
-            f"| {f(r, 'newcomer_ttft_ms', '.0f')} |"
-        )
-    for r in sc["sampled"]:
-        batch = f" ({r['rows_per_request']:.1f} rows per request)" if "rows_per_request" in r else ""
-        lines.append(
-            f"| sampled x{r['concurrency']}, prompt {r['prompt']} | {r['backend']}{batch} "
-            f"| {f(r, 'tokens_per_s')} | | {f(r, 'ms_per_token_median')} | | | |"
-        )
-    lines += target_table(targets(rows, sc))
-    return "\n".join(lines) + "\n"

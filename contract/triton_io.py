@@ -95,10 +95,8 @@ DEFAULT_KV_SLOTS = 8  # KV-cache slots: sequences generating at once (each holds
 DEFAULT_IDLE_SECONDS = 60  # a sequence idle this long is freed (its KV slot)
 CANDIDATES = 64  # K: candidate tokens per row (the graph's TopK; at most the vocabulary)
 
-# ONNX inputs and outputs. The serving graph (export/serving_graph.py) and optimum's export of
-# GPT-2 with task "text-generation-with-past" (the reference) share the first four names.
+# ONNX inputs and outputs of the serving graph (export/serving_graph.py), which the engine binds.
 ONNX_INPUT_IDS = "input_ids"  # int64 [rows, chunk]
-ONNX_ATTENTION_MASK = "attention_mask"  # optimum's graph only
 ONNX_POSITION_IDS = "position_ids"  # int64 [rows, chunk]
 ONNX_LOGITS = "logits"  # serving graph: fp32 [rows, vocab] of each row's last real token
 ONNX_SEQLENS_K = "seqlens_k"  # int32 [rows]: tokens of context after the step, minus one
@@ -116,16 +114,6 @@ def serving_past(layer: int, kind: str) -> str:
 def serving_present(layer: int, kind: str) -> str:
     """Serving graph: the same buffer as output (bound to the same memory as the input)."""
     return f"present_{kind}.{layer}"
-
-
-def onnx_past(layer: int, kind: str) -> str:
-    """optimum's graph: input name of one layer's past keys or values ("key" or "value")."""
-    return f"past_key_values.{layer}.{kind}"
-
-
-def onnx_present(layer: int, kind: str) -> str:
-    """optimum's graph: output name of one layer's keys or values, past and new concatenated."""
-    return f"present.{layer}.{kind}"
 
 
 # The model's own gauges on Triton's /metrics are set at most this often (each set is a message

@@ -1,8 +1,9 @@
 """`python -m export --checkpoint output/ --repository model_repository/`: a new version of the model.
 
-Each export is checked against PyTorch and then appears as the next version folder
-(model_repository/<name>/<N>/); Triton, polling the repository, loads it while the previous one
-serves, and the bot follows. `--rollback` publishes the previous version again; `--list` shows them.
+Each export is checked against PyTorch and against optimum's standard ONNX export, then appears as
+the next version folder (model_repository/<name>/<N>/); Triton, polling the repository, loads it
+while the previous one serves, and the bot follows. `--rollback` publishes the previous version
+again; `--list` shows them.
 """
 
 from __future__ import annotations
@@ -47,7 +48,8 @@ def main(argv: list[str] | None = None) -> int:
         "--tolerance",
         type=float,
         default=None,
-        help="max |Δlogit| ONNX vs PyTorch (default 1e-3 fp32, 5e-2 fp16)",
+        help="max |Δlogit| of the serving graph vs PyTorch and vs optimum's export (default 1e-3 fp32, "
+        "5e-2 fp16)",
     )
     p.add_argument(
         "--max-batch-size",
@@ -149,6 +151,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(
         f"exported version {result.version}: {result.onnx_file.parent}  max|Δlogit| {result.max_abs_diff:.2e}"
+        + (f" (vs optimum {result.reference_diff:.2e})" if result.reference_diff is not None else "")
         + (
             f"  int8 max|Δlogit| {result.quantized_diff:.3f} top-1 {result.quantized_top1:.0%}"
             if result.quantized_diff is not None

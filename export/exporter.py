@@ -1,4 +1,5 @@
-"""Checkpoint → Triton model repository: the serving graph (checked against PyTorch), model.py, config."""
+"""Checkpoint → Triton model repository: the serving graph (checked against PyTorch and against
+optimum's standard ONNX export), model.py, config."""
 
 from __future__ import annotations
 
@@ -36,7 +37,7 @@ class ExportResult:
     seconds: float = 0.0
     serving: dict = field(default_factory=dict)  # the ServingConfig written to config.pbtxt
     top1: float = 1.0  # share of positions where the serving graph and PyTorch agree on argmax
-    optimum_diff: float | None = None  # optimum's export (the reference) vs PyTorch; None: skipped
+    reference_diff: float | None = None  # the serving graph vs optimum's export, ONNX vs ONNX; None: skipped
     version: int = 1  # the version folder written: the next number after those in model_dir
 
 
@@ -68,7 +69,8 @@ def check_checkpoint(checkpoint: Path) -> dict:
     return config
 
 
-DEFAULT_TOLERANCE = {"fp32": 1e-3, "fp16": 5e-2}  # max |Δlogit| vs PyTorch fp32, by precision
+# max |Δlogit| of the serving graph, by its precision, vs PyTorch fp32 and vs optimum's fp32 export
+DEFAULT_TOLERANCE = {"fp32": 1e-3, "fp16": 5e-2}
 MIN_TOP1 = {"fp32": 1.0, "fp16": 0.9}  # share of positions whose most likely token must agree
 
 
@@ -85,24 +87,27 @@ def export(
     reference: bool = True,
     keep: int = versions.DEFAULT_KEEP,
 ) -> ExportResult:
-    """Export `checkpoint` as a new version of `repository/name`, verified against PyTorch.
+    """Export `checkpoint` as a new version of `repository/name`, verified against PyTorch and optimum.
 
     Nothing in the repository changes until every check passed; then the version appears in one
     rename (export/versions.py: Triton, polling, loads it while the previous one serves) and the
     versions beyond the `keep` newest are deleted.
 
-    optimum's export (task text-generation-with-past) is made and checked first: it is the
-    reference. The served model is the serving graph (export/serving_graph.py) built from the same
-    weights, checked against PyTorch on the served path and on a ragged batch. `ragged` (default:
-    on for the CPU, off for CUDA, whose newest onnxruntime-gpu lacks it) lets rows of one call
-    carry chunks of different lengths (export/serving_graph.build). `reference=False` skips
-    optimum's export (for hosts without optimum): the serving graph is still checked against
-    PyTorch."""
-    from export import serving_graph, verify
+    The served model is the serving graph (export/serving_graph.py) built from the checkpoint's
+    weights. Its logits, computed the way Triton serves them (on the served path and on a ragged
+    batch, export/verify.py), are checked against PyTorch's, and then against those of optimum's
+    standard ONNX export (task text-generation-with-past, export/reference.py: the reference) at
+    the same positions, both graphs in onnxruntime; either may differ by `tolerance` at most.
+    `ragged` (default: on for the CPU, off for CUDA, whose newest onnxruntime-gpu lacks it) lets
+    rows of one call carry chunks of different lengths (export/serving_graph.build).
+    `reference=False` skips optimum's export (for hosts without optimum): the serving graph is
+    still checked against PyTorch."""
+    from export import quiet, serving_graph, verify
+    from export import reference as optimum_reference
 
     if reference:
         try:
-            from optimum.exporters.onnx import main_export
+            import optimum.exporters.onnx  # noqa: F401  (here: before the work, not at its end)
         except ImportError:
             raise ExportError(
                 "optimum is not installed (its export is the reference): `pip install optimum-onnx`, "
@@ -147,28 +152,6 @@ def export(
     staging = versions.staging(model_dir)  # beside the repository: Triton never sees it
     try:
         texts = verify.torch_reference(checkpoint)
-        ref = None
-        if reference:
-            log.info("exporting %s with optimum (task text-generation-with-past): the reference", checkpoint)
-            main_export(
-                str(checkpoint),
-                output=staging / "optimum",
-                task="text-generation-with-past",
-                do_validation=False,
-            )
-            ref = verify.check_optimum(staging / "optimum" / "model.onnx", texts, serving.max_positions)
-            log.info("optimum's ONNX (served path) vs PyTorch: max |Δlogit| = %.2e", ref.max_abs)
-            if not ref.max_abs <= DEFAULT_TOLERANCE["fp32"]:
-                raise ExportError(
-                    f"optimum's export differs from PyTorch by {ref.max_abs:.3g}: this checkpoint "
-                    "does not export correctly"
-                )
-            shutil.rmtree(staging / "optimum")
-        else:
-            log.warning(
-                "optimum's reference export skipped: the serving graph is checked against PyTorch alone"
-            )
-
         cfg, weights = serving_graph.load_weights(checkpoint)
         onnx_path = staging / "model.onnx"
         try:
@@ -183,7 +166,8 @@ def export(
             raise ExportError(f"{checkpoint}: {exc}") from exc
         serving_graph.save(graph, onnx_path)
         del graph, weights
-        dev = verify.check_graph(onnx_path, texts, provider)
+        served = verify.serve(onnx_path, texts, provider)
+        dev = verify.worst([served.against(texts.logits), served.candidates])
         log.info(
             "serving graph (%s, served path and ragged batch) vs PyTorch: max |Δlogit| = %.2e "
             "(tolerance %.0e), same top-1 token at %.0f%% of positions",
@@ -198,18 +182,43 @@ def export(
                 f"(tolerance {tolerance:g}, top-1 agreement {dev.top1:.0%}); the export is "
                 "wrong (pass --tolerance only if you know why)"
             )
+        ref = None
+        if reference:
+            log.info("exporting %s with optimum (task %s): the reference", checkpoint, optimum_reference.TASK)
+            optimum_onnx = optimum_reference.export(checkpoint, staging / "optimum")
+            ref = served.against(optimum_reference.logits(optimum_onnx, texts.ids))
+            shutil.rmtree(staging / "optimum")
+            log.info(
+                "serving graph (%s, served path and ragged batch) vs optimum's ONNX (each text in one "
+                "call), both in onnxruntime: max |Δlogit| = %.2e, same top-1 token at %.0f%% of positions",
+                precision,
+                ref.max_abs,
+                100 * ref.top1,
+            )
+            if not (ref.max_abs <= tolerance and ref.top1 >= MIN_TOP1[precision]):
+                raise ExportError(
+                    f"the serving graph's logits differ from those of optimum's ONNX export by "
+                    f"{ref.max_abs:.3g} (tolerance {tolerance:g}, top-1 agreement {ref.top1:.0%}) "
+                    f"though they match PyTorch's to {dev.max_abs:.3g}: one of the two graphs is "
+                    "wrong for this checkpoint (pass --skip-reference only if you know which)"
+                )
+        else:
+            log.warning(
+                "optimum's reference export skipped: the serving graph is checked against PyTorch alone"
+            )
         qdiff = qtop1 = None
         if quantize == "int8":
             from onnxruntime.quantization import QuantType, quantize_dynamic
 
             quantized = staging / "model.int8.onnx"
-            quantize_dynamic(
-                onnx_path,
-                quantized,
-                weight_type=QuantType.QInt8,
-                op_types_to_quantize=["MatMul"],
-                extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
-            )
+            with quiet.quantization():
+                quantize_dynamic(
+                    onnx_path,
+                    quantized,
+                    weight_type=QuantType.QInt8,
+                    op_types_to_quantize=["MatMul"],
+                    extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
+                )
             q = verify.check_graph(quantized, texts, provider)
             qdiff, qtop1 = q.max_abs, q.top1
             log.info(
@@ -242,6 +251,7 @@ def export(
             "quantize": quantize,
             "max_abs_diff": dev.max_abs,
             "top1": dev.top1,
+            "reference_diff": ref.max_abs if ref else None,
             "tokenizer_sha256": layout.tokenizer_digest(tokenizer),
         }
         number = versions.publish(version, model_dir, render(serving), info, keep)

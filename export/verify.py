@@ -1,4 +1,5 @@
-"""The exporter's checks: ONNX logits, computed the way Triton serves them, against PyTorch's."""
+"""The exporter's checks: the serving graph's logits, computed the way Triton serves them, against
+PyTorch's and against optimum's export's (export/reference.py) at the same positions."""
 
 from __future__ import annotations
 
@@ -53,7 +54,8 @@ def torch_reference(checkpoint: Path) -> Texts:
 
 
 def compare(served: dict[int, np.ndarray], reference: np.ndarray) -> Deviation:
-    """`served` maps a position to the logits after it; compared with PyTorch's at the same positions."""
+    """`served` maps a position to the logits after it; compared with `reference`'s (PyTorch's or
+    optimum's, [positions, vocab]) at the same positions."""
     got = np.stack([served[p].reshape(-1) for p in sorted(served)])
     want = reference[sorted(served)]
     return Deviation(float(np.abs(got - want).max()), float(np.mean(got.argmax(-1) == want.argmax(-1))))
@@ -111,20 +113,41 @@ def served_ragged(engine, texts: Texts, chunk: int = 3) -> list[dict[int, np.nda
     return out
 
 
-def check_graph(onnx_path: Path, texts: Texts, provider: str = "cpu") -> Deviation:
-    """The serving graph on the served path and ragged, against PyTorch: the worst deviation."""
+@dataclass
+class Served:
+    """The serving graph over the sample dialogues, the way Triton serves them: each alone on the
+    served path, then both at once, ragged; and its candidates against its own whole rows."""
+
+    runs: list[tuple[int, dict[int, np.ndarray]]]  # (text index, position → logits after it) per run
+    candidates: Deviation
+
+    def against(self, reference: list[np.ndarray]) -> Deviation:
+        """Every served position's logits against `reference`'s ([positions, vocab] per text)."""
+        return worst([compare(served, reference[k]) for k, served in self.runs])
+
+
+def serve(onnx_path: Path, texts: Texts, provider: str = "cpu") -> Served:
+    """The serving graph at `onnx_path` on the served path and ragged (fresh engines, no decode graphs)."""
     from engine.core import KVEngine, make_session
 
     session = make_session(str(onnx_path), provider)
     length = max(len(ids) for ids in texts.ids)
-    devs = [
-        compare(served_path(KVEngine(session, slots=1, slot_length=length, decode_graphs="off"), ids, n), ref)
-        for ids, n, ref in zip(texts.ids, texts.prompt_lens, texts.logits, strict=True)
+
+    def engine(slots: int) -> KVEngine:
+        return KVEngine(session, slots=slots, slot_length=length, decode_graphs="off")
+
+    runs = [
+        (k, served_path(engine(1), ids, n))
+        for k, (ids, n) in enumerate(zip(texts.ids, texts.prompt_lens, strict=True))
     ]
-    ragged = served_ragged(KVEngine(session, slots=3, slot_length=length, decode_graphs="off"), texts)
-    devs += [compare(served, ref) for served, ref in zip(ragged, texts.logits, strict=True)]
-    devs.append(check_candidates(KVEngine(session, slots=1, slot_length=length, decode_graphs="off"), texts))
-    return worst(devs)
+    runs += list(enumerate(served_ragged(engine(3), texts)))
+    return Served(runs, check_candidates(engine(1), texts))
+
+
+def check_graph(onnx_path: Path, texts: Texts, provider: str = "cpu") -> Deviation:
+    """The serving graph on the served path and ragged, against PyTorch: the worst deviation."""
+    served = serve(onnx_path, texts, provider)
+    return worst([served.against(texts.logits), served.candidates])
 
 
 def check_candidates(engine, texts: Texts) -> Deviation:
@@ -141,17 +164,3 @@ def check_candidates(engine, texts: Texts) -> Deviation:
             worst_gap, float(np.abs(row[top_ids] - top).max()), float(np.abs(largest - top).max())
         )
     return Deviation(worst_gap, 1.0)
-
-
-def check_optimum(onnx_path: Path, texts: Texts, max_positions: int) -> Deviation:
-    """optimum's export (the reference graph) on the served path, against PyTorch."""
-    from engine.core import make_session
-    from export.optimum_engine import OptimumEngine
-
-    session = make_session(str(onnx_path))
-    return worst(
-        [
-            compare(served_path(OptimumEngine(session, max_positions), ids, n), ref)
-            for ids, n, ref in zip(texts.ids, texts.prompt_lens, texts.logits, strict=True)
-        ]
-    )

@@ -169,7 +169,7 @@ def metric(url: str, name: str, **labels: str) -> float:
 
 def server_rss_mib(pid: int) -> float:
     """Resident memory of tritonserver and its python-backend stubs, MiB."""
-    from bench.rollout import children_of, rss_mib
+    from bench.server_watch import children_of, rss_mib
 
     return rss_mib(pid, children_of(pid))
 

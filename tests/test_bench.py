@@ -34,14 +34,8 @@ def test_bench_tiny_smoke(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads((tmp_path / "bench-tiny.json").read_text())
-    assert {r["backend"] for r in report["rows"]} == {
-        "transformers",
-        "ort_v1",
-        "ort",
-        "triton_fp32",
-        "triton_int8",
-    }
-    assert len(report["rows"]) == 5 * 2 * 2
+    assert {r["backend"] for r in report["rows"]} == {"transformers", "ort", "triton_fp32", "triton_int8"}
+    assert len(report["rows"]) == 4 * 2 * 2
     for row in report["rows"]:
         assert row["ms_per_token_median"] > 0 and row["tokens_per_s"] > 0
     assert len(report["ratios"]) == 9 and all(math.isfinite(r["value"]) for r in report["ratios"])
@@ -51,11 +45,11 @@ def test_bench_tiny_smoke(tmp_path):
             assert (
                 row["compute_infer_ms"] > 0 and 0 < row["model_py_ms_per_execute"] < row["compute_infer_ms"]
             )
-    targets = report["scenario_targets"]  # bench/scenarios.py: (a)-(d) and the sampling costs
+    targets = report["scenario_targets"]  # bench/scenario_report.py: the scenarios and the sampling costs
     assert len(targets) == 9 and all(math.isfinite(t["value"]) and t["value"] > 0 for t in targets)
     assert {r["mode"] for r in report["scenarios"]["churn"]} == {"before", "after"}
     table = (tmp_path / "bench-tiny.md").read_text()
-    assert "(3) client → Triton fp32" in table and "| target |" in table and "| churn | after |" in table
+    assert "| client → Triton fp32 |" in table and "| target |" in table and "| churn | after |" in table
     assert (tmp_path / "bench-tiny.png").read_bytes()[:4] == b"\x89PNG"
 
 

@@ -67,7 +67,7 @@ def test_the_served_graph_is_built_for_serving(model_repository):
 def test_export_checks_against_pytorch_and_optimum_and_keeps_the_given_config(tmp_path, tiny_checkpoint):
     given = ServingConfig(kv_slots=3, slot_length=100, max_batch_size=2)
     result = export(tiny_checkpoint, tmp_path, serving=given)
-    assert result.max_abs_diff < 1e-4 and result.top1 == 1.0 and result.optimum_diff < 1e-4
+    assert result.max_abs_diff < 1e-4 and result.top1 == 1.0 and result.reference_diff < 1e-4
     assert given == ServingConfig(kv_slots=3, slot_length=100, max_batch_size=2)  # not mutated
     config = validate((result.model_dir / "config.pbtxt").read_text())
     assert config.parameters[io.PARAM_SLOT_LENGTH].string_value == "100"  # what the client may fill
@@ -90,7 +90,49 @@ def test_export_without_optimum_checks_against_pytorch_alone(tmp_path, tiny_chec
     with pytest.raises(ExportError, match="--skip-reference"):
         export(tiny_checkpoint, tmp_path)
     result = export(tiny_checkpoint, tmp_path, reference=False)
-    assert result.optimum_diff is None and result.max_abs_diff < 1e-4
+    assert result.reference_diff is None and result.max_abs_diff < 1e-4
+
+
+def test_export_fails_where_the_serving_graph_and_optimum_disagree(tmp_path, tiny_checkpoint, monkeypatch):
+    """optimum's export checks the served graph, ONNX against ONNX: one logit of optimum's moved
+    by 0.01 fails the export, and the repository stays as it was."""
+    from export import reference
+
+    real_logits = reference.logits
+
+    def shifted(onnx_path, texts):
+        out = real_logits(onnx_path, texts)
+        out[1][-1, 0] += 0.01  # the second dialogue's last position: served on every path
+        return out
+
+    monkeypatch.setattr(reference, "logits", shifted)
+    with pytest.raises(ExportError, match=r"differ from those of optimum's ONNX export by 0\.01 \(tolerance"):
+        export(tiny_checkpoint, tmp_path)
+    assert not (tmp_path / "rudialogpt").exists()
+
+
+def test_cli_export_logs_its_checks_without_the_libraries_known_warnings(tmp_path, tiny_checkpoint):
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "export",
+            "--checkpoint",
+            str(tiny_checkpoint),
+            "--repository",
+            str(tmp_path),
+            "--quantize",
+            "int8",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "vs PyTorch: max |Δlogit|" in proc.stderr and "vs optimum's ONNX" in proc.stderr
+    for known in ("Warning", "torch_dtype", "candidate ONNX initializers", "pre-processing"):
+        assert known not in proc.stderr, proc.stderr
+    assert "(vs optimum " in proc.stdout
 
 
 def test_rendered_config_is_the_model_config_and_carries_every_setting():

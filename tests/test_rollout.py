@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.rollout import Watch
+from bench.server_watch import Watch
 from bot.metrics import Metrics
 from bot.telegram import build_application
 from bot.texts import SORRY, UNAVAILABLE

@@ -199,7 +199,7 @@ def test_rollback_publishes_the_second_highest_again_as_hard_links(repo):
 
     copy, source = repo / "4", repo / "2"
     assert layout.versions(repo) == [2, 3, 4]  # pruned to DEFAULT_KEEP
-    for name in ("model.onnx", "model.py", "engine/core.py", "data/weights.bin", "tokenizer/tokenizer.json"):
+    for name in ("model.onnx", "model.py", "serve/engine.py", "data/weights.bin", "tokenizer/tokenizer.json"):
         assert (copy / name).stat().st_ino == (source / name).stat().st_ino, name
     assert (copy / "__pycache__").is_file() and (copy / "serve" / "__pycache__").is_file()
     # its own version.json: a new file; the source's is unchanged
