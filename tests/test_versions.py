@@ -26,8 +26,8 @@ def fill(folder: Path, tokenizer: Path | None = None) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "model.py").write_text("# the python backend's model\n")
     (folder / "model.onnx").write_bytes(b"onnx" * 64)
-    (folder / "serve").mkdir(exist_ok=True)
-    (folder / "serve" / "engine.py").write_text("# engine\n")
+    (folder / "engine").mkdir(exist_ok=True)
+    (folder / "engine" / "core.py").write_text("# engine\n")
     (folder / "data").mkdir(exist_ok=True)
     (folder / "data" / "weights.bin").write_bytes(b"\0" * 16)
     if tokenizer is not None:
@@ -71,8 +71,8 @@ def test_publish_renames_the_staged_folder_to_the_next_number(repo, real_tokeniz
     # the serving version), on its filesystem (the version is renamed from there).
     assert staged.parent == repo.parent.parent and layout.STAGING_PREFIX in staged.name
     assert os.stat(staged).st_dev == os.stat(repo).st_dev
-    (staged / "serve" / "__pycache__").mkdir()  # what an import would have written
-    (staged / "serve" / "__pycache__" / "engine.cpython-311.pyc").write_bytes(b"pyc")
+    (staged / "engine" / "__pycache__").mkdir()  # what an import would have written
+    (staged / "engine" / "__pycache__" / "core.cpython-311.pyc").write_bytes(b"pyc")
     seen_at_rename = []
     rename = os.rename
 
@@ -100,7 +100,7 @@ def test_publish_renames_the_staged_folder_to_the_next_number(repo, real_tokeniz
     assert info["written"]
     new = repo / "4"
     # sealed: a __pycache__ FILE where there are .py files (a directory there is replaced), none elsewhere
-    assert (new / "__pycache__").is_file() and (new / "serve" / "__pycache__").is_file()
+    assert (new / "__pycache__").is_file() and (new / "engine" / "__pycache__").is_file()
     assert not (new / "data" / "__pycache__").exists()
     assert not (new / layout.TOKENIZER_DIR / "__pycache__").exists()
     assert (new / "model.onnx").read_bytes() == b"onnx" * 64
@@ -112,8 +112,8 @@ def test_seal_makes_python_unable_to_write_bytecode(tmp_path):
     fill(tmp_path)
     versions.seal(tmp_path)
     with pytest.raises((FileExistsError, NotADirectoryError)):
-        py_compile.compile(str(tmp_path / "serve" / "engine.py"), doraise=True)
-    assert (tmp_path / "serve" / "__pycache__").read_bytes() == b""
+        py_compile.compile(str(tmp_path / "engine" / "core.py"), doraise=True)
+    assert (tmp_path / "engine" / "__pycache__").read_bytes() == b""
 
 
 def test_publish_writes_config_only_when_missing_or_changed(tmp_path):
@@ -199,9 +199,9 @@ def test_rollback_publishes_the_second_highest_again_as_hard_links(repo):
 
     copy, source = repo / "4", repo / "2"
     assert layout.versions(repo) == [2, 3, 4]  # pruned to DEFAULT_KEEP
-    for name in ("model.onnx", "model.py", "serve/engine.py", "data/weights.bin", "tokenizer/tokenizer.json"):
+    for name in ("model.onnx", "model.py", "engine/core.py", "data/weights.bin", "tokenizer/tokenizer.json"):
         assert (copy / name).stat().st_ino == (source / name).stat().st_ino, name
-    assert (copy / "__pycache__").is_file() and (copy / "serve" / "__pycache__").is_file()
+    assert (copy / "__pycache__").is_file() and (copy / "engine" / "__pycache__").is_file()
     # its own version.json: a new file; the source's is unchanged
     assert (copy / layout.VERSION_INFO).stat().st_ino != (source / layout.VERSION_INFO).stat().st_ino
     assert (source / layout.VERSION_INFO).read_text() == source_info
