@@ -90,9 +90,9 @@ async def until(check: Callable[[], bool], timeout: float, what: str) -> None:
 
 def run(shape: str, out: Path, chats: int = 8, poll_seconds: int = 2, threads: int = 2) -> dict:
     """The rollout under `chats` conversations; every figure, as written to rollout-<shape>.json."""
+    from client.rounds import TritonClient
     from client.sampling import SamplingConfig
     from client.tokenizer import ModelVersions
-    from client.transport import TritonClient
     from export import ServingConfig, export
     from serve.server import TritonServer, free_ports
 

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from contract import triton_io as io
+
 
 @dataclass
 class Timing:
@@ -109,18 +111,17 @@ def _timing(batch: list[list[int]], t0: float, stamps: list[float], new_tokens: 
 
 
 def run_triton(
-    url: str, model: str, batch: list[list[int]], new_tokens: int, sampling=None, gate=None, **generate_kwargs
+    url: str, model: str, batch: list[list[int]], new_tokens: int, sampling=None, **generate_kwargs
 ) -> Timing:
-    """The bot's own client and generate loop against the real Triton, conversations concurrent
-    (greedy unless `sampling`; `gate`: the client's GateConfig; the rest goes to generate())."""
-    from client.generate import generate
+    """The bot's own client and its rounds against the real Triton, conversations concurrent
+    (greedy unless `sampling`; the rest goes to generate())."""
+    from client.rounds import TritonClient, generate
     from client.sampling import SamplingConfig
-    from client.transport import TritonClient
 
     cfg = (sampling or SamplingConfig.greedy()).with_(max_new_tokens=new_tokens, stop_ids=())
 
     async def all_at_once():
-        client = TritonClient(url, model, timeout=120, gate=gate)
+        client = TritonClient(url, model, timeout=120)
         try:
             await client.model_info()  # fetched once per client: not part of the first token's time
             t0 = time.perf_counter()
@@ -141,7 +142,7 @@ def run_triton(
         wall,
         sum(len(g.tokens) for g in gens),
         {
-            "rows_per_request": client.gate.released / max(client.gate.rounds, 1),
+            "rows_per_request": client.rows_sent / max(client.rounds_sent, 1),
             "bytes_per_row": client.bytes_received / max(client.rows_answered, 1),
             "full_rows": sum(g.full_rows for g in gens),
         },
@@ -152,35 +153,33 @@ def run_rounds(
     url: str, model: str, metrics_url: str, n: int, prompt_len: int, vocab: int, steps: int = 100
 ) -> dict:
     """Where a served decode step's time goes: `n` sequences started, then `steps` greedy rounds
-    sent as bare round requests (no step gate, no generate loop), against the server's own times
+    sent as bare round requests (no rounds loop, no sampling), against the server's own times
     over exactly those rounds (bench/stats.py). ms per round: the client's whole round, its
     request (tensors, HTTP, parsing), Triton's phases, model.py's own time and the engine's."""
     from bench.stats import server_times
-    from client.transport import Row, TritonClient
+    from client.transport import Transport, round_arrays
 
     async def main() -> dict:
-        client = TritonClient(url, model, timeout=120)
+        client = Transport(url, model, timeout=120)
         try:
             seqs = [70_000 + i for i in range(n)]
             batch = prompts(n, prompt_len, vocab, seed=17)
-            first = await client._send_round(
-                [Row(s, 0, np.array(p)) for s, p in zip(seqs, batch, strict=True)]
-            )
-            tokens = [int(a.ids[0]) for a in first]  # type: ignore[union-attr]
+            first = await client.send(round_arrays([(s, 0, p, 0) for s, p in zip(seqs, batch, strict=True)]))
+            tokens = first.ids[:, 0].tolist()
             positions = [len(p) for p in batch]
             before = await asyncio.to_thread(server_times, url, metrics_url, model)
             sending = 0.0
             t0 = time.perf_counter()
             for _ in range(steps):
-                rows = [Row(s, p, np.array([t])) for s, p, t in zip(seqs, positions, tokens, strict=True)]
+                rows = [(s, p, [t], 0) for s, p, t in zip(seqs, positions, tokens, strict=True)]
                 t = time.perf_counter()
-                answers = await client._send_round(rows)
+                answer = await client.send(round_arrays(rows))
                 sending += time.perf_counter() - t
-                tokens = [int(a.ids[0]) for a in answers]  # type: ignore[union-attr]
+                tokens = answer.ids[:, 0].tolist()
                 positions = [p + 1 for p in positions]
             wall = time.perf_counter() - t0
             after = await asyncio.to_thread(server_times, url, metrics_url, model)
-            await client._send_round([Row(s, 0, np.zeros(0, np.int64), end=True) for s in seqs])
+            await client.send(round_arrays([(s, 0, [], io.ROW_END) for s in seqs]))
         finally:
             await client.close()
         server = after.since(before)

@@ -4,8 +4,8 @@
   engine with the same sampling;
 - long prompts: 8 conversations, prompt 1000 (from the main table): served vs in-process and
   transformers (compared in scenario_report.py);
-- churn: users x replies with random prompt and reply lengths and pauses, before (no step gate,
-  whole prompts) and after (gate, 256-token chunks);
+- churn: users x replies with random prompt and reply lengths and pauses, before (whole prompts
+  in one step) and after (256-token chunks, the bot's default);
 - newcomer: 7 conversations decoding while a 1000-token prompt arrives: their step times,
   before/after;
 - the client's sampling cost per token at the shape's vocabulary.
@@ -31,21 +31,19 @@ log = logging.getLogger("bench.scenarios")
 
 @dataclass(frozen=True)
 class Mode:
-    gate: bool  # the client-side step gate (client/rounds.py)
     prompt_chunk: int | None  # prompt tokens per step; None: the whole prompt in one
 
 
 MODES = {
-    "before": Mode(gate=False, prompt_chunk=None),  # each conversation on its own, prompts whole
-    "after": Mode(gate=True, prompt_chunk=256),  # the bot's defaults
+    "before": Mode(prompt_chunk=None),  # prompts whole: one long step delays every other chat
+    "after": Mode(prompt_chunk=256),  # the bot's default
 }
 
 
-def _client(url: str, model: str, gate: bool):
-    from client.rounds import GateConfig
-    from client.transport import TritonClient
+def _client(url: str, model: str):
+    from client.rounds import TritonClient
 
-    return TritonClient(url, model, timeout=120, gate=GateConfig(enabled=gate))
+    return TritonClient(url, model, timeout=120)
 
 
 def _steps(gens) -> dict:
@@ -129,7 +127,7 @@ def churn(
         return out
 
     async def everyone():
-        client = _client(url, io.DEFAULT_MODEL_NAME, MODES[mode].gate)
+        client = _client(url, io.DEFAULT_MODEL_NAME)
         try:
             t0 = time.perf_counter()
             done = await asyncio.gather(*(user(client, u) for u in range(users)))
@@ -160,7 +158,7 @@ def newcomer(url: str, n: int, prompt: int, long_prompt: int, vocab: int, new_to
     chunk = MODES[mode].prompt_chunk
 
     async def run():
-        client = _client(url, io.DEFAULT_MODEL_NAME, MODES[mode].gate)
+        client = _client(url, io.DEFAULT_MODEL_NAME)
         steps, arrived = [0], asyncio.Event()
         real_step = client.step
 

@@ -11,10 +11,9 @@ from collections.abc import Mapping
 from bot import texts
 from bot.settings import FLAGS, Mode, Settings
 from client.chat import ChatBot
-from client.rounds import GateConfig
+from client.rounds import TritonClient
 from client.sampling import SamplingConfig
 from client.tokenizer import ModelVersions
-from client.transport import TritonClient
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -52,9 +51,7 @@ def load_settings(args: argparse.Namespace, env: Mapping[str, str] | None = None
 def build_bot(args: argparse.Namespace, settings: Settings) -> ChatBot:
     """The dialogue core from the settings (Triton, tokenizer) and the sampling flags."""
     triton = settings.triton
-    client = TritonClient(
-        triton.url, triton.model, timeout=triton.timeout, gate=GateConfig(enabled=triton.step_gate)
-    )
+    client = TritonClient(triton.url, triton.model, timeout=triton.timeout)
     sampling = (SamplingConfig.greedy if args.greedy else SamplingConfig)(max_new_tokens=args.max_new_tokens)
     versions = ModelVersions.open(settings.tokenizer_dir)
     return ChatBot(client, versions, sampling, seed=args.seed, fallback=texts.FALLBACK)

@@ -104,7 +104,6 @@ class TritonSettings:
     url: str
     model: str
     timeout: float
-    step_gate: bool
 
 
 class Settings(BaseSettings):
@@ -139,7 +138,7 @@ class Settings(BaseSettings):
     triton_url: TritonURL = var("TRITON_URL", io.DEFAULT_URL)  # Triton's HTTP host:port, without a scheme
     triton_model: str = var("TRITON_MODEL", io.DEFAULT_MODEL_NAME)  # the model's name in the repository
     triton_timeout: Seconds = var("TRITON_TIMEOUT", DEFAULT_TIMEOUT)  # per call; in Telegram also per reply
-    step_gate: Switch = var("TRITON_STEP_GATE", True)  # False (0) lets each conversation step on its own
+    step_gate: str = var("TRITON_STEP_GATE", "")  # retired: refused with the reason (rounds are the only way)
     tokenizer_dir: Path = var("BOT_TOKENIZER_DIR", DEFAULT_TOKENIZER)  # model or tokenizer folder
 
     @field_validator("*", mode="before")
@@ -161,7 +160,7 @@ class Settings(BaseSettings):
 
     @property
     def triton(self) -> TritonSettings:
-        return TritonSettings(self.triton_url, self.triton_model, self.triton_timeout, self.step_gate)
+        return TritonSettings(self.triton_url, self.triton_model, self.triton_timeout)
 
     @classmethod
     def settings_customise_sources(
@@ -204,6 +203,11 @@ class Settings(BaseSettings):
             settings = cls(**values)
         except ValidationError as exc:
             raise ValueError(_error_line(exc.errors()[0], flags)) from None
+        if settings.step_gate:
+            raise ValueError(
+                "TRITON_STEP_GATE is no longer a setting: every generation of a bot process steps "
+                "in one request per round (client/rounds.py); remove it"
+            )
         if mode != "console" and not settings.token:
             raise ValueError(
                 "TELEGRAM_BOT_TOKEN is not set: create a bot with @BotFather and export its token"

@@ -8,11 +8,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from client.generate import Generation, VersionChanged, generate
+from client.generate import Generation, VersionChanged
+from client.rounds import TritonClient, generate
 from client.sampling import SamplingConfig
 from client.streaming import OnText, on_tokens
 from client.tokenizer import DialogueTokenizer, ModelVersions
-from client.transport import TritonClient
 from contract.dialogue import build_prompt, clean_reply, fit_turns
 
 log = logging.getLogger(__name__)

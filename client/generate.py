@@ -1,28 +1,34 @@
-"""The generate loop: prompt ids in, reply ids out, one Triton step per token."""
+"""One generation between rounds: prompt ids in, reply ids out, one step per round.
+
+A `Sequence` is a generation's state: its context (prompt, then the reply so far), how much of
+it the server holds (`held`: its next step starts there), and what it still may try. Each round
+it gives its next step as a row (the next prompt chunk, or the last token) and takes the row's
+answer: it holds more; its next token is chosen (client/rounds.py samples all rows at once);
+where the candidates cannot prove the choice the same step goes again asking for the whole row.
+A step names its position, so sending it again is safe: after Triton was unavailable the step is
+sent again, after the server lost the sequence it starts again over the whole context; `resumes`
+times in all. With `version`, an answer from another model version ends it with VersionChanged.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import secrets
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from client.sampling import Context, SamplingConfig, choose, needs_full_row, next_token
-from client.transport import (
-    NoFreeSlot,
-    SequenceLost,
-    StepOutput,
-    TritonClient,
-    TritonError,
-    TritonUnavailable,
-)
+from client.sampling import Context, SamplingConfig, needs_full_row
+from client.transport import NoFreeSlot, SequenceLost, TritonError, TritonUnavailable
 from contract import triton_io as io
 
 log = logging.getLogger(__name__)
+
+PROMPT_CHUNK = 256  # prompt tokens per step: a long prompt delays the other chats by one chunk per round
+RESUME_WAIT_S = 0.2  # pause before a step is sent again after a failure
+OnTokens = Callable[[list[int]], Awaitable[None] | None]  # the reply's ids so far, after each token
 
 
 @dataclass
@@ -30,8 +36,8 @@ class Generation:
     """A finished generation with its timings."""
 
     tokens: list[int]  # the reply's ids, without the stop token
-    stopped: bool  # True: a stop id ended it; False: max_new_tokens did
-    first_token_s: float = 0.0  # time to the first answer (prompt step)
+    stopped: bool  # True: a stop id ended it; False: max_new_tokens or the context's end did
+    first_token_s: float = 0.0  # time to the first answer (the prompt's steps)
     step_s: list[float] = field(default_factory=list)  # time of every later step
     full_rows: int = 0  # steps whose candidates could not prove the choice: the whole row was fetched
 
@@ -50,110 +56,91 @@ def new_sequence_id() -> int:
     return secrets.randbits(63) or 1
 
 
-PROMPT_CHUNK = 256  # prompt tokens per step: a long prompt delays the other chats by one chunk per round
-RESUME_WAIT_S = 0.2  # pause before a step is sent again after a failure
+class Sequence:
+    """One generation's state between rounds (see the module's docstring)."""
 
+    def __init__(
+        self,
+        prompt: list[int],
+        cfg: SamplingConfig,
+        rng: np.random.Generator,
+        *,
+        max_positions: int | None = None,
+        on_tokens: OnTokens | None = None,
+        prompt_chunk: int | None = PROMPT_CHUNK,
+        version: str | None = None,
+        resumes: int = 2,
+        busy_s: float = 10.0,
+    ):
+        if prompt_chunk is not None and prompt_chunk < 1:
+            raise ValueError(
+                f"prompt_chunk must be >= 1 token (or None for the whole prompt), got {prompt_chunk}"
+            )
+        self.id = new_sequence_id()
+        self.context = Context(prompt, cfg.no_repeat_ngram_size)
+        self.cfg, self.rng, self.on_tokens, self.version = cfg, rng, on_tokens, version
+        self.limit = min(cfg.max_new_tokens, (max_positions or 1 << 62) - len(self.context))
+        self.chunk = prompt_chunk or max(len(self.context), 1)
+        self.resumes, self.busy_left = resumes, busy_s  # failures it may still meet; time to wait for a slot
+        self.held = 0  # context tokens the server holds: the next step starts here
+        self.full = needs_full_row(cfg, io.CANDIDATES)  # the next step asks for the whole row
+        self.refetch = False  # the next step is the last one again, for its whole row
+        self.started = False  # a step was sent: END must follow
+        self.not_before = 0.0  # loop time before which it does not step (a pause after a failure)
+        self.callback: asyncio.Future[None] | None = None  # an async on_tokens it waits for
+        self.result = Generation([], stopped=False)
+        loop = asyncio.get_running_loop()
+        self.future: asyncio.Future[Generation] = loop.create_future()
+        self.t0 = self.sent_at = loop.time()  # times are the event loop's clock (monotonic)
 
-async def generate(
-    client: TritonClient,
-    prompt_ids: list[int],
-    cfg: SamplingConfig,
-    rng: np.random.Generator,
-    resumes: int = 2,
-    max_positions: int | None = None,
-    on_tokens: Callable[[list[int]], Awaitable[None] | None] | None = None,
-    *,
-    prompt_chunk: int | None = PROMPT_CHUNK,
-    version: str | None = None,
-) -> Generation:
-    """Sample a reply to `prompt_ids`; END is always sent, also on errors and cancellation.
+    def step(self) -> tuple[int, list[int], bool]:
+        """The next row: (position, ids, whole row wanted)."""
+        ids = self.context.tokens[self.held : self.held + self.chunk]
+        return self.held, ids, self.full and self.held + len(ids) >= len(self.context)
 
-    The prompt goes in chunks of `prompt_chunk` tokens (None: whole), each a step at its
-    position; only the last chunk's answer is used. Each step's answer is the server's K most
-    likely tokens; where they cannot prove the sampler's choice (client/sampling.py), the same step
-    is sent again asking for the whole row. If Triton becomes unavailable the step is sent again
-    (it names its position, so that is safe); if the server lost the sequence, it is started
-    again over the whole context: `resumes` times in all before the error is raised. With
-    `max_positions`, generation also stops where the model's context ends. `on_tokens(tokens)`,
-    if given, gets the reply's ids so far after each sampled token (awaited). With `version` (the
-    model version `prompt_ids` were encoded for), an answer from another version raises
-    VersionChanged: a new version loaded on the server (it holds none of this sequence)."""
-    if prompt_chunk is not None and prompt_chunk < 1:
-        raise ValueError(
-            f"prompt_chunk must be >= 1 token (or None for the whole prompt), got {prompt_chunk}"
-        )
-    seq = new_sequence_id()
-    context = Context(prompt_ids, cfg.no_repeat_ngram_size)
-    tokens: list[int] = []
-    chunk = prompt_chunk or max(len(context), 1)
-    full = needs_full_row(cfg, io.CANDIDATES)
+    def answered(self, count: int, now: float) -> bool:
+        """The step of `count` tokens went through; whether the next token is to be chosen now."""
+        self.held += count
+        if self.held < len(self.context):
+            return False  # more of the prompt to feed
+        if not self.result.first_token_s:
+            self.result.first_token_s = now - self.t0
+        elif not self.refetch:
+            self.result.step_s.append(now - self.sent_at)
+        return True
 
-    async def feed(at: int, whole: bool = full) -> StepOutput:
-        """The answer after the context's tokens from position `at` on (in chunks), recovering."""
-        nonlocal resumes
-        waited = 0.0  # for a free slot, at most the client's timeout
-        while True:
-            try:
-                out = None
-                for i in range(at, max(len(context), 1), chunk):
-                    last = i + chunk >= len(context)
-                    out = await client.step(seq, context.tokens[i : i + chunk], i, full=whole and last)
-                    if version is not None and out.version and out.version != version:
-                        raise VersionChanged(out.version, version)
-                    at = i + chunk
-                assert out is not None
-                return out
-            except TritonError as exc:
-                if version is not None and exc.version and exc.version != version:
-                    raise VersionChanged(exc.version, version) from exc
-                if isinstance(exc, NoFreeSlot):  # every slot held: wait, not counted as a failure
-                    if at > 0 or waited >= client.timeout:
-                        raise
-                    await asyncio.sleep(RESUME_WAIT_S)
-                    waited += RESUME_WAIT_S
-                    continue
-                if not isinstance(exc, (TritonUnavailable, SequenceLost)) or resumes <= 0:
-                    raise
-                resumes -= 1
-                lost = isinstance(exc, SequenceLost)
-                log.warning(
-                    "step failed (%s): %s", exc, "starting the sequence again" if lost else "sending it again"
-                )
-                await asyncio.sleep(RESUME_WAIT_S)
-                at = 0 if lost else min(at, len(context) - 1)
+    def unproven(self) -> None:
+        """The candidates cannot prove the choice: the same step again, for the whole row."""
+        self.full, self.refetch, self.held = True, True, len(self.context) - 1
+        self.result.full_rows += 1
 
-    async def pick(out: StepOutput) -> int:
-        token = choose(out.ids, out.logits, context, cfg, rng) if out.full is None else None
-        if token is None:
-            if out.full is None:  # the candidates could not prove it: the same step, whole row
-                gen.full_rows += 1
-                out = await feed(len(context) - 1, whole=True)
-            assert out.full is not None
-            token = next_token(out.full, context.array(), cfg, rng)
-        return token
+    def take(self, token: int) -> bool:
+        """Append the chosen token; whether the generation is over (then its result is set)."""
+        self.full, self.refetch = needs_full_row(self.cfg, io.CANDIDATES), False
+        if token in self.cfg.stop_ids:
+            self.result.stopped = True
+        else:
+            self.result.tokens.append(token)
+            self.context.append(token)
+            if self.on_tokens and (pending := self.on_tokens(self.result.tokens)) is not None:
+                self.callback = asyncio.ensure_future(pending)  # it steps again once that is done
+        return self.result.stopped or len(self.result.tokens) >= self.limit
 
-    t0 = time.perf_counter()
-    gen = Generation(tokens, stopped=False)
-    sent = False
-    try:
-        async with client.admitted():
-            sent = True
-            out = await feed(0)
-            gen.first_token_s = time.perf_counter() - t0
-            while True:
-                token = await pick(out)
-                if token in cfg.stop_ids:
-                    gen.stopped = True
-                    return gen
-                tokens.append(token)
-                context.append(token)
-                if on_tokens and (pending := on_tokens(tokens)) is not None:
-                    await pending
-                if len(tokens) >= cfg.max_new_tokens or (max_positions and len(context) >= max_positions):
-                    return gen
-                t = time.perf_counter()
-                out = await feed(len(context) - 1)
-                gen.step_s.append(time.perf_counter() - t)
-    finally:
-        if sent:
-            client.end(seq)
+    def failed(self, exc: TritonError, now: float) -> bool:
+        """Its step failed with `exc`: whether it goes on (its next step is set up); else it is over."""
+        if self.version is not None and exc.version and exc.version != self.version:
+            raise VersionChanged(exc.version, self.version) from exc
+        if isinstance(exc, NoFreeSlot) and self.held == 0 and self.busy_left > 0:
+            self.busy_left -= RESUME_WAIT_S  # every slot held: wait, not counted as a failure
+        elif isinstance(exc, (TritonUnavailable, SequenceLost)) and self.resumes > 0:
+            self.resumes -= 1
+            lost = isinstance(exc, SequenceLost)
+            log.warning(
+                "step failed (%s): %s", exc, "starting the sequence again" if lost else "sending it again"
+            )
+            if lost:
+                self.held = 0
+        else:
+            return False
+        self.not_before = now + RESUME_WAIT_S
+        return True

@@ -1,211 +1,189 @@
-"""The step gate: the conversations of one bot process step through Triton as one request.
+"""Rounds: all generations of this process step through Triton together, one request per round.
 
-Every generation's next step (one row: its sequence, position, new tokens) waits at the gate
-until every active generation of this process has its step there; then the gate sends all of
-them as one round request and hands each row its answer. Without it, each conversation would send
-its step the moment its previous answer arrived, and 8 conversations drift into phase-shifted
-half rounds (measured: mean batch 3.1-3.4 with one request per step). The rules:
-
-- a generation is a member from its first step until it leaves (END, failure, cancellation);
-- a round is released when every member waits at the gate;
-- a member whose step is still at Triton is waited for in full, up to `in_flight_s`: this is what
-  rejoins a split round;
-- a member that is sampling is waited for at most `busy_s` from the moment it got there;
-- no step waits longer than `in_flight_s` in all, and a member stuck in sampling (a caller that
-  never sends END) is not waited for at all once its `busy_s` has passed;
-- END rows never wait: they ride with the next round, or go at once when nobody waits.
-
-One process aligns only its own generations: several bot processes each send their own rounds,
-and Triton's dynamic batcher runs rounds that arrive together in one execute().
+A round carries a row per active generation (its next prompt chunk, or its last token) and the
+END rows of those that finished. When its answer comes, the next token of every row whose step
+completed is chosen in one call of the sampling pipeline over all of them (client/sampling.py);
+rows whose candidates cannot prove the choice ask for their whole row in the next round. The next
+round leaves at once: generations that arrived meanwhile join it, finished ones leave it. At most
+the server's KV slots of generations are active; the others wait here, not at the server. Each
+bot process runs its own rounds; Triton's dynamic batcher runs rounds that arrive together from
+several processes in one execute().
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import logging
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from typing import Generic, TypeVar
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from client.generate import Generation, Sequence, VersionChanged
+from client.sampling import next_token, sample
+from client.transport import RoundRow, Transport, TritonError, round_arrays
+from contract import triton_io as io
 
 log = logging.getLogger(__name__)
 
-_BUSY, _IN_FLIGHT, _WAITING = "busy", "in flight", "waiting"
-_STALE_S = 60.0  # a member busy this long is forgotten
-R = TypeVar("R")  # a row
-A = TypeVar("A")  # its answer
 
+class TritonClient(Transport):
+    """The served model for this process's generations: the transport (client/transport.py) and
+    the rounds that carry every generation's steps."""
 
-@dataclass(frozen=True)
-class GateConfig:
-    """How long a step may be held for the others of its round."""
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self._waiting: deque[Sequence] = deque()  # admitted in order as slots free up
+        self._active: list[Sequence] = []
+        self._ends: list[int] = []  # sequences whose cache the next round frees
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self.rounds_sent = 0
+        self.rows_sent = 0  # rows_sent / rounds_sent: the mean round size
 
-    enabled: bool = True  # False: every step goes to Triton at once (each conversation on its own)
-    in_flight_s: float = 1.0  # wait for a member whose step is at Triton; also the most any step waits
-    busy_s: float = 0.003  # wait for a member that is sampling, from when it got there
-
-
-class _Member:
-    __slots__ = ("since", "state")
-
-    def __init__(self, state: str, since: float):
-        self.state, self.since = state, since
-
-
-class StepGate(Generic[R, A]):
-    """Holds rows (by sequence id) until their round is complete, then sends them together with
-    `send(rows) -> answers` (one answer or exception per row; raising fails them all). asyncio,
-    one event loop."""
-
-    def __init__(
-        self, send: Callable[[list[R]], Awaitable[list[A | BaseException]]], config: GateConfig | None = None
-    ):
-        self.config = config or GateConfig()
-        self._send = send
-        self._members: dict[int, _Member] = {}
-        self._waiters: dict[int, tuple[R, asyncio.Future[A]]] = {}
-        self._ends: list[R] = []  # END rows for the next round
-        self._first_end = 0.0  # when the oldest of them came
-        self._first_wait = 0.0  # when the oldest waiter arrived
-        self._timer: asyncio.TimerHandle | None = None
-        self._check_pending = False
-        self._sending: set[asyncio.Task[None]] = set()
-        self.rounds = 0  # requests sent so far
-        self.released = 0  # rows sent so far (released / rounds = mean round size)
-
-    def __len__(self) -> int:
-        return len(self._members)
-
-    @staticmethod
-    def _now() -> float:
-        return asyncio.get_running_loop().time()
-
-    async def step(self, sequence_id: int, row: R) -> A:
-        """The answer to `row`, sent with the rest of its round (at most `in_flight_s` later)."""
-        now = self._now()
-        member = self._members.get(sequence_id)
-        if member is None:  # its first step: it joins
-            for stale in [
-                s for s, m in self._members.items() if m.state == _BUSY and now - m.since > _STALE_S
-            ]:
-                del self._members[stale]  # its owner never sent END (a bare client.step user)
-            member = self._members[sequence_id] = _Member(_WAITING, now)
-        if not self._waiters:
-            self._first_wait = now
-        member.state = _WAITING
-        future: asyncio.Future[A] = asyncio.get_running_loop().create_future()
-        self._waiters[sequence_id] = (row, future)
-        if self.config.enabled:
-            self._check_soon()
-        else:  # each row on its own, at once
-            self._release()
+    async def generate(self, prompt: list[int], *args: Any, **options: Any) -> Generation:
+        """The reply to `prompt` (client/generate.py's Sequence takes the arguments); END is sent
+        also on errors and cancellation."""
+        seq = Sequence(prompt, *args, busy_s=self.timeout, **options)
+        self._waiting.append(seq)
+        self._kick()
         try:
-            return await future
-        except asyncio.CancelledError:
-            if self._waiters.get(sequence_id, (None, None))[1] is future:  # not sent yet
-                del self._waiters[sequence_id]
-            if sequence_id in self._members:
-                member.state, member.since = _BUSY, self._now()
-            self._check()
-            raise
-
-    def end(self, sequence_id: int, row: R | None) -> None:
-        """The sequence leaves; its END `row` (if any) goes with the next round, or at once."""
-        self._members.pop(sequence_id, None)
-        if row is not None:
-            if not self._ends:
-                self._first_end = self._now()
-            self._ends.append(row)
-        self._check_soon()
+            return await seq.future
+        finally:
+            seq.future.cancel()  # no-op once done; else the caller gave up and the rounds drop it
+            self._kick()
 
     async def close(self) -> None:
-        """Send the END rows still pending and wait for the rounds in flight."""
+        """Stop the rounds (their pending END rows go first, best effort) and the connections."""
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.wait({self._task})
         if self._ends:
-            self._release()
-        if self._sending:
-            await asyncio.wait(self._sending, timeout=5)
+            with contextlib.suppress(TritonError):
+                await self.send(round_arrays([(s, 0, [], io.ROW_END) for s in self._ends]))
+            self._ends = []
+        await super().close()
 
-    def _deadline(self) -> float:
-        """When the current round goes without whoever is still missing."""
-        cfg = self.config
-        latest = max(
-            (
-                m.since + (cfg.in_flight_s if m.state == _IN_FLIGHT else cfg.busy_s)
-                for m in self._members.values()
-                if m.state != _WAITING
-            ),
-            default=0.0,
-        )
-        return min(latest, self._first_wait + cfg.in_flight_s)
+    def _kick(self) -> None:
+        self._wake.set()
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._run())
 
-    def _check_soon(self) -> None:
-        """_check() once the steps that arrive in this turn of the event loop are all in (rows
-        submitted together, e.g. by tasks started together, then go in one round)."""
-        if not self._check_pending:
-            self._check_pending = True
-            asyncio.get_running_loop().call_soon(self._check)
-
-    def _check(self) -> None:
-        self._check_pending = False
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        if not self._waiters:
-            if self._ends and not self._members:  # nobody will step: the END rows go on their own
-                self._release()
-            elif self._ends:  # they ride with the next round, or go on their own after in_flight_s
-                self._timer = asyncio.get_running_loop().call_at(
-                    self._first_end + self.config.in_flight_s, self._release
-                )
-            return
-        if self.config.enabled:
-            deadline = self._deadline()
-            if self._now() < deadline - 1e-4:  # timers may fire a hair early
-                self._timer = asyncio.get_running_loop().call_at(deadline, self._check)
-                return
-        self._release()
-
-    def _release(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        now = self._now()
-        waiters, self._waiters = self._waiters, {}
-        for sequence_id in waiters:
-            member = self._members.get(sequence_id)
-            if member is not None:
-                member.state, member.since = _IN_FLIGHT, now
-        rows = [row for row, _ in waiters.values()] + self._ends
-        futures = [future for _, future in waiters.values()]
-        self._ends = []
-        self.rounds += 1
-        self.released += len(rows)
-        task = asyncio.get_running_loop().create_task(self._deliver(list(waiters), rows, futures))
-        self._sending.add(task)
-        task.add_done_callback(self._sending.discard)
-
-    async def _deliver(self, sequences: list[int], rows: list[R], futures: list[asyncio.Future[A]]) -> None:
-        try:
-            answers: list[A | BaseException] = await self._send(rows)
-        except asyncio.CancelledError:
-            for future in futures:
-                future.cancel()
-            raise
-        except Exception as exc:  # the whole request failed: every row gets its error
-            answers = [exc] * len(rows)
-        finally:
-            now = self._now()
-            for sequence_id in sequences:
-                member = self._members.get(sequence_id)
-                if member is not None:
-                    member.state, member.since = _BUSY, now
-        for future, answer in zip(futures, answers, strict=False):  # END rows come last, unawaited
-            if future.done():  # its caller gave up (cancelled)
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while self._active or self._waiting or self._ends:
+            self._wake.clear()
+            for seq in [s for s in self._active if s.future.done()]:  # cancelled by its caller
+                self._leave(seq)
+            await self._admit()
+            now = loop.time()
+            rows = [s for s in self._active if s.not_before <= now and not s.callback]
+            if rows or self._ends:
+                await self._round(rows)
                 continue
-            if isinstance(answer, BaseException):
-                future.set_exception(answer)
-            else:
-                future.set_result(answer)
-        for answer in answers[len(futures) :]:
-            if isinstance(answer, BaseException):
-                log.debug("END not delivered: %s", answer)
-        self._check()
+            pauses = [s.not_before - now for s in self._active if s.not_before > now]
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), min(pauses, default=None))
+
+    async def _admit(self) -> None:
+        """Waiting generations become active while the server has slots for them."""
+        while self._waiting and self._waiting[0].future.done():
+            self._waiting.popleft()
+        if not self._waiting:
+            return
+        try:
+            slots = (self._info or await self.model_info()).kv_slots
+        except TritonError as exc:
+            while self._waiting:
+                self._waiting.popleft().future.set_exception(exc)
+            return
+        while self._waiting and len(self._active) < slots:
+            if not (seq := self._waiting.popleft()).future.done():
+                self._active.append(seq)
+
+    def _leave(self, seq: Sequence, error: BaseException | None = None) -> None:
+        """`seq` is over: its result (or `error`) to its caller, END for its cache."""
+        if not seq.future.done():
+            seq.future.set_exception(error) if error else seq.future.set_result(seq.result)
+        self._active.remove(seq)
+        if seq.started:
+            self._ends.append(seq.id)
+
+    async def _round(self, rows: list[Sequence]) -> None:
+        loop = asyncio.get_running_loop()
+        ends, self._ends = self._ends, []
+        steps = [s.step() for s in rows]
+        request: list[RoundRow] = [
+            (s.id, at, ids, io.ROW_FULL * full) for s, (at, ids, full) in zip(rows, steps, strict=True)
+        ]
+        request += [(seq_id, 0, [], io.ROW_END) for seq_id in ends]
+        for seq in rows:
+            seq.started, seq.sent_at = True, loop.time()
+        self.rounds_sent += 1
+        self.rows_sent += len(request)
+        try:
+            answer = await self.send(round_arrays(request))
+        except TritonError as exc:
+            for seq in rows:
+                self._failed(seq, exc)
+            return
+        now, failed, full_at = loop.time(), 0, 0
+        chosen: list[int] = []  # rows whose next token is chosen from their candidates
+        for i, (seq, (_, ids, full)) in enumerate(zip(rows, steps, strict=True)):
+            if answer.status[i] != io.ROW_OK:
+                self._failed(seq, answer.error(i, failed))
+                failed += 1
+            elif seq.future.done():  # its caller gave up meanwhile
+                self._leave(seq)
+            elif seq.version is not None and answer.version and answer.version != seq.version:
+                self._leave(seq, VersionChanged(answer.version, seq.version))
+            elif seq.answered(len(ids), now):
+                if full:
+                    self._take(seq, next_token(answer.full[full_at], seq.context, seq.cfg, seq.rng))
+                else:
+                    chosen.append(i)
+            full_at += full and answer.status[i] == io.ROW_OK
+        for cfg in {rows[i].cfg for i in chosen}:  # one call of the pipeline per sampling setting
+            group = [i for i in chosen if rows[i].cfg == cfg]
+            logits, contexts = answer.logits[group], [rows[i].context for i in group]
+            tokens = sample(
+                answer.ids[group], logits, logits.min(axis=1), contexts, cfg, _uniforms(rows, group)
+            )
+            for i, token in zip(group, tokens.tolist(), strict=True):
+                if token < 0:
+                    rows[i].unproven()
+                else:
+                    self._take(rows[i], token)
+
+    def _take(self, seq: Sequence, token: int) -> None:
+        if seq.take(token):
+            self._leave(seq)
+        elif seq.callback is not None:  # an async on_tokens: the sequence steps again when it is done
+            seq.callback.add_done_callback(functools.partial(self._resume, seq))
+
+    def _resume(self, seq: Sequence, _: object = None) -> None:
+        callback, seq.callback = seq.callback, None
+        if callback is not None and not callback.cancelled() and (error := callback.exception()):
+            self._leave(seq, error)  # the caller's on_tokens failed: so does its generation
+        self._wake.set()
+
+    def _failed(self, seq: Sequence, exc: TritonError) -> None:
+        try:
+            if not seq.failed(exc, asyncio.get_running_loop().time()):
+                self._leave(seq, exc)
+        except VersionChanged as changed:
+            self._leave(seq, changed)
+
+
+def _uniforms(rows: list[Sequence], group: list[int]) -> Callable[[np.ndarray], np.ndarray]:
+    """One uniform from each drawing row's own generator (client/sampling.py's Uniforms)."""
+    rngs = [rows[i].rng for i in group]
+    return lambda drawing: np.array([rng.random() for rng, d in zip(rngs, drawing, strict=True) if d])
+
+
+async def generate(client: TritonClient, prompt: list[int], *args: Any, **options: Any) -> Generation:
+    """`client.generate(...)`: the reply to `prompt` through the client's rounds."""
+    return await client.generate(prompt, *args, **options)

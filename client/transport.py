@@ -13,26 +13,22 @@ answer: a step that timed out may simply be sent again; a sequence the server no
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import itertools
 import json
 import logging
 import secrets
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 from urllib.parse import quote
 
 import aiohttp
 import numpy as np
 import tritonclient.http.aio as triton_http
-from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential
-from tritonclient.utils import InferenceServerException
 
-from client.rounds import GateConfig, StepGate
 from contract import triton_io as io
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 DEFAULT_TIMEOUT = 10.0  # seconds a call to Triton may take (TRITON_TIMEOUT)
 
 
@@ -75,25 +71,30 @@ class ModelInfo:
 
 
 @dataclass(frozen=True)
-class Row:
-    """One step of one sequence, as it travels in a round."""
+class Answer:
+    """A round's answer, row by row as the request's rows (contract/triton_io.py)."""
 
-    sequence_id: int
-    position: int  # where `ids` start in the sequence's context (0: start it)
-    ids: np.ndarray  # int64 [n]
-    end: bool = False
-    full: bool = False  # the whole row of logits is wanted too
+    version: str  # the model version that answered (Triton's version folder)
+    status: np.ndarray  # int32 [rows]: io.ROW_OK or the row's error code
+    errors: list[str]  # the message of each row not ROW_OK, in row order
+    ids: np.ndarray  # int32 [rows, K]: the K most likely next tokens, best first
+    logits: np.ndarray  # float32 [rows, K]: their logits
+    full: np.ndarray  # float32 [ROW_FULL rows, vocab]: the whole row of each, in row order
+    tokenizer: tuple[str, str] | None = None  # io.TOKENIZER where asked for: (sha256, folder)
+
+    def error(self, row: int, at: int) -> TritonError:
+        """Row `row`'s error, the `at`-th failed row: its class says whose move it is."""
+        kind, code = _ROW_ERRORS.get(int(self.status[row]), (TritonRequestError, 400))
+        return kind(f"Triton refused the step ({code}): {self.errors[at]}", code, self.version)
 
 
 @dataclass(frozen=True)
-class StepOutput:
-    """The server's answer to a step: the K most likely next tokens (best first), their logits,
-    and the whole row of logits where the step asked for it."""
+class Served:
+    """What the answering model version says of itself (the probe's io.TOKENIZER)."""
 
-    ids: np.ndarray  # int32 [K]
-    logits: np.ndarray  # float32 [K]
-    full: np.ndarray | None = None  # float32 [vocab]
-    version: str = ""  # the model version that answered (Triton's version folder)
+    version: str
+    tokenizer_sha256: str  # contract.repository.tokenizer_digest of the tokenizer it was exported with
+    tokenizer_folder: str  # where that tokenizer is, as the Triton host sees it
 
 
 # How Triton answers, measured against the real server (tests/test_triton_client.py, one test each):
@@ -112,42 +113,18 @@ _ROW_ERRORS: dict[int, tuple[type[TritonError], int]] = {
 }
 
 
-def _status(exc: InferenceServerException) -> int:
-    """The HTTP status of a Triton error (tritonclient keeps it as a string); 0 when none."""
-    status = exc.status()
-    return int(status) if status and str(status).isdigit() else 0
+RoundRow = tuple[int, int, Sequence[int], int]  # sequence id, position, new token ids, FLAGS
 
 
-def _classify(exc: BaseException) -> TritonError:
-    if isinstance(exc, TritonError):
-        return exc
-    if isinstance(exc, (aiohttp.ClientError, asyncio.TimeoutError, OSError, EOFError)):  # EOF: dropped
-        return TritonUnavailable(f"Triton unreachable: {exc.__class__.__name__}: {exc}")
-    if not isinstance(exc, InferenceServerException):
-        return TritonError(f"{exc.__class__.__name__}: {exc}")
-    status, text = _status(exc), exc.message() or str(exc)
-    if status in _TRANSIENT_STATUS:
-        return TritonUnavailable(f"Triton unavailable ({status}): {text}", status)
-    if status == 404:
-        # One status for two cases: only the text tells a model being loaded from a wrong name.
-        if "no available versions" in text:
-            return TritonUnavailable(f"Triton's model is not loaded: {text}", status)
-        return TritonRequestError(f"Triton has no such model ({text}): check TRITON_MODEL", status)
-    if status == 500 and "Stub process" in text:
-        return ModelDown(f"Triton's model is dead: {text}", status)
-    return TritonRequestError(f"Triton refused the request ({status}): {text}", status)
-
-
-def round_arrays(rows: list[Row]) -> dict[str, np.ndarray]:
+def round_arrays(rows: Sequence[RoundRow]) -> dict[str, np.ndarray]:
     """A round request's inputs for `rows`, by tensor name (contract/triton_io.py's REQUEST_INPUTS)."""
+    sequences, positions, ids, flags = zip(*rows, strict=True) if rows else ((), (), (), ())
     return {
-        io.SEQUENCE_IDS: np.array([[r.sequence_id for r in rows]], np.uint64),
-        io.POSITIONS: np.array([[r.position for r in rows]], np.int64),
-        io.COUNTS: np.array([[r.ids.size for r in rows]], np.int32),
-        io.FLAGS: np.array(
-            [[(io.ROW_END if r.end else 0) | (io.ROW_FULL if r.full else 0) for r in rows]], np.int32
-        ),
-        io.INPUT_IDS: np.concatenate([r.ids for r in rows])[None],
+        io.SEQUENCE_IDS: np.array([sequences], np.uint64).reshape(1, -1),
+        io.POSITIONS: np.array([positions], np.int64).reshape(1, -1),
+        io.COUNTS: np.array([[len(i) for i in ids]], np.int32).reshape(1, -1),
+        io.FLAGS: np.array([flags], np.int32).reshape(1, -1),
+        io.INPUT_IDS: np.fromiter(itertools.chain.from_iterable(ids), np.int64)[None],
     }
 
 
@@ -161,20 +138,17 @@ def round_inputs(arrays: dict[str, np.ndarray]) -> list[triton_http.InferInput]:
     return inputs
 
 
-PROBE = Row(
-    io.PROBE_ROW[io.SEQUENCE_IDS],
-    io.PROBE_ROW[io.POSITIONS],
-    np.full(io.PROBE_ROW[io.COUNTS], io.PROBE_ROW[io.INPUT_IDS], np.int64),
-    end=True,
-)
+_P = io.PROBE_ROW
+PROBE: RoundRow = (_P[io.SEQUENCE_IDS], _P[io.POSITIONS], [_P[io.INPUT_IDS]] * _P[io.COUNTS], _P[io.FLAGS])
+_ROUND_OUTPUTS = [name for name in io.RESPONSE_OUTPUTS if name != io.TOKENIZER]
 
 
-class TritonClient:
-    """Async client of the ruDialoGPT model on Triton: one HTTP connection pool, one step gate.
+class Transport:
+    """The served model over HTTP: one aiohttp session (keep-alive connections) for rounds, the
+    model's config and the probe; every failure is a TritonError whose class says what to do.
 
-    The gate lines up the steps of all generations that run through this client, so that each
-    round reaches Triton as one request; `routing_key` (sent as io.ROUTING_HEADER) lets a load
-    balancer keep all of this client's rounds on the Triton replica that holds its caches."""
+    `routing_key` (sent as io.ROUTING_HEADER) lets a load balancer keep all of this process's
+    rounds on the Triton replica that holds its caches."""
 
     def __init__(
         self,
@@ -182,155 +156,126 @@ class TritonClient:
         model: str = io.DEFAULT_MODEL_NAME,
         timeout: float = DEFAULT_TIMEOUT,
         retries: int = 3,
-        gate: GateConfig | None = None,
     ):
         if "://" in url:
             raise ValueError(f"TRITON_URL is host:port, without a scheme: got {url!r}")
         self.url, self.model, self.timeout, self.retries = url, model, timeout, retries
-        self.gate: StepGate[Row, StepOutput] = StepGate(self._send_round, gate)
         self.routing_key = secrets.token_hex(8)
         # identity: Triton would otherwise compress every answer for aiohttp's default Accept-Encoding.
         self._headers = {io.ROUTING_HEADER: self.routing_key, "Accept-Encoding": "identity"}
-        self._outputs = [
-            triton_http.InferRequestedOutput(name, binary_data=True) for name in io.RESPONSE_OUTPUTS
-        ]
-        self._infer_url = f"http://{url}/v2/models/{quote(model)}/infer"
-        self._session: aiohttp.ClientSession | None = None  # the rounds' keep-alive connections
-        self._client: triton_http.InferenceServerClient | None = None  # model config (tritonclient)
+        self._base = f"http://{url}/v2/models/{quote(model)}"
+        self._session: aiohttp.ClientSession | None = None  # created in the running event loop
         self._info: ModelInfo | None = None
-        self._admit: asyncio.Semaphore | None = None
         self.version = ""  # the model version of the last answer ("": none yet)
         self.bytes_received = 0  # answers' bodies (JSON header and tensors) since start
         self.rows_answered = 0
 
-    @property
-    def client(self) -> triton_http.InferenceServerClient:
-        if self._client is None:  # created lazily: aiohttp needs the running event loop
-            self._client = triton_http.InferenceServerClient(self.url, conn_timeout=self.timeout)
-        return self._client
-
     async def close(self) -> None:
-        await self.gate.close()
         if self._session is not None:
             await self._session.close()
             self._session = None
-        if self._client is not None:
-            await self._client.close()
-            self._client = None
 
-    async def _call(self, coro_fn: Callable[[], Awaitable[T]]) -> T:
+    async def _http(
+        self, method: str, path: str, body: bytes | None = None, **headers: str
+    ) -> tuple[int, Any, bytes]:
+        """(status, response headers, body) of one call within the timeout; TritonError otherwise."""
+        if self._session is None:
+            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None))
         try:
             async with asyncio.timeout(self.timeout):
-                return await coro_fn()
-        except BaseException as exc:
-            if isinstance(exc, asyncio.CancelledError):
-                raise
-            raise _classify(exc) from exc
+                async with self._session.request(
+                    method, self._base + path, data=body, headers={**self._headers, **headers}
+                ) as response:
+                    return response.status, response.headers, await response.read()
+        except (aiohttp.ClientError, TimeoutError, OSError, EOFError) as exc:  # EOF: dropped
+            raise TritonUnavailable(f"Triton unreachable: {exc.__class__.__name__}: {exc}") from exc
 
-    def _retrying(self) -> AsyncRetrying:
-        return AsyncRetrying(
-            retry=retry_if_exception(
-                lambda e: isinstance(e, TritonUnavailable) and not isinstance(e, ModelDown)
-            ),
-            stop=stop_after_attempt(self.retries),
-            wait=wait_exponential(multiplier=0.2, max=2.0),
-            reraise=True,
+    async def send(self, arrays: dict[str, np.ndarray], outputs: list[str] = _ROUND_OUTPUTS) -> Answer:
+        """One round request (round_arrays' tensors); its answer, or the TritonError of the whole."""
+        requested = [triton_http.InferRequestedOutput(name, binary_data=True) for name in outputs]
+        body, json_size = triton_http.InferenceServerClient.generate_request_body(
+            round_inputs(arrays), outputs=requested
         )
+        status, headers, data = await self._http(
+            "POST", "/infer", body, **{"Inference-Header-Content-Length": str(json_size)}
+        )
+        if status != 200:
+            raise _refusal(status, data)
+        result = triton_http.InferenceServerClient.parse_response_body(
+            data, header_length=headers.get("Inference-Header-Content-Length")
+        )
+        version = str(result.get_response().get("model_version", ""))
+        if version != self.version:
+            if self.version:
+                log.info("Triton answers with model version %s (was %s)", version, self.version)
+            self.version, self._info = version, None  # another version: its config is read again
+        self.bytes_received += len(data)
+        self.rows_answered += arrays[io.SEQUENCE_IDS].shape[1]
+        numpy = {name: result.as_numpy(name) for name in outputs}
+        tokenizer = numpy.get(io.TOKENIZER)
+        return Answer(
+            version,
+            numpy[io.STATUS][0],
+            [e.decode(errors="replace") for e in numpy[io.ERRORS][0]],
+            numpy[io.CANDIDATE_IDS][0],
+            numpy[io.CANDIDATE_LOGITS][0],
+            numpy[io.LOGITS][0],
+            None if tokenizer is None else (tokenizer[0][0].decode(), tokenizer[0][1].decode()),
+        )
+
+    async def model_info(self) -> ModelInfo:
+        """The served model's context and slots (read again after another version answered)."""
+        for attempt in range(self.retries):
+            try:
+                status, _, data = await self._http("GET", "/config")
+                if status != 200:
+                    raise _refusal(status, data)
+                break
+            except TritonUnavailable as exc:
+                if isinstance(exc, ModelDown) or attempt == self.retries - 1:
+                    raise
+                await asyncio.sleep(0.2 * 2**attempt)
+        params = {k: v["string_value"] for k, v in json.loads(data).get("parameters", {}).items()}
+        try:
+            self._info = ModelInfo(int(params[io.PARAM_SLOT_LENGTH]), int(params[io.PARAM_KV_SLOTS]))
+        except KeyError as exc:
+            raise TritonRequestError(
+                f"model {self.model!r} lacks parameter {exc}: re-export it with `python -m export`"
+            ) from None
+        return self._info
+
+    async def served(self) -> Served:
+        """What the model version now serving says of itself (the probe's row, with io.TOKENIZER)."""
+        answer = await self.send(round_arrays([PROBE]), [*_ROUND_OUTPUTS, io.TOKENIZER])
+        if answer.status[0] != io.ROW_OK:
+            raise answer.error(0, 0)
+        if answer.tokenizer is None:
+            raise TritonRequestError(f"model version {answer.version} does not say which tokenizer it has")
+        return Served(answer.version, *answer.tokenizer)
 
     async def is_ready(self) -> bool:
         """The model answers a real inference, the probe's row (Triton's own ready stays 200 when
         the model's process is dead); never raises."""
         try:
-            [answer] = await self._send_round([PROBE])
-        except Exception:  # unreachable, refused, malformed: not ready
+            answer = await self.send(round_arrays([PROBE]))
+        except TritonError:
             return False
-        return isinstance(answer, StepOutput)
+        return bool(answer.status[0] == io.ROW_OK)
 
-    async def model_info(self) -> ModelInfo:
-        """The served model's context and slots (fetched with retries; again after a new version answered)."""
-        if self._info is None:
-            config: dict[str, Any] = await self._retrying()(
-                self._call, lambda: self.client.get_model_config(self.model)
-            )
-            params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
-            try:
-                self._info = ModelInfo(int(params[io.PARAM_SLOT_LENGTH]), int(params[io.PARAM_KV_SLOTS]))
-            except KeyError as exc:
-                raise TritonRequestError(
-                    f"model {self.model!r} lacks parameter {exc}: re-export it with `python -m export`"
-                ) from None
-        return self._info
 
-    @contextlib.asynccontextmanager
-    async def admitted(self) -> AsyncIterator[None]:
-        """Hold one of the server's KV slots for a generation: at most kv_slots generations of
-        this client run at once, the others wait here (not at the server)."""
-        if self._admit is None:
-            self._admit = asyncio.Semaphore((await self.model_info()).kv_slots)
-        async with self._admit:
-            yield
-
-    async def step(
-        self, sequence_id: int, ids: list[int] | np.ndarray, position: int, *, full: bool = False
-    ) -> StepOutput:
-        """Feed `ids` to the sequence at `position` (0 starts it): the candidates after them.
-
-        The step waits at the gate for the rest of its round (at most its `in_flight_s`)."""
-        row = Row(sequence_id, position, np.asarray(ids, dtype=np.int64).reshape(-1), full=full)
-        return await self.gate.step(sequence_id, row)
-
-    def end(self, sequence_id: int) -> None:
-        """Free the sequence's cache on the server: an END row that rides with the next round
-        (best effort: the idle timeout is the backstop)."""
-        self.gate.end(sequence_id, Row(sequence_id, 0, np.zeros(0, np.int64), end=True))
-
-    async def _send_round(self, rows: list[Row]) -> list[StepOutput | BaseException]:
-        """One request for `rows`; each row's answer, or its error."""
-        inputs = round_inputs(round_arrays(rows))
-        body, json_size = triton_http.InferenceServerClient.generate_request_body(
-            inputs, outputs=self._outputs
-        )
-        headers = {**self._headers, "Inference-Header-Content-Length": str(json_size)}
-        if self._session is None:  # created lazily: aiohttp needs the running event loop
-            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None))
-
-        async def post() -> tuple[int, str | None, bytes]:
-            assert self._session is not None
-            async with self._session.post(self._infer_url, data=body, headers=headers) as response:
-                return (
-                    response.status,
-                    response.headers.get("Inference-Header-Content-Length"),
-                    await response.read(),
-                )
-
-        status_code, header_length, data = await self._call(post)
-        if status_code != 200:
-            try:
-                text = json.loads(data)["error"]
-            except (ValueError, KeyError, TypeError):
-                text = data[:200].decode("utf-8", "replace")
-            raise _classify(InferenceServerException(text, status=str(status_code)))
-        result = triton_http.InferenceServerClient.parse_response_body(data, header_length=header_length)
-        version = str(result.get_response().get("model_version", ""))
-        if version != self.version:
-            self._version_seen(version)
-        status = result.as_numpy(io.STATUS)[0]
-        ids, logits = result.as_numpy(io.CANDIDATE_IDS)[0], result.as_numpy(io.CANDIDATE_LOGITS)[0]
-        full, errors = iter(result.as_numpy(io.LOGITS)[0]), iter(result.as_numpy(io.ERRORS)[0])
-        self.bytes_received += len(data)
-        self.rows_answered += len(rows)
-        answers: list[StepOutput | BaseException] = []
-        for i, row in enumerate(rows):
-            if status[i] == io.ROW_OK:
-                answers.append(StepOutput(ids[i], logits[i], next(full) if row.full else None, version))
-                continue
-            text = next(errors).decode(errors="replace")
-            kind, code = _ROW_ERRORS.get(int(status[i]), (TritonRequestError, 400))
-            answers.append(kind(f"Triton refused the step ({code}): {text}", code, version))
-        return answers
-
-    def _version_seen(self, version: str) -> None:
-        """Another model version answers: its config may differ (context, slots), so it is read again."""
-        if self.version:
-            log.info("Triton answers with model version %s (was %s)", version, self.version)
-        self.version, self._info = version, None
+def _refusal(status: int, data: bytes) -> TritonError:
+    """The error of a request Triton answered with HTTP `status` (not 200): see the table above."""
+    try:
+        text = json.loads(data)["error"]
+    except (ValueError, KeyError, TypeError):
+        text = data[:200].decode("utf-8", "replace")
+    if status in _TRANSIENT_STATUS:
+        return TritonUnavailable(f"Triton unavailable ({status}): {text}", status)
+    if status == 404:
+        # One status for two cases: only the text tells a model being loaded from a wrong name.
+        if "no available versions" in text:
+            return TritonUnavailable(f"Triton's model is not loaded: {text}", status)
+        return TritonRequestError(f"Triton has no such model ({text}): check TRITON_MODEL", status)
+    if status == 500 and "Stub process" in text:
+        return ModelDown(f"Triton's model is dead: {text}", status)
+    return TritonRequestError(f"Triton refused the request ({status}): {text}", status)

@@ -18,7 +18,7 @@ import numpy as np
 from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
-from client.transport import TritonClient
+from client.rounds import TritonClient
 from serve.server import TritonServer, TritonServerError, free_ports
 
 ROOT = Path(__file__).resolve().parent.parent

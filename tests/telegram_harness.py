@@ -27,7 +27,7 @@ from bot.texts import FALLBACK, HELP, NOT_TEXT, SORRY, START, UNAVAILABLE
 from client.chat import ChatBot, DialogueTokenizer, Reply
 from client.sampling import SamplingConfig
 from client.streaming import OnText
-from client.transport import TritonClient
+from client.rounds import TritonClient
 from tests.fake_telegram import FakeTelegram
 from tests.helpers import MODEL, ROOT, Slow
 

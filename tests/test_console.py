@@ -15,7 +15,7 @@ import pytest
 from bot.console import run_console
 from client.chat import ChatBot
 from client.sampling import SamplingConfig
-from client.transport import TritonClient
+from client.rounds import TritonClient
 from tests.helpers import ROOT, interactive
 
 

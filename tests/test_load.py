@@ -10,7 +10,7 @@ import pytest
 
 from client.chat import ChatBot
 from client.sampling import SamplingConfig
-from client.transport import TritonClient
+from client.rounds import TritonClient
 from tests.helpers import metric, server_rss_mib
 
 CONVERSATIONS, MESSAGES, AT_ONCE = 100, 5, 32

@@ -22,7 +22,7 @@ from client.chat import ChatBot, Reply
 from client.sampling import SamplingConfig
 from client.streaming import OnText
 from client.tokenizer import ModelVersions
-from client.transport import TritonClient
+from client.rounds import TritonClient
 from contract import repository as layout
 from contract.dialogue import clean_reply
 from export import versions

@@ -20,7 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from client.transport import ModelDown, TritonClient
+from client.rounds import TritonClient
+from client.transport import ModelDown
 from serve.health import ModelDead, is_alive, probe
 from serve.server import TritonServer, TritonServerError, free_port
 from serve.supervisor import EXIT_MODEL_DEAD, stub_processes
