@@ -129,7 +129,7 @@ async def generate(
                 gen.full_rows += 1
                 out = await feed(len(context) - 1, whole=True)
             assert out.full is not None
-            token = next_token(out.full, context.array(), cfg, rng)
+            token = next_token(out.full, context, cfg, rng)
         return token
 
     t0 = time.perf_counter()
