@@ -4,10 +4,11 @@ One pipeline over a batch of rows, each row some tokens (`ids`) with their logit
 the largest logit any token outside them may have. The server's K most likely tokens have the
 K-th logit as their bound; a whole row is K = vocab tokens with nothing outside (bound -inf).
 The rule: the repetition penalty and the n-gram ban only lower scores and temperature scales
-them all alike, so no token outside the K can score above the bound; a choice that beats it
-(greedy: the best score; sampling: the top-k's k-th score) is exactly the whole row's choice,
-with the same random draw. Elsewhere the row is unproven (-1) and the caller fetches the whole row.
-Kept tokens are drawn in ascending id order with sequential sums, so padding changes no bit.
+them all alike, so no token outside the K can score above the bound (over the temperature); a
+choice that beats it (greedy: the best score; sampling: the top-k's k-th score) is exactly the
+whole row's choice, with the same random draw. Elsewhere the row is unproven (-1) and the caller
+fetches the whole row. Both order the kept tokens by id and sum sequentially (cumsum), so a row's
+token does not depend on its padding, its K or the other rows of the batch: to the last bit.
 """
 
 from __future__ import annotations
@@ -118,6 +119,7 @@ class Context:
 
 Uniforms = Callable[[np.ndarray], np.ndarray]  # rows that draw ([R] bool) -> a uniform for each, in order
 _NONE = np.int64(np.iinfo(np.int64).max)  # an id above every id
+PREFILTER = 256  # next_token() tries this many of the row first: O(vocab) to find, then small arrays
 
 
 class Kept(NamedTuple):
@@ -132,21 +134,22 @@ def kept(
     ids: np.ndarray, logits: np.ndarray, bound: np.ndarray, contexts: Sequence[Context], cfg: SamplingConfig
 ) -> Kept:
     """Every processor once, over `ids` [R, K] (any order) and `logits` [R, K], each row's `bound`
-    [R] and its context: repetition penalty, n-gram ban, then greedy keeps the best (the lowest id
-    among equals); sampling divides by the temperature, keeps the top-k (ties with the k-th stay),
-    then the smallest most likely set of those with mass >= top_p."""
+    [R] and its context (tracking cfg's n-grams): repetition penalty, n-gram ban, then greedy keeps
+    the best (the lowest id among equals); sampling divides by the temperature, keeps the top-k
+    (ties with the k-th stay), then the smallest most likely set of those with mass >= top_p."""
     ids, bound = np.asarray(ids, np.int64), np.asarray(bound, np.float64)
     scores = np.array(logits, dtype=np.float64)  # a copy: written in place below
     if (penalty := cfg.repetition_penalty) != 1.0:
         seen = np.empty(ids.shape, bool)
         for c, row, out in zip(contexts, ids, seen, strict=True):
             c.seen_among(row, out)
-        scores = np.where(seen, np.where(scores > 0, scores / penalty, scores * penalty), scores)
+        flat, hit = scores.reshape(-1), np.flatnonzero(seen)  # (flat: a view of scores)
+        flat[hit] = np.where(flat[hit] > 0, flat[hit] / penalty, flat[hit] * penalty)
     banned = [(r, t) for r, c in enumerate(contexts) for t in c.banned()] if cfg.no_repeat_ngram_size else []
     if banned:  # (row, token): a few per row at most
         rows, tokens = np.array(banned).T
-        hit, at = np.nonzero(ids[rows] == tokens[:, None])
-        scores[rows[hit], at] = -np.inf
+        hit = np.flatnonzero(ids[rows] == tokens[:, None])
+        scores[rows[hit // ids.shape[1]], hit % ids.shape[1]] = -np.inf
     if not cfg.do_sample:
         best = scores.max(axis=1)
         return Kept(_first_best(ids, scores)[:, None], best[:, None], best > bound)
@@ -178,7 +181,7 @@ def _top_p(scores: np.ndarray, p: float) -> np.ndarray:
 def _first_best(ids: np.ndarray, scores: np.ndarray) -> np.ndarray:
     """The lowest id among each row's best scores."""
     best = scores == scores.max(axis=1, keepdims=True)
-    first: np.ndarray = np.where(best, ids, _NONE).min(axis=1)
+    first: np.ndarray = np.min(ids, axis=1, where=best, initial=_NONE)
     return first
 
 
@@ -203,7 +206,7 @@ def sample(
         cdf = np.cumsum(np.exp(scores - scores.max(axis=1, keepdims=True)), axis=1)  # sequential sums
         u = np.asarray(uniforms(proven), np.float64)
         tokens[some] = found[np.arange(found.shape[0]), (cdf / cdf[:, -1:] <= u[:, None]).sum(axis=1)]
-    if some is proven and (fallback := ~proven & (np.asarray(bound) == -np.inf)).any():
+    if not proven.all() and (fallback := ~proven & (np.asarray(bound) == -np.inf)).any():
         tokens[fallback] = _first_best(np.asarray(ids)[fallback], np.asarray(logits)[fallback])
     return tokens
 
@@ -226,12 +229,17 @@ def choose(
 def next_token(
     logits: np.ndarray, context: Context | np.ndarray, cfg: SamplingConfig, rng: np.random.Generator
 ) -> int:
-    """The next token id after `context` (prompt + reply so far, or its Context) from the whole row."""
+    """The next token id after `context` (prompt + reply so far, or its Context) from the whole row:
+    from its PREFILTER most likely tokens where they prove the choice (the rule above), else all."""
     if not isinstance(context, Context):
         context = Context(np.asarray(context).reshape(-1), cfg.no_repeat_ngram_size)
-    row = np.asarray(logits).reshape(1, -1)
-    ids = np.arange(row.shape[1])[None]
-    return int(sample(ids, row, np.array([-np.inf]), [context], cfg, drawn_from(rng))[0])
+    row = np.asarray(logits).reshape(-1)
+    if row.size > PREFILTER and not needs_full_row(cfg, PREFILTER):
+        top = np.argpartition(row, -PREFILTER)[-PREFILTER:]
+        if (token := choose(top, row[top], context, cfg, rng)) is not None:
+            return token
+    ids = np.arange(row.size)[None]
+    return int(sample(ids, row[None], np.array([-np.inf]), [context], cfg, drawn_from(rng))[0])
 
 
 def needs_full_row(cfg: SamplingConfig, k: int) -> bool:

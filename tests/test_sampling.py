@@ -15,6 +15,7 @@ from client.sampling import (
     Context,
     SamplingConfig,
     choose,
+    drawn_from,
     kept,
     needs_full_row,
     next_token,
@@ -32,6 +33,13 @@ def candidates(logits, context, cfg):
     live = scores[0] > -np.inf
     assert proven[0] == live.any()  # a whole row proves itself wherever a token is left
     return ids[0][live], scores[0][live]
+
+
+def whole_row(logits, context, cfg, rng):
+    """The pipeline on all of a row at once (next_token() tries its most likely tokens first)."""
+    ctx = Context(np.asarray(context, dtype=np.int64), cfg.no_repeat_ngram_size)
+    ids, bound = np.arange(logits.size)[None], np.array([-np.inf])
+    return int(sample(ids, logits[None], bound, [ctx], cfg, drawn_from(rng))[0])
 
 
 def softmax(x):
@@ -279,12 +287,15 @@ def _previous_next_token(logits, context, cfg, rng):
 
 @pytest.mark.parametrize("cfg", [*CONFIGS, SamplingConfig.greedy()], ids=str)
 def test_same_draws_as_the_previous_implementation(cfg):
-    """Same seed, same token: only the work per token changed. (Equal scores at the top-p cut are
-    the exception: the old code left their order to the sort, now the lower id goes first.)"""
+    """Same seed, same token, from next_token() and from the pipeline on all of the row: only the
+    work per token changed. (Equal scores at the top-p cut are the exception: the old code left
+    their order to the sort, now the lower id goes first. The draw normalises a sequential cumsum
+    of exp() by its last element, the old one a softmax by a pairwise sum: a uniform within a
+    rounding error of a boundary could land apart; none of these cases does.)"""
     for i, (logits, context) in enumerate(_cases(300, 2000, seed=7, ties=False)):
         a = next_token(logits, context, cfg, np.random.default_rng(i))
         b = _previous_next_token(logits, context, cfg, np.random.default_rng(i))
-        assert a == b, f"case {i}"
+        assert a == b == whole_row(logits, context, cfg, np.random.default_rng(i)), f"case {i}"
 
 
 # ---- the choice from the server's K candidates ------------------------------------------------
@@ -335,7 +346,8 @@ def test_the_candidates_choose_exactly_what_the_whole_row_does(cfg):
             assert a.bit_generator.state == np.random.default_rng(trial).bit_generator.state  # untouched
             continue
         proven += 1
-        assert got == next_token(logits, context, cfg, b)
+        assert got == whole_row(logits, context, cfg, b)
+        assert got == next_token(logits, context, cfg, np.random.default_rng(trial))
     assert proven > 0.9 * trials, f"only {proven} of {trials} proven"
 
 
