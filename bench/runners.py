@@ -83,7 +83,7 @@ def run_ort(engine, batch: list[list[int]], new_tokens: int, sampling=None) -> T
         token = choose(out.top_ids[i], out.top_logits[i], ctx, cfg, rngs[i])
         if token is None:  # the same step again, for the whole row
             row = engine.step([Step(i + 1, np.array(ctx.tokens[-1:]), len(ctx) - 1, full=True)]).logits(0)
-            token = next_token(row, ctx.array(), cfg, rngs[i])
+            token = next_token(row, ctx, cfg, rngs[i])
         return token
 
     t0 = time.perf_counter()

@@ -205,7 +205,7 @@ def sampling_cost(vocab: int, repeats: int = 200) -> dict[str, float]:
     cfg, ctx = SamplingConfig(), Context(context, SamplingConfig().no_repeat_ngram_size)
     t0 = time.perf_counter()
     for _ in range(repeats):
-        next_token(logits, context, cfg, rng)
+        next_token(logits, ctx, cfg, rng)
     t1 = time.perf_counter()
     for _ in range(repeats):
         choose(ids, logits[ids], ctx, cfg, rng)

@@ -14,16 +14,47 @@ import pytest
 from client.sampling import (
     Context,
     SamplingConfig,
-    apply_repetition_penalty,
-    banned_ngram_tokens,
-    candidates,
     choose,
+    drawn_from,
+    kept,
     needs_full_row,
     next_token,
-    softmax,
-    top_k_ids,
-    top_p_mask,
+    sample,
 )
+
+PLAIN = SamplingConfig(temperature=1.0, top_k=0, top_p=1.0, repetition_penalty=1.0, no_repeat_ngram_size=0)
+
+
+def candidates(logits, context, cfg):
+    """The pipeline on a whole row: the tokens that may come next (ascending ids), their scores."""
+    logits = np.asarray(logits, dtype=np.float64)
+    ctx = Context(np.asarray(context, dtype=np.int64), cfg.no_repeat_ngram_size)
+    ids, scores, proven = kept(np.arange(logits.size)[None], logits[None], np.array([-np.inf]), [ctx], cfg)
+    live = scores[0] > -np.inf
+    assert proven[0] == live.any()  # a whole row proves itself wherever a token is left
+    return ids[0][live], scores[0][live]
+
+
+def whole_row(logits, context, cfg, rng):
+    """The pipeline on all of a row at once (next_token() tries its most likely tokens first)."""
+    ctx = Context(np.asarray(context, dtype=np.int64), cfg.no_repeat_ngram_size)
+    ids, bound = np.arange(logits.size)[None], np.array([-np.inf])
+    return int(sample(ids, logits[None], bound, [ctx], cfg, drawn_from(rng))[0])
+
+
+def softmax(x):
+    e = np.exp(x - np.max(x))
+    return e / e.sum()
+
+
+def banned_ngram_tokens(context, n):
+    """The n-gram ban's reference: every token that followed an occurrence of the last n-1 tokens."""
+    toks = list(context)
+    if n <= 0 or len(toks) < n:
+        return []
+    prefix = toks[len(toks) - n + 1 :]
+    return [toks[i + n - 1] for i in range(len(toks) - n + 1) if toks[i : i + n - 1] == prefix]
+
 
 INVALID = [
     (dict(temperature=0), "temperature"),
@@ -56,9 +87,8 @@ def test_the_readme_states_the_defaults_the_code_has():
 
 
 def test_repetition_penalty_lowers_seen_tokens_both_signs():
-    scores = np.array([2.0, -2.0, 1.0])
-    apply_repetition_penalty(scores, np.array([0, 1, 0, 0]), 2.0)  # a repeated id is penalized once
-    assert scores.tolist() == [1.0, -4.0, 1.0]
+    _, scores = candidates([2.0, -2.0, 1.0], [0, 1, 0, 0], PLAIN.with_(repetition_penalty=2.0))
+    assert scores.tolist() == [1.0, -4.0, 1.0]  # a repeated id is penalized once
 
 
 @pytest.mark.parametrize(
@@ -74,25 +104,26 @@ def test_repetition_penalty_lowers_seen_tokens_both_signs():
     ],
 )
 def test_banned_ngrams(context, n, banned):
-    assert banned_ngram_tokens(np.array(context), n).tolist() == banned
+    assert banned_ngram_tokens(context, n) == banned
+    assert Context(context, n).banned() == set(banned)
+    ids, _ = candidates(np.zeros(5), context, PLAIN.with_(no_repeat_ngram_size=n))
+    assert ids.tolist() == [i for i in range(5) if i not in banned]
 
 
 def test_top_k_keeps_k_best_and_ties():
-    assert top_k_ids(np.array([0.1, 3.0, 2.0, -1.0, 2.5]), 2).tolist() == [1, 4]
-    assert top_k_ids(np.array([0.1, 3.0, 2.5, -1.0, 2.5]), 2).tolist() == [
-        1,
-        2,
-        4,
-    ]  # a tie with the k-th stays
-    assert top_k_ids(np.array([1.0, -np.inf, 2.0]), 0).tolist() == [0, 2]  # off: every finite score
-    assert top_k_ids(np.array([1.0, -np.inf, -np.inf]), 2).tolist() == [0]  # fewer finite than k
+    def top_k(scores, k):
+        return candidates(scores, [], PLAIN.with_(top_k=k))[0].tolist()
+
+    assert top_k([0.1, 3.0, 2.0, -1.0, 2.5], 2) == [1, 4]
+    assert top_k([0.1, 3.0, 2.5, -1.0, 2.5], 2) == [1, 2, 4]  # a tie with the k-th stays
+    assert top_k([1.0, -np.inf, 2.0], 0) == [0, 2]  # off: every finite score
+    assert top_k([1.0, -np.inf, -np.inf], 2) == [0]  # fewer finite than k
 
 
-@pytest.mark.parametrize("p,kept", [(0.5, 1), (0.7, 2), (0.9, 3), (0.99, 4), (1.0, 4)])
-def test_top_p_keeps_smallest_set_with_mass(p, kept):
-    logits = np.log(np.array([0.1, 0.6, 0.05, 0.25]))
-    mask = top_p_mask(logits, p)
-    assert mask.sum() == kept and mask[1]  # the most likely always stays
+@pytest.mark.parametrize("p,size", [(0.5, 1), (0.7, 2), (0.9, 3), (0.99, 4), (1.0, 4)])
+def test_top_p_keeps_smallest_set_with_mass(p, size):
+    ids, _ = candidates(np.log(np.array([0.1, 0.6, 0.05, 0.25])), [], PLAIN.with_(top_p=p))
+    assert ids.size == size and 1 in ids  # the most likely always stays
 
 
 def test_greedy_is_argmax_without_penalties():
@@ -256,12 +287,15 @@ def _previous_next_token(logits, context, cfg, rng):
 
 @pytest.mark.parametrize("cfg", [*CONFIGS, SamplingConfig.greedy()], ids=str)
 def test_same_draws_as_the_previous_implementation(cfg):
-    """Same seed, same token: only the work per token changed. (Equal scores at the top-p cut are
-    the exception: the old code left their order to the sort, now the lower id goes first.)"""
+    """Same seed, same token, from next_token() and from the pipeline on all of the row: only the
+    work per token changed. (Equal scores at the top-p cut are the exception: the old code left
+    their order to the sort, now the lower id goes first. The draw normalises a sequential cumsum
+    of exp() by its last element, the old one a softmax by a pairwise sum: a uniform within a
+    rounding error of a boundary could land apart; none of these cases does.)"""
     for i, (logits, context) in enumerate(_cases(300, 2000, seed=7, ties=False)):
         a = next_token(logits, context, cfg, np.random.default_rng(i))
         b = _previous_next_token(logits, context, cfg, np.random.default_rng(i))
-        assert a == b, f"case {i}"
+        assert a == b == whole_row(logits, context, cfg, np.random.default_rng(i)), f"case {i}"
 
 
 # ---- the choice from the server's K candidates ------------------------------------------------
@@ -279,7 +313,7 @@ def test_the_context_keeps_what_the_processors_look_up():
         tokens = rng.integers(0, 6, 40).tolist()
         ctx = Context(tokens[:5], n)
         for i in range(5, 40):
-            assert sorted(ctx.banned()) == sorted(set(banned_ngram_tokens(np.array(tokens[:i]), n).tolist()))
+            assert ctx.banned() == set(banned_ngram_tokens(tokens[:i], n))
             assert ctx.seen == set(tokens[:i])
             ctx.append(tokens[i])
 
@@ -312,7 +346,8 @@ def test_the_candidates_choose_exactly_what_the_whole_row_does(cfg):
             assert a.bit_generator.state == np.random.default_rng(trial).bit_generator.state  # untouched
             continue
         proven += 1
-        assert got == next_token(logits, context, cfg, b)
+        assert got == whole_row(logits, context, cfg, b)
+        assert got == next_token(logits, context, cfg, np.random.default_rng(trial))
     assert proven > 0.9 * trials, f"only {proven} of {trials} proven"
 
 
@@ -330,3 +365,48 @@ def test_the_candidates_refuse_what_they_cannot_prove():
     assert choose(ids, values, Context([0], 0), SamplingConfig(top_k=3), np.random.default_rng(0)) is None
     assert needs_full_row(SamplingConfig(top_k=0), 64) and needs_full_row(SamplingConfig(top_k=64), 64)
     assert not needs_full_row(CARD, 64) and not needs_full_row(SamplingConfig.greedy(), 64)
+
+
+@pytest.mark.parametrize("cfg", CONFIGS, ids=lambda c: f"k{c.top_k}-p{c.top_p}-{c.do_sample}")
+def test_a_batch_chooses_what_each_row_alone_does(cfg):
+    """R rows in one call give the tokens of R one-row calls with the same uniforms, proven and
+    unproven rows mixed (every third row's 64 candidates tie: nothing to prove); a uniform is asked
+    for the proven rows alone, and each proven row's token is also its whole row's."""
+    rng = np.random.default_rng(5)
+    vocab, n = 3000, 48
+    rows, contexts = [], []
+    for r in range(n):
+        logits = (rng.normal(size=vocab) * rng.uniform(0.5, 4)).astype(np.float32)
+        if r % 3 == 0:
+            logits[np.argsort(-logits)[:70]] = logits.max()
+        likely = np.argsort(-logits)[:80]
+        context = np.concatenate([rng.choice(likely, int(rng.integers(0, 60))), rng.integers(0, vocab, 30)])
+        rows.append(logits)
+        contexts.append(Context(context, cfg.no_repeat_ngram_size))
+    ids, values = map(np.stack, zip(*(top(logits, 64) for logits in rows), strict=True))
+    bound = values[:, -1].astype(np.float64)
+    u = rng.random(n)
+    asked = []
+
+    def uniforms(drawing):
+        asked.append(drawing.copy())
+        return u[drawing]
+
+    batch = sample(ids, values, bound, contexts, cfg, uniforms)
+    alone = [
+        sample(
+            ids[r : r + 1],
+            values[r : r + 1],
+            bound[r : r + 1],
+            contexts[r : r + 1],
+            cfg,
+            lambda d, r=r: u[r : r + 1][d],
+        )[0]
+        for r in range(n)
+    ]
+    assert batch.tolist() == alone
+    assert (batch[::3] == -1).all() and 0.5 * n < (batch >= 0).sum() < n
+    assert not asked if not cfg.do_sample else np.array_equal(asked[0], batch >= 0) and len(asked) == 1
+    for r in np.flatnonzero(batch >= 0):
+        whole = np.arange(vocab)[None], rows[r][None], np.array([-np.inf])
+        assert sample(*whole, contexts[r : r + 1], cfg, lambda d, r=r: u[r : r + 1][d])[0] == batch[r]
