@@ -95,7 +95,7 @@ def churn(
 ) -> dict:
     """Users chatting at random: each sends `replies` messages with random prompt and reply
     lengths and pauses; the same draws before and after."""
-    from client.generate import generate
+    from client.rounds import generate
     from client.sampling import SamplingConfig
 
     rng = np.random.default_rng(11)
@@ -150,7 +150,7 @@ def churn(
 
 def newcomer(url: str, n: int, prompt: int, long_prompt: int, vocab: int, new_tokens: int, mode: str) -> dict:
     """n conversations decoding; after 5 tokens each, one more arrives with a long prompt."""
-    from client.generate import generate
+    from client.rounds import generate
     from client.sampling import SamplingConfig
 
     cfg = SamplingConfig.greedy(max_new_tokens=new_tokens, stop_ids=())
@@ -159,16 +159,16 @@ def newcomer(url: str, n: int, prompt: int, long_prompt: int, vocab: int, new_to
 
     async def run():
         client = _client(url, io.DEFAULT_MODEL_NAME)
-        steps, arrived = [0], asyncio.Event()
-        real_step = client.step
+        rounds, arrived = [0], asyncio.Event()
+        real_send = client.send
 
-        async def counting_step(sequence_id, ids, position, *, full=False):
-            steps[0] += position > 0 and len(ids) == 1
-            if steps[0] >= 5 * n:
+        async def counting_send(arrays, *args, **kwargs):
+            rounds[0] += 1  # the prompts' round, then one token step of each conversation per round
+            if rounds[0] > 5:
                 arrived.set()
-            return await real_step(sequence_id, ids, position, full=full)
+            return await real_send(arrays, *args, **kwargs)
 
-        client.step = counting_step
+        client.send = counting_send
 
         async def newcomer_reply():
             await arrived.wait()

@@ -7,14 +7,13 @@ turn marker (`@@ПЕР…` is held back until it is either a marker, which is re
 
 from __future__ import annotations
 
-import inspect
 import re
 from collections.abc import Awaitable, Callable
 
+from client.generate import OnTokens
 from contract.dialogue import MARKERS, clean_reply
 
 OnText = Callable[[str], Awaitable[None] | None]  # gets the visible text each time it grows
-OnTokens = Callable[[list[int]], Awaitable[None]]  # what client.generate.generate calls per token
 REPLACEMENT = "\ufffd"  # what decoding makes of an incomplete UTF-8 sequence
 
 
@@ -53,11 +52,11 @@ class VisibleText:
 
 
 def on_tokens(decode: Callable[[list[int]], str], on_text: OnText) -> OnTokens:
-    """A generate() callback that calls `on_text` (awaited if async) whenever the visible text grows."""
+    """A generate() callback that calls `on_text` whenever the visible text grows; what an async
+    `on_text` returns, the generation waits for before its next step."""
     text = VisibleText(decode)
 
-    async def call(tokens: list[int]) -> None:
-        if (shown := text.update(tokens)) is not None and inspect.isawaitable(result := on_text(shown)):
-            await result
+    def call(tokens: list[int]) -> Awaitable[None] | None:
+        return None if (shown := text.update(tokens)) is None else on_text(shown)
 
     return call

@@ -89,12 +89,14 @@ def start_triton(
 
 
 class Slow(TritonClient):
-    """A client whose token steps take at least 50 ms: a long generation to cancel midway."""
+    """A client whose rounds of token steps take at least 50 ms: a long generation to cancel midway."""
 
-    async def step(self, sequence_id, ids, position, *, full=False):
-        if position:
+    async def send(self, arrays, *args, **kwargs):
+        from contract import triton_io as io
+
+        if arrays[io.POSITIONS].max(initial=0) > 0:
             await asyncio.sleep(0.05)
-        return await super().step(sequence_id, ids, position, full=full)
+        return await super().send(arrays, *args, **kwargs)
 
 
 # -- round requests by hand (tritonclient's sync HTTP client) -------------------------------------
@@ -105,16 +107,10 @@ def round_request(client, rows, model: str = MODEL, dtypes: dict | None = None) 
     answer, without its batch dimension. `dtypes` overrides an input's numpy dtype (bad requests)."""
     import tritonclient.http as http
 
-    from client.transport import Row, round_arrays
+    from client.transport import round_arrays
     from contract import triton_io as io
 
-    arrays = round_arrays(
-        [
-            Row(r[0], r[1], np.asarray(r[2], np.int64), end=bool(f & io.ROW_END), full=bool(f & io.ROW_FULL))
-            for r in rows
-            for f in [r[3] if len(r) > 3 else 0]
-        ]
-    )
+    arrays = round_arrays([(r[0], r[1], r[2], r[3] if len(r) > 3 else 0) for r in rows])
     inputs = []
     for name, data in arrays.items():
         data = data.astype((dtypes or {}).get(name, data.dtype))  # a wrong dtype: a malformed request

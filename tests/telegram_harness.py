@@ -25,9 +25,9 @@ from bot.settings import Settings
 from bot.telegram import ALLOWED_UPDATES
 from bot.texts import FALLBACK, HELP, NOT_TEXT, SORRY, START, UNAVAILABLE
 from client.chat import ChatBot, DialogueTokenizer, Reply
+from client.rounds import TritonClient
 from client.sampling import SamplingConfig
 from client.streaming import OnText
-from client.rounds import TritonClient
 from tests.fake_telegram import FakeTelegram
 from tests.helpers import MODEL, ROOT, Slow
 

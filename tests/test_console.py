@@ -14,8 +14,8 @@ import pytest
 
 from bot.console import run_console
 from client.chat import ChatBot
-from client.sampling import SamplingConfig
 from client.rounds import TritonClient
+from client.sampling import SamplingConfig
 from tests.helpers import ROOT, interactive
 
 

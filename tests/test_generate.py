@@ -4,7 +4,6 @@ and, with a scripted client, what an answer from another model version does."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import shutil
 import time
 
@@ -13,9 +12,10 @@ import pytest
 from tokenizers import Tokenizer
 
 from client.chat import ChatBot
-from client.generate import Generation, VersionChanged, generate
+from client.generate import Generation, VersionChanged
+from client.rounds import TritonClient, generate
 from client.sampling import SamplingConfig
-from client.transport import ModelInfo, SequenceLost, StepOutput, TritonClient, TritonUnavailable
+from client.transport import Answer, ModelInfo, SequenceLost, TritonUnavailable, round_arrays
 from contract import triton_io as io
 from contract.dialogue import build_prompt
 from tests.helpers import Slow, cached_sequences, start_triton
@@ -193,19 +193,22 @@ class Disrupted(TritonClient):
         self.how, self.steps, self.restarts, self.failed_at = how, 0, 0, None
         self.sent: list[int] = []
 
-    async def step(self, sequence_id, ids, position, *, full=False):
-        if position == 0 and self.steps:
-            self.restarts += 1
-        if position:
-            self.steps += 1
-            if self.steps == 5:
-                if self.how == "unavailable":
-                    self.failed_at = position
-                    raise TritonUnavailable("connection reset (injected)")
-                self.end(sequence_id)  # the server forgets the sequence: its next step is refused
-                await asyncio.sleep(0.05)
-        self.sent.append(position)
-        return await super().step(sequence_id, ids, position, full=full)
+    async def send(self, arrays, *args, **kwargs):
+        flags = arrays[io.FLAGS][0]
+        if flags.size and not flags[0] & io.ROW_END:  # one generation: its row comes first
+            sequence, position = int(arrays[io.SEQUENCE_IDS][0, 0]), int(arrays[io.POSITIONS][0, 0])
+            if position == 0 and self.steps:
+                self.restarts += 1
+            if position:
+                self.steps += 1
+                if self.steps == 5:
+                    if self.how == "unavailable":
+                        self.failed_at = position
+                        raise TritonUnavailable("connection reset (injected)")
+                    # the server forgets the sequence: its next step is refused
+                    await super().send(round_arrays([(sequence, 0, [], io.ROW_END)]))
+            self.sent.append(position)
+        return await super().send(arrays, *args, **kwargs)
 
 
 @pytest.mark.parametrize("chunk", [None, 4], ids=["whole-prompt", "disrupted-mid-prompt"])
@@ -275,42 +278,47 @@ def test_triton_killed_mid_generation_is_a_typed_error_then_recovers(model_repos
 # -- model versions: a scripted client, no server ---------------------------------------------------
 
 
-def answer(token: int, version: str) -> StepOutput:
-    """A step's answer whose best candidate is `token` (greedy picks it), from model `version`."""
+def answer(token: int, version: str) -> Answer:
+    """A round's answer to one row whose best candidate is `token` (greedy picks it), from `version`."""
     ids = np.array([token, *(i for i in range(1000, 1000 + io.CANDIDATES) if i != token)][: io.CANDIDATES])
-    return StepOutput(
-        ids.astype(np.int32), np.linspace(10.0, 0.0, io.CANDIDATES, dtype=np.float32), None, version
-    )
+    logits = np.linspace(10.0, 0.0, io.CANDIDATES, dtype=np.float32)
+    ok = np.array([io.ROW_OK], np.int32)
+    return Answer(version, ok, [], ids[None].astype(np.int32), logits[None], np.zeros((0, 1), np.float32))
 
 
-class Scripted:
-    """A TritonClient stand-in that answers each step with the next item of `script` (a
-    StepOutput, or an exception to raise); records every step as (position, ids)."""
-
-    timeout = 1.0
+class Scripted(TritonClient):
+    """A client whose server is a script: each round of one generation's step is answered by the
+    next item of `script` (an Answer, or an exception to raise); records every step as (position,
+    ids) and every END row's sequence."""
 
     def __init__(self, script, max_positions: int = 512):
+        super().__init__("127.0.0.1:9", timeout=1.0)
         self.script = list(script)
         self.steps: list[tuple[int, list[int]]] = []
         self.ended: list[int] = []
-        self.info = ModelInfo(max_positions, kv_slots=4)
-
-    @contextlib.asynccontextmanager
-    async def admitted(self):
-        yield
+        self._info = ModelInfo(max_positions, kv_slots=4)
 
     async def model_info(self):
-        return self.info
+        return self._info
 
-    async def step(self, sequence_id, ids, position, *, full=False):
-        self.steps.append((position, list(ids)))
+    async def send(self, arrays, *args, **kwargs):
+        at, flags = 0, arrays[io.FLAGS][0].tolist()
+        for i, n in enumerate(arrays[io.COUNTS][0].tolist()):
+            if flags[i] & io.ROW_END:
+                self.ended.append(int(arrays[io.SEQUENCE_IDS][0, i]))
+            else:
+                self.steps.append(
+                    (int(arrays[io.POSITIONS][0, i]), arrays[io.INPUT_IDS][0, at : at + n].tolist())
+                )
+            at += n
+        if all(f & io.ROW_END for f in flags):
+            return Answer(
+                "", np.zeros(len(flags), np.int32), [], *([np.zeros((len(flags), 0))] * 2), np.zeros(0)
+            )
         item = self.script.pop(0)
         if isinstance(item, BaseException):
             raise item
         return item
-
-    def end(self, sequence_id):
-        self.ended.append(sequence_id)
 
 
 STOP = 7
@@ -319,7 +327,14 @@ PROMPT = [11, 12, 13]
 
 def scripted_generate(client: Scripted, version: str | None):
     cfg = SamplingConfig.greedy(max_new_tokens=10, stop_ids=(STOP,))
-    return asyncio.run(generate(client, PROMPT, cfg, np.random.default_rng(0), version=version))
+
+    async def body():
+        try:
+            return await generate(client, PROMPT, cfg, np.random.default_rng(0), version=version)
+        finally:
+            await client.close()  # the END rows still pending go
+
+    return asyncio.run(body())
 
 
 @pytest.mark.parametrize("at", [0, 2], ids=["prompt", "mid-reply"])
@@ -381,7 +396,14 @@ def test_chat_bot_starts_a_reply_again_with_the_new_versions_tokenizer(tmp_path,
     client = Scripted([answer(new_id, "2"), answer(new_id, "2"), answer(old.first_id, "2")])
     bot = ChatBot(client, versions, SamplingConfig.greedy(max_new_tokens=8), seed=0)
     texts: list[str] = []
-    reply = asyncio.run(bot.reply(turns, on_text=texts.append))
+
+    async def body():
+        try:
+            return await bot.reply(turns, on_text=texts.append)
+        finally:
+            await client.close()
+
+    reply = asyncio.run(body())
 
     new = versions.current.tokenizer
     assert versions.current.version == "2" and new is not old

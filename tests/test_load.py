@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from client.chat import ChatBot
-from client.sampling import SamplingConfig
 from client.rounds import TritonClient
+from client.sampling import SamplingConfig
 from tests.helpers import metric, server_rss_mib
 
 CONVERSATIONS, MESSAGES, AT_ONCE = 100, 5, 32

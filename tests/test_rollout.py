@@ -19,10 +19,10 @@ from bot.metrics import Metrics
 from bot.telegram import build_application
 from bot.texts import SORRY, UNAVAILABLE
 from client.chat import ChatBot, Reply
+from client.rounds import TritonClient
 from client.sampling import SamplingConfig
 from client.streaming import OnText
 from client.tokenizer import ModelVersions
-from client.rounds import TritonClient
 from contract import repository as layout
 from contract.dialogue import clean_reply
 from export import versions

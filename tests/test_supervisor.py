@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from client.rounds import TritonClient
-from client.transport import ModelDown
+from client.transport import ModelDown, round_arrays
 from serve.health import ModelDead, is_alive, probe
 from serve.server import TritonServer, TritonServerError, free_port
 from serve.supervisor import EXIT_MODEL_DEAD, stub_processes
@@ -129,7 +129,7 @@ def check_a_dead_stub_is_seen(server: TritonServer) -> None:
         try:
             began = time.monotonic()
             with pytest.raises(ModelDown):
-                await client.step(12345, [1, 2, 3], 0)
+                await client.send(round_arrays([(12345, 0, [1, 2, 3], 0)]))
             return await client.is_ready(), time.monotonic() - began
         finally:
             await client.close()

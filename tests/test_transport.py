@@ -9,20 +9,23 @@ import os
 import signal
 import time
 
+import numpy as np
 import pytest
 import tritonclient.http.aio as triton_http
-from tritonclient.utils import InferenceServerException
 
-from client.rounds import GateConfig
+from client.rounds import TritonClient, generate
+from client.sampling import SamplingConfig
 from client.transport import (
+    Answer,
     ModelDown,
     NoFreeSlot,
     SequenceLost,
-    TritonClient,
+    Transport,
     TritonError,
     TritonRequestError,
     TritonUnavailable,
-    _classify,
+    _refusal,
+    round_arrays,
 )
 from contract import triton_io as io
 from serve.supervisor import stub_processes
@@ -31,12 +34,20 @@ from tests.helpers import start_triton
 RETRIES = 50  # a retried error would take over a minute (backoff up to 2 s): none takes 5 s
 
 
+async def step(c: Transport, sequence_id: int, ids: list[int], position: int, flags: int = 0) -> Answer:
+    """A round of one row; the row's error raised."""
+    answer = await c.send(round_arrays([(sequence_id, position, ids, flags)]))
+    if answer.status[0] != io.ROW_OK:
+        raise answer.error(0, 0)
+    return answer
+
+
 def failure(url: str, body, model: str = "rudialogpt", retries: int = RETRIES, **client) -> TritonError:
     """The TritonError that `body(client)` raises (the test fails if it raises none), within 5 s
     unless the client retried it."""
 
     async def main() -> TritonError:
-        c = TritonClient(url, model, retries=retries, **client)
+        c = Transport(url, model, retries=retries, **client)
         try:
             await body(c)
         except TritonError as exc:
@@ -52,18 +63,18 @@ def failure(url: str, body, model: str = "rudialogpt", retries: int = RETRIES, *
 
 
 def test_unreachable_server():
-    exc = failure("127.0.0.1:9", lambda c: c.step(1, [5], 0), timeout=1.0, retries=2)
+    exc = failure("127.0.0.1:9", lambda c: step(c, 1, [5], 0), timeout=1.0, retries=2)
     assert type(exc) is TritonUnavailable and "Connect call failed" in str(exc)
 
 
 def test_timeout_is_unavailable(triton):
-    exc = failure(triton.url, lambda c: c.step(1, [5], 0), timeout=1e-6, retries=2)
+    exc = failure(triton.url, lambda c: step(c, 1, [5], 0), timeout=1e-6, retries=2)
     assert type(exc) is TritonUnavailable and "TimeoutError" in str(exc)
 
 
 def test_wrong_model_name_is_refused_not_retried(triton):
     """404 "... is not found": the fix is the setting, so no retry and the error names it."""
-    for body in (lambda c: c.step(1, [5], 0), lambda c: c.model_info()):
+    for body in (lambda c: step(c, 1, [5], 0), lambda c: c.model_info()):
         exc = failure(triton.url, body, model="nope")
         assert type(exc) is TritonRequestError and "check TRITON_MODEL" in str(exc)
         assert "Request for unknown model: 'nope' is not found" in str(exc)
@@ -74,10 +85,9 @@ def test_a_step_past_what_the_server_holds_is_a_lost_sequence(triton):
     restart, another replica)."""
 
     async def body(c):
-        await c.step(7001, [5], 0)
-        c.end(7001)
-        await asyncio.sleep(0.2)  # the END row has gone (nobody else steps: it goes at once)
-        await c.step(7001, [6], 1)
+        await step(c, 7001, [5], 0)
+        await step(c, 7001, [], 0, io.ROW_END)
+        await step(c, 7001, [6], 1)
 
     exc = failure(triton.url, body)
     assert type(exc) is SequenceLost and "holds no cache for it" in str(exc)
@@ -89,22 +99,22 @@ def test_a_bad_row_is_refused_and_the_round_goes_on(triton):
     same round is answered."""
 
     async def main():
-        c = TritonClient(triton.url)
+        c = Transport(triton.url)
         try:
-            return await asyncio.gather(
-                c.step(7002, [10**6], 0), c.step(7003, [1, 2], 0), return_exceptions=True
-            )
+            answer = await c.send(round_arrays([(7002, 0, [10**6], 0), (7003, 0, [1, 2], 0)]))
+            await step(c, 7003, [], 0, io.ROW_END)
+            return answer
         finally:
-            c.end(7003)
             await c.close()
 
-    refused, answered = asyncio.run(main())
+    answer = asyncio.run(main())
+    refused = answer.error(0, 0)
     assert (
         type(refused) is TritonRequestError
         and "token ids must be in" in str(refused)
         and refused.status == 400
     )
-    assert answered.ids.size == answered.logits.size > 0
+    assert answer.status[1] == io.ROW_OK and answer.ids[1].size == answer.logits[1].size > 0
 
 
 def test_no_free_slot_is_unavailable_for_now(triton):
@@ -112,16 +122,15 @@ def test_no_free_slot_is_unavailable_for_now(triton):
     (503, retried by the generate loop), not given another's slot."""
 
     async def main():
-        c = TritonClient(triton.url, gate=GateConfig(enabled=False))
+        c = Transport(triton.url)
         slots = (await c.model_info()).kv_slots
         try:
-            await asyncio.gather(*(c.step(7100 + k, [1, 2], 0) for k in range(slots)))
+            await c.send(round_arrays([(7100 + k, 0, [1, 2], 0) for k in range(slots)]))
             with pytest.raises(NoFreeSlot) as busy:
-                await c.step(7099, [1], 0)
+                await step(c, 7099, [1], 0)
             return busy.value
         finally:
-            for k in range(slots):
-                c.end(7100 + k)
+            await c.send(round_arrays([(7100 + k, 0, [], io.ROW_END) for k in range(slots)]))
             await c.close()
 
     busy = asyncio.run(main())
@@ -129,41 +138,41 @@ def test_no_free_slot_is_unavailable_for_now(triton):
 
 
 def test_a_round_is_one_request_with_the_clients_routing_key(triton, monkeypatch):
-    """Five generations stepping together: their rows travel as one request, which carries the
-    client's routing key (a load balancer keeps this process's rounds on one replica)."""
+    """Five generations started together: their rows travel as one request per round, which
+    carries the client's routing key (a load balancer keeps this process's rounds on one replica)."""
     import json
 
     import aiohttp
 
     sent: list[tuple[int, str]] = []
-    real_post = aiohttp.ClientSession.post
+    real_request = aiohttp.ClientSession.request
 
-    def post(self, url, *, data, headers, **kwargs):
-        header = json.loads(data[: int(headers["Inference-Header-Content-Length"])])
-        rows = next(i["shape"][1] for i in header["inputs"] if i["name"] == io.SEQUENCE_IDS)
-        sent.append((rows, headers[io.ROUTING_HEADER]))
-        return real_post(self, url, data=data, headers=headers, **kwargs)
+    def request(self, method, url, *, data=None, headers, **kwargs):
+        if data is not None:
+            header = json.loads(data[: int(headers["Inference-Header-Content-Length"])])
+            rows = next(i["shape"][1] for i in header["inputs"] if i["name"] == io.SEQUENCE_IDS)
+            sent.append((rows, headers[io.ROUTING_HEADER]))
+        return real_request(self, method, url, data=data, headers=headers, **kwargs)
 
-    monkeypatch.setattr(aiohttp.ClientSession, "post", post)
+    monkeypatch.setattr(aiohttp.ClientSession, "request", request)
+    cfg = SamplingConfig.greedy(max_new_tokens=3, stop_ids=())
 
     async def main():
         c = TritonClient(triton.url)
         try:
-            await asyncio.gather(*(c.step(7200 + k, [1, 2, 3], 0) for k in range(5)))
+            await asyncio.gather(*(generate(c, [1, 2, 3], cfg, np.random.default_rng(k)) for k in range(5)))
             return c.routing_key
         finally:
-            for k in range(5):
-                c.end(7200 + k)
             await c.close()
 
     key = asyncio.run(main())
-    assert sent[0] == (5, key) and all(k == key for _, k in sent)
+    assert sent[:3] == [(5, key)] * 3 and all(k == key for _, k in sent)  # 3 tokens: 3 rounds of 5
 
 
 @pytest.mark.parametrize("status", ["502", "503", "504"])
 def test_proxy_statuses_are_unavailable(status):
     """Triton 2.51 sent none of these here; a proxy before it (Envoy in k8s/) does."""
-    exc = _classify(InferenceServerException("upstream connect error", status=status))
+    exc = _refusal(int(status), b'{"error": "upstream connect error"}')
     assert type(exc) is TritonUnavailable
 
 
@@ -185,7 +194,7 @@ def test_model_unloaded_then_dead(model_repository, tmp_path):
         finally:
             await admin.close()
 
-    start = lambda c: c.step(1, [5], 0)  # noqa: E731 (the step each phase tries)
+    start = lambda c: step(c, 1, [5], 0)  # noqa: E731 (the step each phase tries)
     try:
         asyncio.run(control("unload"))
         exc = failure(server.url, start, retries=2)
@@ -204,11 +213,10 @@ def failure_free(url: str) -> bool:
     """A step and END go through."""
 
     async def main() -> bool:
-        c = TritonClient(url)
+        c = Transport(url)
         try:
-            out = await c.step(2, [5], 0)
-            c.end(2)
-            return out.ids.ndim == 1 and out.ids.size > 0
+            out = await step(c, 2, [5], 0, io.ROW_END)
+            return out.ids.ndim == 2 and out.ids.size > 0
         finally:
             await c.close()
 
