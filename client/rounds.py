@@ -108,6 +108,8 @@ class TritonClient(Transport):
         """`seq` is over: its result (or `error`) to its caller, END for its cache."""
         if not seq.future.done():
             seq.future.set_exception(error) if error else seq.future.set_result(seq.result)
+        if seq.callback is not None:  # an async on_tokens still running: nobody waits for it now
+            seq.callback.cancel()
         self._active.remove(seq)
         if seq.started:
             self._ends.append(seq.id)
