@@ -13,7 +13,10 @@ from bot.settings import FLAGS, Mode, Settings
 from client.chat import ChatBot
 from client.rounds import TritonClient
 from client.sampling import SamplingConfig
-from client.tokenizer import ModelVersions
+from client.tokenizer import ModelVersions, TokenizerRefused
+from client.transport import TritonError
+
+log = logging.getLogger("bot")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -57,10 +60,22 @@ def build_bot(args: argparse.Namespace, settings: Settings) -> ChatBot:
     return ChatBot(client, versions, sampling, seed=args.seed, fallback=texts.FALLBACK)
 
 
+async def check_model(bot: ChatBot) -> None:
+    """The served model's tokenizer against the bot's, at start: TokenizerRefused stops the bot.
+    A Triton not reachable yet is checked at the first reply instead."""
+    try:
+        await bot.check()
+    except TokenizerRefused:
+        raise
+    except TritonError as exc:
+        log.warning("Triton not reachable at start (%s): its tokenizer is checked at the first reply", exc)
+
+
 async def console(bot: ChatBot) -> None:
     from bot.console import run_console
 
     try:
+        await check_model(bot)
         await run_console(bot)
     finally:
         await bot.client.close()
@@ -80,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
             from bot.telegram import run_telegram
 
             run_telegram(build_bot(args, settings), settings, webhook=args.webhook)
-    except (FileNotFoundError, ValueError) as exc:
+    except (FileNotFoundError, ValueError, TokenizerRefused) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -12,7 +12,7 @@ from client.generate import Generation, VersionChanged
 from client.rounds import TritonClient, generate
 from client.sampling import SamplingConfig
 from client.streaming import OnText, on_tokens
-from client.tokenizer import DialogueTokenizer, ModelVersions
+from client.tokenizer import DialogueTokenizer, ModelVersions, Served
 from contract.dialogue import build_prompt, clean_reply, fit_turns
 
 log = logging.getLogger(__name__)
@@ -26,7 +26,7 @@ class Reply:
     generation: Generation  # token ids and timings
     seconds: float  # wall time of the whole reply
     prompt_tokens: int
-    version: str | None = None  # the model version that generated it (None: not followed)
+    version: str | None = None  # the model version that generated it
 
 
 SWITCHES = 3  # new model versions one reply may meet and start again for
@@ -50,11 +50,20 @@ class ChatBot:
         self.sampling = sampling
         self.fallback = fallback
         self.rng = np.random.default_rng(seed)
+        self.checked: str | None = None  # the model version whose tokenizer was checked against ours
 
     @property
     def tokenizer(self) -> DialogueTokenizer:
         """The tokenizer of the model version now served (as far as this bot knows)."""
         return self.versions.current.tokenizer
+
+    async def check(self) -> Served:
+        """Ask Triton which tokenizer the version it serves was exported with and make it the one
+        in use, or raise TokenizerRefused (it names the folder that matches): at start, and again
+        whenever another version answers."""
+        served = self.versions.check(await self.client.serving())
+        self.checked = self.client.version
+        return served
 
     async def prompt_ids(self, turns: list[str], tokenizer: DialogueTokenizer | None = None) -> list[int]:
         """The prompt for `turns` (oldest first, the user's last), trimmed to fit the model."""
@@ -82,8 +91,10 @@ class ChatBot:
 
     async def _generate(self, turns: list[str], sampling: SamplingConfig, on_text: OnText | None) -> Reply:
         """One generation for `turns` with the served version's tokenizer; started again (up to
-        SWITCHES times) when another version answers (client/tokenizer.py follows it)."""
+        SWITCHES times) when another version answers (checked, then followed: client/tokenizer.py)."""
         for switches in range(SWITCHES + 1):
+            if self.checked is None or self.checked != self.client.version:
+                await self.check()
             served = self.versions.current
             tok = served.tokenizer
             ids = await self.prompt_ids(turns, tok)
@@ -96,12 +107,11 @@ class ChatBot:
                     self.rng,
                     max_positions=limit,
                     on_tokens=on_tokens(tok.decode, on_text) if on_text else None,
-                    version=served.version,
+                    version=self.checked,
                 )
-            except VersionChanged as exc:
+            except VersionChanged:
                 if switches == SWITCHES:
                     raise
-                self.versions.follow(exc.version)  # TokenizerRefused: this bot cannot use it
-                continue
-            return Reply(clean_reply(tok.decode(gen.tokens)), gen, 0.0, len(ids), served.version)
+                continue  # checked again, for the version that answered
+            return Reply(clean_reply(tok.decode(gen.tokens)), gen, 0.0, len(ids), self.checked)
         raise AssertionError("unreachable")

@@ -89,11 +89,11 @@ class Answer:
 
 
 @dataclass(frozen=True)
-class Served:
-    """What the answering model version says of itself (the probe's io.TOKENIZER)."""
+class Serving:
+    """What the model version now serving says of itself (the probe's io.TOKENIZER)."""
 
     version: str
-    tokenizer_sha256: str  # contract.repository.tokenizer_digest of the tokenizer it was exported with
+    tokenizer_sha256: str  # tokenizer_digest of the tokenizer it was exported with ("": it cannot say)
     tokenizer_folder: str  # where that tokenizer is, as the Triton host sees it
 
 
@@ -244,14 +244,18 @@ class Transport:
             ) from None
         return self._info
 
-    async def served(self) -> Served:
-        """What the model version now serving says of itself (the probe's row, with io.TOKENIZER)."""
-        answer = await self.send(round_arrays([PROBE]), [*_ROUND_OUTPUTS, io.TOKENIZER])
+    async def serving(self) -> Serving:
+        """What the model version now serving says of itself (the probe's row, with io.TOKENIZER;
+        a version exported before it could say answers without it)."""
+        try:
+            answer = await self.send(round_arrays([PROBE]), [*_ROUND_OUTPUTS, io.TOKENIZER])
+        except TritonRequestError as exc:
+            if io.TOKENIZER not in str(exc):
+                raise
+            answer = await self.send(round_arrays([PROBE]))
         if answer.status[0] != io.ROW_OK:
             raise answer.error(0, 0)
-        if answer.tokenizer is None:
-            raise TritonRequestError(f"model version {answer.version} does not say which tokenizer it has")
-        return Served(answer.version, *answer.tokenizer)
+        return Serving(answer.version, *(answer.tokenizer or ("", "")))
 
     async def is_ready(self) -> bool:
         """The model answers a real inference, the probe's row (Triton's own ready stays 200 when

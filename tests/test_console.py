@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -16,7 +18,7 @@ from bot.console import run_console
 from client.chat import ChatBot
 from client.rounds import TritonClient
 from client.sampling import SamplingConfig
-from tests.helpers import ROOT, interactive
+from tests.helpers import ROOT, interactive, start_triton
 
 
 def console_argv(model_repository: Path, *flags: str) -> list[str]:
@@ -168,3 +170,47 @@ def test_bad_triton_timeout_is_a_clear_error(model_repository, value):
     )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert f"TRITON_TIMEOUT must be a number of seconds > 0, got '{value}'" in proc.stderr
+
+
+def another_tokenizer(folder: Path, dest: Path) -> Path:
+    """A copy of the tokenizer `folder` that is another file (its digest differs), as a tokenizer
+    of another training run is."""
+    shutil.copytree(folder, dest)
+    config = dest / "tokenizer_config.json"
+    config.write_text(json.dumps({**json.loads(config.read_text()), "model_max_length": 12345}))
+    return dest
+
+
+def test_a_tokenizer_that_is_not_the_served_models_is_refused_at_start(triton, model_repository, tmp_path):
+    """The bot's --tokenizer is not the one the served version was exported with: one error line
+    naming the setting and the folder that matches, exit 2, no reply sent."""
+    mine = another_tokenizer(model_repository / "rudialogpt" / "1" / "tokenizer", tmp_path / "tok")
+    env = dict(os.environ, TRITON_URL=triton.url, TRITON_MODEL="rudialogpt")
+    argv = [sys.executable, "-m", "bot", "--console", "--tokenizer", str(mine)]
+    proc = subprocess.run(
+        argv, input="Привет!\n", capture_output=True, text=True, cwd=ROOT, env=env, timeout=120
+    )
+    assert proc.returncode == 2 and proc.stdout == ""
+    [line] = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert "Triton serves model version 1" in line and "--tokenizer (BOT_TOKENIZER_DIR)" in line
+    assert str(model_repository / "rudialogpt") in line and str(mine) in line
+
+
+def test_a_served_model_of_another_repository_is_refused_at_start(triton, model_repository, tmp_path):
+    """Triton serves another repository's model (its tokenizer differs) while the bot reads the
+    default one: refused, naming the served repository's model folder."""
+    other = tmp_path / "other_repository"
+    shutil.copytree(model_repository, other, ignore=shutil.ignore_patterns("rudialogpt_*"))
+    version = other / "rudialogpt" / "1"
+    shutil.rmtree(version / "tokenizer")
+    another_tokenizer(model_repository / "rudialogpt" / "1" / "tokenizer", version / "tokenizer")
+    server = start_triton(other, tmp_path / "t.log")
+    try:
+        proc = console(server.url, model_repository, "Привет!\n")
+    finally:
+        server.stop()
+    assert proc.returncode == 2 and proc.stdout == "", proc.stderr
+    assert (
+        f"Point --tokenizer (BOT_TOKENIZER_DIR) at the model's folder of the repository Triton serves ({other / 'rudialogpt'}"
+        in proc.stderr
+    )

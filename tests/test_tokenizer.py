@@ -85,7 +85,7 @@ def test_a_plain_tokenizer_folder_is_fixed(real_tokenizer, metrics):
     versions.watch(metrics.model_changed)
     served = versions.current
     assert served.version is None and versions.folder is None
-    assert served.digest == layout.tokenizer_digest(real_tokenizer)
+    assert served.tokenizer.digest == layout.tokenizer_digest(real_tokenizer)
     assert versions.follow("7") is served and versions.follow("8") is served
     assert versions.current is served
     assert switches(metrics, "followed") == 0 and switches(metrics, "refused") == 0
@@ -108,7 +108,7 @@ def test_a_model_folder_starts_at_its_newest_version_with_a_tokenizer(tmp_path, 
     versions.watch(metrics.model_changed)
     assert versions.folder == model_dir and versions.current.version == "2"
     assert len(versions.current.tokenizer.encode(NEW_WORD)) == 1  # version 2's tokenizer
-    assert versions.current.digest == layout.tokenizer_digest(layout.tokenizer_dir(model_dir, 2))
+    assert versions.current.tokenizer.digest == layout.tokenizer_digest(layout.tokenizer_dir(model_dir, 2))
     assert shown_version(metrics) == 2
 
 
@@ -151,7 +151,7 @@ def test_following_a_version_with_the_same_tokenizer_keeps_it(
     served = followed.follow("2")
 
     assert served is followed.current and served.version == "2"
-    assert served.tokenizer is old.tokenizer and served.digest == old.digest
+    assert served.tokenizer is old.tokenizer and served.tokenizer.digest == old.tokenizer.digest
     assert followed.follow("2") is served  # the current version: nothing happens
     assert switches(metrics, "followed") == 1 and switches(metrics, "refused") == 0
     assert shown_version(metrics) == 2
@@ -170,14 +170,14 @@ def test_following_a_version_with_another_tokenizer_loads_it(
     served = followed.follow("2")
 
     assert served.version == "2" and served.tokenizer is not old.tokenizer
-    assert served.digest != old.digest
+    assert served.tokenizer.digest != old.tokenizer.digest
     assert len(served.tokenizer.encode(NEW_WORD)) == 1 < len(old.tokenizer.encode(NEW_WORD))
     assert switches(metrics, "followed") == 1 and shown_version(metrics) == 2
     [line] = tokenizer_logs(caplog, logging.INFO)
     assert "1 -> 2" in line and "reloaded" in line
 
     back = followed.follow("1")  # a rollback's copy answers: version 1's tokenizer again
-    assert back.version == "1" and back.digest == old.digest
+    assert back.version == "1" and back.tokenizer.digest == old.tokenizer.digest
     assert switches(metrics, "followed") == 2 and shown_version(metrics) == 1
 
 
