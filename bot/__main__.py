@@ -14,7 +14,9 @@ from client.chat import ChatBot
 from client.rounds import GateConfig
 from client.sampling import SamplingConfig
 from client.tokenizer import ModelVersions
-from client.transport import TritonClient
+from client.transport import TritonClient, TritonError
+
+log = logging.getLogger("bot")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -60,10 +62,25 @@ def build_bot(args: argparse.Namespace, settings: Settings) -> ChatBot:
     return ChatBot(client, versions, sampling, seed=args.seed, fallback=texts.FALLBACK)
 
 
+async def check(bot: ChatBot, close: bool = False) -> None:
+    """--max-new-tokens against the served model's positions (a ValueError that names the limit);
+    only a warning while Triton does not answer. `close`: close the client after (it is used again
+    in another event loop)."""
+    try:
+        async with asyncio.timeout(bot.client.timeout):
+            await bot.check("--max-new-tokens")
+    except (TritonError, TimeoutError) as exc:
+        log.warning("--max-new-tokens not checked against the served model: %s", exc or "no answer")
+    finally:
+        if close:
+            await bot.client.close()
+
+
 async def console(bot: ChatBot) -> None:
     from bot.console import run_console
 
     try:
+        await check(bot)
         await run_console(bot)
     finally:
         await bot.client.close()
@@ -71,6 +88,9 @@ async def console(bot: ChatBot) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.max_new_tokens < 1:
+        print(f"error: --max-new-tokens must be >= 1, got {args.max_new_tokens}", file=sys.stderr)
+        return 2
     logging.basicConfig(
         level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
@@ -82,7 +102,9 @@ def main(argv: list[str] | None = None) -> int:
         else:
             from bot.telegram import run_telegram
 
-            run_telegram(build_bot(args, settings), settings, webhook=args.webhook)
+            bot = build_bot(args, settings)
+            asyncio.run(check(bot, close=True))
+            run_telegram(bot, settings, webhook=args.webhook)
     except (FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -56,6 +56,17 @@ class ChatBot:
         """The tokenizer of the model version now served (as far as this bot knows)."""
         return self.versions.current.tokenizer
 
+    async def check(self, setting: str = "max_new_tokens") -> None:
+        """A ValueError naming `setting` when replies of max_new_tokens leave the served model no
+        room for a message (prompt_ids would refuse every one); TritonError where none answers."""
+        positions = (await self.client.model_info()).max_positions
+        most = positions - self.tokenizer.count(build_prompt(["."]))  # the shortest message's prompt
+        if self.sampling.max_new_tokens > most:
+            raise ValueError(
+                f"{setting} {self.sampling.max_new_tokens} leaves no room for a message: the served model "
+                f"holds {positions} positions; use at most {most}"
+            )
+
     async def prompt_ids(self, turns: list[str], tokenizer: DialogueTokenizer | None = None) -> list[int]:
         """The prompt for `turns` (oldest first, the user's last), trimmed to fit the model."""
         tokenizer = tokenizer or self.tokenizer
