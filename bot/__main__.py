@@ -60,22 +60,28 @@ def build_bot(args: argparse.Namespace, settings: Settings) -> ChatBot:
     return ChatBot(client, versions, sampling, seed=args.seed, fallback=texts.FALLBACK)
 
 
-async def check_model(bot: ChatBot) -> None:
-    """The served model's tokenizer against the bot's, at start: TokenizerRefused stops the bot.
-    A Triton not reachable yet is checked at the first reply instead."""
+async def check(bot: ChatBot, close: bool = False) -> None:
+    """At start: the served model's tokenizer is the bot's (TokenizerRefused stops the bot, naming
+    the folder that matches) and --max-new-tokens fits its positions (a ValueError naming the
+    limit); only a warning while Triton does not answer (both are checked at the first reply
+    then). `close`: close the client after (it is used again in another event loop)."""
     try:
-        await bot.check()
+        async with asyncio.timeout(bot.client.timeout):
+            await bot.check("--max-new-tokens")
     except TokenizerRefused:
         raise
-    except TritonError as exc:
-        log.warning("Triton not reachable at start (%s): its tokenizer is checked at the first reply", exc)
+    except (TritonError, TimeoutError) as exc:
+        log.warning("the served model is not checked at start: %s", exc or "no answer")
+    finally:
+        if close:
+            await bot.client.close()
 
 
 async def console(bot: ChatBot) -> None:
     from bot.console import run_console
 
     try:
-        await check_model(bot)
+        await check(bot)
         await run_console(bot)
     finally:
         await bot.client.close()
@@ -83,6 +89,9 @@ async def console(bot: ChatBot) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.max_new_tokens < 1:
+        print(f"error: --max-new-tokens must be >= 1, got {args.max_new_tokens}", file=sys.stderr)
+        return 2
     logging.basicConfig(
         level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
@@ -94,7 +103,9 @@ def main(argv: list[str] | None = None) -> int:
         else:
             from bot.telegram import run_telegram
 
-            run_telegram(build_bot(args, settings), settings, webhook=args.webhook)
+            bot = build_bot(args, settings)
+            asyncio.run(check(bot, close=True))
+            run_telegram(bot, settings, webhook=args.webhook)
     except (FileNotFoundError, ValueError, TokenizerRefused) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

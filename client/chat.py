@@ -12,7 +12,7 @@ from client.generate import Generation, VersionChanged
 from client.rounds import TritonClient, generate
 from client.sampling import SamplingConfig
 from client.streaming import OnText, on_tokens
-from client.tokenizer import DialogueTokenizer, ModelVersions, Served
+from client.tokenizer import DialogueTokenizer, ModelVersions
 from contract.dialogue import build_prompt, clean_reply, fit_turns
 
 log = logging.getLogger(__name__)
@@ -57,13 +57,24 @@ class ChatBot:
         """The tokenizer of the model version now served (as far as this bot knows)."""
         return self.versions.current.tokenizer
 
-    async def check(self) -> Served:
+    async def check(self, setting: str = "max_new_tokens") -> None:
+        """At start: the served version's tokenizer is this bot's (else TokenizerRefused, naming
+        the folder that matches), and replies of max_new_tokens leave the model room for a message
+        (else a ValueError naming `setting`); TritonError where Triton does not answer."""
+        await self._check_tokenizer()
+        positions = (await self.client.model_info()).max_positions
+        most = positions - self.tokenizer.count(build_prompt(["."]))  # the shortest message's prompt
+        if self.sampling.max_new_tokens > most:
+            raise ValueError(
+                f"{setting} {self.sampling.max_new_tokens} leaves no room for a message: the served model "
+                f"holds {positions} positions; use at most {most}"
+            )
+
+    async def _check_tokenizer(self) -> None:
         """Ask Triton which tokenizer the version it serves was exported with and make it the one
-        in use, or raise TokenizerRefused (it names the folder that matches): at start, and again
-        whenever another version answers."""
-        served = self.versions.check(await self.client.serving())
+        in use, or raise TokenizerRefused: at start, and again whenever another version answers."""
+        self.versions.check(await self.client.serving())
         self.checked = self.client.version
-        return served
 
     async def prompt_ids(self, turns: list[str], tokenizer: DialogueTokenizer | None = None) -> list[int]:
         """The prompt for `turns` (oldest first, the user's last), trimmed to fit the model."""
@@ -94,7 +105,7 @@ class ChatBot:
         SWITCHES times) when another version answers (checked, then followed: client/tokenizer.py)."""
         for switches in range(SWITCHES + 1):
             if self.checked is None or self.checked != self.client.version:
-                await self.check()
+                await self._check_tokenizer()
             served = self.versions.current
             tok = served.tokenizer
             ids = await self.prompt_ids(turns, tok)

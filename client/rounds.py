@@ -61,6 +61,7 @@ class TritonClient(Transport):
         if self._task is not None:
             self._task.cancel()
             await asyncio.wait({self._task})
+        self._task, self._wake = None, asyncio.Event()  # it may be used again, in another event loop
         if self._ends:
             with contextlib.suppress(TritonError):
                 await self.send(round_arrays([(s, 0, [], io.ROW_END) for s in self._ends]))

@@ -22,6 +22,13 @@ log = logging.getLogger("demo")
 ROOT = Path(__file__).resolve().parent.parent
 
 
+PORT_HINT = (
+    "stop what holds it (another demo, `python -m serve`?), or move the demo's ports: "
+    "DEMO_HTTP_PORT={port} make demo (or python -m demo --http-port {port}; "
+    "Triton takes that port and the next two)"
+)
+
+
 def stage(n: int, text: str) -> None:
     print(f"[{n}/4] {text}", file=sys.stderr, flush=True)
 
@@ -89,22 +96,26 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(name).setLevel(logging.INFO)
     logging.getLogger("bot.console").setLevel(logging.WARNING)  # keep the chat screen clean
 
-    from serve.server import TritonServer
+    from serve.server import PortInUse, TritonServer
 
     base_model = os.environ.get("BASE_MODEL", "tiny")
+    server = TritonServer(
+        args.repository,
+        args.http_port,
+        args.http_port + 1,
+        args.http_port + 2,
+        log_file=args.output / "tritonserver.log",
+    )
     try:
+        server.check_ports()  # before the training and the export: minutes
         checkpoint = ensure_checkpoint(args.output, args.data, base_model, args.steps)
         repository = ensure_export(checkpoint, args.repository)
         stage(3, f"serve: starting Triton on 127.0.0.1:{args.http_port} (metrics :{args.http_port + 2})")
-        server = TritonServer(
-            repository,
-            args.http_port,
-            args.http_port + 1,
-            args.http_port + 2,
-            log_file=args.output / "tritonserver.log",
-        )
         t0 = time.monotonic()
         server.start()
+    except PortInUse as exc:
+        print(f"error: {exc}: {PORT_HINT.format(port=args.http_port + 10)}", file=sys.stderr)
+        return 2
     except (
         ValueError,
         RuntimeError,

@@ -95,7 +95,8 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         const=0,
         metavar="N",
-        help="no export: publish version N (default: the one before the newest) again as the newest",
+        help="no export: publish version N (default: the one before the newest) again as the newest; "
+        "where the newest is N (or a copy of it) nothing is published (exit 0)",
     )
     p.add_argument("--list", action="store_true", help="no export: list the model's versions, newest first")
     args = p.parse_args(argv)
@@ -103,6 +104,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("export").setLevel(logging.INFO)
     model_dir = args.repository / args.name
+    try:
+        versions.check_repository(args.repository, args.name)  # before any work
+    except versions.VersionError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     if args.list:
         lines = versions.describe(model_dir)
         print("\n".join(lines) if lines else f"{model_dir} holds no versions: export a checkpoint first")
@@ -113,6 +119,9 @@ def main(argv: list[str] | None = None) -> int:
         except versions.VersionError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
+        except versions.AlreadyNewest as exc:
+            print(exc)
+            return 0
         print(f"published {model_dir / str(number)}: a copy of version {_copy_of(model_dir, number)}")
         return 0
     for flag, value in (

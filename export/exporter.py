@@ -116,6 +116,7 @@ def export(
 
     t0 = time.monotonic()
     checkpoint, repository = Path(checkpoint), Path(repository)
+    versions.check_repository(repository, name)  # VersionError: a file, not a folder (before the work)
     config = check_checkpoint(checkpoint)
     if quantize not in (None, "int8"):
         raise ExportError(f"--quantize {quantize!r} is not supported: use --quantize int8")

@@ -38,6 +38,25 @@ class VersionError(RuntimeError):
     """A rollback or prune cannot be done; the message names the fix."""
 
 
+class AlreadyNewest(Exception):
+    """A rollback to the version the newest one is (or is a copy of): nothing was published."""
+
+
+def check_repository(repository: Path, name: str) -> None:
+    """A VersionError naming --repository when it (or the part of its path that exists), or its
+    model's folder `name`, is a file, not a folder."""
+    repository = Path(repository)
+    existing = repository
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    for path in (existing, repository / name):
+        if path.exists() and not path.is_dir():
+            raise VersionError(
+                f"--repository {repository}: {path} is a file, not a folder; pass the model repository's "
+                "folder (e.g. model_repository; created if missing)"
+            )
+
+
 def staging(model_dir: Path) -> Path:
     """A new, empty staging folder outside the repository Triton polls, on its filesystem (a
     version is renamed from there): beside the repository. Where that is another filesystem
@@ -150,6 +169,12 @@ def rollback(model_dir: Path, to: int | None = None, keep: int = DEFAULT_KEEP) -
         to = numbers[-2]
     if to not in numbers:
         raise VersionError(f"{model_dir} has no version {to}: it holds {numbers or 'none'}")
+    newest = numbers[-1]
+    if _origin(model_dir, to) == _origin(model_dir, newest):
+        what = "is the newest" if to == newest else f"is what the newest, {newest}, holds (a copy)"
+        raise AlreadyNewest(
+            f"version {to} of {model_dir} {what} already: nothing published (--list shows the versions)"
+        )
     source = layout.version_dir(model_dir, to)
     if not (source / layout.TOKENIZER_DIR / "tokenizer.json").exists():
         raise VersionError(
@@ -169,6 +194,11 @@ def rollback(model_dir: Path, to: int | None = None, keep: int = DEFAULT_KEEP) -
         return publish(copy, model_dir, config.read_text(), info, keep)
     finally:
         shutil.rmtree(staged, ignore_errors=True)
+
+
+def _origin(model_dir: Path, number: int) -> int:
+    """The version whose files `number` holds: itself, or the one it is a rollback's copy of."""
+    return int(layout.version_info(model_dir, number).get("copy_of", number))
 
 
 def _link_or_copy(src: str, dst: str) -> None:

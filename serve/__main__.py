@@ -14,10 +14,11 @@ import threading
 from pathlib import Path
 
 from contract import triton_io as io
-from serve.server import TritonServer, TritonServerError
+from serve.server import PortInUse, TritonServer, TritonServerError
 from serve.supervisor import Supervision, supervise
 
 log = logging.getLogger("serve")
+PORT_FLAGS = {"HTTP": "--http-port", "gRPC": "--grpc-port", "metrics": "--metrics-port"}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -76,6 +77,12 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         supervise(make_server, args.model, Supervision(check_every=args.check_every), stop, on_ready)
+    except PortInUse as exc:
+        flag = PORT_FLAGS.get(exc.role, "--http-port, --grpc-port or --metrics-port")
+        print(
+            f"error: {exc}: stop it (another `python -m serve`, `make demo`?) or pass {flag}", file=sys.stderr
+        )
+        return 2
     except TritonServerError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -18,7 +18,6 @@ import logging
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import sysconfig
@@ -31,6 +30,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from contract import triton_io as io
+from serve import preflight
+from serve.preflight import PortInUse as PortInUse
+from serve.preflight import TritonServerError as TritonServerError
+from serve.preflight import free_port as free_port
+from serve.preflight import free_ports as free_ports
 from serve.watchdog import SHM, clean_stale
 
 log = logging.getLogger(__name__)
@@ -38,28 +42,6 @@ log = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parent.parent
 ENV_MODEL_PYTHON = "TRITON_MODEL_PYTHON"  # a venv for model.py; default: <repo>/.venv-triton
 WATCHDOG = Path(__file__).with_name("watchdog.py")
-
-
-class TritonServerError(RuntimeError):
-    """The server could not be found, started or made ready."""
-
-
-def free_ports(n: int) -> list[int]:
-    """`n` different TCP ports on 127.0.0.1 that are free right now.
-
-    All are bound at once, so no two are the same (ports bound and freed one after another can
-    repeat); another process may still take one before its user binds it."""
-    with contextlib.ExitStack() as sockets:
-        bound = [sockets.enter_context(socket.socket()) for _ in range(n)]
-        for s in bound:
-            s.bind(("127.0.0.1", 0))
-        ports: list[int] = [s.getsockname()[1] for s in bound]
-        return ports
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that is free right now."""
-    return free_ports(1)[0]
 
 
 def _wheel_root() -> Path:
@@ -100,6 +82,7 @@ class TritonServer:
     _workdir: Path | None = field(default=None, init=False)
     _venv: Path | None = field(default=None, init=False)
     _python_version: str = field(default="", init=False)
+    _log_offset: int = field(default=0, init=False)  # the log file's size when this start began
 
     @property
     def url(self) -> str:
@@ -109,6 +92,14 @@ class TritonServer:
     @property
     def metrics_url(self) -> str:
         return f"http://{self.host}:{self.metrics_port}/metrics"
+
+    @property
+    def ports(self) -> dict[str, int]:
+        return {"HTTP": self.http_port, "gRPC": self.grpc_port, "metrics": self.metrics_port}
+
+    def check_ports(self) -> None:
+        """PortInUse if another process holds one of the ports (before anything is started)."""
+        preflight.check_ports(self.host, self.ports)
 
     @property
     def shm_prefix(self) -> str:
@@ -182,6 +173,7 @@ class TritonServer:
             ),
             "--exit-timeout-secs=10",
             f"--backend-config=python,shm-region-prefix-name={self.shm_prefix}",
+            *(preflight.CPU_ONLY_ARGS if preflight.no_cuda_driver() else []),
             *self.extra_args,
         ]
 
@@ -202,7 +194,13 @@ class TritonServer:
         """Check the setup and make the backend copy; tritonserver's command line and environment."""
         repo = Path(self.repository)
         if not repo.is_dir():
-            raise TritonServerError(f"model repository {repo} not found: run `python -m export` first")
+            raise TritonServerError(
+                f"model repository {repo} is a file, not a folder: pass the folder `python -m export` "
+                "wrote (--repository)"
+                if repo.exists()
+                else f"model repository {repo} not found: run `python -m export` first (--repository)"
+            )
+        self.check_ports()
         root = _wheel_root()
         self._venv = self.model_env()
         clean_stale()
@@ -219,6 +217,7 @@ class TritonServer:
         cmd, env = self.prepare()
         try:
             log.info("starting tritonserver on %s (metrics :%d)", self.url, self.metrics_port)
+            self._log_offset = preflight.note_cpu(self.log_file, log)
             with open(self.log_file, "ab") if self.log_file else _no_file() as out:
                 # Its own process group (tritonserver and its stubs): stop() and the watchdog
                 # signal the whole group.
@@ -256,6 +255,9 @@ class TritonServer:
         deadline = time.monotonic() + self.ready_timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
+                taken = preflight.port_taken(self.log_file, self._log_offset, self.ports)
+                if taken:
+                    raise taken
                 hint = f" (see {self.log_file})" if self.log_file else ""
                 raise TritonServerError(f"tritonserver exited with code {self.process.returncode}{hint}")
             if self.is_ready():

@@ -19,7 +19,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
 from client.rounds import TritonClient
-from serve.server import TritonServer, TritonServerError, free_ports
+from serve.server import PortInUse, TritonServer, TritonServerError, free_ports
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE_CSV = ROOT / "training" / "data.csv"
@@ -71,15 +71,16 @@ def start_triton(
     **options,
 ) -> TritonServer:
     """A started TritonServer on free ports. Another process can take a free port before
-    tritonserver binds it: it then exits (HTTP, gRPC) or runs without /metrics, and logs
-    "already in use"; then it is started again on new ports, `tries` times in all."""
+    tritonserver binds it: start() then finds it taken (PortInUse), or tritonserver exits (HTTP,
+    gRPC: PortInUse too) or runs without /metrics, and logs "already in use"; then it is started
+    again on new ports, `tries` times in all."""
     for attempt in range(1, tries + 1):
         server = triton_server(repository, log_file, **options)
         offset = log_file.stat().st_size if log_file.exists() else 0
         try:
             start(server)
-        except TritonServerError:
-            if attempt == tries or not _port_taken(log_file, offset):
+        except TritonServerError as exc:
+            if attempt == tries or not (isinstance(exc, PortInUse) or _port_taken(log_file, offset)):
                 raise
             continue
         if not _port_taken(log_file, offset):

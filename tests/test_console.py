@@ -210,7 +210,35 @@ def test_a_served_model_of_another_repository_is_refused_at_start(triton, model_
     finally:
         server.stop()
     assert proc.returncode == 2 and proc.stdout == "", proc.stderr
-    assert (
-        f"Point --tokenizer (BOT_TOKENIZER_DIR) at the model's folder of the repository Triton serves ({other / 'rudialogpt'}"
-        in proc.stderr
+    fix = "Point --tokenizer (BOT_TOKENIZER_DIR) at the model's folder of the repository Triton serves"
+    assert f"{fix} ({other / 'rudialogpt'}" in proc.stderr
+
+
+def test_max_new_tokens_below_1_names_the_flag(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "bot", "--console", "--tokenizer", str(tmp_path), "--max-new-tokens", "-3"],
+        input="Привет!\n",
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
     )
+    assert (proc.returncode, proc.stdout, proc.stderr) == (
+        2,
+        "",
+        "error: --max-new-tokens must be >= 1, got -3\n",
+    )
+
+
+def test_max_new_tokens_beyond_the_models_positions_is_refused_at_start(triton, model_repository, tokenizer):
+    from contract.dialogue import build_prompt
+
+    proc = console(triton.url, model_repository, "Привет!\n", "--max-new-tokens", "100000")
+    most = 512 - tokenizer.count(build_prompt(["."]))
+    assert proc.returncode == 2 and proc.stdout == ""  # no reply was tried
+    assert proc.stderr.endswith(
+        "error: --max-new-tokens 100000 leaves no room for a message: the served model holds 512 "
+        f"positions; use at most {most}\n"
+    )
+    ok = console(triton.url, model_repository, "Привет!\n", "--max-new-tokens", str(most), "--seed", "1")
+    assert ok.returncode == 0 and len(ok.stdout.splitlines()) == 1, ok.stderr

@@ -115,3 +115,23 @@ def test_python_m_bot_missing_or_rejected_token_exits_2(tg, model_repository, tm
     if token:
         assert [c.token for c in tg.calls] == [token]  # getMe, refused
         assert "<TOKEN>" in proc.stderr and token.lower() not in (proc.stdout + proc.stderr).lower()
+
+
+def test_python_m_bot_refuses_max_new_tokens_the_model_has_no_room_for(
+    tg, triton, model_repository, tmp_path
+):
+    env = bot_env(tg, tmp_path, TRITON_URL=triton.url, TRITON_MODEL="rudialogpt")
+    proc = subprocess.run(
+        python_m_bot(model_repository, "--max-new-tokens", "100000"),
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert (
+        "error: --max-new-tokens 100000 leaves no room for a message: the served model holds 512"
+        in proc.stderr
+    )
+    assert tg.calls == []  # refused before the bot went online

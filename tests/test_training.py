@@ -120,7 +120,7 @@ def test_resume_continues_from_the_last_checkpoint(tiny_checkpoint, tmp_path, ca
 def test_resume_needs_a_checkpoint_and_a_new_run_a_clean_folder(tiny_checkpoint, tmp_path):
     with pytest.raises(ConfigError, match="no checkpoint"):
         train(TrainConfig(data=SAMPLE, output=tmp_path / "empty", base_model=TINY, resume=True))
-    with pytest.raises(ConfigError, match="add --resume or delete them"):
+    with pytest.raises(ConfigError, match="holds an earlier run"):
         train(TrainConfig(data=SAMPLE, output=tiny_checkpoint, base_model=TINY))
 
 

@@ -9,6 +9,7 @@ import sys
 
 from training.config import ConfigError, TrainConfig
 from training.data import DataError
+from training.runs import NothingToTrain
 from training.train import train
 
 
@@ -24,9 +25,22 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     p.add_argument("--output", required=True, help="folder for the model, tokenizer and checkpoints")
     p.add_argument("--base-model", default=c.base_model, help="hub name, local folder, or 'tiny' (offline)")
     p.add_argument("--epochs", type=float, default=c.epochs, help="passes over the data")
-    p.add_argument("--max-steps", type=int, default=c.max_steps, help="steps to run; -1: use --epochs")
+    p.add_argument(
+        "--max-steps", type=int, default=c.max_steps, help="steps of the whole run; -1: use --epochs"
+    )
     p.add_argument("--eval-fraction", type=float, default=c.eval_fraction, help="share held out for eval")
-    p.add_argument("--resume", action="store_true", help="continue from OUTPUT/checkpoints")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from OUTPUT/checkpoints up to --max-steps (or --epochs): they count the whole run, "
+        "not more steps; a run already there is left unchanged and exits 0",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="a new run into an OUTPUT that holds an earlier one: remove that run's checkpoints, model "
+        "and settings first (refused if OUTPUT holds anything else)",
+    )
     p.add_argument("--full-text-loss", action="store_true", help="loss on the prompt too")
     p.add_argument("--learning-rate", type=float, default=None, help="None: 5e-5, or 3e-3 for tiny")
     p.add_argument("--batch-size", type=int, default=c.batch_size, help="rows per device per step")
@@ -38,7 +52,8 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run training; bad data or settings print `error: ...` to stderr and return 2."""
+    """Run training; bad data or settings print `error: ...` to stderr and return 2; a --resume
+    with nothing left to train says so and returns 0."""
     logging.basicConfig(
         level=logging.INFO if os.environ.get("RANK", "0") == "0" else logging.WARNING,  # one rank logs
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -49,6 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     except (DataError, ConfigError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except NothingToTrain as e:
+        print(e, file=sys.stderr)
     return 0
 
 

@@ -24,6 +24,7 @@ class TrainConfig:
     max_steps: int = -1  # optimizer steps to run; -1 means "run `epochs` epochs"
     eval_fraction: float = 0.1  # share of rows held out for eval loss (at least 1 row of 2 or more)
     resume: bool = False  # continue from the last checkpoint in output/checkpoints
+    overwrite: bool = False  # a new run into an output holding an earlier one: remove that one first
     full_text_loss: bool = False  # compute the loss on prompt and response, not only the response
     learning_rate: float | None = None  # peak learning rate; None: 5e-5, or 3e-3 for "tiny"
     batch_size: int = 8  # rows per device per optimizer step
@@ -44,6 +45,7 @@ class TrainConfig:
             "--max-length must be >= 8": self.max_length is None or self.max_length >= 8,
             "--logging-steps must be >= 1": self.logging_steps >= 1,
             "--save-steps must be >= 1": self.save_steps >= 1,
+            "--overwrite starts a new run: it cannot go with --resume": not (self.resume and self.overwrite),
         }
         bad = [message for message, ok in checks.items() if not ok]
         if bad:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import time
 from pathlib import Path
 
@@ -18,19 +19,18 @@ from transformers import (
     TrainingArguments,
     set_seed,
 )
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from contract.dialogue import FIRST, MARKERS
 from training.config import TINY, ConfigError, TrainConfig
 from training.data import build_dataset, collator, load_examples, split
+from training.runs import CHECKPOINTS, CONFIG_FILE, EarlierRun, read_settings
 from training.tiny import build_tiny
 
 log = logging.getLogger(__name__)
 
-CONFIG_FILE = "training_config.json"  # settings and metrics, in the output and in each checkpoint
-CHECKPOINTS = "checkpoints"  # subfolder of the output with the Trainer's checkpoints
 DEFAULT_MAX_LENGTH = 256
-RESUME_MAY_CHANGE = ("output", "resume", "max_steps", "epochs", "logging_steps", "save_steps")
+RESUME_MAY_CHANGE = ("output", "resume", "overwrite", "max_steps", "epochs", "logging_steps", "save_steps")
 
 
 def load_base(cfg: TrainConfig, texts: list[str], source: str | None = None):
@@ -124,12 +124,6 @@ def write_settings(folder: Path, cfg: TrainConfig, metrics: dict) -> None:
     (folder / CONFIG_FILE).write_text(text + "\n", encoding="utf-8")
 
 
-def read_settings(folder: Path) -> dict:
-    """A folder's training_config.json, or {} when it has none."""
-    path = folder / CONFIG_FILE
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-
-
 def last_eval(history: list[dict]) -> dict:
     """Step, eval loss and perplexity of the latest evaluation in the Trainer's log history."""
     evals = [h for h in history if "eval_loss" in h]
@@ -180,17 +174,19 @@ def train(cfg: TrainConfig) -> Path:
     set_seed(cfg.seed)
     examples = load_examples(cfg.data)
     checkpoints = cfg.output / CHECKPOINTS
-    last = get_last_checkpoint(checkpoints) if checkpoints.is_dir() else None
-    if cfg.resume and last is None:
-        raise ConfigError(f"--resume: no checkpoint in {checkpoints}; start once without --resume")
-    if not cfg.resume and last is not None:
-        raise ConfigError(f"{checkpoints} holds checkpoints of an earlier run; add --resume or delete them")
+    earlier = EarlierRun.read(cfg.output)
+    earlier.check(cfg)  # ConfigError, NothingToTrain
+    last = str(earlier.last) if cfg.resume and earlier.last else None
     model, tokenizer = load_base(cfg, [p + t for p, t in examples.pairs], last)
+    if cfg.resume and earlier.finished(cfg):  # stopped after its last checkpoint, before saving the model
+        return save_checkpoint(cfg, earlier, model, tokenizer)
     model.loss_type = "ForCausalLM"  # the loss GPT-2 uses anyway; unset, transformers warns
     positions = model.config.max_position_embeddings
     max_length = cfg.max_length or min(DEFAULT_MAX_LENGTH, positions)
     if max_length > positions:
         raise ConfigError(f"--max-length {max_length} exceeds the model's {positions} positions")
+    if cfg.overwrite:
+        earlier.clear()  # only now: a bad base model or data left the earlier run in place
     dataset, dropped = build_dataset(examples.pairs, tokenizer, max_length, cfg.full_text_loss)
     train_set, eval_set = split(dataset, cfg.eval_fraction, cfg.seed)
     metrics: dict[str, float | None] = {
@@ -240,4 +236,19 @@ def train(cfg: TrainConfig) -> Path:
     if trainer.is_world_process_zero():
         write_settings(cfg.output, cfg, metrics)
         log.info("saved model, tokenizer and %s to %s", CONFIG_FILE, cfg.output)
+    return cfg.output
+
+
+def save_checkpoint(cfg: TrainConfig, earlier: EarlierRun, model, tokenizer) -> Path:
+    """The finished run's last checkpoint (loaded as `model`, `tokenizer`) saved as the output's model."""
+    assert earlier.last is not None
+    state = json.loads((earlier.last / "trainer_state.json").read_text())
+    losses = [h["loss"] for h in state.get("log_history", []) if "loss" in h]
+    metrics = {**read_settings(earlier.last).get("metrics", {}), "step": earlier.step}
+    metrics["train_loss"] = losses[-1] if losses else None
+    if int(os.environ.get("RANK", "0")) == 0:
+        model.save_pretrained(cfg.output)
+        tokenizer.save_pretrained(cfg.output)
+        write_settings(cfg.output, cfg, metrics)
+        log.info("saved the model of %s (step %d) to %s", earlier.last, earlier.step, cfg.output)
     return cfg.output
