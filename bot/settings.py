@@ -1,4 +1,4 @@
-"""Every setting of the bot: the environment variables of the README's table, under the command
+"""Every setting of the bot: the environment variables of docs/bot.md's table, under the command
 line's flags, checked at start-up (pydantic-settings).
 
 Each field of `Settings` names its variable (its alias) and has a type that checks the value and

@@ -6,7 +6,7 @@
 # onnxruntime-gpu 1.31 (a recent onnxruntime: the serving graph's GroupQueryAttention with a
 # shared in-place KV buffer) is published for Python 3.11/3.12 only. It lacks GQA's
 # `query_seqlens` input, so CUDA exports are built without ragged chunks
-# (`python -m export --device cuda --fp16`, see README "Engine").
+# (`python -m export --device cuda --fp16`, see docs/serving.md).
 FROM nvcr.io/nvidia/tritonserver:25.10-py3
 
 # numpy<2: Triton's python-backend stub exchanges tensors through numpy 1.x's C API (seen with

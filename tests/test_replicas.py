@@ -199,7 +199,7 @@ def test_a_replica_dying_mid_send_leaves_the_chat_to_the_other(
     """SIGKILL: its connections close and the lock goes at once. SIGSTOP (hung, still connected):
     the server ends its idle lock transaction after BOT_CHAT_LOCK_SECONDS. The other replica sends
     the stored reply before answering the chat's next message: if the first send never reached
-    Telegram, the user sees each reply once; if it did, the same reply twice (the README says so)."""
+    Telegram, the user sees each reply once; if it did, the same reply twice (docs/guarantees.md says so)."""
     chat = FIRST_CHAT
     with HeldTelegram(delivered) as held, FakeTelegram() as other:
         held.held_chat = chat

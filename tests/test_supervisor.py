@@ -63,7 +63,7 @@ def ready_says(url: str, path: str = "/v2/health/ready") -> int:
 
 
 def record(name: str, seconds: list[float]) -> None:
-    """Keep measured recovery times (the README's table quotes them) and print them."""
+    """Keep measured recovery times (docs/guarantees.md's table quotes them) and print them."""
     data = json.loads(TIMINGS.read_text()) if TIMINGS.exists() else {}
     data[name] = [round(s, 2) for s in seconds]
     TIMINGS.write_text(json.dumps(data, indent=1))
