@@ -121,7 +121,7 @@ def test_the_bot_and_the_healthcheck_reach_tritons_http_port():
 
 def test_the_cuda_provider_has_a_gpu_and_shared_memory():
     triton = compose()["services"]["triton"]
-    model = ast.parse((ROOT / "serve" / "model.py").read_text(encoding="utf-8"))
+    model = ast.parse((ROOT / "engine" / "model.py").read_text(encoding="utf-8"))
     strings = {node.value for node in ast.walk(model) if isinstance(node, ast.Constant)}
     assert set(triton["environment"]) <= strings, "Triton gets a variable model.py does not read"
     assert triton["environment"]["RUDIALOGPT_EXECUTION_PROVIDER"] == "cuda"
