@@ -69,33 +69,32 @@ def run_transformers(model, batch: list[list[int]], new_tokens: int, device: str
 
 def run_ort(engine, batch: list[list[int]], new_tokens: int, sampling=None) -> Timing:
     """onnxruntime in-process: the server's engine, without Triton or HTTP, all conversations
-    in one call per step, choosing each token as the bot does (greedy unless `sampling`): from the
-    candidates, or from the whole row where they cannot prove the choice."""
-    from client.sampling import Context, SamplingConfig, choose, next_token
+    in one call per step, choosing each step's tokens as the bot's rounds do (greedy unless
+    `sampling`): from the candidates in one call over all rows, or from the whole row where they
+    cannot prove the choice."""
+    from client.sampling import Contexts, SamplingConfig, next_token, sample
     from engine.core import Step
 
     cfg = sampling or SamplingConfig.greedy()
-    contexts = [Context(p, cfg.no_repeat_ngram_size) for p in batch]
-    rngs = [np.random.default_rng(i) for i in range(len(batch))]
+    table, rows, rng = Contexts.of(*batch), np.arange(len(batch)), np.random.default_rng(0)
 
-    def pick(i: int, out) -> int:
-        ctx = contexts[i]
-        token = choose(out.top_ids[i], out.top_logits[i], ctx, cfg, rngs[i])
-        if token is None:  # the same step again, for the whole row
-            row = engine.step([Step(i + 1, np.array(ctx.tokens[-1:]), len(ctx) - 1, full=True)]).logits(0)
-            token = next_token(row, ctx, cfg, rngs[i])
-        return token
+    def last(i: int, end: bool = False, full: bool = False) -> Step:
+        n = int(table.length[i])
+        return Step(i + 1, table.tokens[i, n - 1 : n], n - 1, end=end, full=full)
+
+    def choose(out) -> np.ndarray:
+        logits, uniforms = out.top_logits, lambda drawing: rng.random(int(drawing.sum()))
+        tokens = sample(out.top_ids, logits, logits.min(axis=1), table, rows, cfg, uniforms)
+        for i in np.flatnonzero(tokens < 0).tolist():  # the same step again, for the whole row
+            tokens[i] = next_token(engine.step([last(i, full=True)]).logits(0), table, i, cfg, rng)
+        return tokens
 
     t0 = time.perf_counter()
     out = engine.step([Step(i + 1, np.array(p), 0) for i, p in enumerate(batch)])
     stamps = [time.perf_counter()]
     for k in range(new_tokens - 1):
-        for i, ctx in enumerate(contexts):
-            ctx.append(pick(i, out))
-        last = k == new_tokens - 2
-        out = engine.step(
-            [Step(i + 1, np.array(ctx.tokens[-1:]), len(ctx) - 1, end=last) for i, ctx in enumerate(contexts)]
-        )
+        table.append(rows, choose(out))
+        out = engine.step([last(i, end=k == new_tokens - 2) for i in range(len(batch))])
         stamps.append(time.perf_counter())
     return _timing(batch, t0, stamps, new_tokens)
 

@@ -197,18 +197,18 @@ def newcomer(url: str, n: int, prompt: int, long_prompt: int, vocab: int, new_to
 def sampling_cost(vocab: int, repeats: int = 200) -> dict[str, float]:
     """ms per token of the card's sampling, 600 tokens of context: from one vocab-sized row of
     logits, and from its K candidates (what the server answers)."""
-    from client.sampling import Context, SamplingConfig, choose, next_token
+    from client.sampling import Contexts, SamplingConfig, choose, next_token
 
     rng = np.random.default_rng(0)
     logits, context = rng.normal(size=vocab).astype(np.float32) * 3, rng.integers(0, vocab, 600)
     ids = np.argsort(-logits)[: io.CANDIDATES].astype(np.int32)
-    cfg, ctx = SamplingConfig(), Context(context, SamplingConfig().no_repeat_ngram_size)
+    cfg, table = SamplingConfig(), Contexts.of(context)
     t0 = time.perf_counter()
     for _ in range(repeats):
-        next_token(logits, ctx, cfg, rng)
+        next_token(logits, table, 0, cfg, rng)
     t1 = time.perf_counter()
     for _ in range(repeats):
-        choose(ids, logits[ids], ctx, cfg, rng)
+        choose(ids, logits[ids], table, 0, cfg, rng)
     t2 = time.perf_counter()
     return {"row": (t1 - t0) / repeats * 1000, "candidates": (t2 - t1) / repeats * 1000}
 

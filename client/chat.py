@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from dataclasses import dataclass
@@ -100,6 +101,10 @@ class ChatBot:
         reply.seconds = time.perf_counter() - t0
         return reply
 
+    @functools.cache  # noqa: B019 (a few settings per bot): the same object, so the rounds group them
+    def _with_stops(self, sampling: SamplingConfig, tokenizer: DialogueTokenizer) -> SamplingConfig:
+        return sampling.with_(stop_ids=tokenizer.stop_ids if self.stops else ())
+
     async def _generate(self, turns: list[str], sampling: SamplingConfig, on_text: OnText | None) -> Reply:
         """One generation for `turns` with the served version's tokenizer; started again (up to
         SWITCHES times) when another version answers (checked, then followed: client/tokenizer.py)."""
@@ -114,7 +119,7 @@ class ChatBot:
                 gen = await generate(
                     self.client,
                     ids,
-                    sampling.with_(stop_ids=tok.stop_ids if self.stops else ()),
+                    self._with_stops(sampling, tok),
                     self.rng,
                     max_positions=limit,
                     on_tokens=on_tokens(tok.decode, on_text) if on_text else None,

@@ -75,46 +75,84 @@ class SamplingConfig:
         return replace(self, **changes)
 
 
-class Context:
-    """A generation's context (prompt, then the reply so far) and what the processors look up in
-    it, kept up to date token by token: the tokens seen, and which tokens followed each n-1 tokens."""
+class Contexts:
+    """The contexts (prompt, then the reply so far) of a batch of generations, a row each, as
+    arrays, with what the processors look up in them: which ids a row holds, and its tokens for the
+    n-gram ban. Rows are updated a round at a time (append), never token by token in Python."""
 
-    def __init__(self, ids: list[int] | np.ndarray, ngram: int):
-        self.tokens: list[int] = []
-        self._seen = np.zeros(1 << 16, bool)  # by id: in the context; the last entry stays False
-        self.ngram = ngram
-        self.follows: dict[tuple[int, ...], set[int]] = {}
-        for token in ids:
-            self.append(int(token))
+    WIDTH = 1 << 16  # ids tracked per row; an id past it reads the last column, which stays False
 
-    def __len__(self) -> int:
-        return len(self.tokens)
+    def __init__(self, rows: int = 1, length: int = 1024):
+        self.tokens = np.zeros((rows, length), np.int64)
+        self.length = np.zeros(rows, np.int64)  # tokens in each row's context
+        self.seen = np.zeros((rows, self.WIDTH), bool)
 
-    @property
-    def seen(self) -> set[int]:
-        """The ids in the context."""
-        return set(np.flatnonzero(self._seen).tolist())
+    @classmethod
+    def of(cls, *contexts: Sequence[int] | np.ndarray) -> Contexts:
+        """A table whose row i holds contexts[i]."""
+        table = cls(len(contexts), max((len(c) for c in contexts), default=0) + 64)
+        for row, ids in enumerate(contexts):
+            table.fill(row, ids)
+        return table
 
-    def append(self, token: int) -> None:
-        self.tokens.append(token)
-        if token >= self._seen.size - 1:
-            self._seen = np.concatenate([self._seen, np.zeros(token + 2, bool)])
-        self._seen[token] = True
-        n = self.ngram
-        if n > 0 and len(self.tokens) >= n:
-            self.follows.setdefault(tuple(self.tokens[len(self.tokens) - n : -1]), set()).add(token)
+    def fill(self, row: int, ids: Sequence[int] | np.ndarray) -> None:
+        """Row `row` holds `ids` from now on (what it held before is gone)."""
+        ids = np.asarray(ids, np.int64).reshape(-1)
+        self.seen[row, np.minimum(self.tokens[row, : self.length[row]], self.WIDTH - 1)] = False
+        self.seen[row, -1] = False
+        self._room(ids.size)
+        self.tokens[row, : ids.size], self.length[row] = ids, ids.size
+        self.seen[row, np.minimum(ids, self.WIDTH - 1)] = True
+        self.seen[row, -1] = False
 
-    def banned(self) -> set[int]:
-        """Tokens that would complete an n-gram already in the context."""
-        n = self.ngram
-        if n <= 0 or len(self.tokens) < n:
-            return set()
-        return self.follows.get(tuple(self.tokens[len(self.tokens) - (n - 1) :]), set())
+    def append(self, rows: np.ndarray, tokens: np.ndarray) -> None:
+        """Each of `rows` (distinct) gets its token of `tokens` appended."""
+        self._room(int(self.length[rows].max(initial=0)) + 1)
+        self.tokens[rows, self.length[rows]] = tokens
+        self.length[rows] += 1
+        self.seen[rows, np.minimum(tokens, self.WIDTH - 1)] = True
+        self.seen[rows, -1] = False
 
-    def seen_among(self, ids: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-        """Which of `ids` (>= 0) are in the context (an id past the array reads its last entry: False)."""
-        mask: np.ndarray = self._seen.take(ids, out=out, mode="clip")
+    def ids(self, row: int, start: int = 0, stop: int | None = None) -> list[int]:
+        """Row `row`'s context from `start` (to `stop`), as a list."""
+        end = int(self.length[row]) if stop is None else min(stop, int(self.length[row]))
+        ids: list[int] = self.tokens[row, start:end].tolist()
+        return ids
+
+    def seen_among(self, rows: np.ndarray, ids: np.ndarray) -> np.ndarray:
+        """[R, K]: which of each row's `ids` (>= 0) are in its context."""
+        at = rows[:, None] * self.WIDTH + np.minimum(ids, self.WIDTH - 1)
+        mask: np.ndarray = self.seen.reshape(-1).take(at)  # (take on the flat table: the fastest gather)
         return mask
+
+    def banned(self, rows: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """(batch index, token) for each token that would complete an n-gram already in its row's
+        context: what followed an earlier occurrence of the row's last n - 1 tokens."""
+        length = self.length[rows]
+        width = int(length.max(initial=0)) - n + 1  # n-grams of the longest context
+        if n <= 0 or width <= 0:
+            return np.zeros(0, np.int64), np.zeros(0, np.int64)
+        tokens = self.tokens[rows, : width + n - 1]
+        batch = np.arange(rows.size)
+        match = np.arange(width)[None] < (length - n + 1)[:, None]  # the n-gram lies in the context
+        for i in range(n - 1):  # its first n - 1 tokens are the last n - 1
+            match &= tokens[:, i : i + width] == tokens[batch, np.maximum(length - n + 1 + i, 0)][:, None]
+        at, start = np.nonzero(match)
+        return at, tokens[at, start + n - 1]
+
+    def _room(self, length: int) -> None:
+        if length > self.tokens.shape[1]:
+            grown = np.zeros((self.tokens.shape[0], max(length, 2 * self.tokens.shape[1])), np.int64)
+            grown[:, : self.tokens.shape[1]] = self.tokens
+            self.tokens = grown
+
+    def grow(self, rows: int) -> None:
+        """Room for at least `rows` rows (the ones held keep their contents)."""
+        if rows > self.length.size:
+            extra = rows - self.length.size
+            self.tokens = np.concatenate([self.tokens, np.zeros((extra, self.tokens.shape[1]), np.int64)])
+            self.length = np.concatenate([self.length, np.zeros(extra, np.int64)])
+            self.seen = np.concatenate([self.seen, np.zeros((extra, self.WIDTH), bool)])
 
 
 Uniforms = Callable[[np.ndarray], np.ndarray]  # rows that draw ([R] bool) -> a uniform for each, in order
@@ -131,25 +169,26 @@ class Kept(NamedTuple):
 
 
 def kept(
-    ids: np.ndarray, logits: np.ndarray, bound: np.ndarray, contexts: Sequence[Context], cfg: SamplingConfig
+    ids: np.ndarray,
+    logits: np.ndarray,
+    bound: np.ndarray,
+    contexts: Contexts,
+    rows: np.ndarray,
+    cfg: SamplingConfig,
 ) -> Kept:
     """Every processor once, over `ids` [R, K] (any order) and `logits` [R, K], each row's `bound`
-    [R] and its context (tracking cfg's n-grams): repetition penalty, n-gram ban, then greedy keeps
-    the best (the lowest id among equals); sampling divides by the temperature, keeps the top-k
-    (ties with the k-th stay), then the smallest most likely set of those with mass >= top_p."""
-    ids, bound = np.asarray(ids, np.int64), np.asarray(bound, np.float64)
+    [R] and its context (`contexts`' row `rows[i]`): repetition penalty, n-gram ban, then greedy
+    keeps the best (the lowest id among equals); sampling divides by the temperature, keeps the
+    top-k (ties with the k-th stay), then the smallest most likely set of those with mass >= top_p."""
+    ids, bound, rows = np.asarray(ids, np.int64), np.asarray(bound, np.float64), np.asarray(rows)
     scores = np.array(logits, dtype=np.float64)  # a copy: written in place below
     if (penalty := cfg.repetition_penalty) != 1.0:
-        seen = np.empty(ids.shape, bool)
-        for c, row, out in zip(contexts, ids, seen, strict=True):
-            c.seen_among(row, out)
-        flat, hit = scores.reshape(-1), np.flatnonzero(seen)  # (flat: a view of scores)
+        flat, hit = scores.reshape(-1), np.flatnonzero(contexts.seen_among(rows, ids))  # flat: a view
         flat[hit] = np.where(flat[hit] > 0, flat[hit] / penalty, flat[hit] * penalty)
-    banned = [(r, t) for r, c in enumerate(contexts) for t in c.banned()] if cfg.no_repeat_ngram_size else []
-    if banned:  # (row, token): a few per row at most
-        rows, tokens = np.array(banned).T
-        hit = np.flatnonzero(ids[rows] == tokens[:, None])
-        scores[rows[hit // ids.shape[1]], hit % ids.shape[1]] = -np.inf
+    at, tokens = contexts.banned(rows, cfg.no_repeat_ngram_size)
+    if at.size:  # (batch index, token): a few per row at most
+        hit = np.flatnonzero(ids[at] == tokens[:, None])
+        scores[at[hit // ids.shape[1]], hit % ids.shape[1]] = -np.inf
     if not cfg.do_sample:
         best = scores.max(axis=1)
         return Kept(_first_best(ids, scores)[:, None], best[:, None], best > bound)
@@ -189,7 +228,8 @@ def sample(
     ids: np.ndarray,
     logits: np.ndarray,
     bound: np.ndarray,
-    contexts: Sequence[Context],
+    contexts: Contexts,
+    rows: np.ndarray,
     cfg: SamplingConfig,
     uniforms: Uniforms,
 ) -> np.ndarray:
@@ -197,7 +237,7 @@ def sample(
     cannot prove it. Greedy takes the kept token; sampling draws over the kept tokens (ascending
     ids) by the inverse CDF of one uniform per proven row, asked for those rows alone. A whole row
     (bound -inf) whose context bans every token falls back to its best logit."""
-    found, scores, proven = kept(ids, logits, bound, contexts, cfg)
+    found, scores, proven = kept(ids, logits, bound, contexts, rows, cfg)
     tokens, some = np.full(proven.size, -1, np.int64), slice(None) if proven.all() else proven
     if not cfg.do_sample:
         tokens[some] = found[some, 0]
@@ -217,29 +257,32 @@ def drawn_from(rng: np.random.Generator) -> Uniforms:
 
 
 def choose(
-    ids: np.ndarray, logits: np.ndarray, context: Context, cfg: SamplingConfig, rng: np.random.Generator
+    ids: np.ndarray,
+    logits: np.ndarray,
+    contexts: Contexts,
+    row: int,
+    cfg: SamplingConfig,
+    rng: np.random.Generator,
 ) -> int | None:
     """next_token() from the server's K candidates `ids` with their `logits`: the same token for
     the same `rng`, or None (and `rng` untouched) where the candidates cannot prove it."""
     bound = np.array([np.min(logits)], np.float64)
-    token = int(sample(ids[None], logits[None], bound, [context], cfg, drawn_from(rng))[0])
+    token = int(sample(ids[None], logits[None], bound, contexts, np.array([row]), cfg, drawn_from(rng))[0])
     return None if token < 0 else token
 
 
 def next_token(
-    logits: np.ndarray, context: Context | np.ndarray, cfg: SamplingConfig, rng: np.random.Generator
+    logits: np.ndarray, contexts: Contexts, row: int, cfg: SamplingConfig, rng: np.random.Generator
 ) -> int:
-    """The next token id after `context` (prompt + reply so far, or its Context) from the whole row:
-    from its PREFILTER most likely tokens where they prove the choice (the rule above), else all."""
-    if not isinstance(context, Context):
-        context = Context(np.asarray(context).reshape(-1), cfg.no_repeat_ngram_size)
-    row = np.asarray(logits).reshape(-1)
-    if row.size > PREFILTER and not needs_full_row(cfg, PREFILTER):
-        top = np.argpartition(row, -PREFILTER)[-PREFILTER:]
-        if (token := choose(top, row[top], context, cfg, rng)) is not None:
+    """The next token id after row `row`'s context from the whole row of `logits`: from its
+    PREFILTER most likely tokens where they prove the choice (the rule above), else all."""
+    logits = np.asarray(logits).reshape(-1)
+    if logits.size > PREFILTER and not needs_full_row(cfg, PREFILTER):
+        top = np.argpartition(logits, -PREFILTER)[-PREFILTER:]
+        if (token := choose(top, logits[top], contexts, row, cfg, rng)) is not None:
             return token
-    ids = np.arange(row.size)[None]
-    return int(sample(ids, row[None], np.array([-np.inf]), [context], cfg, drawn_from(rng))[0])
+    ids, rows = np.arange(logits.size)[None], np.array([row])
+    return int(sample(ids, logits[None], np.array([-np.inf]), contexts, rows, cfg, drawn_from(rng))[0])
 
 
 def needs_full_row(cfg: SamplingConfig, k: int) -> bool:

@@ -25,6 +25,7 @@ from urllib.parse import quote
 import aiohttp
 import numpy as np
 import tritonclient.http.aio as triton_http
+from numpy.typing import ArrayLike
 
 from contract import triton_io as io
 
@@ -116,16 +117,27 @@ _ROW_ERRORS: dict[int, tuple[type[TritonError], int]] = {
 RoundRow = tuple[int, int, Sequence[int], int]  # sequence id, position, new token ids, FLAGS
 
 
-def round_arrays(rows: Sequence[RoundRow]) -> dict[str, np.ndarray]:
-    """A round request's inputs for `rows`, by tensor name (contract/triton_io.py's REQUEST_INPUTS)."""
-    sequences, positions, ids, flags = zip(*rows, strict=True) if rows else ((), (), (), ())
+def round_columns(
+    sequences: ArrayLike, positions: ArrayLike, counts: ArrayLike, flags: ArrayLike, ids: ArrayLike
+) -> dict[str, np.ndarray]:
+    """A round request's inputs, by tensor name (contract/triton_io.py's REQUEST_INPUTS), from its
+    rows' columns: each row's sequence, position, token count and FLAGS, and all rows' ids."""
     return {
-        io.SEQUENCE_IDS: np.array([sequences], np.uint64).reshape(1, -1),
-        io.POSITIONS: np.array([positions], np.int64).reshape(1, -1),
-        io.COUNTS: np.array([[len(i) for i in ids]], np.int32).reshape(1, -1),
-        io.FLAGS: np.array([flags], np.int32).reshape(1, -1),
-        io.INPUT_IDS: np.fromiter(itertools.chain.from_iterable(ids), np.int64)[None],
+        io.SEQUENCE_IDS: np.asarray(sequences, np.uint64).reshape(1, -1),
+        io.POSITIONS: np.asarray(positions, np.int64).reshape(1, -1),
+        io.COUNTS: np.asarray(counts, np.int32).reshape(1, -1),
+        io.FLAGS: np.asarray(flags, np.int32).reshape(1, -1),
+        io.INPUT_IDS: np.asarray(ids, np.int64).reshape(1, -1),
     }
+
+
+def round_arrays(rows: Sequence[RoundRow]) -> dict[str, np.ndarray]:
+    """round_columns() of `rows` given one by one."""
+    sequences, positions, ids, flags = zip(*rows, strict=True) if rows else ((), (), (), ())
+    counts = [len(i) for i in ids]
+    return round_columns(
+        np.array(sequences, np.uint64), positions, counts, flags, list(itertools.chain.from_iterable(ids))
+    )
 
 
 def round_inputs(arrays: dict[str, np.ndarray]) -> list[triton_http.InferInput]:

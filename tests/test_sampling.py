@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from client.sampling import (
-    Context,
+    Contexts,
     SamplingConfig,
     choose,
     drawn_from,
@@ -27,9 +27,9 @@ PLAIN = SamplingConfig(temperature=1.0, top_k=0, top_p=1.0, repetition_penalty=1
 
 def candidates(logits, context, cfg):
     """The pipeline on a whole row: the tokens that may come next (ascending ids), their scores."""
-    logits = np.asarray(logits, dtype=np.float64)
-    ctx = Context(np.asarray(context, dtype=np.int64), cfg.no_repeat_ngram_size)
-    ids, scores, proven = kept(np.arange(logits.size)[None], logits[None], np.array([-np.inf]), [ctx], cfg)
+    logits, one = np.asarray(logits, dtype=np.float64), Contexts.of(context)
+    whole = np.arange(logits.size)[None], logits[None], np.array([-np.inf])
+    ids, scores, proven = kept(*whole, one, np.array([0]), cfg)
     live = scores[0] > -np.inf
     assert proven[0] == live.any()  # a whole row proves itself wherever a token is left
     return ids[0][live], scores[0][live]
@@ -37,9 +37,13 @@ def candidates(logits, context, cfg):
 
 def whole_row(logits, context, cfg, rng):
     """The pipeline on all of a row at once (next_token() tries its most likely tokens first)."""
-    ctx = Context(np.asarray(context, dtype=np.int64), cfg.no_repeat_ngram_size)
     ids, bound = np.arange(logits.size)[None], np.array([-np.inf])
-    return int(sample(ids, logits[None], bound, [ctx], cfg, drawn_from(rng))[0])
+    return int(sample(ids, logits[None], bound, Contexts.of(context), np.array([0]), cfg, drawn_from(rng))[0])
+
+
+def after(logits, context, cfg, rng):
+    """next_token() after the tokens `context`."""
+    return next_token(logits, Contexts.of(context), 0, cfg, rng)
 
 
 def softmax(x):
@@ -105,7 +109,8 @@ def test_repetition_penalty_lowers_seen_tokens_both_signs():
 )
 def test_banned_ngrams(context, n, banned):
     assert banned_ngram_tokens(context, n) == banned
-    assert Context(context, n).banned() == set(banned)
+    at, tokens = Contexts.of(context).banned(np.array([0]), n)
+    assert (at == 0).all() and sorted(tokens.tolist()) == sorted(banned)
     ids, _ = candidates(np.zeros(5), context, PLAIN.with_(no_repeat_ngram_size=n))
     assert ids.tolist() == [i for i in range(5) if i not in banned]
 
@@ -130,7 +135,7 @@ def test_greedy_is_argmax_without_penalties():
     cfg = SamplingConfig.greedy()
     rng = np.random.default_rng(0)
     logits = np.array([0.0, 5.0, 4.9])
-    assert next_token(logits, np.array([1, 1, 1]), cfg, rng) == 1
+    assert after(logits, np.array([1, 1, 1]), cfg, rng) == 1
 
 
 def test_seeded_sampling_is_reproducible():
@@ -138,7 +143,7 @@ def test_seeded_sampling_is_reproducible():
 
     def draw(seed):
         return [
-            next_token(logits, np.array([], np.int64), SamplingConfig(), np.random.default_rng(seed))
+            after(logits, np.array([], np.int64), SamplingConfig(), np.random.default_rng(seed))
             for _ in range(20)
         ]
 
@@ -150,9 +155,7 @@ def test_top_k_top_p_sampling_matches_the_filtered_distribution():
     logits = np.log(np.array([0.4, 0.3, 0.15, 0.1, 0.05]))
     cfg = SamplingConfig(temperature=1.0, top_k=4, top_p=0.8, repetition_penalty=1.0, no_repeat_ngram_size=0)
     rng = np.random.default_rng(0)
-    counts = np.bincount(
-        [next_token(logits, np.array([], np.int64), cfg, rng) for _ in range(20000)], minlength=5
-    )
+    counts = np.bincount([after(logits, np.array([], np.int64), cfg, rng) for _ in range(20000)], minlength=5)
     assert counts[3:].sum() == 0  # 0.4 + 0.3 < 0.8 <= 0.4 + 0.3 + 0.15: three tokens stay
     expected = softmax(logits[:3]) * 20000
     chi2 = (((counts[:3] - expected) ** 2) / expected).sum()
@@ -168,7 +171,7 @@ def test_temperature_flattens():
         )
 
     def share(t):
-        return np.mean([next_token(logits, np.array([], np.int64), cfg(t), rng) == 0 for _ in range(4000)])
+        return np.mean([after(logits, np.array([], np.int64), cfg(t), rng) == 0 for _ in range(4000)])
 
     rng = np.random.default_rng(3)
     assert share(0.5) > share(1.0) > share(3.0)
@@ -176,7 +179,7 @@ def test_temperature_flattens():
 
 def test_all_banned_falls_back_to_argmax():
     cfg = SamplingConfig(no_repeat_ngram_size=1, top_k=0)
-    assert next_token(np.array([1.0, 0.0]), np.array([0, 1]), cfg, np.random.default_rng(0)) == 0
+    assert after(np.array([1.0, 0.0]), np.array([0, 1]), cfg, np.random.default_rng(0)) == 0
 
 
 def _cases(n: int, vocab: int, seed: int, ties: bool = True):
@@ -250,7 +253,7 @@ def test_greedy_equals_argmax_of_transformers_processed_scores(penalty, n):
     for logits, context in _cases(200, 60, seed=n):
         theirs = _transformers_scores(logits, context, cfg.with_(top_k=0, top_p=1.0))
         if np.isfinite(theirs).any():
-            assert next_token(logits, context, cfg, np.random.default_rng(0)) == int(np.argmax(theirs))
+            assert after(logits, context, cfg, np.random.default_rng(0)) == int(np.argmax(theirs))
 
 
 def _previous_next_token(logits, context, cfg, rng):
@@ -287,13 +290,13 @@ def _previous_next_token(logits, context, cfg, rng):
 
 @pytest.mark.parametrize("cfg", [*CONFIGS, SamplingConfig.greedy()], ids=str)
 def test_same_draws_as_the_previous_implementation(cfg):
-    """Same seed, same token, from next_token() and from the pipeline on all of the row: only the
+    """Same seed, same token, from after() and from the pipeline on all of the row: only the
     work per token changed. (Equal scores at the top-p cut are the exception: the old code left
     their order to the sort, now the lower id goes first. The draw normalises a sequential cumsum
     of exp() by its last element, the old one a softmax by a pairwise sum: a uniform within a
     rounding error of a boundary could land apart; none of these cases does.)"""
     for i, (logits, context) in enumerate(_cases(300, 2000, seed=7, ties=False)):
-        a = next_token(logits, context, cfg, np.random.default_rng(i))
+        a = after(logits, context, cfg, np.random.default_rng(i))
         b = _previous_next_token(logits, context, cfg, np.random.default_rng(i))
         assert a == b == whole_row(logits, context, cfg, np.random.default_rng(i)), f"case {i}"
 
@@ -307,15 +310,26 @@ def top(logits: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     return ids.astype(np.int32), logits[ids].astype(np.float32)
 
 
-def test_the_context_keeps_what_the_processors_look_up():
+def test_the_contexts_keep_what_the_processors_look_up():
+    """Rows appended a round at a time: each row's banned tokens and seen ids are its own context's,
+    rows of other lengths beside it; a row filled again forgets what it held."""
     rng = np.random.default_rng(3)
     for n in (0, 1, 2, 3):
-        tokens = rng.integers(0, 6, 40).tolist()
-        ctx = Context(tokens[:5], n)
-        for i in range(5, 40):
-            assert ctx.banned() == set(banned_ngram_tokens(tokens[:i], n))
-            assert ctx.seen == set(tokens[:i])
-            ctx.append(tokens[i])
+        tokens = rng.integers(0, 6, (3, 40)).tolist()
+        table, starts = Contexts(3, 8), [5, 1, 12]  # rows of different lengths, grown as they go
+        for row, start in enumerate(starts):
+            table.fill(row, tokens[row][:start])
+        rows = np.arange(3)
+        for step in range(25):
+            at, banned = table.banned(rows, n)
+            for row, start in enumerate(starts):
+                context = tokens[row][: start + step]
+                assert sorted(banned[at == row].tolist()) == sorted(banned_ngram_tokens(context, n))
+                assert set(np.flatnonzero(table.seen[row]).tolist()) == set(context)
+                assert table.ids(row) == context
+            table.append(rows, np.array([tokens[row][start + step] for row, start in enumerate(starts)]))
+        table.fill(1, [5])
+        assert table.ids(1) == [5] and np.flatnonzero(table.seen[1]).tolist() == [5]
 
 
 CARD = SamplingConfig()
@@ -341,13 +355,14 @@ def test_the_candidates_choose_exactly_what_the_whole_row_does(cfg):
         context = np.concatenate([rng.choice(likely, int(rng.integers(0, 60))), rng.integers(0, vocab, 30)])
         ids, values = top(logits, 64)
         a, b = np.random.default_rng(trial), np.random.default_rng(trial)
-        got = choose(ids, values, Context(context, cfg.no_repeat_ngram_size), cfg, a)
+        one = Contexts.of(context)
+        got = choose(ids, values, one, 0, cfg, a)
         if got is None:
             assert a.bit_generator.state == np.random.default_rng(trial).bit_generator.state  # untouched
             continue
         proven += 1
         assert got == whole_row(logits, context, cfg, b)
-        assert got == next_token(logits, context, cfg, np.random.default_rng(trial))
+        assert got == next_token(logits, one, 0, cfg, np.random.default_rng(trial))
     assert proven > 0.9 * trials, f"only {proven} of {trials} proven"
 
 
@@ -356,13 +371,16 @@ def test_the_candidates_refuse_what_they_cannot_prove():
     logits = np.array([10.0, 9.0, 8.0, 1.0, 0.5], np.float32)
     ids, values = top(logits, 3)
     greedy = SamplingConfig.greedy(no_repeat_ngram_size=2)
-    assert choose(ids, values, Context([7, 0, 7], 2), greedy, np.random.default_rng(0)) == 1  # 0 banned
-    everything = Context([7, 0, 7, 1, 7, 2, 7], 2)  # 0, 1 and 2 all follow a 7
-    assert choose(ids, values, everything, greedy, np.random.default_rng(0)) is None
+
+    def pick(context, cfg):
+        return choose(ids, values, Contexts.of(context), 0, cfg, np.random.default_rng(0))
+
+    assert pick([7, 0, 7], greedy) == 1  # 0 banned
+    assert pick([7, 0, 7, 1, 7, 2, 7], greedy) is None  # 0, 1 and 2 all follow a 7
     penalized = SamplingConfig.greedy(repetition_penalty=2.0)  # 10 -> 5, 9 -> 4.5: below the bound of 8
-    assert choose(ids, values, Context([0, 1], 0), penalized, np.random.default_rng(0)) is None
-    assert choose(ids, values, Context([0], 0), SamplingConfig(top_k=0), np.random.default_rng(0)) is None
-    assert choose(ids, values, Context([0], 0), SamplingConfig(top_k=3), np.random.default_rng(0)) is None
+    assert pick([0, 1], penalized) is None
+    assert pick([0], SamplingConfig(top_k=0)) is None
+    assert pick([0], SamplingConfig(top_k=3)) is None
     assert needs_full_row(SamplingConfig(top_k=0), 64) and needs_full_row(SamplingConfig(top_k=64), 64)
     assert not needs_full_row(CARD, 64) and not needs_full_row(SamplingConfig.greedy(), 64)
 
@@ -382,7 +400,8 @@ def test_a_batch_chooses_what_each_row_alone_does(cfg):
         likely = np.argsort(-logits)[:80]
         context = np.concatenate([rng.choice(likely, int(rng.integers(0, 60))), rng.integers(0, vocab, 30)])
         rows.append(logits)
-        contexts.append(Context(context, cfg.no_repeat_ngram_size))
+        contexts.append(context)
+    table = Contexts.of(*contexts)
     ids, values = map(np.stack, zip(*(top(logits, 64) for logits in rows), strict=True))
     bound = values[:, -1].astype(np.float64)
     u = rng.random(n)
@@ -392,13 +411,14 @@ def test_a_batch_chooses_what_each_row_alone_does(cfg):
         asked.append(drawing.copy())
         return u[drawing]
 
-    batch = sample(ids, values, bound, contexts, cfg, uniforms)
+    batch = sample(ids, values, bound, table, np.arange(n), cfg, uniforms)
     alone = [
         sample(
             ids[r : r + 1],
             values[r : r + 1],
             bound[r : r + 1],
-            contexts[r : r + 1],
+            table,
+            np.array([r]),
             cfg,
             lambda d, r=r: u[r : r + 1][d],
         )[0]
@@ -409,4 +429,4 @@ def test_a_batch_chooses_what_each_row_alone_does(cfg):
     assert not asked if not cfg.do_sample else np.array_equal(asked[0], batch >= 0) and len(asked) == 1
     for r in np.flatnonzero(batch >= 0):
         whole = np.arange(vocab)[None], rows[r][None], np.array([-np.inf])
-        assert sample(*whole, contexts[r : r + 1], cfg, lambda d, r=r: u[r : r + 1][d])[0] == batch[r]
+        assert sample(*whole, table, np.array([r]), cfg, lambda d, r=r: u[r : r + 1][d])[0] == batch[r]
