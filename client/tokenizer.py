@@ -156,9 +156,7 @@ class ModelVersions:
         where it is not the one that version was exported with."""
         served = self.follow(serving.version)
         mine = served.tokenizer
-        if not serving.tokenizer_sha256:
-            log.warning("model version %s does not say its tokenizer: re-export it", serving.version)
-        elif mine.digest != serving.tokenizer_sha256:
+        if mine.digest != serving.tokenizer_sha256:
             model_folder = Path(serving.tokenizer_folder).parent.parent
             raise self._refuse(
                 serving.version,

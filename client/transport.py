@@ -81,7 +81,7 @@ class Answer:
     ids: np.ndarray  # int32 [rows, K]: the K most likely next tokens, best first
     logits: np.ndarray  # float32 [rows, K]: their logits
     full: np.ndarray  # float32 [ROW_FULL rows, vocab]: the whole row of each, in row order
-    tokenizer: tuple[str, str] | None = None  # io.TOKENIZER where asked for: (sha256, folder)
+    served: list[str] | None = None  # io.SERVED where asked for (see Serving)
 
     def error(self, row: int, at: int) -> TritonError:
         """Row `row`'s error, the `at`-th failed row: its class says whose move it is."""
@@ -91,11 +91,12 @@ class Answer:
 
 @dataclass(frozen=True)
 class Serving:
-    """What the model version now serving says of itself (the probe's io.TOKENIZER)."""
+    """What the model version now serving says of itself (the probe's io.SERVED)."""
 
     version: str
-    tokenizer_sha256: str  # tokenizer_digest of the tokenizer it was exported with ("": it cannot say)
+    tokenizer_sha256: str  # tokenizer_digest of the tokenizer it was exported with
     tokenizer_folder: str  # where that tokenizer is, as the Triton host sees it
+    info: ModelInfo  # its context and slots
 
 
 # How Triton answers, measured against the real server (tests/test_triton_client.py, one test each):
@@ -152,7 +153,7 @@ def round_inputs(arrays: dict[str, np.ndarray]) -> list[triton_http.InferInput]:
 
 _P = io.PROBE_ROW
 PROBE: RoundRow = (_P[io.SEQUENCE_IDS], _P[io.POSITIONS], [_P[io.INPUT_IDS]] * _P[io.COUNTS], _P[io.FLAGS])
-_ROUND_OUTPUTS = [name for name in io.RESPONSE_OUTPUTS if name != io.TOKENIZER]
+_ROUND_OUTPUTS = [name for name in io.RESPONSE_OUTPUTS if name != io.SERVED]
 
 
 class Transport:
@@ -224,7 +225,7 @@ class Transport:
         self.bytes_received += len(data)
         self.rows_answered += arrays[io.SEQUENCE_IDS].shape[1]
         numpy = {name: result.as_numpy(name) for name in outputs}
-        tokenizer = numpy.get(io.TOKENIZER)
+        served = numpy.get(io.SERVED)
         return Answer(
             version,
             numpy[io.STATUS][0],
@@ -232,42 +233,40 @@ class Transport:
             numpy[io.CANDIDATE_IDS][0],
             numpy[io.CANDIDATE_LOGITS][0],
             numpy[io.LOGITS][0],
-            None if tokenizer is None else (tokenizer[0][0].decode(), tokenizer[0][1].decode()),
+            None if served is None else [bytes(value).decode() for value in served[0]],
         )
 
     async def model_info(self) -> ModelInfo:
-        """The served model's context and slots (read again after another version answered)."""
-        for attempt in range(self.retries):
-            try:
-                status, _, data = await self._http("GET", "/config")
-                if status != 200:
-                    raise _refusal(status, data)
-                break
-            except TritonUnavailable as exc:
-                if isinstance(exc, ModelDown) or attempt == self.retries - 1:
-                    raise
-                await asyncio.sleep(0.2 * 2**attempt)
-        params = {k: v["string_value"] for k, v in json.loads(data).get("parameters", {}).items()}
-        try:
-            self._info = ModelInfo(int(params[io.PARAM_SLOT_LENGTH]), int(params[io.PARAM_KV_SLOTS]))
-        except KeyError as exc:
-            raise TritonRequestError(
-                f"model {self.model!r} lacks parameter {exc}: re-export it with `python -m export`"
-            ) from None
+        """The served model's context and slots (asked again after another version answered)."""
+        if self._info is None:
+            for attempt in range(self.retries):
+                try:
+                    self._info = (await self.serving()).info
+                    break
+                except TritonUnavailable as exc:
+                    if isinstance(exc, ModelDown) or attempt == self.retries - 1:
+                        raise
+                    await asyncio.sleep(0.2 * 2**attempt)
+        assert self._info is not None
         return self._info
 
     async def serving(self) -> Serving:
-        """What the model version now serving says of itself (the probe's row, with io.TOKENIZER;
-        a version exported before it could say answers without it)."""
+        """What the model version now serving says of itself: the probe's row with io.SERVED."""
         try:
-            answer = await self.send(round_arrays([PROBE]), [*_ROUND_OUTPUTS, io.TOKENIZER])
+            answer = await self.send(round_arrays([PROBE]), [*_ROUND_OUTPUTS, io.SERVED])
         except TritonRequestError as exc:
-            if io.TOKENIZER not in str(exc):
+            if io.SERVED not in str(exc):
                 raise
-            answer = await self.send(round_arrays([PROBE]))
+            raise TritonRequestError(
+                f"model {self.model!r} (version {self.version or '?'}) was exported before it could say "
+                f"which tokenizer it has: export it again with `python -m export`",
+                exc.status,
+            ) from None
         if answer.status[0] != io.ROW_OK:
             raise answer.error(0, 0)
-        return Serving(answer.version, *(answer.tokenizer or ("", "")))
+        assert answer.served is not None
+        digest, folder, length, slots = answer.served
+        return Serving(answer.version, digest, folder, ModelInfo(int(length), int(slots)))
 
     async def is_ready(self) -> bool:
         """The model answers a real inference, the probe's row (Triton's own ready stays 200 when

@@ -35,16 +35,17 @@ ERRORS = "ERRORS"  # BYTES [1, failed rows]: the message of each row not ROW_OK,
 CANDIDATE_IDS = "CANDIDATE_IDS"  # INT32 [1, rows, K]: the K most likely next tokens, best first
 CANDIDATE_LOGITS = "CANDIDATE_LOGITS"  # FP32 [1, rows, K]: their logits
 LOGITS = "LOGITS"  # FP32 [1, full rows, vocab]: the whole row of each ROW_FULL row, in row order
-# BYTES [1, 2]: the answering version's tokenizer (contract/repository.py's tokenizer_digest) and
-# its folder as the Triton host sees it; sent only where asked for (the client's probe).
-TOKENIZER = "TOKENIZER"
+# BYTES [1, 4]: what the answering version says of itself, sent only where asked for (the client's
+# probe): its tokenizer's digest (contract/repository.py's tokenizer_digest), that tokenizer's
+# folder as the Triton host sees it, its slot length (the longest context) and its KV slots.
+SERVED = "SERVED"
 RESPONSE_OUTPUTS = {
     STATUS: "INT32",
     ERRORS: "BYTES",
     CANDIDATE_IDS: "INT32",
     CANDIDATE_LOGITS: "FP32",
     LOGITS: "FP32",
-    TOKENIZER: "BYTES",
+    SERVED: "BYTES",
 }
 
 

@@ -72,9 +72,9 @@ def _rows(request: Any) -> list[Step]:
     return steps
 
 
-def _response(out: Output, start: int, n: int, vocab: int, tokenizer: np.ndarray | None) -> Any:
-    """The rows [start, start + n) of `out` as one request's response (with `tokenizer`, what
-    io.TOKENIZER answers, where the request asked for it)."""
+def _response(out: Output, start: int, n: int, vocab: int, served: np.ndarray | None) -> Any:
+    """The rows [start, start + n) of `out` as one request's response (with `served`, what
+    io.SERVED answers, where the request asked for it)."""
     rows = slice(start, start + n)
     mine = [k for k, i in enumerate(out.full_rows) if start <= i < start + n]
     full = out.full[mine] if out.full is not None and mine else np.zeros((0, vocab), np.float32)
@@ -84,7 +84,7 @@ def _response(out: Output, start: int, n: int, vocab: int, tokenizer: np.ndarray
         io.CANDIDATE_IDS: out.top_ids[rows],
         io.CANDIDATE_LOGITS: out.top_logits[rows],
         io.LOGITS: full,
-        **({io.TOKENIZER: tokenizer} if tokenizer is not None else {}),
+        **({io.SERVED: served} if served is not None else {}),
     }
     return pb_utils.InferenceResponse([pb_utils.Tensor(name, value[None]) for name, value in tensors.items()])
 
@@ -117,7 +117,8 @@ class TritonPythonModel:
                 "checkpoint with `python -m export` (it checks this before writing a version)"
             )
         tokenizer = folder / TOKENIZER_DIR
-        self.tokenizer = np.array([tokenizer_digest(tokenizer).encode(), str(tokenizer).encode()], np.object_)
+        said = (tokenizer_digest(tokenizer), tokenizer, self.engine.slot_length, self.engine.slots)
+        self.served = np.array([str(value).encode() for value in said], np.object_)
         warm_s = self.engine.warm_up()
         labels = {"model": name, "version": version}
         # The families must outlive their metrics: keep them on the instance.
@@ -199,8 +200,8 @@ class TritonPythonModel:
                 out.fail(i, StepError(f"inference failed: {exc}", io.ROW_FAILED))
         t2 = time.perf_counter()
         for r, start, n in spans:
-            asked = io.TOKENIZER in requests[r].requested_output_names()
-            responses[r] = _response(out, start, n, self.engine.vocab_size, self.tokenizer if asked else None)
+            asked = io.SERVED in requests[r].requested_output_names()
+            responses[r] = _response(out, start, n, self.engine.vocab_size, self.served if asked else None)
         self._update_gauges(time.monotonic())
         self.timing["engine_s"] += t2 - t1
         self.timing["model_s"] += time.perf_counter() - t0 - (t2 - t1)

@@ -15,7 +15,7 @@ from client.chat import ChatBot
 from client.generate import Generation, VersionChanged
 from client.rounds import TritonClient, generate
 from client.sampling import SamplingConfig
-from client.transport import Answer, ModelInfo, SequenceLost, TritonUnavailable, round_arrays
+from client.transport import Answer, ModelInfo, SequenceLost, Serving, TritonUnavailable, round_arrays
 from contract import triton_io as io
 from contract.dialogue import build_prompt
 from tests.helpers import Slow, cached_sequences, start_triton
@@ -289,37 +289,36 @@ def answer(token: int, version: str) -> Answer:
 class Scripted(TritonClient):
     """A client whose server is a script: each round of one generation's step is answered by the
     next item of `script` (an Answer, or an exception to raise); records every step as (position,
-    ids) and every END row's sequence."""
+    ids) and every END row's sequence. The probe says the version of the last answer ("1" at
+    first), with the tokenizer digest `digests` gives for it."""
 
-    def __init__(self, script, max_positions: int = 512):
+    def __init__(self, script, max_positions: int = 512, digests: dict[str, str] | None = None):
         super().__init__("127.0.0.1:9", timeout=1.0)
         self.script = list(script)
+        self.digests = digests or {}
         self.steps: list[tuple[int, list[int]]] = []
         self.ended: list[int] = []
-        self._info = ModelInfo(max_positions, kv_slots=4)
+        self._info = self.info = ModelInfo(max_positions, kv_slots=4)
 
     async def model_info(self):
-        return self._info
+        return self.info
+
+    async def serving(self):
+        self.version = self.version or "1"
+        return Serving(self.version, self.digests.get(self.version, ""), "/triton/rudialogpt/1", self.info)
 
     async def send(self, arrays, *args, **kwargs):
-        if (
-            arrays[io.SEQUENCE_IDS][0, 0] == io.PROBE_SEQUENCE_ID
-        ):  # ChatBot.check: the last version, no digest
-            self.version = self.version or "1"
-            return answer(0, self.version)
         at, flags = 0, arrays[io.FLAGS][0].tolist()
         for i, n in enumerate(arrays[io.COUNTS][0].tolist()):
+            position, ids = int(arrays[io.POSITIONS][0, i]), arrays[io.INPUT_IDS][0, at : at + n].tolist()
             if flags[i] & io.ROW_END:
                 self.ended.append(int(arrays[io.SEQUENCE_IDS][0, i]))
             else:
-                self.steps.append(
-                    (int(arrays[io.POSITIONS][0, i]), arrays[io.INPUT_IDS][0, at : at + n].tolist())
-                )
+                self.steps.append((position, ids))
             at += n
         if all(f & io.ROW_END for f in flags):
-            return Answer(
-                "", np.zeros(len(flags), np.int32), [], *([np.zeros((len(flags), 0))] * 2), np.zeros(0)
-            )
+            none = np.zeros((len(flags), 0))
+            return Answer("", np.zeros(len(flags), np.int32), [], none, none, none)
         item = self.script.pop(0)
         if isinstance(item, BaseException):
             raise item
@@ -399,7 +398,8 @@ def test_chat_bot_starts_a_reply_again_with_the_new_versions_tokenizer(tmp_path,
     new_id = tok.token_to_id(word)
     turns = [f"скажи {word}"]
 
-    client = Scripted([answer(new_id, "2"), answer(new_id, "2"), answer(old.first_id, "2")])
+    digests = {"1": old.digest, "2": layout.tokenizer_digest(changed)}  # as each version says
+    client = Scripted([answer(new_id, "2"), answer(new_id, "2"), answer(old.first_id, "2")], digests=digests)
     bot = ChatBot(client, versions, SamplingConfig.greedy(max_new_tokens=8), seed=0)
     texts: list[str] = []
 
@@ -421,6 +421,33 @@ def test_chat_bot_starts_a_reply_again_with_the_new_versions_tokenizer(tmp_path,
     assert texts == [word] and len(client.ended) == 2
 
 
+def test_a_new_version_whose_tokenizer_is_not_the_bots_is_refused_mid_reply(tmp_path, model_repository):
+    """Version 2 answers, but it says it was exported with another tokenizer than the one this bot
+    would use for it: the reply fails with TokenizerRefused (naming the fix) and no prompt is sent
+    to version 2."""
+    from client.tokenizer import ModelVersions, TokenizerRefused
+    from contract import repository as layout
+
+    model_dir = tmp_path / "rudialogpt"
+    real = model_repository / "rudialogpt" / "1" / layout.TOKENIZER_DIR
+    for version in (1, 2):
+        shutil.copytree(real, layout.tokenizer_dir(model_dir, version))
+    versions = ModelVersions.open(model_dir)
+    client = Scripted([answer(20, "2")], digests={"1": layout.tokenizer_digest(real), "2": "0" * 64})
+    bot = ChatBot(client, versions, SamplingConfig.greedy(max_new_tokens=8), seed=0)
+
+    async def body():
+        try:
+            return await bot.reply(["привет"])
+        finally:
+            await client.close()
+
+    versions.current = versions.follow("1")  # the bot starts on version 1
+    with pytest.raises(TokenizerRefused, match=r"--tokenizer \(BOT_TOKENIZER_DIR\)"):
+        asyncio.run(body())
+    assert len(client.steps) == 1 and "2" in versions.refused
+
+
 def test_an_empty_reply_is_retried_with_the_bots_own_settings_sampling_switched_on(tokenizer, monkeypatch):
     """The model answers nothing: the retry keeps the bot's settings (greedy's penalties off, its
     top_k, its length) and only switches sampling on; nothing twice gives the bot's fallback text."""
@@ -434,7 +461,7 @@ def test_an_empty_reply_is_retried_with_the_bots_own_settings_sampling_switched_
 
     monkeypatch.setattr(client.chat, "generate", nothing)
     own = SamplingConfig.greedy(max_new_tokens=9, top_k=5)
-    bot = ChatBot(Scripted([]), tokenizer, own, seed=0, fallback="ничего")
+    bot = ChatBot(Scripted([], digests={"1": tokenizer.digest}), tokenizer, own, seed=0, fallback="ничего")
     reply = asyncio.run(bot.reply(["привет"]))
     stops = {"stop_ids": tokenizer.stop_ids}
     assert used == [own.with_(**stops), own.with_(do_sample=True, **stops)]

@@ -98,7 +98,7 @@ class Faulty(TritonClient):
 
     async def send(self, arrays, *args, **kwargs):
         ids, positions = arrays[io.SEQUENCE_IDS][0], arrays[io.POSITIONS][0]
-        if self.victim is None and ids.size:
+        if self.victim is None and ids.size and ids[0] != io.PROBE_SEQUENCE_ID:
             self.victim = int(ids[0])
         row = np.flatnonzero((ids == self.victim) & (positions > 0))
         if row.size:
