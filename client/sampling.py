@@ -193,13 +193,18 @@ def kept(
         best = scores.max(axis=1)
         return Kept(_first_best(ids, scores)[:, None], best[:, None], best > bound)
     scores /= cfg.temperature
-    k = ids.shape[1] - (cfg.top_k if 0 < cfg.top_k < ids.shape[1] else ids.shape[1])  # from the bottom
-    kth = np.partition(scores, k, axis=1)[:, k]
-    keep = scores >= np.maximum(kth, np.finfo(np.float64).min)[:, None]  # (never a score of -inf)
-    width = max(int(np.count_nonzero(keep, axis=1).max()), 1)
-    at = np.argsort(np.where(keep, ids, _NONE), axis=1, kind="stable")[:, :width]  # kept, ascending ids
-    rows = np.arange(ids.shape[0])[:, None]
-    ids, scores = ids[rows, at], np.where(keep[rows, at], scores[rows, at], -np.inf)
+    n, rows = ids.shape[1], np.arange(ids.shape[0])[:, None]
+    k = cfg.top_k if 0 < cfg.top_k < n else n
+    top = np.argpartition(scores, n - k, axis=1)[:, n - k :]  # the k best of each row, in any order
+    kth = scores[rows, top].min(axis=1)
+    if k < n and (np.count_nonzero(scores >= kth[:, None], axis=1) == k).all():  # no ties at the k-th
+        at = np.take_along_axis(top, np.argsort(ids[rows, top], axis=1), axis=1)  # ascending ids
+        ids, scores = ids[rows, at], scores[rows, at]
+    else:  # ties with the k-th stay, or fewer than k finite: the kept ones first, by ascending id
+        keep = scores >= np.maximum(kth, np.finfo(np.float64).min)[:, None]  # (never a score of -inf)
+        width = max(int(np.count_nonzero(keep, axis=1).max()), 1)
+        at = np.argsort(np.where(keep, ids, _NONE), axis=1, kind="stable")[:, :width]
+        ids, scores = ids[rows, at], np.where(keep[rows, at], scores[rows, at], -np.inf)
     proven = ((kth > bound / cfg.temperature) | (bound == -np.inf)) & (scores[:, 0] > -np.inf)
     if cfg.top_p < 1.0:
         some = slice(None) if proven.all() else proven
