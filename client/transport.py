@@ -1,13 +1,13 @@
-"""Every network call to Triton: the rounds of this process's generations, over HTTP (aiohttp,
-with tritonclient's request and response codecs), binary tensors.
+"""Every network call to Triton: rounds, the probe, over HTTP (aiohttp, with tritonclient's
+request and response codecs), binary tensors.
 
 A generation is a sequence (a random id) whose KV cache the server keeps. Each step is a row: the
-position of its first new token (0 starts the sequence), the new tokens, and flags. The rows of
-all generations of this process go together, one request per round (the step gate,
-client/rounds.py), and each row gets its status and the K most likely next tokens with their
-logits (contract/triton_io.py). Because a row names its position, sending it again gives the same
-answer: a step that timed out may simply be sent again; a sequence the server no longer holds
-(restart, idle timeout, another replica) is started again at position 0.
+position of its first new token (0 starts the sequence), the new tokens, and flags. A round (one
+request: client/rounds.py) carries a row per generation of this process, and each row gets its
+status and the K most likely next tokens with their logits (contract/triton_io.py). Because a row
+names its position, sending it again gives the same answer: a step that timed out may simply be
+sent again; a sequence the server no longer holds (restart, idle timeout, another replica) is
+started again at position 0.
 """
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ class SequenceLost(TritonRequestError):
 
 @dataclass(frozen=True)
 class ModelInfo:
-    """What the client must know of the served model (from its config.pbtxt parameters)."""
+    """What the client must know of the served model (the probe's io.SERVED)."""
 
     max_positions: int  # the longest context a sequence may reach (the KV slot's length)
     kv_slots: int  # sequences the server holds at once: this client runs at most as many generations
@@ -99,7 +99,7 @@ class Serving:
     info: ModelInfo  # its context and slots
 
 
-# How Triton answers, measured against the real server (tests/test_triton_client.py, one test each):
+# How Triton answers, measured against the real server (tests/test_transport.py, one test each):
 #   404  the model name is not in the repository ("... is not found"), or the model is loading or
 #        unloaded ("... has no available versions")
 #   400  a malformed request (missing tensor, wrong shapes, counts that do not add up)
