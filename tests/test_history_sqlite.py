@@ -82,6 +82,6 @@ def test_a_newer_file_is_refused(tmp_path):
     asyncio.run(SQLiteStore(tmp_path).close())
     with sqlite3.connect(tmp_path / FILENAME) as db:
         db.execute(f"PRAGMA user_version = {len(MIGRATIONS) + 1}")
-    newer = len(MIGRATIONS) + 1
-    with pytest.raises(ValueError, match=rf"{FILENAME} has history schema v{newer}, newer .* set BOT_DATA_DIR"):
+    newer = rf"{FILENAME} has history schema v{len(MIGRATIONS) + 1}, newer .* set BOT_DATA_DIR"
+    with pytest.raises(ValueError, match=newer):
         SQLiteStore(tmp_path)
