@@ -1,6 +1,6 @@
 """bot/history/feedback.py and votes.py: stored replies, votes, consent, /forget, retention and the
 liked replies, on SQLite and a real PostgreSQL (as tests/test_history.py); the callback format.
-Migrations and two replicas voting at once: test_feedback_pg.py."""
+Migrations from v1 and v2 and two replicas voting at once: test_feedback_migrations.py."""
 
 from __future__ import annotations
 
