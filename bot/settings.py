@@ -128,6 +128,8 @@ class Settings(BaseSettings):
     webhook_secret: str = var("BOT_WEBHOOK_SECRET", "", secret=True)  # checked on every post
     webhook_port: Port = var("BOT_WEBHOOK_PORT", 8443)  # where the webhook listens
     draft_every: SecondsOrOff = var("BOT_DRAFT_INTERVAL", 1.0)  # seconds between drafts (0: no drafts)
+    # chats that never said /share agree that their dialogues train the next model (a private bot)
+    share_default: Switch = var("BOT_SHARE_DEFAULT", False)
     database_url: DatabaseURL = var(DATABASE_URL, "", secret=True)  # PostgreSQL history (blank: SQLite)
     # how long the first connection to PostgreSQL is retried before the bot exits
     connect_seconds: Seconds = var("BOT_DATABASE_CONNECT_SECONDS", DatabaseSettings.connect_seconds)

@@ -59,7 +59,7 @@ def build_application(
         .post_shutdown(post_shutdown)
         .build()
     )
-    history = open_store(settings.data_dir, settings.database)
+    history = open_store(settings.data_dir, settings.database, settings.share_default)
     application.bot_data[STATE] = Dialogues(
         chatbot, history, metrics or Metrics(), health_every, settings.draft_every
     )

@@ -118,7 +118,7 @@ def test_a_database_of_the_previous_version_is_migrated_without_loss(database_ur
 
     before, after, versions = asyncio.run(main())
     assert after[: len(before)] == before and len(after) == len(before) + 1  # ids and times kept
-    assert sorted(versions) == [1, 2] == list(range(1, len(MIGRATIONS) + 1))
+    assert sorted(versions) == list(range(1, len(MIGRATIONS) + 1))
 
 
 def test_a_newer_schema_is_refused(database_url):

@@ -101,7 +101,8 @@ def test_both_backends_migrate_to_the_same_schema(database_url, tmp_path):
 
     asyncio.run(SQLiteStore(tmp_path).close())
     lite, pg = sqlite_catalog(tmp_path / FILENAME), asyncio.run(migrated())
-    assert lite.keys() == pg.keys() == {"messages", "inbox"}
+    tables = {"messages", "inbox", "replies", "reply_messages", "votes", "consent", "bot_settings"}
+    assert lite.keys() == pg.keys() == tables
     for table in lite:
         columns = list(zip(lite[table].pop("columns"), pg[table].pop("columns"), strict=True))
         assert [(a[0], a[2]) for a, _ in columns] == [(b[0], b[2]) for _, b in columns]  # names, NOT NULL

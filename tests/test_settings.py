@@ -216,3 +216,13 @@ def test_python_m_bot_stops_at_start_with_the_error(args, env, message):
     )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert message in proc.stderr
+
+
+@pytest.mark.parametrize(
+    "value, shared", [("1", True), ("yes", True), ("0", False), (" ", False), (None, False)]
+)
+def test_share_default_is_no_unless_the_operator_says(value, shared):
+    env = {} if value is None else {"BOT_SHARE_DEFAULT": value}
+    assert Settings.from_env(env, mode="console").share_default is shared
+    with pytest.raises(ValueError, match=r"^BOT_SHARE_DEFAULT must be 1 or 0 .*, got 'maybe'$"):
+        Settings.from_env({"BOT_SHARE_DEFAULT": "maybe"}, mode="console")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -21,7 +22,7 @@ from training.__main__ import main, parse_args
 from training.config import TINY, ConfigError, TrainConfig
 from training.data import collator, load_examples
 from training.tiny import build_tiny
-from training.train import CHECKPOINTS, CONFIG_FILE, load_base, train
+from training.train import CHECKPOINTS, CONFIG_FILE, load_base, train, trained_on
 
 SAMPLE = ROOT / "training" / "data.csv"
 PROMPTS = [
@@ -115,6 +116,26 @@ def test_resume_continues_from_the_last_checkpoint(tiny_checkpoint, tmp_path, ca
     assert metrics["eval_loss"] < before["metrics"]["eval_loss_before"]
     names = sorted(p.name for p in (output / CHECKPOINTS).iterdir())
     assert names == sorted([f"checkpoint-{steps}", f"checkpoint-{steps + 10}"])
+    assert settings(output)["data_files"] == before["data_files"]  # the same file, listed once
+
+
+def test_each_run_records_the_data_files_it_trained_on(tiny_checkpoint, tmp_path):
+    sample = {
+        "path": str(SAMPLE.resolve()),
+        "rows": 445,
+        "sha256": hashlib.sha256(SAMPLE.read_bytes()).hexdigest(),
+    }
+    assert settings(tiny_checkpoint)["data_files"] == [sample]
+    for checkpoint in (tiny_checkpoint / CHECKPOINTS).iterdir():
+        assert settings(checkpoint)["data_files"] == [sample]
+    # a run resumed on another file lists both, in the order they were trained on
+    other = tmp_path / "more.csv"
+    other.write_text("context_1,context_2,context_3,response\n,,Привет,Здравствуй\n,,,\n", encoding="utf-8")
+    cfg = TrainConfig(data=other, output=tmp_path / "out", base_model=TINY, resume=True)
+    checkpoint = str(next((tiny_checkpoint / CHECKPOINTS).iterdir()))
+    more = {"path": str(other.resolve()), "rows": 2, "sha256": hashlib.sha256(other.read_bytes()).hexdigest()}
+    assert trained_on(cfg, load_examples(other), checkpoint) == [sample, more]
+    assert trained_on(cfg, load_examples(other), None) == [more]
 
 
 def test_resume_needs_a_checkpoint_and_a_new_run_a_clean_folder(tiny_checkpoint, tmp_path):

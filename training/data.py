@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import codecs
 import csv
+import hashlib
 import io
 import logging
 import warnings
@@ -40,6 +41,20 @@ class Examples:
     pairs: list[tuple[str, str]]  # format_example(contexts, response) per usable row
     no_response: int  # rows skipped because the response is empty
     no_context: int  # rows skipped because every context is empty
+
+    @property
+    def rows(self) -> int:
+        """The CSV's rows (its header not counted)."""
+        return len(self.pairs) + self.no_response + self.no_context
+
+
+def data_file(path: Path, rows: int) -> dict[str, str | int]:
+    """What a run records of a data file it trained on: its path, rows and sha256."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return {"path": str(Path(path).resolve()), "rows": rows, "sha256": digest.hexdigest()}
 
 
 def read_csv(path: Path | str) -> pd.DataFrame:

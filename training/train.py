@@ -23,7 +23,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from contract.dialogue import FIRST, MARKERS
 from training.config import TINY, ConfigError, TrainConfig
-from training.data import build_dataset, collator, load_examples, split
+from training.data import Examples, build_dataset, collator, data_file, load_examples, split
 from training.runs import CHECKPOINTS, CONFIG_FILE, EarlierRun, read_settings
 from training.tiny import build_tiny
 
@@ -105,8 +105,8 @@ class LogCallback(TrainerCallback):
 class CheckpointCallback(TrainerCallback):
     """Evaluates at the last step too, and writes training_config.json into every checkpoint."""
 
-    def __init__(self, cfg: TrainConfig, metrics: dict):
-        self.cfg, self.metrics = cfg, metrics
+    def __init__(self, cfg: TrainConfig, metrics: dict, data_files: list[dict]):
+        self.cfg, self.metrics, self.data_files = cfg, metrics, data_files
 
     def on_step_end(self, args, state, control, **kwargs):
         if state.global_step >= state.max_steps and args.eval_strategy != "no":
@@ -115,13 +115,24 @@ class CheckpointCallback(TrainerCallback):
     def on_save(self, args, state, control, **kwargs):
         if state.is_world_process_zero:
             folder = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
-            write_settings(folder, self.cfg, {**self.metrics, **last_eval(state.log_history)})
+            metrics = {**self.metrics, **last_eval(state.log_history)}
+            write_settings(folder, self.cfg, metrics, self.data_files)
 
 
-def write_settings(folder: Path, cfg: TrainConfig, metrics: dict) -> None:
-    """training_config.json: the TrainConfig and the metrics so far."""
-    text = json.dumps({"config": cfg.to_json(), "metrics": metrics}, indent=2, ensure_ascii=False)
-    (folder / CONFIG_FILE).write_text(text + "\n", encoding="utf-8")
+def write_settings(folder: Path, cfg: TrainConfig, metrics: dict, data_files: list[dict]) -> None:
+    """training_config.json: the TrainConfig, the metrics so far and the data files trained on."""
+    saved = {"config": cfg.to_json(), "metrics": metrics, "data_files": data_files}
+    (folder / CONFIG_FILE).write_text(
+        json.dumps(saved, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
+    )
+
+
+def trained_on(cfg: TrainConfig, examples: Examples, checkpoint: str | None) -> list[dict]:
+    """The data files of the run (path, rows, sha256): a resumed run's earlier ones, then cfg.data
+    (once, if it is the file the checkpoint was trained on last)."""
+    earlier: list[dict] = read_settings(Path(checkpoint)).get("data_files", []) if checkpoint else []
+    current = data_file(cfg.data, examples.rows)
+    return earlier if earlier and earlier[-1]["sha256"] == current["sha256"] else [*earlier, current]
 
 
 def last_eval(history: list[dict]) -> dict:
@@ -203,6 +214,7 @@ def train(cfg: TrainConfig) -> Path:
         metrics["eval_rows"],
         max_length,
     )
+    data_files = trained_on(cfg, examples, last)
     args = training_arguments(cfg, checkpoints, has_eval=eval_set is not None)
     trainer = Trainer(
         model=model,
@@ -211,7 +223,7 @@ def train(cfg: TrainConfig) -> Path:
         eval_dataset=eval_set,
         data_collator=collator(tokenizer),
         processing_class=tokenizer,
-        callbacks=[LogCallback(), CheckpointCallback(cfg, metrics)],
+        callbacks=[LogCallback(), CheckpointCallback(cfg, metrics, data_files)],
     )
     trainer.remove_callback(PrinterCallback)
     if last is not None:
@@ -234,7 +246,7 @@ def train(cfg: TrainConfig) -> Path:
         )
     trainer.save_model(str(cfg.output))
     if trainer.is_world_process_zero():
-        write_settings(cfg.output, cfg, metrics)
+        write_settings(cfg.output, cfg, metrics, data_files)
         log.info("saved model, tokenizer and %s to %s", CONFIG_FILE, cfg.output)
     return cfg.output
 
@@ -249,6 +261,6 @@ def save_checkpoint(cfg: TrainConfig, earlier: EarlierRun, model, tokenizer) -> 
     if int(os.environ.get("RANK", "0")) == 0:
         model.save_pretrained(cfg.output)
         tokenizer.save_pretrained(cfg.output)
-        write_settings(cfg.output, cfg, metrics)
+        write_settings(cfg.output, cfg, metrics, read_settings(earlier.last).get("data_files", []))
         log.info("saved the model of %s (step %d) to %s", earlier.last, earlier.step, cfg.output)
     return cfg.output

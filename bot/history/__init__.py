@@ -8,13 +8,18 @@ from pathlib import Path
 from bot.history.store import DatabaseSettings, Store
 
 
-def open_store(data_dir: Path, database: DatabaseSettings) -> Store:
+def open_store(data_dir: Path, database: DatabaseSettings, share_default: bool = False) -> Store:
     """PostgreSQL when the settings have a URL (BOT_DATABASE_URL), else SQLite in `data_dir`;
-    `await store.start()` connects."""
+    `share_default` (BOT_SHARE_DEFAULT): chats that never said /share share. `await store.start()`
+    connects."""
+    store: Store
     if database.url:
         from bot.history.postgres import PostgresStore
 
-        return PostgresStore(database)
-    from bot.history.sqlite import SQLiteStore
+        store = PostgresStore(database)
+    else:
+        from bot.history.sqlite import SQLiteStore
 
-    return SQLiteStore(data_dir)
+        store = SQLiteStore(data_dir)
+    store.share_default = share_default
+    return store

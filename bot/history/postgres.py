@@ -92,7 +92,7 @@ def redact(url: str) -> str:
 class PostgresStore(Store):
     """The Store in PostgreSQL; `await start()` before use, `await close()` after."""
 
-    NOW = POSTGRESQL.now
+    DIALECT = POSTGRESQL
 
     def __init__(self, settings: DatabaseSettings, keep: int = KEEP_ROWS):
         self.settings, self.keep = settings, keep
@@ -107,7 +107,7 @@ class PostgresStore(Store):
             raise RuntimeError("the PostgreSQL history is used before start() or after close()")
         return pool
 
-    async def start(self) -> None:
+    async def _open(self) -> None:
         """Connect, retrying with backoff for connect_seconds; then migrate the schema."""
 
         async def connect() -> None:

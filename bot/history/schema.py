@@ -24,6 +24,9 @@ class Dialect:
     timestamp: str  # `at`, when a message was stored
     timestamp_default: str  # `at`'s DEFAULT clause, if the database fills it itself
     now: str  # the current time as `at` holds it (the store's inserts write it)
+    ago: str  # the time `{days}` days ago, as `at` holds it (`{days}` is filled with a parameter)
+    key_share: str  # a SELECT's suffix that keeps the rows it read from being deleted meanwhile
+    for_update: str  # a SELECT's suffix that locks the rows it read for this transaction
 
 
 SQLITE = Dialect(
@@ -35,6 +38,9 @@ SQLITE = Dialect(
     timestamp="REAL",  # Unix time in seconds
     timestamp_default="",
     now="(julianday('now') - 2440587.5) * 86400.0",
+    ago="(julianday('now') - 2440587.5 - {days}) * 86400.0",
+    key_share="",  # a write transaction holds the whole file (BEGIN IMMEDIATE)
+    for_update="",
 )
 POSTGRESQL = Dialect(
     integer="bigint",
@@ -45,12 +51,15 @@ POSTGRESQL = Dialect(
     timestamp="timestamptz",
     timestamp_default=" DEFAULT now()",
     now="now()",
+    ago="now() - make_interval(days => {days})",
+    key_share=" FOR KEY SHARE",
+    for_update=" FOR UPDATE",
 )
 
 # v1 says IF NOT EXISTS because a SQLite file of the first bots has its tables at user_version 0;
 # in PostgreSQL, where schema_version says v1 was applied, it changes nothing. SQLite's ALTER TABLE
 # adds one column per statement, so v2 adds its two columns in two statements for both.
-SCHEMA = (
+SCHEMA: tuple[str, ...] = (
     # v1: the messages
     """CREATE TABLE IF NOT EXISTS messages (
         id {identity},
@@ -73,6 +82,55 @@ SCHEMA = (
     );
     CREATE INDEX inbox_unanswered ON inbox (chat_id) WHERE NOT answered""",
 )
+
+# v3: feedback (bot/history/feedback.py). `replies`: each model reply sent or being sent, by the
+# user's message it answers, with what made it (the prompt's turns and the sampling settings as
+# JSON, the model version); `bot_message_id` is the first Telegram message it was sent as, and
+# `reply_messages` maps every message it was sent as (a long reply is split) to it, so a reaction
+# on any part counts for the reply. `votes`: one per (reply, user), +1 or -1. `consent`: a chat's
+# own choice on /share (none: the bot's default). `bot_settings`: what training must know of the
+# bot's settings (the share default). Votes and message ids go with their reply (ON DELETE CASCADE;
+# the SQLite store turns foreign keys on).
+FEEDBACK = """CREATE TABLE replies (
+        id {identity},
+        chat_id {integer} NOT NULL,
+        message_id {integer} NOT NULL,
+        bot_message_id {integer},
+        prompt TEXT NOT NULL,
+        text TEXT NOT NULL,
+        model_version TEXT,
+        sampling TEXT NOT NULL,
+        at {timestamp} NOT NULL{timestamp_default}
+    );
+    CREATE UNIQUE INDEX replies_once ON replies (chat_id, message_id);
+    CREATE INDEX replies_by_time ON replies (at);
+    CREATE TABLE reply_messages (
+        chat_id {integer} NOT NULL,
+        message_id {integer} NOT NULL,
+        reply_id {integer} NOT NULL REFERENCES replies (id) ON DELETE CASCADE,
+        PRIMARY KEY (chat_id, message_id)
+    );
+    CREATE INDEX reply_messages_by_reply ON reply_messages (reply_id);
+    CREATE TABLE votes (
+        reply_id {integer} NOT NULL REFERENCES replies (id) ON DELETE CASCADE,
+        user_id {integer} NOT NULL,
+        vote {integer} NOT NULL CHECK (vote IN (-1, 1)),
+        at {timestamp} NOT NULL{timestamp_default},
+        PRIMARY KEY (reply_id, user_id)
+    );
+    CREATE TABLE consent (
+        chat_id {integer} PRIMARY KEY,
+        shared {boolean} NOT NULL,
+        user_id {integer},
+        at {timestamp} NOT NULL{timestamp_default}
+    );
+    CREATE TABLE bot_settings (
+        name TEXT PRIMARY KEY,
+        value TEXT NOT NULL,
+        at {timestamp} NOT NULL{timestamp_default}
+    )"""
+SCHEMA += (FEEDBACK,)
+FEEDBACK_VERSION = SCHEMA.index(FEEDBACK) + 1  # the first schema version with replies and votes
 
 
 def migrations(dialect: Dialect) -> tuple[str, ...]:

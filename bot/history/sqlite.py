@@ -2,8 +2,9 @@
 
 The schema (bot/history/schema.py) is versioned in the file's `PRAGMA user_version` and migrated
 when the store opens, in one transaction (a file of the first bots has version 0 and the v1
-tables). Calls take well under a millisecond, so they run inline in the event loop and never yield
-to it: a transaction is never interleaved with another task's. The chat lock is an asyncio lock per chat.
+tables). Foreign keys are on (SQLite's default is off): a deleted reply takes its votes along.
+Calls take well under a millisecond, so they run inline in the event loop and never yield to it: a
+transaction is never interleaved with another task's. The chat lock is an asyncio lock per chat.
 """
 
 from __future__ import annotations
@@ -78,7 +79,7 @@ def migrate(db: sqlite3.Connection, path: Path) -> int:
 class SQLiteStore(Store):
     """The Store in `folder`/history.sqlite3 (created if missing, migrated if old)."""
 
-    NOW = SQLITE.now
+    DIALECT = SQLITE
 
     def __init__(self, folder: Path, keep: int = KEEP_ROWS):
         self.path, self.keep = Path(folder) / FILENAME, keep
@@ -89,13 +90,14 @@ class SQLiteStore(Store):
             db.row_factory = sqlite3.Row
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA busy_timeout = 10000")
+            db.execute("PRAGMA foreign_keys = ON")  # a reply's votes and message ids go with it
             self.version = migrate(db, self.path)
         except BaseException:
             db.close()
             raise
         self._db, self._locks = SQLiteConnection(db), ChatLocks()
 
-    async def start(self) -> None:
+    async def _open(self) -> None:
         """Nothing to connect to: the file was opened and migrated with the store."""
 
     async def _run(self, work: Callable[[Connection], Awaitable[T]]) -> T:

@@ -15,7 +15,8 @@ same transaction marks the message answered). Every write is one transaction, an
 dialogue: a forgotten dialogue is gone, not hidden; the inbox keeps only the bare ids. Consecutive
 messages of one speaker (the user wrote again after a failed reply) come back as one turn, so the
 prompt keeps alternating speakers. `chat_turn` is the per-chat lock: one message at a time per
-chat (cluster-wide in PostgreSQL, per process in SQLite).
+chat (cluster-wide in PostgreSQL, per process in SQLite). The replies as votes name them, the votes,
+each chat's consent and `/forget` are the Store's other half: bot/history/feedback.py.
 """
 
 from __future__ import annotations
@@ -23,10 +24,12 @@ from __future__ import annotations
 import abc
 import asyncio
 import weakref
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Iterable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, TypeVar
+
+from bot.history.feedback import Feedback
 
 Role = Literal["user", "bot"]
 T = TypeVar("T")
@@ -57,6 +60,7 @@ class Unsent:
     row: int
     message_id: int  # the message it answers
     text: str
+    reply: int | None = None  # its id for votes (record_reply), None where it was stored by `add`
 
 
 class Connection(Protocol):
@@ -105,16 +109,22 @@ PRUNE = (
 )
 
 
-class Store(abc.ABC):
+class Store(Feedback):
     """The history; every method may raise StoreUnavailable. A backend connects, migrates, runs a
-    call on a connection (`_run`) and locks a chat; the statements are the same for both."""
+    call on a connection (`_run`) and locks a chat; the statements are the same for both (in its
+    DIALECT where they differ)."""
 
     where: str  # for the start-up log line: the file, or the database URL without its password
     keep: int = KEEP_ROWS
-    NOW: str  # the backend's SQL for the current time, as its `messages.at` holds it
+
+    async def start(self) -> None:
+        """Connect (retrying within the settings' window), create or migrate the schema; record
+        the share default for training and delete the replies past their time."""
+        await self._open()
+        await self._publish_settings()
 
     @abc.abstractmethod
-    async def start(self) -> None:
+    async def _open(self) -> None:
         """Connect (retrying within the settings' window) and create or migrate the schema."""
 
     @abc.abstractmethod
@@ -124,10 +134,6 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def close(self) -> None:
         """Release the connections (or the file)."""
-
-    @abc.abstractmethod
-    async def _run(self, work: Callable[[Connection], Awaitable[T]]) -> T:
-        """`work(connection)`; PostgreSQL retries it on a lost connection."""
 
     async def add(self, chat_id: int, role: Role, text: str, message_id: int | None = None) -> int:
         """Store a message and commit it; its row id. With `message_id` (Telegram's: the user's
@@ -144,20 +150,25 @@ class Store(abc.ABC):
                         chat_id,
                         message_id,
                     )
-                row: int = await conn.fetchval(
-                    "INSERT INTO messages (chat_id, role, text, message_id, sent, at) "
-                    f"VALUES ($1, $2, $3, $4, $5, {self.NOW}) ON CONFLICT (chat_id, message_id, role) "
-                    "DO UPDATE SET text = excluded.text RETURNING id",
-                    chat_id,
-                    role,
-                    text,
-                    message_id,
-                    role == "user" or message_id is None,
-                )
-                await conn.execute(PRUNE.format(table="messages", key="id"), chat_id, self.keep)
-                return row
+                return await self._insert(conn, chat_id, role, text, message_id)
 
         return await self._run(insert)
+
+    async def _insert(
+        self, conn: Connection, chat_id: int, role: str, text: str, message_id: int | None
+    ) -> int:
+        row: int = await conn.fetchval(
+            "INSERT INTO messages (chat_id, role, text, message_id, sent, at) "
+            f"VALUES ($1, $2, $3, $4, $5, {self.DIALECT.now}) ON CONFLICT (chat_id, message_id, role) "
+            "DO UPDATE SET text = excluded.text RETURNING id",
+            chat_id,
+            role,
+            text,
+            message_id,
+            role == "user" or message_id is None,
+        )
+        await conn.execute(PRUNE.format(table="messages", key="id"), chat_id, self.keep)
+        return row
 
     async def turns(self, chat_id: int, n: int) -> list[str]:
         """The chat's last `n` turns, oldest first; a speaker's consecutive messages form one turn."""
@@ -218,19 +229,31 @@ class Store(abc.ABC):
         """The chat's replies stored but not marked sent, oldest first."""
         rows = await self._run(
             lambda conn: conn.fetch(
-                "SELECT id, message_id, text FROM messages WHERE chat_id = $1 AND NOT sent ORDER BY id",
+                "SELECT m.id, m.message_id, m.text, r.id AS reply FROM messages m LEFT JOIN replies r "
+                "ON r.chat_id = m.chat_id AND r.message_id = m.message_id "
+                "WHERE m.chat_id = $1 AND NOT m.sent ORDER BY m.id",
                 chat_id,
             )
         )
-        return [Unsent(row["id"], row["message_id"], row["text"]) for row in rows]
+        return [Unsent(row["id"], row["message_id"], row["text"], row["reply"]) for row in rows]
 
     async def forget(self, chat_id: int, row: int) -> None:
-        """Delete an unsent reply (Telegram refused it: the user never saw it)."""
-        await self._run(
-            lambda conn: conn.execute(
-                "DELETE FROM messages WHERE id = $1 AND chat_id = $2 AND NOT sent", row, chat_id
-            )
-        )
+        """Delete an unsent reply (Telegram refused it: the user never saw it), and its record for
+        votes (record_reply) unless it was sent before."""
+
+        async def delete(conn: Connection) -> None:
+            async with conn.transaction():
+                await conn.execute(
+                    "DELETE FROM replies WHERE chat_id = $2 AND bot_message_id IS NULL AND message_id = "
+                    "(SELECT message_id FROM messages WHERE id = $1 AND chat_id = $2 AND NOT sent)",
+                    row,
+                    chat_id,
+                )
+                await conn.execute(
+                    "DELETE FROM messages WHERE id = $1 AND chat_id = $2 AND NOT sent", row, chat_id
+                )
+
+        await self._run(delete)
 
     async def unanswered(self) -> list[tuple[int, int]]:
         """(chat id, its newest unanswered message id) for every chat with a message stored and not

@@ -1,4 +1,5 @@
-"""CLI: `python -m training.prepare <source> ... --output data.csv`, one subcommand per source.
+"""CLI: `python -m training.prepare <source> ... --output data.csv`, one subcommand per source
+(telegram: a Telegram Desktop export; history: the bot's own history, its liked replies).
 
 A new source adds a `add_<source>(subparsers)` here that sets `run` (Namespace -> report with
 format()) and an entry in SOURCES; bad input raises PrepareError: `error: …` and status 2."""
@@ -13,18 +14,13 @@ from training.prepare.dialogues import DEFAULT_GAP_MINUTES, DEFAULT_MAX_CHARS, M
 from training.prepare.output import PrepareError
 
 
-def add_common(p: argparse.ArgumentParser) -> None:
-    """The flags every source has: the output and the turn rules (training/prepare/dialogues.py)."""
+def add_output(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--output", required=True, metavar="CSV", help="the CSV to write; replaced only when all went well"
     )
-    p.add_argument(
-        "--gap-minutes",
-        type=float,
-        default=DEFAULT_GAP_MINUTES,
-        metavar="N",
-        help="a pause longer than N minutes between two messages ends a dialogue (default: %(default)g)",
-    )
+
+
+def add_max_chars(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--max-chars",
         type=int,
@@ -33,6 +29,20 @@ def add_common(p: argparse.ArgumentParser) -> None:
         help=f"turns longer than N characters are cut, a response keeping its start and a context its "
         f"end (default: %(default)s, at least {MIN_MAX_CHARS})",
     )
+
+
+def add_common(p: argparse.ArgumentParser) -> None:
+    """The flags of every source of chat exports: the output and the turn rules
+    (training/prepare/dialogues.py)."""
+    add_output(p)
+    p.add_argument(
+        "--gap-minutes",
+        type=float,
+        default=DEFAULT_GAP_MINUTES,
+        metavar="N",
+        help="a pause longer than N minutes between two messages ends a dialogue (default: %(default)g)",
+    )
+    add_max_chars(p)
 
 
 def add_telegram(sources: argparse._SubParsersAction) -> None:
@@ -79,14 +89,54 @@ def run_telegram(args: argparse.Namespace):
     )
 
 
-SOURCES: list[Callable[[argparse._SubParsersAction], None]] = [add_telegram]  # one per subcommand
+def add_history(sources: argparse._SubParsersAction) -> None:
+    p = sources.add_parser(
+        "history",
+        help="the bot's history: the replies users liked (👍), from chats that agreed (/share)",
+        description="Rows from the bot's own history: each stored reply with more 👍 than 👎 (at least "
+        "--min-margin more) from a chat that agreed that its dialogues train the next model (/share, or "
+        "BOT_SHARE_DEFAULT=1); the prompt's last three turns are the context, the reply the response.",
+    )
+    p.add_argument(
+        "source",
+        metavar="SOURCE",
+        help="the bot's history.sqlite3 (or its BOT_DATA_DIR folder), or its postgresql:// URL "
+        "(BOT_DATABASE_URL; leave the password out and set PGPASSWORD)",
+    )
+    add_output(p)
+    p.add_argument(
+        "--min-margin",
+        type=int,
+        default=1,
+        metavar="N",
+        help="a reply needs at least N more 👍 than 👎 (default: %(default)s, i.e. more 👍 than 👎)",
+    )
+    add_max_chars(p)
+    p.set_defaults(run=run_history)
+
+
+def run_history(args: argparse.Namespace):
+    from training.prepare.history import HistoryConfig, convert
+
+    return convert(
+        HistoryConfig(
+            source=args.source, output=args.output, min_margin=args.min_margin, max_chars=args.max_chars
+        )
+    )
+
+
+SOURCES: list[Callable[[argparse._SubParsersAction], None]] = [
+    add_telegram,
+    add_history,
+]  # one per subcommand
 
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         "python -m training.prepare",
         description="Build the training CSV (context_1,context_2,context_3,response) that "
-        "`python -m training --data` reads, from a chat export. See docs/prepare.md.",
+        "`python -m training --data` reads, from a chat export or the bot's own history. "
+        "See docs/prepare.md.",
     )
     sources = p.add_subparsers(title="sources", metavar="SOURCE", required=True)
     for add in SOURCES:
