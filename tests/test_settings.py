@@ -42,7 +42,7 @@ def test_defaults_match_the_readme_and_secrets_stay_out_of_repr():
         12.5,
     )
     t = s.triton
-    assert (t.url, t.model, t.timeout, t.step_gate) == ("127.0.0.1:8000", "rudialogpt", 10.0, True)
+    assert (t.url, t.model, t.timeout) == ("127.0.0.1:8000", "rudialogpt", 10.0)
     assert s.tokenizer_dir == DEFAULT_TOKENIZER
     assert "secret" not in repr(s) and "pw" not in repr(s)
 
@@ -61,20 +61,22 @@ def test_every_variable_is_read():
         "TRITON_URL": "triton:8000",
         "TRITON_MODEL": "other",
         "TRITON_TIMEOUT": "2.5",
-        "TRITON_STEP_GATE": "0",
         "BOT_TOKENIZER_DIR": "/models/tok",
     }
     s = Settings.from_env(env, mode="webhook")
     assert (s.data_dir, s.metrics_port, s.webhook_port, s.draft_every) == (Path("/var/bot"), 0, 443, 0.0)
     assert (s.webhook_url, s.webhook_secret) == ("https://bot.example.com/hook", "s3cret_-")
     assert (s.database.connect_seconds, s.database.retry_seconds) == (5, 2)
-    assert s.triton.__dict__ == {"url": "triton:8000", "model": "other", "timeout": 2.5, "step_gate": False}
+    assert s.triton.__dict__ == {"url": "triton:8000", "model": "other", "timeout": 2.5}
     assert s.tokenizer_dir == Path("/models/tok")
 
 
-@pytest.mark.parametrize("value, on", [("1", True), ("true", True), ("On", True), ("no", False), (" ", True)])
-def test_step_gate_switch(value, on):
-    assert Settings.from_env({"TRITON_STEP_GATE": value}, mode="console").triton.step_gate is on
+@pytest.mark.parametrize("value", ["1", "0", "off"])
+def test_the_retired_step_gate_is_refused_with_the_reason(value):
+    """Every generation of a process steps in one request per round now: there is nothing to switch."""
+    with pytest.raises(ValueError, match="TRITON_STEP_GATE is no longer a setting: .* remove it"):
+        Settings.from_env({"TRITON_STEP_GATE": value}, mode="console")
+    assert Settings.from_env({"TRITON_STEP_GATE": " "}, mode="console")  # blank: unset
 
 
 def test_flags_override_the_environment():
@@ -123,7 +125,7 @@ def test_the_console_needs_no_telegram_token_and_telegram_does():
         ({"BOT_WEBHOOK_PORT": "0"}, "polling", "BOT_WEBHOOK_PORT must be a port number, 1-65535, got '0'"),
         ({"ALLOWED_CHAT_IDS": "1,two"}, "polling", "ALLOWED_CHAT_IDS must be comma-separated chat ids"),
         # booleans
-        ({"TRITON_STEP_GATE": "maybe"}, "console", "TRITON_STEP_GATE must be 1 or 0 .*, got 'maybe'"),
+        ({"BOT_SHARE_DEFAULT": "maybe"}, "console", "BOT_SHARE_DEFAULT must be 1 or 0 .*, got 'maybe'"),
         # URLs
         (
             {"TRITON_URL": "http://triton:8000"},
@@ -199,7 +201,7 @@ def test_blank_triton_timeout_is_the_default(value):
     "args, env, message",
     [
         (["--timeout", "soon"], {"TRITON_TIMEOUT": "3"}, "error: --timeout must be a number of seconds > 0"),
-        ([], {"TRITON_STEP_GATE": "maybe"}, "error: TRITON_STEP_GATE must be 1 or 0"),
+        ([], {"BOT_SHARE_DEFAULT": "maybe"}, "error: BOT_SHARE_DEFAULT must be 1 or 0"),
         ([], {"TRITON_URL": "http://127.0.0.1:8000"}, "error: TRITON_URL must be Triton's HTTP host:port"),
     ],
 )
