@@ -10,10 +10,11 @@ seconds (at most SETTLE_MAX after the previous turn), as a person reads to the e
 answering: a chat that keeps writing gets a reply at most about every SETTLE_MAX seconds.
 
 At most LIMIT messages of a chat wait. When another comes, the oldest waiting one is skipped: it
-is recorded as answered without a reply (so a delivery of it again is not answered either), and
-the chat's next turn starts with one FLOOD_NOTE, once per flood (until the chat is quiet again).
-So a flooding chat costs at most LIMIT waiting messages and one handler task in memory, and its
-inbox rows are pruned as any chat's (bot/history/store.py: KEEP_ROWS).
+is recorded as answered without a reply (so a delivery of it again is not answered either; the
+ids are written together, before the chat's next turn or SKIP_BATCH at a time), and the chat's
+next turn starts with one FLOOD_NOTE, once per flood (until the chat is quiet again). So a
+flooding chat costs at most LIMIT waiting messages, SKIP_BATCH skipped ids and one handler task in
+memory, and its inbox rows are pruned as any chat's (bot/history/store.py: KEEP_ROWS).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from bot.metrics import Metrics
 log = logging.getLogger(__name__)
 
 LIMIT = 10  # messages of one chat waiting for their turn (beyond: the oldest is skipped)
+SKIP_BATCH = 100  # skipped ids of a chat written in one transaction at most (and at its next turn)
 SETTLE, SETTLE_MAX = 0.5, 5.0  # seconds of the chat's pause awaited before a next text turn; at most
 Kind = Literal["text", "fixed", "reset"]  # answered by the model, by a fixed text, /reset
 
@@ -55,7 +57,8 @@ class Pending:
 class _Chat:
     line: deque[Pending] = field(default_factory=deque)
     last: float = 0.0  # time.monotonic() when its latest message came
-    skipped: int = 0  # messages skipped since the chat's last note
+    skipped: int = 0  # messages skipped in this flood
+    unrecorded: list[int] = field(default_factory=list)  # ids skipped, not written to the history yet
     noted: bool = False  # the note went out in this flood
 
 
@@ -94,21 +97,22 @@ class Waiting:
         """Messages waiting, over all chats."""
         return sum(len(chat.line) for chat in self._chats.values())
 
-    def add(self, pending: Pending) -> tuple[bool, Pending | None]:
-        """Queue the message: (whether its chat had no turn under way, so the caller answers
-        the chat's line now; the oldest waiting message, if it was skipped to make room)."""
+    def add(self, pending: Pending) -> bool:
+        """Queue the message (the oldest waiting one skipped if the line is full); whether its
+        chat had no turn under way, so the caller answers the chat's line now."""
         chat_id = pending.message.chat_id
         first = chat_id not in self._chats
         chat = self._chats.setdefault(chat_id, _Chat())
         chat.line.append(pending)
         chat.last = time.monotonic()
         self._keys.add(pending.key)
-        skipped = None
-        if len(chat.line) > self.limit:
+        if len(chat.line) > self.limit:  # its key stays known until it is written
             skipped = chat.line.popleft()
-            self._keys.discard(skipped.key)
+            chat.unrecorded.append(skipped.message.message_id)
             chat.skipped += 1
-        return first, skipped
+            self.metrics.skipped.inc()
+            log.debug("chat %d: message %d skipped: its chat floods", *skipped.key)
+        return first
 
     def take(self, chat_id: int) -> list[Pending]:
         """The chat's next turn: the texts at the head of its line, or its next command; [] when
@@ -141,6 +145,8 @@ class Waiting:
         chat = self._chats.pop(chat_id, None)
         for pending in chat.line if chat else ():
             self._keys.discard(pending.key)
+        for message_id in chat.unrecorded if chat else ():
+            self._keys.discard((chat_id, message_id))
 
     async def submit(self, pending: Pending) -> None:
         """Queue the message unless it is here already or answered; if its chat had no turn under
@@ -152,14 +158,15 @@ class Waiting:
         if self.holds(pending.key):  # it came again while the history was asked
             again(chat_id, message_id, answered=False)
             return
-        first, skipped = self.add(pending)
-        if skipped:
-            await self._skip(skipped)
+        first = self.add(pending)
+        if len(self._chats[chat_id].unrecorded) >= SKIP_BATCH:
+            await self._record_skipped(chat_id)
         if not first:
             return
         try:
             while turn := self.take(chat_id):
                 try:
+                    await self._record_skipped(chat_id)
                     await self._take_turn(turn)
                 except Exception as exc:  # the next turn is taken all the same
                     await self._failed([p.message for p in turn], exc)
@@ -177,11 +184,16 @@ class Waiting:
                 return
             await asyncio.sleep(min(SETTLE - pause, deadline - now))
 
-    async def _skip(self, pending: Pending) -> None:
-        """A flood's oldest waiting message: recorded as answered, without a reply."""
-        self.metrics.skipped.inc()
-        log.debug("chat %d: message %d skipped: its chat floods", *pending.key)
+    async def _record_skipped(self, chat_id: int) -> None:
+        """Write the chat's skipped ids as answered, in one transaction."""
+        chat = self._chats.get(chat_id)
+        if chat is None or not chat.unrecorded:
+            return
+        ids, chat.unrecorded = chat.unrecorded, []
         try:
-            await self.history.skip(*pending.key)
+            await self.history.skip(chat_id, ids)
         except StoreUnavailable as exc:
-            log.warning("chat %d: could not record message %d as skipped: %s", *pending.key, exc)
+            log.warning("chat %d: could not record %d skipped messages: %s", chat_id, len(ids), exc)
+        finally:
+            for message_id in ids:
+                self._keys.discard((chat_id, message_id))

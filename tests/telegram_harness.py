@@ -91,6 +91,7 @@ def run_bot(
     application: Application,
     scenario: Callable[[Dialogues], Awaitable[T]],
     webhook: FakeTelegram | None = None,
+    poll_interval: float = 0.05,
 ) -> T:
     """Play `scenario(dialogues)` against the bot as `python -m bot` runs it: PTB's own run_polling
     (initialize, the application's post_init, polling, start; then stop, shutdown, post_shutdown)
@@ -99,7 +100,8 @@ def run_bot(
     to WEBHOOK_URL, which the fake posts to at the local port the bot listens on.
 
     Unlike production, run_polling installs no signal handlers (Ctrl-C stays pytest's) and polls
-    briskly; the `python -m bot` tests run the whole entry point, signals included."""
+    briskly, `poll_interval` s between polls (production: 0); the `python -m bot` tests run the
+    whole entry point, signals included."""
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
 
@@ -118,7 +120,7 @@ def run_bot(
     try:
         if webhook is None:
             application.run_polling(
-                poll_interval=0.05,
+                poll_interval=poll_interval,
                 timeout=1,
                 allowed_updates=ALLOWED_UPDATES,
                 stop_signals=None,

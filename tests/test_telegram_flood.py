@@ -29,7 +29,7 @@ QUIET = (CHAT, OTHER, 3003, 4004)  # each sends a message and waits for its repl
 FLOODERS = (7001, 7002, 7003, 7004, 7005)  # a fresh flooding chat per flood (the last one alone)
 FLOOD, FLOOD_SECONDS = 30, 1.0
 ROUNDS, EXCHANGES = 4, 3  # rounds of (quiet, flood); exchanges per quiet chat and round
-TOKENS = 24  # every reply exactly this long (no stop ids): the same work in both kinds of round
+TOKENS = 48  # every reply exactly this long (no stop ids): the same work in both kinds of round
 RATIO = 1.5  # a quiet chat's median reply time during floods over its median without
 
 
@@ -72,10 +72,13 @@ async def one_round(tg: FakeTelegram, dialogues, name: str, flooder: int | None)
     times: dict[int, list[float]] = {chat: [] for chat in QUIET}
     seen: dict = {}
 
-    async def talk(chat_id: int) -> None:  # spread over the flood: one exchange per third of it at most
-        start = time.monotonic()
+    async def talk(chat_id: int) -> None:
+        # Spread over the flood, one exchange per third of it at most, the chats a quarter of
+        # that apart (people do not write in the same millisecond).
+        gap = FLOOD_SECONDS / EXCHANGES
+        start = time.monotonic() + QUIET.index(chat_id) * gap / len(QUIET)
         for k in range(EXCHANGES):
-            await asyncio.sleep(start + k * FLOOD_SECONDS / EXCHANGES - time.monotonic())
+            await asyncio.sleep(start + k * gap - time.monotonic())
             times[chat_id].append(await exchange(tg, chat_id, f"{name}, сообщение {k + 1}: как дела?"))
 
     await asyncio.gather(flood(tg, dialogues, flooder, seen), *(talk(chat) for chat in QUIET))
@@ -102,7 +105,10 @@ def test_a_flooding_chat_delays_no_other_chat(tg, settings, triton, tokenizer, m
         return rounds, alone["tasks"] - idle, answered, histories
 
     app = build_application(fixed_length_chatbot(triton.url, tokenizer), settings, metrics)
-    rounds, extra_tasks, answered, histories = run_bot(app, body, tg if mode == "webhook" else None)
+    # Polled as `python -m bot` polls: the next getUpdates as soon as one is answered.
+    rounds, extra_tasks, answered, histories = run_bot(
+        app, body, tg if mode == "webhook" else None, poll_interval=0
+    )
     quiet, flooded = rounds[0::2], rounds[1::2]
 
     # Other chats: every exchange answered, each chat's median within RATIO of its quiet median.
@@ -111,6 +117,13 @@ def test_a_flooding_chat_delays_no_other_chat(tg, settings, triton, tokenizer, m
         for kind, group in (("quiet", quiet), ("flood", flooded))
     }
     ratios = {chat: median["flood"][chat] / median["quiet"][chat] for chat in QUIET}
+    by_exchange = {  # the k-th exchange of every quiet chat, all rounds: where in the flood it costs
+        kind: [
+            round(statistics.median(r["times"][c][k] for r in group for c in QUIET), 3)
+            for k in range(EXCHANGES)
+        ]
+        for kind, group in (("quiet", quiet), ("flood", flooded))
+    }
     for chat in QUIET:
         assert len(tg.texts(chat)) == 2 * ROUNDS * EXCHANGES and all(generated(t) for t in tg.texts(chat))
 
@@ -135,6 +148,7 @@ def test_a_flooding_chat_delays_no_other_chat(tg, settings, triton, tokenizer, m
     print(
         f"\n{mode}: quiet chats' median reply, quiet vs flood (s): "
         + ", ".join(f"{median['quiet'][c]:.3f}/{median['flood'][c]:.3f} ({ratios[c]:.2f}x)" for c in QUIET)
+        + f"\n{mode}: by exchange within the second, quiet vs flood (s): {by_exchange}"
         + f"\n{mode}: flooding chats (replies, notes, messages answered, messages per turn): {report}; "
         f"skipped {skipped:g}; tasks alive at a lone flood's end beyond an idle bot's: {extra_tasks}; "
         f"longest line {max(r['waiting'] for r in flooded)}"

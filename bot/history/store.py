@@ -190,18 +190,22 @@ class Store(abc.ABC):
         )
         return bool(answered)
 
-    async def skip(self, chat_id: int, message_id: int) -> None:
-        """Record a message as answered without storing it or a reply (a flood's overflow,
-        bot/waiting.py): delivered again, it is not answered. The inbox is pruned by the chat's
-        next `mark_answered`."""
-        await self._run(
-            lambda conn: conn.execute(
-                "INSERT INTO inbox (chat_id, message_id, answered) VALUES ($1, $2, TRUE) "
-                "ON CONFLICT (chat_id, message_id) DO UPDATE SET answered = TRUE",
-                chat_id,
-                message_id,
-            )
-        )
+    async def skip(self, chat_id: int, message_ids: Iterable[int]) -> None:
+        """Record messages as answered without storing them or a reply, in one transaction (a
+        flood's overflow, bot/waiting.py): delivered again, they are not answered. The inbox is
+        pruned by the chat's next `mark_answered`."""
+
+        async def mark(conn: Connection) -> None:
+            async with conn.transaction():
+                for message_id in message_ids:
+                    await conn.execute(
+                        "INSERT INTO inbox (chat_id, message_id, answered) VALUES ($1, $2, TRUE) "
+                        "ON CONFLICT (chat_id, message_id) DO UPDATE SET answered = TRUE",
+                        chat_id,
+                        message_id,
+                    )
+
+        await self._run(mark)
 
     async def mark_answered(
         self, chat_id: int, message_id: int, reply: int | None = None, turn: bool = True
