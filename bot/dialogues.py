@@ -1,7 +1,9 @@
 """What the Telegram handlers share: the model, the history and the metrics; each message answered once.
 
-Each chat's messages are handled one at a time, in order of arrival (the history's chat lock);
-different chats concurrently. A message is known by Telegram's (chat id, message id): one the
+Each chat's messages are handled one turn at a time, in order of arrival (the history's chat lock);
+different chats concurrently. Messages that arrive while their chat's turn is under way wait in
+the chat's short line (bot/waiting.py) and are answered together, as one turn; a flood beyond
+its bound is skipped with one note. A message is known by Telegram's (chat id, message id): one the
 history has as answered is only acknowledged when it comes again (a redelivery, the same update at
 another replica). The user's message is stored before generating; the reply is stored before it is
 sent and marked sent after, so a reply whose sender died mid-send is sent by the chat's next turn,
@@ -15,19 +17,22 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
+from typing import Any
 
 from telegram import Bot, Chat, Message
 from telegram.constants import ChatAction, ChatType
 from telegram.error import NetworkError, TelegramError, TimedOut
 
+from bot.botapi import OptionalCalls
 from bot.drafts import Drafts
-from bot.history.store import Store
+from bot.history.store import Store, StoreUnavailable
 from bot.metrics import Metrics
 from bot.text import split_message
-from bot.texts import RESET_DONE, UNAVAILABLE
+from bot.texts import FLOOD_NOTE, RESET_DONE, SORRY, UNAVAILABLE
+from bot.waiting import Pending, Waiting, again
 from client.chat import ChatBot, Reply
 from client.streaming import OnText
 from client.transport import TritonError, TritonUnavailable
@@ -47,15 +52,12 @@ def stand_in(bot: Bot, chat_id: int, message_id: int) -> Message:
 
 
 @asynccontextmanager
-async def typing(message: Message) -> AsyncIterator[None]:
-    """Show "typing…" in the message's chat until the block ends."""
+async def typing(message: Message, optional: OptionalCalls) -> AsyncIterator[None]:
+    """Show "typing…" in the message's chat until the block ends (an optional call)."""
 
     async def keep_typing() -> None:
         while True:
-            try:
-                await message.reply_chat_action(ChatAction.TYPING)
-            except TelegramError as exc:
-                log.debug("chat action not sent: %s", exc)
+            await optional.call("sendChatAction", message.reply_chat_action(ChatAction.TYPING))
             await asyncio.sleep(TYPING_EVERY)
 
     task = asyncio.create_task(keep_typing())
@@ -67,8 +69,8 @@ async def typing(message: Message) -> AsyncIterator[None]:
 
 
 class Dialogues:
-    """The model, the history and the metrics; each incoming message is answered once, one at a time
-    per chat (see `turn`)."""
+    """The model, the history and the metrics; each incoming message is answered once, one turn at
+    a time per chat (the chat's line, bot/waiting.py; a turn: `_take_turn`)."""
 
     def __init__(
         self,
@@ -77,65 +79,107 @@ class Dialogues:
         metrics: Metrics,
         health_every: float,
         draft_every: float = 0.0,
+        optional: OptionalCalls | None = None,
     ):
         self.chatbot, self.history, self.metrics = chatbot, history, metrics
         chatbot.versions.watch(metrics.model_changed)
         self.health_every, self.draft_every = health_every, draft_every
+        self.optional = optional or OptionalCalls(metrics)
+        self.waiting = Waiting(history, metrics, self._take_turn, self.failed)
         self._background: set[asyncio.Task[Reply]] = set()
-        self._tasks: list[asyncio.Task[None]] = []  # the health checks, the recovery at start
+        self._tasks: list[asyncio.Task[Any]] = []  # the health checks, the recovery, the command menu
 
     def streams(self, message: Message) -> bool:
         """Whether the reply to `message` is shown as drafts: only private chats have them."""
         return self.draft_every > 0 and message.chat.type == ChatType.PRIVATE
 
-    @asynccontextmanager
-    async def turn(self, bot: Bot, chat_id: int, message_id: int) -> AsyncIterator[bool]:
-        """The chat's turn for one incoming message: the chat's lock held (one message at a time,
-        in order of arrival, across replicas with PostgreSQL), the replies a dead or cut-off sender
-        left unsent sent first; yields whether the message still needs its answer (False: it was
-        answered already and is only delivered again)."""
-        async with self.history.chat_turn(chat_id):
-            for unsent in await self.history.unsent(chat_id):
-                log.info("chat %d: sending the reply to message %d again", chat_id, unsent.message_id)
-                await self._deliver(stand_in(bot, chat_id, unsent.message_id), unsent.row, unsent.text)
-            new = not await self.history.is_answered(chat_id, message_id)
-            if not new:
-                log.info(
-                    "chat %d: message %d was answered before: delivered again, skipped", chat_id, message_id
-                )
-            yield new
+    # -- what the handlers call: the message joins its chat's line --------------------------------
+
+    async def answer(self, message: Message, text: str) -> None:
+        """Answer the user's text (with the texts waiting beside it), once."""
+        await self.waiting.submit(Pending(message, "text", text))
 
     async def once(self, message: Message, text: str) -> None:
         """Answer with a fixed text (a command's), once."""
-        async with self.turn(message.get_bot(), message.chat_id, message.message_id) as new:
-            if new:
-                await message.reply_text(text)
-                await self.history.mark_answered(message.chat_id, message.message_id, turn=False)
+        await self.waiting.submit(Pending(message, "fixed", text))
 
     async def reset(self, message: Message) -> None:
-        """Forget the chat's dialogue (after any reply still being written), once."""
-        async with self.turn(message.get_bot(), message.chat_id, message.message_id) as new:
-            if new:
-                await self.history.reset(message.chat_id)
-                await message.reply_text(RESET_DONE)
-                await self.history.mark_answered(message.chat_id, message.message_id)
+        """Forget the chat's dialogue (after the turns before it), once."""
+        await self.waiting.submit(Pending(message, "reset"))
 
-    async def answer(self, message: Message, text: str) -> None:
-        """Store the user's message and answer it, once."""
-        async with self.turn(message.get_bot(), message.chat_id, message.message_id) as new:
-            if new:
-                await self.history.add(message.chat_id, "user", text, message.message_id)
-                await self._reply(message)
+    async def _take_turn(self, turn: list[Pending]) -> None:
+        """One turn: a command, or the texts that waited together, answered as one user turn."""
+        first, last = turn[0], turn[-1].message
+        chat_id, bot = last.chat_id, last.get_bot()
+        if skipped := self.waiting.note_due(chat_id):
+            log.info("chat %d floods: %d messages skipped; it gets the note", chat_id, skipped)
+            await self.optional.call("sendMessage", bot.send_message(chat_id, FLOOD_NOTE))
+        async with self.history.chat_turn(chat_id):
+            await self._send_unsent(bot, chat_id)
+            new = [p for p in turn if not await self._answered_before(*p.key)]
+            if not new:
+                return
+            if first.kind == "fixed":
+                await first.message.reply_text(first.text)
+                await self.history.mark_answered(chat_id, first.message.message_id, turn=False)
+            elif first.kind == "reset":
+                await self.history.reset(chat_id)
+                await first.message.reply_text(RESET_DONE)
+                await self.history.mark_answered(chat_id, first.message.message_id)
+            else:
+                for pending in new:
+                    await self.history.add(chat_id, "user", pending.text, pending.message.message_id)
+                await self._reply(new[-1].message)
+
+    async def _send_unsent(self, bot: Bot, chat_id: int) -> None:
+        """Send the replies a dead or cut-off sender left unsent (under the chat's lock)."""
+        for unsent in await self.history.unsent(chat_id):
+            log.info("chat %d: sending the reply to message %d again", chat_id, unsent.message_id)
+            await self._deliver(stand_in(bot, chat_id, unsent.message_id), unsent.row, unsent.text)
+
+    async def _answered_before(self, chat_id: int, message_id: int) -> bool:
+        answered = await self.history.is_answered(chat_id, message_id)
+        if answered:
+            again(chat_id, message_id)
+        return answered
+
+    @asynccontextmanager
+    async def turn(self, bot: Bot, chat_id: int, message_id: int) -> AsyncIterator[bool]:
+        """The chat's turn for one stored message (`recover`): the chat's lock held (across
+        replicas with PostgreSQL), the replies left unsent sent first; yields whether the message
+        still needs its answer (False: it was answered already)."""
+        async with self.history.chat_turn(chat_id):
+            await self._send_unsent(bot, chat_id)
+            yield not await self._answered_before(chat_id, message_id)
+
+    async def failed(self, messages: list[Message], error: BaseException | None) -> None:
+        """A turn or an update failed: log it with its traceback, count it, apologise for the last
+        message and record the messages as answered, unless the history's database is down (the
+        user is asked to write again)."""
+        log.error("error while handling an update", exc_info=error)
+        unavailable = isinstance(error, StoreUnavailable)
+        kind = "telegram" if isinstance(error, TelegramError) else "database" if unavailable else "unexpected"
+        self.metrics.errors.labels(kind).inc()
+        if not messages:
+            return
+        try:
+            await messages[-1].reply_text(UNAVAILABLE if unavailable else SORRY)
+        except TelegramError as exc:
+            log.warning("could not apologise: %s", exc)
+        try:
+            for message in messages if not unavailable else ():  # answered by the apology
+                await self.history.mark_answered(message.chat_id, message.message_id, turn=False)
+        except StoreUnavailable as exc:
+            log.warning("could not record the apology: %s", exc)
 
     async def _reply(self, message: Message, quote: bool = False) -> None:
         """Generate the reply to the stored dialogue under "typing…" (and drafts), store it, send it."""
         chat_id = message.chat_id
         started = time.perf_counter()
-        drafts = Drafts(
-            message.get_bot(), chat_id, self.draft_every if self.streams(message) else 0, self.metrics
-        )
+        every = self.draft_every if self.streams(message) else 0
+        drafts = Drafts(message.get_bot(), chat_id, every, self.metrics, self.optional)
         try:
-            async with typing(message), drafts:
+            async with typing(message, self.optional), drafts:
                 on_text = drafts.show if drafts.every else None
                 reply = await self._reply_within(await self.history.turns(chat_id, CONTEXT_TURNS), on_text)
         except TritonError as exc:
@@ -201,9 +245,10 @@ class Dialogues:
         finally:
             task.cancel()  # no-op when it is done; frees Triton's cache (END) when it is not
 
-    def run_in_background(self, bot: Bot) -> None:
+    def run_in_background(self, bot: Bot, menu: Callable[[], Awaitable[object]] | None = None) -> None:
         """Answer what a stopped process left unanswered; keep bot_triton_up current also while
-        nobody writes (a health check every `health_every` s)."""
+        nobody writes (a health check every `health_every` s); set the command menu (`menu()`,
+        retried with backoff: bot/botapi.py)."""
 
         async def watch() -> None:
             while True:
@@ -211,6 +256,8 @@ class Dialogues:
                 await asyncio.sleep(self.health_every)
 
         self._tasks = [asyncio.create_task(watch()), asyncio.create_task(self.recover(bot))]
+        if menu is not None:
+            self._tasks.append(asyncio.create_task(self.optional.until_done("setMyCommands", menu)))
 
     async def close(self) -> None:
         """Stop the background tasks and unfinished generations; close the history and the client."""

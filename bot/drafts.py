@@ -4,8 +4,9 @@ One `draft_id` per reply (Telegram animates the changes of one draft); the final
 with sendMessage as usual. Drafts go out from a task of their own, so a slow Bot API never slows
 the generation: each draft carries the latest visible text, and the next one leaves no sooner
 than `every` seconds after the previous one was answered. Calls go through the application's
-rate limiter (AIORateLimiter) like every other call. A draft that fails is logged and drafts stop
-for that reply; the reply itself is sent as always.
+rate limiter (AIORateLimiter) like every other call. Drafts are optional (bot/botapi.py): a draft
+that fails is counted (and its method's first failure logged) and drafts stop for that reply; the
+reply itself is sent as always, and the next reply tries drafts again.
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ import time
 
 from telegram import Bot
 from telegram.constants import MessageLimit
-from telegram.error import TelegramError
 
+from bot.botapi import OptionalCalls
 from bot.metrics import Metrics
 from bot.text import fit
 
@@ -30,8 +31,9 @@ FINISH_WAIT = 1.0  # seconds a draft call still in flight may delay the final me
 class Drafts:
     """`async with Drafts(...) as drafts:` call `drafts.show(text)` as the reply grows (`every` 0: none)."""
 
-    def __init__(self, bot: Bot, chat_id: int, every: float, metrics: Metrics):
-        self.bot, self.chat_id, self.every, self.metrics = bot, chat_id, every, metrics
+    def __init__(self, bot: Bot, chat_id: int, every: float, metrics: Metrics, optional: OptionalCalls):
+        self.bot, self.chat_id, self.every = bot, chat_id, every
+        self.metrics, self.optional = metrics, optional
         self.draft_id = secrets.randbits(31) or 1  # non-zero, per reply
         self.first_shown: float | None = None  # perf_counter() when the first draft was answered
         self._text = ""
@@ -68,13 +70,14 @@ class Drafts:
             self._changed.clear()
             self._sending = True
             try:
-                await self.bot.send_message_draft(self.chat_id, self.draft_id, self._text)
-            except TelegramError as exc:
-                self.metrics.drafts.labels("failed").inc()
-                log.warning("chat %d: draft not shown, the reply comes without drafts: %s", self.chat_id, exc)
-                return
+                shown = await self.optional.call(
+                    "sendMessageDraft", self.bot.send_message_draft(self.chat_id, self.draft_id, self._text)
+                )
             finally:
                 self._sending = False
+            if not shown:  # this reply comes without drafts
+                self.metrics.drafts.labels("failed").inc()
+                return
             self.metrics.drafts.labels("sent").inc()
             if self.first_shown is None:
                 self.first_shown = time.perf_counter()

@@ -7,13 +7,12 @@ from typing import Any
 
 from telegram import BotCommand, Message, Update
 from telegram.constants import ChatType
-from telegram.error import TelegramError
-from telegram.ext import Application, CommandHandler, ContextTypes, ExtBot, JobQueue, MessageHandler, filters
+from telegram.ext import Application, CommandHandler, ContextTypes, JobQueue, MessageHandler, filters
 
+from bot.botapi import BotAPI
 from bot.dialogues import Dialogues
-from bot.history.store import StoreUnavailable
 from bot.text import without_mention
-from bot.texts import COMMAND_MENU, HELP, NOT_TEXT, REFUSED, SORRY, START, UNAVAILABLE
+from bot.texts import COMMAND_MENU, HELP, NOT_TEXT, REFUSED, START
 from contract.dialogue import clean_turn
 
 log = logging.getLogger(__name__)
@@ -21,10 +20,10 @@ log = logging.getLogger(__name__)
 COMMANDS = [BotCommand(command, description) for command, description in COMMAND_MENU.items()]
 STATE = "dialogues"  # key of the Dialogues in application.bot_data
 Data = dict[Any, Any]  # python-telegram-bot's own type of user_data, chat_data and bot_data
-# The Application bot/telegram.py builds: python-telegram-bot's default types, and ExtBot[int]
-# because AIORateLimiter takes an int (max_retries) per request.
+# The Application bot/telegram.py builds: python-telegram-bot's default types, and its bot
+# bot/botapi.py's BotAPI, an ExtBot[int] (AIORateLimiter takes an int, max_retries, per request).
 BotApplication = Application[
-    ExtBot[int], ContextTypes.DEFAULT_TYPE, Data, Data, Data, JobQueue[ContextTypes.DEFAULT_TYPE]
+    BotAPI, ContextTypes.DEFAULT_TYPE, Data, Data, Data, JobQueue[ContextTypes.DEFAULT_TYPE]
 ]
 
 
@@ -90,29 +89,10 @@ async def refuse(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
 
 
 async def on_error(update: object, context: ContextTypes.DEFAULT_TYPE) -> None:
-    """Log the error with its traceback, apologise to the user and record the message as answered."""
-    log.error("error while handling an update", exc_info=context.error)
-    unavailable = isinstance(context.error, StoreUnavailable)  # the history's database is down
-    kind = (
-        "telegram"
-        if isinstance(context.error, TelegramError)
-        else "database"
-        if unavailable
-        else "unexpected"
-    )
-    dialogues(context).metrics.errors.labels(kind).inc()
+    """Log the error with its traceback, apologise to the user and record the message as answered
+    (bot/dialogues.py: `failed`; a turn's own errors go there directly)."""
     message = update.effective_message if isinstance(update, Update) else None
-    if message is None:
-        return
-    try:
-        await message.reply_text(UNAVAILABLE if unavailable else SORRY)
-    except TelegramError as exc:
-        log.warning("could not apologise: %s", exc)
-    if not unavailable:  # answered by the apology: not again at the next start or when delivered again
-        try:
-            await dialogues(context).history.mark_answered(message.chat_id, message.message_id, turn=False)
-        except StoreUnavailable as exc:
-            log.warning("could not record the apology: %s", exc)
+    await dialogues(context).failed([message] if message else [], context.error)
 
 
 def add_handlers(application: BotApplication, allowed_chat_ids: frozenset[int]) -> None:

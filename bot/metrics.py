@@ -16,6 +16,8 @@ LATENCY_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 8.0, 13.0, 20.0, 30.0)
 FIRST_TEXT_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0)
 DRAFT_RESULTS = ("sent", "failed")
 SWITCH_RESULTS = ("followed", "refused")  # a new model version: its tokenizer loaded, or not
+# The Bot API calls a reply does not need (bot/botapi.py: OPTIONAL), each exported from the start
+OPTIONAL_METHODS = ("setMyCommands", "deleteWebhook", "sendChatAction", "sendMessageDraft", "sendMessage")
 
 
 class Metrics:
@@ -61,6 +63,17 @@ class Metrics:
             ["result"],
             registry=self.registry,
         )
+        self.optional_failures = Counter(
+            "bot_optional_call_failures",
+            "Failed Bot API calls the bot goes on without (menu, typing, drafts, flood notes), by method",
+            ["method"],
+            registry=self.registry,
+        )
+        self.skipped = Counter(
+            "bot_skipped_messages",
+            "Messages left unanswered because a flood filled their chat's waiting line (bot/waiting.py)",
+            registry=self.registry,
+        )
         ProcessCollector(registry=self.registry)
         for kind in ERROR_KINDS:  # every label is exported from the start, at 0
             self.errors.labels(kind)
@@ -68,6 +81,8 @@ class Metrics:
             self.drafts.labels(result)
         for result in SWITCH_RESULTS:
             self.model_switches.labels(result)
+        for method in OPTIONAL_METHODS:
+            self.optional_failures.labels(method)
 
     def model_changed(self, result: str, version: str | None) -> None:
         """The client's ModelVersions reports the version it uses ("current") or a switch."""

@@ -2,9 +2,11 @@
 
 Where things are: settings in bot/settings.py, handlers in bot/handlers.py, the texts users see
 in bot/texts.py, the per-chat answering (locks, typing, history, metrics) in bot/dialogues.py,
-drafts of a reply being generated in bot/drafts.py, text splitting in bot/text.py, token
-redaction in bot/redact.py.
-Here only the wiring: build the Application, start and stop what it shares.
+each chat's waiting messages (a flood) in bot/waiting.py, drafts of a reply being generated in
+bot/drafts.py, the Bot API calls that must work at start and the optional ones in bot/botapi.py,
+text splitting in bot/text.py, token redaction in bot/redact.py.
+Here only the wiring: build the Application, start and stop what it shares. Nothing optional
+blocks the start: the command menu is set from a background task while the bot already answers.
 """
 
 from __future__ import annotations
@@ -13,9 +15,9 @@ import logging
 from urllib.parse import urlsplit
 
 from telegram import Update
-from telegram.error import InvalidToken
-from telegram.ext import AIORateLimiter, ApplicationBuilder
+from telegram.ext import ApplicationBuilder
 
+from bot.botapi import BotAPI, OptionalCalls
 from bot.dialogues import Dialogues
 from bot.handlers import COMMANDS, STATE, BotApplication, add_handlers
 from bot.history import open_store
@@ -31,11 +33,11 @@ ALLOWED_UPDATES = [Update.MESSAGE]
 
 
 async def post_init(application: BotApplication) -> None:
-    """Connect the history, publish the command menu, start answering what a stopped process left
-    unanswered and the Triton health checks."""
+    """Connect the history; start, in the background, answering what a stopped process left
+    unanswered, the Triton health checks and the command menu (optional: retried with backoff)."""
+    bot = application.bot
     await application.bot_data[STATE].history.start()
-    await application.bot.set_my_commands(COMMANDS)
-    application.bot_data[STATE].run_in_background(application.bot)
+    application.bot_data[STATE].run_in_background(bot, menu=lambda: bot.set_my_commands(COMMANDS))
 
 
 async def post_shutdown(application: BotApplication) -> None:
@@ -48,12 +50,11 @@ def build_application(
 ) -> BotApplication:
     """The bot's Application with its handlers; also hides the token in every log line."""
     hide_token_in_logs(settings.token)
+    metrics = metrics or Metrics()
+    optional = OptionalCalls(metrics)
     application = (
         ApplicationBuilder()
-        .token(settings.token)
-        .base_url(f"{settings.base_url}/bot")
-        .base_file_url(f"{settings.base_url}/file/bot")
-        .rate_limiter(AIORateLimiter(max_retries=2))
+        .bot(BotAPI(settings.token, settings.base_url, optional))
         .concurrent_updates(True)
         .post_init(post_init)
         .post_shutdown(post_shutdown)
@@ -61,7 +62,7 @@ def build_application(
     )
     history = open_store(settings.data_dir, settings.database, settings.share_default)
     application.bot_data[STATE] = Dialogues(
-        chatbot, history, metrics or Metrics(), health_every, settings.draft_every
+        chatbot, history, metrics, health_every, settings.draft_every, optional
     )
     add_handlers(application, settings.allowed_chat_ids)
     return application
@@ -83,19 +84,14 @@ def run_telegram(chatbot: ChatBot, settings: Settings, webhook: bool = False) ->
         settings.metrics_port or "off",
         f"every {settings.draft_every:g} s" if settings.draft_every else "off",
     )
-    try:
-        if webhook:
-            application.run_webhook(
-                listen="0.0.0.0",
-                port=settings.webhook_port,
-                url_path=urlsplit(settings.webhook_url).path.lstrip("/"),
-                webhook_url=settings.webhook_url,
-                secret_token=settings.webhook_secret,
-                allowed_updates=ALLOWED_UPDATES,
-            )
-        else:
-            application.run_polling(allowed_updates=ALLOWED_UPDATES)
-    except InvalidToken:
-        raise ValueError(
-            "TELEGRAM_BOT_TOKEN was rejected by the Bot API: copy it from @BotFather again"
-        ) from None
+    if webhook:  # a token rejected or a webhook refused: bot/botapi.py's StartFailed (a ValueError)
+        application.run_webhook(
+            listen="0.0.0.0",
+            port=settings.webhook_port,
+            url_path=urlsplit(settings.webhook_url).path.lstrip("/"),
+            webhook_url=settings.webhook_url,
+            secret_token=settings.webhook_secret,
+            allowed_updates=ALLOWED_UPDATES,
+        )
+    else:
+        application.run_polling(allowed_updates=ALLOWED_UPDATES)

@@ -18,6 +18,9 @@ HELP = (  # /help, and any other command
 FALLBACK = "Хм, даже не знаю, что сказать. Расскажи ещё что-нибудь?"  # the model said nothing, twice
 NOT_TEXT = "Я понимаю только текст — напиши, пожалуйста, словами."  # stickers, photos, voice…
 REFUSED = "Извините, в этом чате бот недоступен."  # a chat not on ALLOWED_CHAT_IDS
+FLOOD_NOTE = (  # once per flood, when more messages came than a chat's line holds (bot/waiting.py)
+    "Вы пишете быстрее, чем я успеваю отвечать: отвечу на последние сообщения разом, а самые ранние пропущу."
+)
 SORRY = "Что-то пошло не так. Попробуйте, пожалуйста, ещё раз чуть позже."  # an unexpected error
 COMMAND_MENU = {  # Telegram's command menu: each command and its description
     "start": "что это за бот",

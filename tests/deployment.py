@@ -64,6 +64,8 @@ BOT_METRICS = {
     "bot_drafts_total",
     "bot_model_version",
     "bot_model_switches_total",
+    "bot_optional_call_failures_total",
+    "bot_skipped_messages_total",
 }
 BOT_HISTOGRAMS = {"bot_reply_latency_seconds", "bot_first_text_seconds"}
 KNOWN_METRICS = (

@@ -1,7 +1,12 @@
 """A fake Telegram Bot API on 127.0.0.1 for tests: serves queued updates, records every call.
 
 sendMessageDraft answers as the real API does: only to private chats, with a non-zero draft_id.
-`fail_next` makes calls of a method fail (429 comes with retry_after, as Telegram's flood control).
+A switch per method makes its calls fail: `fail_next` the next few, `failing[method]` every one
+until removed, with a `Failure` (an HTTP status and description, SERVER_ERROR, NOT_FOUND as for a
+method the server lacks, TIMEOUT: held past the bot's read timeout); 429 comes with retry_after,
+as Telegram's flood control. Updates are handed out by getUpdates or posted to a webhook once
+setWebhook set one, with switches for a server that redelivers, or delivers late and out of
+order: tests/fake_updates.py (`tg.updates`).
 
 It runs in threads (http.server), so the bot under test may live in the test's event loop or in
 another process. Methods are answered at `/bot<TOKEN>/<method>` as the real API does; a wrong
@@ -21,6 +26,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qsl
 
+from tests.fake_updates import Updates
+
 BOT_USER = {
     "id": 4242,
     "is_bot": True,
@@ -31,6 +38,20 @@ BOT_USER = {
     "supports_inline_queries": False,
 }
 USER = {"id": 1001, "is_bot": False, "first_name": "Аня"}
+
+
+@dataclass(frozen=True)
+class Failure:
+    """How a call fails: the Bot API's error code and description, after `hang` seconds."""
+
+    code: int = 500
+    description: str = "Internal Server Error"
+    hang: float = 0.0  # seconds the answer is held first: past PTB's read timeout (5 s), a timeout
+
+
+SERVER_ERROR = Failure()
+NOT_FOUND = Failure(404, "Not Found")  # the Bot API's answer to a method it does not have
+TIMEOUT = Failure(504, "Gateway Timeout", hang=6.0)
 
 
 @dataclass
@@ -50,13 +71,11 @@ class FakeTelegram:
     def __init__(self, token: str = "123456:FAKE-token-for-tests"):
         self.token = token
         self.calls: list[Call] = []
-        self.queued: list[dict] = []  # every update `message` made, in order
-        self._updates: list[dict] = []  # those not confirmed yet
-        self._again: list[dict] = []  # updates handed out once more whatever the offset (`deliver`)
+        self.updates = Updates()
+        self.failing: dict[str, Failure] = {}  # method: how every call of it fails, until removed
         self._chats: dict[int, dict] = {}
-        self._failures: dict[str, list[tuple[int, str]]] = {}
-        self._changed = threading.Condition()
-        self._closing = False
+        self._failures: dict[str, list[Failure]] = {}
+        self._closing = threading.Event()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._server.daemon_threads = False  # server_close() joins the request threads
         self._thread = threading.Thread(
@@ -74,11 +93,15 @@ class FakeTelegram:
 
     def __exit__(self, *exc: object) -> None:
         self._server.shutdown()
-        with self._changed:
-            self._closing = True
-            self._changed.notify_all()
+        self._closing.set()
+        self.updates.close()
         self._server.server_close()
         self._thread.join()
+
+    @property
+    def queued(self) -> list[dict]:
+        """Every update `message` made, in order."""
+        return self.updates.queued
 
     # -- what tests do ----------------------------------------------------------------------
 
@@ -116,23 +139,18 @@ class FakeTelegram:
                 "text": "Моё прошлое сообщение",
             }
         update = {"update_id": next(self._ids), "message": message}
-        with self._changed:
-            self.queued.append(update)
-            self._updates.append(update)
-            self._changed.notify_all()
+        self.updates.add(update)
         return update
 
     def deliver(self, update: dict[str, Any]) -> None:
-        """Hand out `update` (again) with the next getUpdates, even if the bot confirmed it: what
-        Telegram does when a confirmation was lost, or what a second replica gets."""
+        """Hand out `update` (again) with the next getUpdates (or post it again), even if the bot
+        confirmed it: what Telegram does when a confirmation was lost, or what a second replica gets."""
         self._chats[update["message"]["chat"]["id"]] = update["message"]["chat"]
-        with self._changed:
-            self._again.append(update)
-            self._changed.notify_all()
+        self.updates.deliver(update)
 
     def fail_next(self, method: str, code: int, description: str, times: int = 1) -> None:
         """Make the next `times` calls of `method` fail with this Bot API error."""
-        self._failures.setdefault(method, []).extend([(code, description)] * times)
+        self._failures.setdefault(method, []).extend([Failure(code, description)] * times)
 
     def of(self, method: str, chat_id: int | None = None) -> list[dict[str, str]]:
         """The params of every successful call of `method` (to `chat_id`, if given), in order."""
@@ -172,20 +190,6 @@ class FakeTelegram:
 
     # -- the API ----------------------------------------------------------------------------
 
-    def _get_updates(self, params: dict[str, str]) -> list[dict]:
-        offset = int(params.get("offset", 0))
-        deadline = time.monotonic() + min(float(params.get("timeout", 0)), 1.0)
-        with self._changed:
-            while True:
-                self._updates = [u for u in self._updates if u["update_id"] >= offset]
-                left = deadline - time.monotonic()
-                if self._updates or self._again or left <= 0 or self._closing:
-                    again, self._again = self._again, []
-                    return sorted(again + self._updates, key=lambda u: u["update_id"])[
-                        : int(params.get("limit", 100))
-                    ]
-                self._changed.wait(left)
-
     def _draft(self, params: dict[str, str]) -> tuple[int, str] | None:
         """The error the Bot API gives a sendMessageDraft with these params, if any."""
         chat = self._chats.get(int(params["chat_id"]), {"type": "private"})
@@ -209,23 +213,36 @@ class FakeTelegram:
 
     def answer(self, method: str, params: dict[str, str]) -> tuple[int, dict]:
         """The HTTP status and JSON body the Bot API would answer."""
-        failure = self._failures[method].pop(0) if self._failures.get(method) else None
-        if method == "sendMessageDraft":
-            failure = failure or self._draft(params)
+        failure = self._failures[method].pop(0) if self._failures.get(method) else self.failing.get(method)
+        if method == "sendMessageDraft" and not failure and (refused := self._draft(params)):
+            failure = Failure(*refused)
+        if method == "getUpdates" and not failure and self.updates.webhook:
+            failure = Failure(409, "Conflict: can't use getUpdates method while webhook is active")
         if failure:
-            code, description = failure
-            extra = {"parameters": {"retry_after": 1}} if code == 429 else {}  # flood control: wait 1 s
-            return code, {"ok": False, "error_code": code, "description": description, **extra}
+            self._closing.wait(failure.hang)
+            extra = (
+                {"parameters": {"retry_after": 1}} if failure.code == 429 else {}
+            )  # flood control: wait 1 s
+            return failure.code, {
+                "ok": False,
+                "error_code": failure.code,
+                "description": failure.description,
+                **extra,
+            }
         results: dict[str, Callable[[], Any]] = {
             "getMe": lambda: BOT_USER,
-            "getUpdates": lambda: self._get_updates(params),
+            "getUpdates": lambda: self.updates.get_updates(params),
             "sendMessage": lambda: self._sent(params),
             "sendMessageDraft": lambda: True,
             "sendChatAction": lambda: True,
             "setMyCommands": lambda: True,
-            "deleteWebhook": lambda: True,
-            "setWebhook": lambda: True,
-            "getWebhookInfo": lambda: {"url": "", "has_custom_certificate": False, "pending_update_count": 0},
+            "deleteWebhook": lambda: self.updates.delete_webhook() or True,
+            "setWebhook": lambda: self.updates.set_webhook(params) or True,
+            "getWebhookInfo": lambda: {
+                "url": (self.updates.webhook or {}).get("url", ""),
+                "has_custom_certificate": False,
+                "pending_update_count": 0,
+            },
         }
         if method not in results:
             return 404, {"ok": False, "error_code": 404, "description": "Not Found"}

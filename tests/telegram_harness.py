@@ -1,5 +1,6 @@
-"""The Telegram bot under test: a recording ChatBot, PTB's own run_polling driven from a test,
-messages to the fake Bot API, `python -m bot`'s command line (fixtures are in conftest.py)."""
+"""The Telegram bot under test: a recording ChatBot, PTB's own run_polling (or run_webhook) driven
+from a test, messages to the fake Bot API, `python -m bot`'s command line (fixtures are in
+conftest.py)."""
 
 from __future__ import annotations
 
@@ -28,12 +29,14 @@ from client.chat import ChatBot, DialogueTokenizer, Reply
 from client.rounds import TritonClient
 from client.sampling import SamplingConfig
 from client.streaming import OnText
+from serve.server import free_port
 from tests.fake_telegram import FakeTelegram
 from tests.helpers import MODEL, ROOT, Slow
 
 T = TypeVar("T")
 CHAT, OTHER, GROUP = 1001, 2002, -1003003
 LOCK_SECONDS = 4  # BOT_CHAT_LOCK_SECONDS of a Replica: how long a hung replica holds a chat
+WEBHOOK_URL, WEBHOOK_SECRET = "https://bot.example.com/telegram-hook", "s3cret-Value_1"
 
 
 class RecordingChatBot(ChatBot):
@@ -84,13 +87,21 @@ def streaming_chatbot(url: str, tokenizer: DialogueTokenizer, timeout: float = 1
     )
 
 
-def run_bot(application: Application, scenario: Callable[[Dialogues], Awaitable[T]]) -> T:
+def run_bot(
+    application: Application,
+    scenario: Callable[[Dialogues], Awaitable[T]],
+    webhook: FakeTelegram | None = None,
+    poll_interval: float = 0.05,
+) -> T:
     """Play `scenario(dialogues)` against the bot as `python -m bot` runs it: PTB's own run_polling
     (initialize, the application's post_init, polling, start; then stop, shutdown, post_shutdown)
     in a fresh event loop, the scenario a task in that loop; the bot stops when the scenario ends.
+    With `webhook` (the fake Bot API) PTB's run_webhook instead (`--webhook`): it sets the webhook
+    to WEBHOOK_URL, which the fake posts to at the local port the bot listens on.
 
     Unlike production, run_polling installs no signal handlers (Ctrl-C stays pytest's) and polls
-    briskly; the `python -m bot` tests run the whole entry point, signals included."""
+    briskly, `poll_interval` s between polls (production: 0); the `python -m bot` tests run the
+    whole entry point, signals included."""
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
 
@@ -107,13 +118,27 @@ def run_bot(application: Application, scenario: Callable[[Dialogues], Awaitable[
 
     task = loop.create_task(play())
     try:
-        application.run_polling(
-            poll_interval=0.05,
-            timeout=1,
-            allowed_updates=ALLOWED_UPDATES,
-            stop_signals=None,
-            close_loop=False,
-        )
+        if webhook is None:
+            application.run_polling(
+                poll_interval=poll_interval,
+                timeout=1,
+                allowed_updates=ALLOWED_UPDATES,
+                stop_signals=None,
+                close_loop=False,
+            )
+        else:
+            port = free_port()
+            webhook.updates.webhook_target = f"http://127.0.0.1:{port}/telegram-hook"
+            application.run_webhook(
+                listen="127.0.0.1",
+                port=port,
+                url_path="telegram-hook",
+                webhook_url=WEBHOOK_URL,
+                secret_token=WEBHOOK_SECRET,
+                allowed_updates=ALLOWED_UPDATES,
+                stop_signals=None,
+                close_loop=False,
+            )
         result = task.result()  # the scenario's error, if it failed
         assert not asyncio.all_tasks(loop), f"left running: {asyncio.all_tasks(loop)}"
         return result

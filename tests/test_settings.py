@@ -74,7 +74,7 @@ def test_every_variable_is_read():
 @pytest.mark.parametrize("value", ["1", "0", "off"])
 def test_the_retired_step_gate_is_refused_with_the_reason(value):
     """Every generation of a process steps in one request per round now: there is nothing to switch."""
-    with pytest.raises(ValueError, match="TRITON_STEP_GATE is no longer a setting: .* remove it"):
+    with pytest.raises(ValueError, match=r"TRITON_STEP_GATE is no longer a setting: .* remove it"):
         Settings.from_env({"TRITON_STEP_GATE": value}, mode="console")
     assert Settings.from_env({"TRITON_STEP_GATE": " "}, mode="console")  # blank: unset
 

@@ -1,5 +1,6 @@
 """`python -m bot` against the fake Bot API and the real Triton: webhook and long polling, the
-whole entry point with its signals; a missing or rejected token."""
+whole entry point with its signals; a missing or rejected token; a Bot API server that fails the
+optional calls and redelivers (the issue's: the bot stays up and answers each message once)."""
 
 from __future__ import annotations
 
@@ -13,10 +14,13 @@ import urllib.request
 import pytest
 
 from serve.server import free_ports
+from tests.fake_telegram import NOT_FOUND, SERVER_ERROR
 from tests.helpers import ROOT, metric
 from tests.telegram_harness import (
     CHAT,
     OTHER,
+    WEBHOOK_SECRET,
+    WEBHOOK_URL,
     bot_env,
     generated,
     listening,
@@ -112,6 +116,9 @@ def test_python_m_bot_missing_or_rejected_token_exits_2(tg, model_repository, tm
         python_m_bot(model_repository), cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
     )
     assert proc.returncode == 2 and message in proc.stderr
+    [error] = [line for line in proc.stderr.splitlines() if "TELEGRAM_BOT_TOKEN" in line]
+    assert error.startswith("error: ") and message in error
+    assert "Traceback" not in proc.stderr  # one clear line, nothing else of the failure
     if token:
         assert [c.token for c in tg.calls] == [token]  # getMe, refused
         assert "<TOKEN>" in proc.stderr and token.lower() not in (proc.stdout + proc.stderr).lower()
@@ -135,3 +142,46 @@ def test_python_m_bot_refuses_max_new_tokens_the_model_has_no_room_for(
         in proc.stderr
     )
     assert tg.calls == []  # refused before the bot went online
+
+
+@pytest.mark.parametrize("mode", ["polling", "webhook"])
+def test_python_m_bot_stays_up_when_optional_calls_fail_and_updates_come_again(
+    tg, triton, model_repository, tmp_path, mode
+):
+    """The issue's server: setMyCommands answers 500 (it used to end the process), typing and drafts
+    are refused, every update comes twice; the bot answers each message once and logs each failing
+    method once."""
+    tg.failing.update(setMyCommands=SERVER_ERROR, sendChatAction=NOT_FOUND, sendMessageDraft=SERVER_ERROR)
+    tg.updates.redeliver = 1
+    port = free_ports(1)[0]
+    webhook = dict(BOT_WEBHOOK_URL=WEBHOOK_URL, BOT_WEBHOOK_SECRET=WEBHOOK_SECRET, BOT_WEBHOOK_PORT=str(port))
+    env = bot_env(
+        tg,
+        tmp_path,
+        TRITON_URL=triton.url,
+        TRITON_MODEL="rudialogpt",
+        **(webhook if mode == "webhook" else {}),
+    )
+    tg.updates.webhook_target = f"http://127.0.0.1:{port}/telegram-hook"
+    proc = subprocess.Popen(
+        python_m_bot(model_repository, *(["--webhook"] if mode == "webhook" else [])),
+        cwd=ROOT,
+        env=env,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        for n, text in enumerate(("Привет!", "Как дела?"), 1):
+            tg.message(CHAT, text)
+            asyncio.run(tg.wait_for(lambda: len(tg.texts(CHAT)) >= n or proc.poll() is not None, timeout=60))  # noqa: B023
+        asyncio.run(asyncio.sleep(1.0))  # the updates came again meanwhile
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    texts = tg.texts(CHAT)
+    assert len(texts) == 2 and all(generated(t) for t in texts)
+    for method in tg.failing:
+        assert err.count(f"optional Bot API call {method} failed") == 1, err
+    assert err.count("delivered again, skipped") >= 2 and "Traceback" not in err

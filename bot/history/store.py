@@ -187,15 +187,36 @@ class Store(Feedback):
         return int(status.split()[-1])
 
     async def is_answered(self, chat_id: int, message_id: int) -> bool:
-        """Whether the message was answered already (it is being delivered again)."""
+        """Whether the message was answered already (it is being delivered again). One older than
+        every id the chat's inbox keeps, once the inbox is full (pruned to `keep`), was answered
+        long ago."""
         answered = await self._run(
             lambda conn: conn.fetchval(
-                "SELECT EXISTS (SELECT 1 FROM inbox WHERE chat_id = $1 AND message_id = $2 AND answered)",
+                "SELECT EXISTS (SELECT 1 FROM inbox WHERE chat_id = $1 AND message_id = $2 AND answered) "
+                "OR $2 < (SELECT min(message_id) FROM inbox WHERE chat_id = $1 HAVING count(*) >= $3)",
                 chat_id,
                 message_id,
+                self.keep,
             )
         )
         return bool(answered)
+
+    async def skip(self, chat_id: int, message_ids: Iterable[int]) -> None:
+        """Record messages as answered without storing them or a reply, in one transaction (a
+        flood's overflow, bot/waiting.py): delivered again, they are not answered. The inbox is
+        pruned by the chat's next `mark_answered`."""
+
+        async def mark(conn: Connection) -> None:
+            async with conn.transaction():
+                for message_id in message_ids:
+                    await conn.execute(
+                        "INSERT INTO inbox (chat_id, message_id, answered) VALUES ($1, $2, TRUE) "
+                        "ON CONFLICT (chat_id, message_id) DO UPDATE SET answered = TRUE",
+                        chat_id,
+                        message_id,
+                    )
+
+        await self._run(mark)
 
     async def mark_answered(
         self, chat_id: int, message_id: int, reply: int | None = None, turn: bool = True
