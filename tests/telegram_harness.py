@@ -170,6 +170,13 @@ def generated(text: str) -> bool:
     return bool(text.strip()) and text not in (UNAVAILABLE, SORRY, NOT_TEXT, HELP, START, FALLBACK)
 
 
+def answered(text: str) -> bool:
+    """A reply from the answering path: generated, or the fallback after two empty generations
+    (what a garbage message or an unlucky draw of the tiny model gives). For tests of the bot's
+    plumbing; tests of what the model says use generated()."""
+    return generated(text) or text == FALLBACK
+
+
 # -- `python -m bot` -----------------------------------------------------------------------------
 
 

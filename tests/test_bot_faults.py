@@ -31,6 +31,7 @@ from tests.fake_telegram import FakeTelegram
 from tests.helpers import ROOT, start_launcher, tritonservers_of
 from tests.telegram_harness import (
     CHAT,
+    answered,
     bot_env,
     chatbot,
     generated,
@@ -292,7 +293,7 @@ def test_hostile_text(tg, settings, triton, tokenizer, text, stored):
     prompts, max_positions = run_bot(build_application(bot, settings), body)
     texts = tg.texts(CHAT)
     assert len(texts) == expected and SORRY not in texts and UNAVAILABLE not in texts
-    assert all(generated(t) for t in texts)
+    assert all(answered(t) for t in texts)  # (a 10,000-character word leaves the tiny model mute)
     assert all("parse_mode" not in p for p in tg.of("sendMessage"))  # Markdown/HTML is sent as plain text
     if stored is None:
         assert saved_turns(settings, CHAT) == ["Пока", texts[0]] and bot.prompts == [["Пока"]]

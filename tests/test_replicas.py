@@ -18,7 +18,7 @@ from tests.fake_telegram import FakeTelegram
 from tests.telegram_harness import (
     LOCK_SECONDS,
     Replica,
-    generated,
+    answered,
     wait,
 )
 
@@ -97,7 +97,7 @@ def test_two_replicas_answer_20_chats_in_order_exactly_once(triton, model_reposi
         sent = [fakes[(chat + k) % 2].texts(chat) for k in range(2)]  # what each replica answered
         assert [len(s) for s in sent] == [len(range(k, MESSAGES, 2)) for k in range(2)]  # once each
         replies = [sent[k % 2][k // 2] for k in range(MESSAGES)]
-        assert all(generated(r) for r in replies), replies
+        assert all(answered(r) for r in replies), replies
         assert final[chat] == [
             row for k in range(MESSAGES) for row in (("user", text(chat, k)), ("bot", replies[k]))
         ]
@@ -124,7 +124,7 @@ def test_the_same_updates_at_two_replicas_at_once_are_answered_once(
             fakes[0].tried("sendMessage", chat) + fakes[1].tried("sendMessage", chat), key=lambda c: c.at
         )
         replies = [c.params["text"] for c in sent if c.ok]
-        assert len(replies) == BOTH_MESSAGES and all(generated(r) for r in replies), replies
+        assert len(replies) == BOTH_MESSAGES and all(answered(r) for r in replies), replies
         assert final[chat] == [
             row for k in range(BOTH_MESSAGES) for row in (("user", text(chat, k)), ("bot", replies[k]))
         ]
@@ -225,7 +225,7 @@ def test_a_replica_dying_mid_send_leaves_the_chat_to_the_other(
         final = asyncio.run(all_rows(database_url))[chat]
     assert code == 0, second.log.read_text()
     late, reply = other.texts(chat)
-    assert generated(late) and generated(reply)
+    assert answered(late) and answered(reply)
     assert held.texts(chat) == ([late] if delivered else [])  # what the user saw from the first
     # The late reply quotes the message it answers; the history holds each message and reply once.
     assert (
