@@ -108,7 +108,8 @@ def main(argv: list[str] | None = None) -> int:
     rep["onnxruntime"], rep["new_tokens"] = __import__("onnxruntime").__version__, args.new_tokens
     work = args.out / f"gpu-{args.shape}"
     ckpt = build_model(args.shape, work / "checkpoint")
-    serving = ServingConfig(kv_slots=max(args.concurrency), max_batch_size=4)
+    slots = max(args.concurrency)
+    serving = ServingConfig(kv_slots=slots, max_batch_size=4)
     with_optimum = importlib.util.find_spec("optimum") is not None
     repo = work / "model_repository"
     result = export(ckpt, repo, fp16=cuda, device=args.provider, serving=serving, reference=with_optimum)
@@ -120,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
 
     check.phase("parity", parity)
     # Its engines are freed when it returns.
-    check.phase("engines", partial(engine_phases, check, args, onnx_path, serving.kv_slots, vocab))
+    check.phase("engines", partial(engine_phases, check, args, onnx_path, slots, vocab))
     os.environ["RUDIALOGPT_EXECUTION_PROVIDER"] = args.provider
     log_file = work / "tritonserver.log"
 

@@ -95,6 +95,33 @@ def churn_parity(graphs, plain, vocab: int, steps: int = 200) -> dict:
     }
 
 
+def first_chunks(plain, onnx_path: str, provider: str, vocab: int) -> dict:
+    """Prompt batching on this device: an engine with it forced on against `plain` (each chunk
+    alone), the candidates of prompts arriving together compared, and their time to first token
+    (bench/ttft.py's scenarios: 8 prompts beside the rest of the slots decoding)."""
+    from bench.ttft import first_tokens
+    from engine.core import KVEngine, Step, make_session
+
+    merged = KVEngine(
+        make_session(onnx_path, provider), slots=plain.slots, decode_graphs="off", prompt_batching="on"
+    )
+    arriving = min(8, plain.slots)
+    batch = [Step(700 + k, np.array(p), 0, end=True) for k, p in enumerate(prompts(arriving, 200, vocab, 7))]
+    a, b = merged.step(batch), plain.step(batch)
+    out = {
+        "batching": merged.prompt_batching,  # "off ..." where its first merged call failed or differed
+        "max_abs": float(np.abs(a.top_logits - b.top_logits).max()),
+        "top1_equal": bool((a.top_ids[:, 0] == b.top_ids[:, 0]).all()),
+    }
+    decoding = plain.slots - arriving
+    for prompt in (200, 1000):
+        for name, engine in (("off", plain), ("on", merged)):
+            first_tokens(engine, decoding, arriving, prompt, vocab, seed=99)  # new shapes' first runs
+            ms = [t * 1000 for t in first_tokens(engine, decoding, arriving, prompt, vocab, seed=1)]
+            out[f"ttft_{prompt}_{name}_ms"] = float(np.median(ms))
+    return out
+
+
 def engine_phases(check: Check, args: argparse.Namespace, onnx_path: str, slots: int, vocab: int) -> None:
     """The engine in-process: KV on the device, decode graphs captured, both paths timed and compared."""
     from engine.core import KVEngine, make_session
@@ -107,6 +134,17 @@ def engine_phases(check: Check, args: argparse.Namespace, onnx_path: str, slots:
     runner = partial(run_ort, plain, new_tokens=args.new_tokens)
     rep["rows"] += check.phase("ort_cuda", partial(measure, "ort_cuda", runner, *grid)) or []
     check.phase("prompt_chunks", lambda: rep.__setitem__("prompt_chunks", prompt_costs(plain, vocab)))
+    check.phase(
+        "first_chunks",
+        lambda: rep.__setitem__("first_chunks", first_chunks(plain, onnx_path, args.provider, vocab)),
+    )
+
+    def auto_slots() -> None:  # sized by the device's free memory (what "auto" serves), then freed
+        rep["slots_auto"] = KVEngine(
+            make_session(onnx_path, args.provider), None, decode_graphs="off"
+        ).slots_why
+
+    check.phase("slots_auto", auto_slots)
 
     def graph_engine() -> KVEngine:
         session = make_session(onnx_path, args.provider, cuda_graphs=cuda)

@@ -87,6 +87,17 @@ def gpu_summary(rep: dict, lengths: list[int], concurrency: list[int]) -> list[s
         lines.append(
             f"- a 1000-token prompt in 256-token chunks, ms per chunk by position (second prompt): {chunks}"
         )
+    if "first_chunks" in rep:
+        f = rep["first_chunks"]
+        lines.append(
+            f"- prompt batching ({f['batching']}): first chunks together vs alone "
+            f"max |Δ| {f['max_abs']:.2g}, "
+            f"top-1 equal {f['top1_equal']}; TTFT of 8 prompts arriving together, median ms off -> on: "
+            f"200 tokens {f['ttft_200_off_ms']:.1f} -> {f['ttft_200_on_ms']:.1f}, "
+            f"1000 tokens {f['ttft_1000_off_ms']:.1f} -> {f['ttft_1000_on_ms']:.1f}"
+        )
+    if "slots_auto" in rep:
+        lines.append(f"- {rep['slots_auto']}")
     if "rounds" in rep:
         lines += [
             "",

@@ -79,9 +79,15 @@ PARAM_ONNX_FILE = "onnx_file"  # file name of the ONNX model in the version fold
 PARAM_EXECUTION_PROVIDER = "execution_provider"  # "cpu" or "cuda"
 PARAM_INTRA_OP_THREADS = "intra_op_threads"  # onnxruntime threads; "0" lets ORT choose
 PARAM_IDLE_SECONDS = "cache_idle_seconds"  # a cache unused this long is freed
-PARAM_KV_SLOTS = "kv_slots"  # KV-cache slots: most sequences cached at once (the client's limit too)
+# KV-cache slots, most sequences cached at once: a count, or "auto" (KV_SLOTS_AUTO): sized at load
+# from the device's free memory on CUDA, DEFAULT_KV_SLOTS on the CPU (engine/memory.py). The client
+# learns the count the model serves from the model itself (SERVED), not from config.pbtxt.
+PARAM_KV_SLOTS = "kv_slots"
 PARAM_SLOT_LENGTH = "slot_length"  # positions one slot holds: the longest context a sequence may reach
-PARAM_DECODE_GRAPHS = "decode_graphs"  # "auto" (on with CUDA), "on", "off": see engine/runner.py
+PARAM_DECODE_GRAPHS = "decode_graphs"  # "auto" (on with CUDA), "on", "off": see engine/graphs.py
+# "auto" (on with the CPU provider, off with CUDA), "on", "off": the first chunks of several
+# prompts share a call in a graph without ragged chunks (engine/plan.py); absent: "auto".
+PARAM_PROMPT_BATCHING = "prompt_batching"
 
 # Serving graph metadata (export/serving_graph.py): the model's shape, read by the engine.
 META_NUM_LAYERS = "num_layers"  # transformer layers (past_key.N)
@@ -96,7 +102,8 @@ META_CANDIDATES = "candidates"  # K: the candidate tokens the graph answers per 
 # export/triton_config.py), model.py reads what config.pbtxt says, and the engine (engine/core.py)
 # uses them when it is built directly (tests, bench).
 ONNX_FILE = "model.onnx"  # the served graph in the model's version folder
-DEFAULT_KV_SLOTS = 8  # KV-cache slots: sequences generating at once (each holds one from position 0 to END)
+KV_SLOTS_AUTO = "auto"  # kv_slots sized by the engine at load (export's default)
+DEFAULT_KV_SLOTS = 8  # KV-cache slots on the CPU, and where "auto" cannot read the device's memory
 DEFAULT_IDLE_SECONDS = 60  # a sequence idle this long is freed (its KV slot)
 CANDIDATES = 64  # K: candidate tokens per row (the graph's TopK; at most the vocabulary)
 

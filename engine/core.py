@@ -2,9 +2,10 @@
 
 Pure numpy + onnxruntime (no Triton imports), so it runs and is tested in-process as well as
 inside Triton's python backend (engine/model.py). The graph is export/serving_graph.py's. The
-engine ties five units together: the slot table (engine/slots.py: which sequence holds which slot,
+engine ties these units together: the slot table (engine/slots.py: which sequence holds which slot,
 positions, eviction), the plan (engine/plan.py: rounds and calls), the runner (engine/runner.py:
-sessions, KV buffers, ordinary onnxruntime calls), the decode graphs (engine/graphs.py) and the
+sessions, KV buffers, ordinary onnxruntime calls), the decode graphs (engine/graphs.py), the first
+runs checked against ordinary calls (engine/checks.py), the slot count (engine/memory.py) and the
 step types (engine/steps.py).
 
 A sequence holds one slot from its first step (position 0) to END. Rows are right-padded chunks
@@ -24,13 +25,14 @@ import numpy as np
 import onnxruntime as ort
 
 from contract import triton_io as io
+from engine import checks, memory
 from engine.graphs import DecodeGraph, buckets
 from engine.plan import Row, chunk_width, plan_calls, rounds
 from engine.runner import CallResult, KVBuffers, Runner, Shape, make_session
 from engine.slots import EVICT_AFTER_S, SlotTable
 from engine.steps import Output, Step, StepError
 
-__all__ = ["KVEngine", "Output", "Step", "StepError", "Usage", "make_session", "open_engine"]
+__all__ = ["KVEngine", "Output", "Step", "StepError", "Usage", "make_session"]
 
 log = logging.getLogger(__name__)
 
@@ -53,47 +55,65 @@ class KVEngine:
     def __init__(
         self,
         session: ort.InferenceSession,
-        slots: int = io.DEFAULT_KV_SLOTS,
+        slots: int | None = io.DEFAULT_KV_SLOTS,
         slot_length: int | None = None,
         idle_seconds: float = io.DEFAULT_IDLE_SECONDS,
         device_id: int = 0,
         decode_graphs: str = "auto",
         evict_after_s: float = EVICT_AFTER_S,
+        prompt_batching: str = "auto",
     ):
-        if decode_graphs not in ("auto", "on", "off"):
-            raise ValueError(f"decode_graphs must be 'auto', 'on' or 'off', not {decode_graphs!r}")
+        """`slots`: a count, or None to size them at load (engine/memory.py); `prompt_batching`:
+        whether the first chunks of several prompts share a call in a graph without ragged chunks
+        ("auto": with the CPU provider, where it was checked; see engine/plan.py's `together`)."""
+        for name, value in (("decode_graphs", decode_graphs), ("prompt_batching", prompt_batching)):
+            if value not in ("auto", "on", "off"):
+                raise ValueError(f"{name} must be 'auto', 'on' or 'off', not {value!r}")
         self.session = session
         self.shape = shape = Shape.of(session)
         self.vocab_size, self.layers, self.ragged = shape.vocab, shape.layers, shape.ragged
         self.slot_length = min(slot_length or shape.max_positions, shape.max_positions)
-        self.table = SlotTable(slots, self.slot_length, idle_seconds, evict_after_s)
         self.device = "cuda" if session.get_providers()[0] == "CUDAExecutionProvider" else "cpu"
+        with_graphs = decode_graphs == "on" or (decode_graphs == "auto" and self.device == "cuda")
+        per_slot = memory.slot_bytes(shape, self.slot_length)
+        graph_count = len(buckets(memory.SLOTS_CAP)) if with_graphs else 0
+        slots, self.slots_why = memory.choose_slots(slots, self.device, device_id, per_slot, graph_count)
+        log.info("%s", self.slots_why)
+        self.table = SlotTable(slots, self.slot_length, idle_seconds, evict_after_s)
         self.kv = KVBuffers(shape, self.table.total, self.slot_length, self.device, device_id)
         self.runner = Runner(session, shape, self.kv, self.slot_length)
         self.graphs: dict[int, DecodeGraph] = {}
-        if decode_graphs == "on" or (decode_graphs == "auto" and self.device == "cuda"):
+        if with_graphs:
             options = session.get_provider_options().get("CUDAExecutionProvider", {})
             capture = options.get("enable_cuda_graph") == "1"
             for n, bucket in enumerate(buckets(slots)):
                 self.graphs[bucket] = DecodeGraph(self.runner, bucket, n + 1 if capture else None)
-        # A decode graph's first run may differ from an ordinary call by this much (max |Δlogit| of
-        # the candidates): fp16 kernels of another shape round differently, fp32 ones barely.
-        self.graph_tolerance = 0.05 if shape.dtype == np.float16 else 1e-4
+        self.first_chunks = prompt_batching == "on" or (prompt_batching == "auto" and self.device == "cpu")
+        self.first_chunks_checked = False  # its first call was compared with each row alone
+        self.tolerance = checks.tolerance(shape.dtype)
         self.lock = threading.Lock()
         self.calls = self.rows_bound = self.rows_idle = self.graph_steps = 0
         log.info(
-            "KV cache: %d slots x %d positions, %.2f GB %s on %s; decode graphs: %s",
+            "KV cache: %d slots x %d positions, %.2f GB %s on %s; decode graphs: %s; prompt batching: %s",
             slots,
             self.slot_length,
             self.kv.nbytes / 1e9,
             np.dtype(shape.dtype).name,
             self.device,
             ",".join(map(str, self.graphs)) or "off",
+            self.prompt_batching,
         )
 
     @property
     def slots(self) -> int:
         return self.table.slots
+
+    @property
+    def prompt_batching(self) -> str:
+        """Which prompt chunks of several sequences share a call, in words."""
+        if self.ragged:
+            return "any (ragged chunks)"
+        return "first chunks" if self.first_chunks else "off (each chunk alone)"
 
     def evict_idle(self, now: float | None = None) -> int:
         """Free slots unused for idle_seconds (abandoned sequences); returns how many."""
@@ -239,48 +259,28 @@ class KVEngine:
             if not graph.fits(lengths):
                 graph = None
         if graph is None:
-            return [(call, None) for call in plan_calls(rows, lengths, self.slot_length, self.ragged)]
+            return [
+                (call, None)
+                for call in plan_calls(rows, lengths, self.slot_length, self.ragged, self.first_chunks)
+            ]
         on_graph = {r.index for r in decode}
         rest = [r for r in rows if r.index not in on_graph]
         return [
             (decode, graph),
-            *((call, None) for call in plan_calls(rest, lengths, self.slot_length, self.ragged)),
+            *(
+                (call, None)
+                for call in plan_calls(rest, lengths, self.slot_length, self.ragged, self.first_chunks)
+            ),
         ]
 
     def _run(self, call: list[Row], graph: DecodeGraph | None, lengths: dict[int, int]) -> CallResult:
-        """The call on its decode graph, or an ordinary call (`call` sorted by slot). A decode graph's
-        first run is checked against the ordinary call of the same rows (running a step again
-        writes the same cache): a graph that fails or differs turns the decode graphs off, and the
-        ordinary result stands."""
-        if graph is None:
-            return self.runner.run(call, lengths)
-        if graph.runs:
-            return graph.run(call, lengths)
-        expected = self.runner.run(call, lengths)
-        lo, slots = call[0].slot, [r.slot for r in call]
-        want_ids = expected.top_ids[[s - lo for s in slots], 0]
-        want = expected.top_logits[[s - lo for s in slots]]
-        try:
-            got = graph.run(call, lengths)
-            graph.check_diff = float(np.abs(got.top_logits[slots] - want).max())
-            if not ((got.top_ids[slots, 0] == want_ids).all() and graph.check_diff <= self.graph_tolerance):
-                raise RuntimeError(f"its candidates differ from an ordinary call's by {graph.check_diff:.3g}")
-        except Exception as exc:
-            log.error(
-                "decode graph for %d slots failed its first run (%r): decode graphs are off",
-                graph.bucket,
-                exc,
-            )
-            self.graphs.clear()
-            return expected
-        log.info(
-            "decode graph for %d slots: first run %.1f ms (capture included), equal to an ordinary call "
-            "within %.2g",
-            graph.bucket,
-            graph.capture_s * 1000,
-            graph.check_diff,
-        )
-        return got
+        """The call on its decode graph, or an ordinary call (`call` sorted by slot); the first run
+        of a decode graph and of several first chunks together are checked (engine/checks.py)."""
+        if graph is not None:
+            return checks.graph_run(self, call, graph, lengths)
+        if len(call) > 1 and not self.ragged and call[0].width > 1 and not self.first_chunks_checked:
+            return checks.first_chunks_run(self, call, lengths)
+        return self.runner.run(call, lengths)
 
     @staticmethod
     def _take(call: list[Row], lo: int, result: CallResult, out: Output, full: dict[int, np.ndarray]) -> None:
@@ -289,26 +289,3 @@ class KVEngine:
         out.top_logits[index] = result.top_logits[b]
         if result.logits is not None:
             full.update((r.index, result.logits[r.slot - lo]) for r in call if r.full)
-
-
-def open_engine(
-    onnx_path: str,
-    provider: str = "cpu",
-    threads: int = 0,
-    device_id: int = 0,
-    decode_graphs: str = "auto",
-    slots: int = io.DEFAULT_KV_SLOTS,
-    slot_length: int | None = None,
-    idle_seconds: float = io.DEFAULT_IDLE_SECONDS,
-) -> KVEngine:
-    """A session and its engine; on CUDA the decode graphs are captured as CUDA graphs (where the
-    provider refuses a session that may capture them, ordinary calls serve, with an error logged)."""
-    session = None
-    if provider == "cuda" and decode_graphs != "off":
-        try:
-            session = make_session(onnx_path, provider, threads, device_id, cuda_graphs=True)
-        except Exception as exc:
-            log.error("no CUDA graphs for this graph (%s): decode steps run as ordinary calls", exc)
-            decode_graphs = "off"
-    session = session or make_session(onnx_path, provider, threads, device_id)
-    return KVEngine(session, slots, slot_length, idle_seconds, device_id, decode_graphs)

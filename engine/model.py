@@ -21,7 +21,9 @@ import triton_python_backend_utils as pb_utils
 
 from contract import triton_io as io
 from contract.repository import TOKENIZER_DIR, tokenizer_digest, tokenizer_problems
-from engine.core import Output, Step, StepError, open_engine
+from engine.core import Output, Step, StepError
+from engine.load import open_engine
+from engine.memory import parse_slots
 
 ENV_PROVIDER = "RUDIALOGPT_EXECUTION_PROVIDER"  # overrides the execution_provider parameter
 GAUGES = {  # the model's own metrics on Triton's /metrics: name -> description
@@ -103,9 +105,10 @@ class TritonPythonModel:
             int(params[io.PARAM_INTRA_OP_THREADS]),
             int(args.get("model_instance_device_id", 0) or 0),
             params[io.PARAM_DECODE_GRAPHS],
-            int(params[io.PARAM_KV_SLOTS]),
+            parse_slots(params.get(io.PARAM_KV_SLOTS)),
             int(params[io.PARAM_SLOT_LENGTH]),
             float(params[io.PARAM_IDLE_SECONDS]),
+            params.get(io.PARAM_PROMPT_BATCHING, "auto"),
         )
         self.logger = pb_utils.Logger
         name, version = args["model_name"], args["model_version"]
@@ -147,10 +150,12 @@ class TritonPythonModel:
         self.sweeper = threading.Thread(target=self._sweep, daemon=True)
         self.sweeper.start()
         e = self.engine
+        self.logger.log_info(f"{name} version {version}: {e.slots_why}")
         self.logger.log_info(
             f"{name} version {version}: {provider} provider, {e.layers} layers, vocab {e.vocab_size}; "
             f"KV: {e.slots} slots x {e.slot_length} positions, {e.kv.nbytes / 1e9:.2f} GB "
             f"{np.dtype(e.kv.dtype).name} on {e.device}; graphs: {','.join(map(str, e.graphs)) or 'off'}; "
+            f"prompt batching: {e.prompt_batching}; "
             f"warmed up in {warm_s:.1f} s"
         )
 

@@ -63,17 +63,24 @@ def rounds(sequence_ids: Sequence[int]) -> Iterator[list[int]]:
         pending = later
 
 
-def plan_calls(rows: list[Row], lengths: dict[int, int], slot_length: int, ragged: bool) -> list[list[Row]]:
+def plan_calls(
+    rows: list[Row], lengths: dict[int, int], slot_length: int, ragged: bool, first_chunks: bool = False
+) -> list[list[Row]]:
     """`rows` split into calls over contiguous slot ranges, merged while that is cheaper.
 
     A call costs CALL_OVERHEAD_TOKENS plus (slots bound) × (widest chunk) tokens: idle slots inside
     the range and padding both count. Every bound slot must have room for the chunk (`lengths`:
     context by held slot; a free slot counts as 1). A graph without ragged chunks runs each
-    multi-token chunk in a call of its own."""
+    multi-token chunk in a call of its own, except, with `first_chunks`, where `together` allows."""
     calls: list[list[Row]] = []
     for row in sorted(rows, key=lambda r: r.slot):
-        alone = not ragged and (row.width > 1 or (calls and calls[-1][0].width > 1))
-        if calls and not alone:
+        if calls and not ragged and (row.width > 1 or calls[-1][0].width > 1):
+            if first_chunks and together(calls[-1], row, slot_length):
+                calls[-1].append(row)
+            else:
+                calls.append([row])
+            continue
+        if calls:
             current = calls[-1]
             lo, hi = current[0].slot, current[-1].slot + 1
             width = max(r.width for r in current)
@@ -88,3 +95,29 @@ def plan_calls(rows: list[Row], lengths: dict[int, int], slot_length: int, ragge
                 continue
         calls.append([row])
     return calls
+
+
+def together(call: list[Row], row: Row, slot_length: int) -> bool:
+    """Whether `row` may join `call` in a graph without ragged chunks: both first chunks (position
+    0) of the same width, in the next slot.
+
+    GroupQueryAttention without per-row query lengths (`query_seqlens`) refuses a call of several
+    rows whose chunks have a past ("batch_size must be 1 when sequence_length > 1 and past context
+    is given", onnxruntime 1.32 on the CPU), so continuation chunks stay alone. It takes a call whose
+    `total_sequence_length` equals the chunk's width as a batch of first prompts, each row's keys
+    and values written from position 0: a held idle row in the range would lose its cache, so the
+    rows must be adjacent. On the CPU such a call equals each row run alone, to the bit
+    (tests/test_engine.py). onnxruntime-gpu's GroupQueryAttention (CUDA, 1.31) is another
+    implementation whose handling of several first prompts has not been run: the engine merges by
+    default with the CPU provider only (KVEngine's `prompt_batching`) and checks its first merged
+    call against each row alone (engine/checks.py). At most `slot_length` tokens in all (rows x
+    width): the CPU kernel's attention scratch grows with rows x width x slot length, and a single
+    chunk may already be that wide."""
+    last = call[-1]
+    return (
+        row.past == 0
+        and row.width > 1
+        and row.slot == last.slot + 1
+        and all(r.past == 0 and r.width == row.width for r in call)
+        and (len(call) + 1) * row.width <= slot_length
+    )

@@ -59,9 +59,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument(
         "--kv-slots",
-        type=int,
-        default=d.kv_slots,
-        help="KV-cache slots: sequences generating at once (each holds one from its start to END)",
+        default=io.KV_SLOTS_AUTO,
+        help="KV-cache slots: sequences generating at once (each holds one from its start to END); "
+        f"auto: sized at load from the GPU's free memory (engine/memory.py), {io.DEFAULT_KV_SLOTS} on a CPU",
     )
     p.add_argument(
         "--slot-length",
@@ -74,6 +74,13 @@ def main(argv: list[str] | None = None) -> int:
         choices=["auto", "on", "off"],
         default=d.decode_graphs,
         help="decode steps on fixed bindings (auto: with CUDA, replayed as CUDA graphs)",
+    )
+    p.add_argument(
+        "--prompt-batching",
+        choices=["auto", "on", "off"],
+        default=d.prompt_batching,
+        help="without ragged chunks, the first chunks of several prompts share a call (auto: with "
+        "the CPU provider; unverified on CUDA)",
     )
     p.add_argument(
         "--skip-reference",
@@ -124,20 +131,25 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         print(f"published {model_dir / str(number)}: a copy of version {_copy_of(model_dir, number)}")
         return 0
+    try:
+        kv_slots = None if args.kv_slots == io.KV_SLOTS_AUTO else int(args.kv_slots)
+    except ValueError:
+        p.error(f"--kv-slots must be a count or {io.KV_SLOTS_AUTO}, got {args.kv_slots!r}")
     for flag, value in (
-        ("--kv-slots", args.kv_slots),
+        ("--kv-slots", 1 if kv_slots is None else kv_slots),
         ("--max-batch-size", args.max_batch_size),
         ("--keep", args.keep),
     ):
         if value < 1:
-            p.error(f"{flag} must be at least 1, got {value}")
+            p.error(f"{flag} must be at least 1{' (or auto)' if flag == '--kv-slots' else ''}, got {value}")
     if args.slot_length < 0:
         p.error(f"--slot-length must be >= 0 (0: the model's positions), got {args.slot_length}")
     serving = ServingConfig(
         max_batch_size=args.max_batch_size,
-        kv_slots=args.kv_slots,
+        kv_slots=kv_slots,
         slot_length=args.slot_length,
         decode_graphs=args.decode_graphs,
+        prompt_batching=args.prompt_batching,
         idle_seconds=args.idle_seconds,
         intra_op_threads=args.threads,
     )

@@ -263,13 +263,14 @@ def export(
     final = layout.version_dir(model_dir, number)
     size = sum(f.stat().st_size for f in final.glob(io.ONNX_FILE + "*"))
     log.info(
-        "wrote version %d: %s (model %.1f MB; KV slots %d x %d positions = %.1f MB) in %.1f s",
+        "wrote version %d: %s (model %.1f MB; KV slots %s x %d positions = %.1f MB%s) in %.1f s",
         number,
         final,
         size / 1e6,
-        serving.kv_slots,
+        serving.kv_slots_text,
         serving.context,
         serving.kv_bytes / 1e6,
+        " on the CPU; a GPU sizes its own" if serving.kv_slots is None else "",
         time.monotonic() - t0,
     )
     return ExportResult(

@@ -22,7 +22,9 @@ class ServingConfig:
     execution_provider: str = "cpu"  # "cpu" here, "cuda" on a GPU host
     intra_op_threads: int = 0  # onnxruntime threads per instance; 0 lets ORT choose
     max_batch_size: int = 8  # most round requests (bot processes) Triton hands one execute()
-    kv_slots: int = io.DEFAULT_KV_SLOTS  # KV-cache slots = sequences generating at once (others wait)
+    # KV-cache slots = sequences generating at once (others wait); None: "auto", sized by the
+    # engine at load from the device's free memory on CUDA, io.DEFAULT_KV_SLOTS on the CPU.
+    kv_slots: int | None = None
     slot_length: int = 0  # positions per slot = longest context a sequence may reach; 0: max_positions
     kv_dtype_bytes: int = 4  # bytes per cached value: 4 (fp32), 2 (fp16); set by export
     layers: int = 0  # model shape, for the memory estimate; set by export
@@ -31,6 +33,9 @@ class ServingConfig:
     decode_graphs: str = (
         "auto"  # decode steps on fixed bindings: "auto" (with CUDA, as CUDA graphs), "on", "off"
     )
+    # The first chunks of several prompts in one call, in a graph without ragged chunks: "auto"
+    # (with the CPU provider; CUDA's is unverified), "on", "off" (engine/plan.py's `together`).
+    prompt_batching: str = "auto"
     onnx_file: str = io.ONNX_FILE  # the model's file in the version folder
 
     @property
@@ -39,9 +44,15 @@ class ServingConfig:
         return min(self.slot_length or self.max_positions, self.max_positions)
 
     @property
+    def kv_slots_text(self) -> str:
+        """kv_slots as config.pbtxt writes it: the count, or "auto"."""
+        return io.KV_SLOTS_AUTO if self.kv_slots is None else str(self.kv_slots)
+
+    @property
     def kv_bytes(self) -> int:
-        """Memory the model instance allocates for its KV slots (the probe's included)."""
-        slots = self.kv_slots + io.PROBE_SLOTS
+        """Memory the model instance allocates for its KV slots (the probe's included); with
+        "auto", for the CPU's count (a GPU sizes its own at load)."""
+        slots = (self.kv_slots or io.DEFAULT_KV_SLOTS) + io.PROBE_SLOTS
         return slots * self.context * self.layers * 2 * self.hidden * self.kv_dtype_bytes
 
 
@@ -75,9 +86,10 @@ def model_config(cfg: ServingConfig) -> ModelConfig:
         io.PARAM_EXECUTION_PROVIDER: cfg.execution_provider,
         io.PARAM_INTRA_OP_THREADS: cfg.intra_op_threads,
         io.PARAM_IDLE_SECONDS: cfg.idle_seconds,
-        io.PARAM_KV_SLOTS: cfg.kv_slots,
+        io.PARAM_KV_SLOTS: cfg.kv_slots_text,
         io.PARAM_SLOT_LENGTH: cfg.context,
         io.PARAM_DECODE_GRAPHS: cfg.decode_graphs,
+        io.PARAM_PROMPT_BATCHING: cfg.prompt_batching,
     }
     for key, value in params.items():
         config.parameters[key].string_value = str(value)
@@ -94,7 +106,12 @@ def render(cfg: ServingConfig) -> str:
         "# on a GPU host: the model's onnxruntime session (the execution_provider parameter) puts\n"
         "# the graph and the KV slots on the GPU. One config for every version folder; the highest\n"
         "# serves (Triton polling the repository loads a new one while the old one serves).\n"
-        f"# KV slots: {cfg.kv_slots} x {cfg.context} positions = {cfg.kv_bytes / 1e6:.1f} MB.\n"
+        + (
+            f"# KV slots: {cfg.kv_slots} x {cfg.context} positions = {cfg.kv_bytes / 1e6:.1f} MB.\n"
+            if cfg.kv_slots is not None
+            else f"# KV slots: auto x {cfg.context} positions: sized at load from the GPU's free memory\n"
+            f"# (engine/memory.py); {io.DEFAULT_KV_SLOTS} on the CPU = {cfg.kv_bytes / 1e6:.1f} MB.\n"
+        )
     )
     return header + text_format.MessageToString(model_config(cfg))
 

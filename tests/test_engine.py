@@ -336,14 +336,14 @@ def test_a_graph_without_ragged_chunks_serves_the_same(tiny_checkpoint, tmp_path
     assert not e.ragged
     seqs = {k: tokens(70 + k, 2 + k) for k in range(1, 4)}
     rows_of(e, [start(k, p) for k, p in seqs.items()])
-    assert e.calls == 3  # prompts of different lengths: one call each
+    assert e.calls == 1  # first chunks, all of width 16, in adjacent slots: one call (prompt batching)
     for t in range(4):
         present = [k for k in seqs if not (k == 2 and t in (1, 2))]  # an idle row in the middle
         out = rows_of(e, [then(k, [30 + t]) for k in present])
         for k, row in zip(present, out, strict=True):
             seqs[k].append(30 + t)
             assert close(row, ref(seqs[k]))
-    assert e.calls == 3 + 4 and e.rows_idle == 2
+    assert e.calls == 1 + 4 and e.rows_idle == 2
 
 
 def test_uniform_chunks_run_at_few_widths_and_load_warms_them(tiny_checkpoint, tmp_path, ref):
@@ -366,3 +366,90 @@ def test_uniform_chunks_run_at_few_widths_and_load_warms_them(tiny_checkpoint, t
     assert close(out[0], ref(ids[:20])) and close(out[1], ref(ids[:3]))
     out = rows_of(e, [then(1, ids[20:37])])  # 17 tokens after 20: width 32
     assert close(out[0], ref(ids)) and e.table[1].length == 37 and widths == [32, 16, 32]
+
+
+@pytest.fixture(scope="module")
+def uniform(tiny_checkpoint, tmp_path_factory):
+    """A session on the graph without ragged chunks (onnxruntime-gpu 1.31's layout), on the CPU."""
+    from export import serving_graph
+
+    path = tmp_path_factory.mktemp("uniform") / "uniform.onnx"
+    cfg, weights = serving_graph.load_weights(tiny_checkpoint)
+    serving_graph.save(serving_graph.build(cfg, weights, ragged=False), path)
+    return make_session(str(path), threads=1)
+
+
+def test_first_chunks_of_several_prompts_share_a_call_and_equal_each_alone(uniform, ref):
+    """Without ragged chunks, prompts' first chunks of one width in adjacent slots run as one call:
+    candidates, whole rows and the cache (the decode steps after) equal each chunk run alone, to
+    the bit on the CPU; a decoding row beside them keeps its own call."""
+    on = KVEngine(uniform, slots=6, decode_graphs="off", prompt_batching="on")
+    off = KVEngine(uniform, slots=6, decode_graphs="off", prompt_batching="off")
+    assert on.prompt_batching == "first chunks" and off.prompt_batching.startswith("off")
+    contexts = {1: tokens(60, 20)}
+    contexts.update({k: tokens(60 + k, n) for k, n in ((2, 9), (3, 14), (4, 30), (5, 12), (6, 16))})
+    for e in (on, off):
+        e.step([start(1, contexts[1])])
+    steps = [then(1, [7])] + [Step(k, np.array(contexts[k]), 0, full=True) for k in range(2, 7)]
+    calls = on.calls, off.calls
+    a, b = on.step(steps), off.step(steps)
+    # decode row; slots 1-2 (width 16) together; slot 3 (width 32); slots 4-5 (width 16) together
+    assert on.calls - calls[0] == 4 and off.calls - calls[1] == 6 and on.first_chunks_checked
+    assert (
+        (a.top_ids == b.top_ids).all() and (a.top_logits == b.top_logits).all() and (a.full == b.full).all()
+    )
+    for i, k in enumerate(range(2, 7)):
+        assert close(a.full[i], ref(contexts[k]))
+    for _ in range(8):
+        steps = [Step(k, np.array([int(a.top_ids[i, 0])]), None) for i, k in enumerate(contexts)]
+        a, b = on.step(steps), off.step(steps)
+        assert (a.status == 0).all() and (a.top_ids == b.top_ids).all()
+        assert (a.top_logits == b.top_logits).all()
+
+
+def test_continuation_chunks_run_alone_as_the_graph_refuses_them_together(uniform):
+    """GroupQueryAttention without query_seqlens takes several rows of a multi-token chunk only as
+    first prompts: rows with a past are refused, so their chunks never share a call."""
+    from engine.plan import Row
+
+    e = KVEngine(uniform, slots=2, decode_graphs="off", prompt_batching="on")
+    e.step([start(1, tokens(61, 20)), start(2, tokens(62, 40))])
+    with pytest.raises(Exception, match="batch_size must be 1"):
+        e.runner.run(
+            [Row(0, 0, 20, np.ones(16, np.int64)), Row(1, 1, 40, np.ones(16, np.int64))], e.table.lengths()
+        )
+    calls = e.calls
+    out = e.step([then(1, tokens(63, 16)), then(2, tokens(64, 16))])
+    assert (out.status == 0).all() and e.calls - calls == 2
+
+
+def test_first_chunks_that_fail_together_run_alone_and_batching_turns_off(uniform, ref, monkeypatch, caplog):
+    """The first call of several first chunks is checked against each alone (a first chunk run
+    again rewrites the same cache): one that fails turns prompt batching off, and the rows' own
+    calls answer."""
+    from engine.runner import Runner
+
+    e = KVEngine(uniform, slots=3, decode_graphs="off", prompt_batching="on")
+    real = Runner.run
+
+    def refuse_several(self, call, lengths):
+        if len(call) > 1 and call[0].width > 1:
+            raise RuntimeError("several first chunks refused")
+        return real(self, call, lengths)
+
+    monkeypatch.setattr(Runner, "run", refuse_several)
+    ids = [tokens(70, 10), tokens(71, 12)]
+    out = rows_of(e, [start(1, ids[0]), start(2, ids[1])])
+    assert close(out[0], ref(ids[0])) and close(out[1], ref(ids[1]))
+    assert not e.first_chunks and "each runs alone from now on" in caplog.text
+    assert e.step([then(1, [5]), then(2, [6])]).status.tolist() == [0, 0]
+
+
+def test_auto_slots_are_the_cpu_default_logged_and_a_set_count_wins(session, caplog):
+    caplog.set_level("INFO", logger="engine.core")
+    e = KVEngine(session, slots=None, decode_graphs="on")
+    assert e.slots == io.DEFAULT_KV_SLOTS == 8 and sorted(e.graphs) == [1, 2, 4, 8]
+    assert "KV slots: 8 (auto on the cpu" in caplog.text and e.slots_why in caplog.text
+    e = KVEngine(session, slots=3)
+    assert e.slots == 3 and e.slots_why == "KV slots: 3 (set: kv_slots 3)"
+    assert e.prompt_batching.startswith("any")  # the ragged graph: any chunks share calls already

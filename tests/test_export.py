@@ -139,7 +139,12 @@ def test_rendered_config_is_the_model_config_and_carries_every_setting():
     for cfg in (
         ServingConfig(),
         ServingConfig(
-            execution_provider="cuda", max_batch_size=16, kv_slots=32, idle_seconds=5, decode_graphs="off"
+            execution_provider="cuda",
+            max_batch_size=16,
+            kv_slots=32,
+            idle_seconds=5,
+            decode_graphs="off",
+            prompt_batching="on",
         ),
     ):
         parsed = validate(render(cfg))
@@ -147,9 +152,18 @@ def test_rendered_config_is_the_model_config_and_carries_every_setting():
         assert parsed.max_batch_size == cfg.max_batch_size
         assert parsed.parameters[io.PARAM_IDLE_SECONDS].string_value == str(cfg.idle_seconds)
         assert parsed.parameters[io.PARAM_EXECUTION_PROVIDER].string_value == cfg.execution_provider
-        assert parsed.parameters[io.PARAM_KV_SLOTS].string_value == str(cfg.kv_slots)
+        assert parsed.parameters[io.PARAM_KV_SLOTS].string_value == cfg.kv_slots_text
         assert parsed.parameters[io.PARAM_DECODE_GRAPHS].string_value == cfg.decode_graphs
-        assert f"KV slots: {cfg.kv_slots} x" in render(cfg)
+        assert parsed.parameters[io.PARAM_PROMPT_BATCHING].string_value == cfg.prompt_batching
+        assert f"KV slots: {cfg.kv_slots_text} x" in render(cfg)
+    # By default the slots are sized at load ("auto"); the engine reads every spelling of it.
+    assert ServingConfig().kv_slots_text == "auto" and "sized at load" in render(ServingConfig())
+    from engine.memory import parse_slots
+
+    assert (
+        parse_slots(ServingConfig().kv_slots_text) is None
+        and parse_slots(ServingConfig(kv_slots=32).kv_slots_text) == 32
+    )
 
 
 def test_broken_config_is_rejected():
@@ -228,10 +242,11 @@ def test_int8_export_reports_deviation_and_replaces_atomically(tmp_path, tiny_ch
 
 
 def test_cli_refuses_bad_slot_settings(tmp_path):
-    proc = subprocess.run(
-        [sys.executable, "-m", "export", "--kv-slots", "0"], cwd=ROOT, capture_output=True, text=True
-    )
-    assert proc.returncode == 2 and "--kv-slots must be at least 1" in proc.stderr
+    for value, message in (("0", "--kv-slots must be at least 1 (or auto)"), ("many", "a count or auto")):
+        proc = subprocess.run(
+            [sys.executable, "-m", "export", "--kv-slots", value], cwd=ROOT, capture_output=True, text=True
+        )
+        assert proc.returncode == 2 and message in proc.stderr
 
 
 def test_cli_exits_2_with_the_fix(tmp_path):

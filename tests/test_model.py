@@ -57,6 +57,10 @@ def test_ready_and_metadata(triton, client):
     assert {o["name"]: o["datatype"] for o in meta["outputs"]} == io.RESPONSE_OUTPUTS
     params = client.get_model_config("rudialogpt")["parameters"]
     assert params[io.PARAM_EXECUTION_PROVIDER]["string_value"] == "cpu"
+    # "auto" slots: the CPU's default count, said in the log with how it was chosen.
+    assert params[io.PARAM_KV_SLOTS]["string_value"] == io.KV_SLOTS_AUTO
+    log = triton.log_file.read_text(encoding="utf-8", errors="replace")
+    assert f"rudialogpt version 1: KV slots: {io.DEFAULT_KV_SLOTS} (auto on the cpu" in log
 
 
 def test_token_by_token_matches_pytorch_and_ort(client, sample_ids, torch_logits, model_repository):

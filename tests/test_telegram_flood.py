@@ -17,8 +17,8 @@ from bot.metrics import Metrics
 from bot.telegram import build_application
 from bot.texts import FLOOD_NOTE
 from bot.waiting import LIMIT
+from client.rounds import TritonClient
 from client.sampling import SamplingConfig
-from client.transport import TritonClient
 from tests.fake_telegram import FakeTelegram
 from tests.helpers import MODEL
 from tests.telegram_harness import CHAT, OTHER, RecordingChatBot, generated, run_bot
