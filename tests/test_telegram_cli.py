@@ -121,7 +121,7 @@ def test_python_m_bot_missing_or_rejected_token_exits_2(tg, model_repository, tm
     assert "Traceback" not in proc.stderr  # one clear line, nothing else of the failure
     if token:
         assert [c.token for c in tg.calls] == [token]  # getMe, refused
-        assert "<TOKEN>" in proc.stderr and token.lower() not in (proc.stdout + proc.stderr).lower()
+        assert token.lower() not in (proc.stdout + proc.stderr).lower()
 
 
 def test_python_m_bot_refuses_max_new_tokens_the_model_has_no_room_for(
