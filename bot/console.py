@@ -1,5 +1,9 @@
 """Console chat: one user message per stdin line, exactly one reply per stdout line.
 
+`/reset` forgets the dialogue; `/good` and `/bad` rate the last reply: the console stores nothing,
+so the rating is a log line (stderr) with the reply's model version and text, for whoever tries a
+model version by hand (votes that train a model come from Telegram: docs/bot.md).
+
 On a terminal the reply appears as it is generated (the line grows); piped, each reply is written
 whole, once it is complete. stdin is read by a daemon thread with os.read, so Ctrl-C ends the chat
 at once, also while that thread waits for a line.
@@ -17,14 +21,16 @@ import threading
 from collections.abc import AsyncIterator, Callable
 from typing import TextIO
 
-from bot.texts import RESET_DONE, UNAVAILABLE
-from client.chat import ChatBot
+from bot.history.votes import DOWN, UP
+from bot.texts import NOTHING_TO_RATE, RATED, RESET_DONE, UNAVAILABLE
+from client.chat import ChatBot, Reply
 from client.transport import TritonError
 from contract.dialogue import CONTEXT_TURNS, clean_turn
 
 log = logging.getLogger(__name__)
 
 CLEAR_LINE = "\r\033[K"  # back to the line's start and erase it (a terminal's ANSI codes)
+RATINGS = {"/good": UP, "/bad": DOWN}
 
 
 def _reader(stdin: TextIO) -> Callable[[], str]:
@@ -91,8 +97,10 @@ class ReplyLine:
 
 
 async def run_console(bot: ChatBot, stdin: TextIO = sys.stdin, stdout: TextIO = sys.stdout) -> None:
-    """Chat until EOF; `/reset` forgets the dialogue; blank lines are ignored."""
+    """Chat until EOF; `/reset` forgets the dialogue, `/good` and `/bad` rate the last reply (a
+    log line); blank lines are ignored."""
     history: list[str] = []
+    last: Reply | None = None
     async for line in read_lines(stdin):
         message = clean_turn(line)
         if not message:
@@ -100,7 +108,14 @@ async def run_console(bot: ChatBot, stdin: TextIO = sys.stdin, stdout: TextIO = 
         out = ReplyLine(stdout)
         if message == "/reset":
             history.clear()
+            last = None
             out.finish(RESET_DONE)
+            continue
+        if message in RATINGS:
+            emoji = RATINGS[message]
+            if last is not None:
+                log.info("rated %s: the reply of model version %s: %r", emoji, last.version, last.text)
+            out.finish(RATED.format(emoji=emoji) if last else NOTHING_TO_RATE)
             continue
         try:
             reply = await bot.reply([*history, message], on_text=out.grow if out.live else None)
@@ -109,6 +124,7 @@ async def run_console(bot: ChatBot, stdin: TextIO = sys.stdin, stdout: TextIO = 
             out.finish(UNAVAILABLE)
             continue
         history.extend([message, reply.text])
+        last = reply
         del history[: -2 * CONTEXT_TURNS]
         out.finish(reply.text)
         log.info("reply: %d tokens in %.0f ms", len(reply.generation.tokens), reply.seconds * 1000)

@@ -5,10 +5,11 @@ different chats concurrently. Messages that arrive while their chat's turn is un
 the chat's short line (bot/waiting.py) and are answered together, as one turn; a flood beyond
 its bound is skipped with one note. A message is known by Telegram's (chat id, message id): one the
 history has as answered is only acknowledged when it comes again (a redelivery, the same update at
-another replica). The user's message is stored before generating; the reply is stored before it is
-sent and marked sent after, so a reply whose sender died mid-send is sent by the chat's next turn,
-and a message whose handling died before its reply was stored is answered at the next start
-(`recover`) or with the chat's next message. While a reply is generated the chat shows "typing…",
+another replica). The user's message is stored before generating; the reply is recorded (with its
+prompt turns, model version and sampling, for votes) before it is sent with its 👍/👎 buttons
+(bot/feedback.py), and marked sent after, so a reply whose sender died mid-send is sent by the
+chat's next turn, and a message whose handling died before its reply was stored is answered at the
+next start (`recover`) or with the chat's next message. While a reply is generated the chat shows "typing…",
 and a private chat also the reply so far, as drafts (bot/drafts.py).
 """
 
@@ -19,6 +20,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import Any
 
@@ -28,6 +30,7 @@ from telegram.error import NetworkError, TelegramError, TimedOut
 
 from bot.botapi import OptionalCalls
 from bot.drafts import Drafts
+from bot.feedback import Buttons, Votes, keyboard
 from bot.history.store import Store, StoreUnavailable
 from bot.metrics import Metrics
 from bot.text import split_message
@@ -80,11 +83,14 @@ class Dialogues:
         health_every: float,
         draft_every: float = 0.0,
         optional: OptionalCalls | None = None,
+        buttons: Buttons | None = None,
     ):
         self.chatbot, self.history, self.metrics = chatbot, history, metrics
         chatbot.versions.watch(metrics.model_changed)
         self.health_every, self.draft_every = health_every, draft_every
         self.optional = optional or OptionalCalls(metrics)
+        self.buttons = buttons or Buttons()
+        self.votes = Votes(history, metrics, self.optional, self.buttons)
         self.waiting = Waiting(history, metrics, self._take_turn, self.failed)
         self._background: set[asyncio.Task[Reply]] = set()
         self._tasks: list[asyncio.Task[Any]] = []  # the health checks, the recovery, the command menu
@@ -107,6 +113,11 @@ class Dialogues:
         """Forget the chat's dialogue (after the turns before it), once."""
         await self.waiting.submit(Pending(message, "reset"))
 
+    async def command(self, message: Message, action: Callable[[], Awaitable[str]]) -> None:
+        """Run `action` in the chat's turn (no reply is being written meanwhile) and send what it
+        returns, once: /privacy, /share, /forget (bot/feedback.py)."""
+        await self.waiting.submit(Pending(message, "command", action=action))
+
     async def _take_turn(self, turn: list[Pending]) -> None:
         """One turn: a command, or the texts that waited together, answered as one user turn."""
         first, last = turn[0], turn[-1].message
@@ -122,9 +133,11 @@ class Dialogues:
             if first.kind == "fixed":
                 await first.message.reply_text(first.text)
                 await self.history.mark_answered(chat_id, first.message.message_id, turn=False)
-            elif first.kind == "reset":
-                await self.history.reset(chat_id)
-                await first.message.reply_text(RESET_DONE)
+            elif first.kind in ("reset", "command"):
+                text = await first.action() if first.action else RESET_DONE
+                if first.kind == "reset":
+                    await self.history.reset(chat_id)
+                await first.message.reply_text(text)
                 await self.history.mark_answered(chat_id, first.message.message_id)
             else:
                 for pending in new:
@@ -135,7 +148,8 @@ class Dialogues:
         """Send the replies a dead or cut-off sender left unsent (under the chat's lock)."""
         for unsent in await self.history.unsent(chat_id):
             log.info("chat %d: sending the reply to message %d again", chat_id, unsent.message_id)
-            await self._deliver(stand_in(bot, chat_id, unsent.message_id), unsent.row, unsent.text)
+            message = stand_in(bot, chat_id, unsent.message_id)
+            await self._deliver(message, unsent.row, unsent.text, reply_id=unsent.reply)
 
     async def _answered_before(self, chat_id: int, message_id: int) -> bool:
         answered = await self.history.is_answered(chat_id, message_id)
@@ -181,7 +195,8 @@ class Dialogues:
         try:
             async with typing(message, self.optional), drafts:
                 on_text = drafts.show if drafts.every else None
-                reply = await self._reply_within(await self.history.turns(chat_id, CONTEXT_TURNS), on_text)
+                turns = await self.history.turns(chat_id, CONTEXT_TURNS)
+                reply = await self._reply_within(turns, on_text)
         except TritonError as exc:
             unavailable = isinstance(exc, TritonUnavailable)
             self.metrics.errors.labels("triton_unavailable" if unavailable else "triton_request").inc()
@@ -191,21 +206,33 @@ class Dialogues:
             await self.history.mark_answered(chat_id, message.message_id)
             return
         self.metrics.triton_up.set(1)
-        row = await self.history.add(chat_id, "bot", reply.text, message.message_id)
-        await self._deliver(message, row, reply.text, quote)
+        sampling = asdict(self.chatbot.sampling)
+        stored = await self.history.record_reply(
+            chat_id, message.message_id, turns, reply.text, reply.version, sampling
+        )
+        await self._deliver(message, stored.row, reply.text, quote, stored.id)
         self._count(reply, started, drafts.first_shown)
 
-    async def _deliver(self, message: Message, row: int, text: str, quote: bool = True) -> None:
-        """Send the stored reply `row` to `message`, then mark it sent. One Telegram refused is
-        forgotten (the user never saw it); one lost on the way (it may have arrived) stays unsent
-        and is sent again before the chat's next answer."""
+    async def _deliver(
+        self, message: Message, row: int, text: str, quote: bool = True, reply_id: int | None = None
+    ) -> None:
+        """Send the stored reply `row` to `message` (its last part with the vote buttons of
+        `reply_id`, where the chat has them), record the messages it was sent as, then mark it
+        sent. One Telegram refused is forgotten (the user never saw it); one lost on the way (it
+        may have arrived) stays unsent and is sent again before the chat's next answer."""
+        parts = split_message(text)
+        buttons = keyboard(reply_id) if reply_id is not None and self.buttons.under(message.chat) else None
+        sent: list[int] = []
         try:
-            for part in split_message(text):
-                await message.reply_text(part, do_quote=quote or None)
+            for k, part in enumerate(parts, 1):
+                markup = buttons if k == len(parts) else None
+                sent.append((await message.reply_text(part, do_quote=quote or None, reply_markup=markup)).id)
         except TelegramError as exc:
             if not isinstance(exc, TimedOut) and type(exc) is not NetworkError:
                 await self.history.forget(message.chat_id, row)
             raise
+        if reply_id is not None:
+            await self.history.attach(message.chat_id, reply_id, sent)
         await self.history.mark_answered(message.chat_id, message.message_id, reply=row)
 
     async def recover(self, bot: Bot) -> None:

@@ -1,4 +1,5 @@
-"""The Telegram handlers and the filters that route updates to them (their texts: bot/texts.py)."""
+"""The Telegram handlers and the filters that route updates to them (their texts: bot/texts.py;
+the feedback's logic: bot/feedback.py)."""
 
 from __future__ import annotations
 
@@ -7,12 +8,31 @@ from typing import Any
 
 from telegram import BotCommand, Message, Update
 from telegram.constants import ChatType
-from telegram.ext import Application, CommandHandler, ContextTypes, JobQueue, MessageHandler, filters
+from telegram.ext import (
+    Application,
+    CallbackQueryHandler,
+    CommandHandler,
+    ContextTypes,
+    JobQueue,
+    MessageHandler,
+    MessageReactionHandler,
+    filters,
+)
 
+from bot import feedback
 from bot.botapi import BotAPI
 from bot.dialogues import Dialogues
 from bot.text import without_mention
-from bot.texts import COMMAND_MENU, HELP, NOT_TEXT, REFUSED, START
+from bot.texts import (
+    COMMAND_MENU,
+    HELP,
+    NOT_TEXT,
+    REFUSED,
+    SHARE_ADMINS_ONLY,
+    SHARE_UNCHECKED,
+    SHARE_USAGE,
+    START,
+)
 from contract.dialogue import clean_turn
 
 log = logging.getLogger(__name__)
@@ -68,6 +88,48 @@ async def reset(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     await dialogues(context).reset(message_of(update))
 
 
+async def privacy(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """Say what is stored about the chat, for how long, how to remove it, and whether it shares."""
+    message, state = message_of(update), dialogues(context)
+    await state.command(message, feedback.action(feedback.privacy, state.history, message.chat_id))
+
+
+async def forget(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """Delete everything the store holds of the chat (after any reply still being written)."""
+    message, state = message_of(update), dialogues(context)
+    await state.command(message, feedback.action(feedback.forget, state.history, message.chat_id))
+
+
+async def share(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """/share: the chat agrees that its dialogues may train the next model (in a group: an
+    administrator); /share off withdraws (anyone)."""
+    message, state = message_of(update), dialogues(context)
+    word = " ".join(context.args or []).strip().lower()
+    if word not in ("", "on", "off"):
+        await state.once(message, SHARE_USAGE)
+        return
+    shared = word != "off"
+    allowed = await feedback.may_share(message, state.optional) if shared else True
+    if not allowed:
+        await state.once(message, SHARE_UNCHECKED if allowed is None else SHARE_ADMINS_ONLY)
+        return
+    user = message.from_user.id if message.from_user else None
+    choice = feedback.action(feedback.share, state.history, message.chat_id, user, shared)
+    await state.command(message, choice)
+
+
+async def on_vote(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """A vote button pressed (bot/feedback.py)."""
+    if update.callback_query:
+        await dialogues(context).votes.press(update.callback_query)
+
+
+async def on_reaction(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """A reaction changed on a message (bot/feedback.py: 👍 and 👎 on a reply are votes)."""
+    if update.message_reaction:
+        await dialogues(context).votes.react(context.bot, update.message_reaction)
+
+
 async def on_text(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     """Answer a text message (without the bot's @mention); blank ones are ignored."""
     message = message_of(update)
@@ -90,8 +152,9 @@ async def refuse(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
 
 async def on_error(update: object, context: ContextTypes.DEFAULT_TYPE) -> None:
     """Log the error with its traceback, apologise to the user and record the message as answered
-    (bot/dialogues.py: `failed`; a turn's own errors go there directly)."""
-    message = update.effective_message if isinstance(update, Update) else None
+    (bot/dialogues.py: `failed`; a turn's own errors go there directly). A vote's error is logged
+    and counted only (its press was answered)."""
+    message = update.message if isinstance(update, Update) else None
     await dialogues(context).failed([message] if message else [], context.error)
 
 
@@ -107,9 +170,14 @@ def add_handlers(application: BotApplication, allowed_chat_ids: frozenset[int]) 
             CommandHandler("start", start, filters=answered),
             CommandHandler("help", help_command, filters=answered),
             CommandHandler("reset", reset, filters=answered),
+            CommandHandler("privacy", privacy, filters=answered),
+            CommandHandler("forget", forget, filters=answered),
+            CommandHandler("share", share, filters=answered),
             MessageHandler(answered & filters.COMMAND, help_command),
             MessageHandler(answered & filters.TEXT, on_text),
             MessageHandler(answered & ~filters.StatusUpdate.ALL, not_text),
+            CallbackQueryHandler(on_vote),
+            MessageReactionHandler(on_reaction),
         ]
     )
     application.add_error_handler(on_error)

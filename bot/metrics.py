@@ -17,7 +17,17 @@ FIRST_TEXT_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 1
 DRAFT_RESULTS = ("sent", "failed")
 SWITCH_RESULTS = ("followed", "refused")  # a new model version: its tokenizer loaded, or not
 # The Bot API calls a reply does not need (bot/botapi.py: OPTIONAL), each exported from the start
-OPTIONAL_METHODS = ("setMyCommands", "deleteWebhook", "sendChatAction", "sendMessageDraft", "sendMessage")
+OPTIONAL_METHODS = (
+    "setMyCommands",
+    "deleteWebhook",
+    "sendChatAction",
+    "sendMessageDraft",
+    "sendMessage",
+    "answerCallbackQuery",
+    "editMessageReplyMarkup",
+    "getChatMember",
+)
+FEEDBACK_VOTES = {1: "up", -1: "down", 0: "withdrawn"}  # bot_feedback_total's `vote`: 👍, 👎, taken back
 
 
 class Metrics:
@@ -74,6 +84,13 @@ class Metrics:
             "Messages left unanswered because a flood filled their chat's waiting line (bot/waiting.py)",
             registry=self.registry,
         )
+        self.feedback = Counter(
+            "bot_feedback",
+            "Users' votes on replies (👍 up, 👎 down, a reaction taken back: withdrawn), each cast or "
+            "change counted once under its new value, by the model version that wrote the reply",
+            ["version", "vote"],
+            registry=self.registry,
+        )
         ProcessCollector(registry=self.registry)
         for kind in ERROR_KINDS:  # every label is exported from the start, at 0
             self.errors.labels(kind)
@@ -83,6 +100,10 @@ class Metrics:
             self.model_switches.labels(result)
         for method in OPTIONAL_METHODS:
             self.optional_failures.labels(method)
+
+    def voted(self, version: str | None, vote: int) -> None:
+        """A user's vote on a reply of `version` was stored (changed): +1, -1, 0 (withdrawn)."""
+        self.feedback.labels(version or "unknown", FEEDBACK_VOTES[vote]).inc()
 
     def model_changed(self, result: str, version: str | None) -> None:
         """The client's ModelVersions reports the version it uses ("current") or a switch."""

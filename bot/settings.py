@@ -128,6 +128,8 @@ class Settings(BaseSettings):
     webhook_secret: str = var("BOT_WEBHOOK_SECRET", "", secret=True)  # checked on every post
     webhook_port: Port = var("BOT_WEBHOOK_PORT", 8443)  # where the webhook listens
     draft_every: SecondsOrOff = var("BOT_DRAFT_INTERVAL", 1.0)  # seconds between drafts (0: no drafts)
+    feedback_buttons: Switch = var("BOT_FEEDBACK_BUTTONS", True)  # 👍/👎 under each reply (0: none)
+    feedback_groups: Switch = var("BOT_FEEDBACK_GROUPS", False)  # the buttons in groups too (0: private only)
     # chats that never said /share agree that their dialogues train the next model (a private bot)
     share_default: Switch = var("BOT_SHARE_DEFAULT", False)
     database_url: DatabaseURL = var(DATABASE_URL, "", secret=True)  # PostgreSQL history (blank: SQLite)

@@ -1,7 +1,8 @@
 """The Telegram bot's runner (python-telegram-bot 22): long polling by default, a webhook with --webhook.
 
 Where things are: settings in bot/settings.py, handlers in bot/handlers.py, the texts users see
-in bot/texts.py, the per-chat answering (locks, typing, history, metrics) in bot/dialogues.py,
+in bot/texts.py, the per-chat answering (locks, typing, history, metrics) in bot/dialogues.py, the
+vote buttons, reactions and /privacy, /share, /forget in bot/feedback.py,
 each chat's waiting messages (a flood) in bot/waiting.py, drafts of a reply being generated in
 bot/drafts.py, the Bot API calls that must work at start and the optional ones in bot/botapi.py,
 text splitting in bot/text.py, token redaction in bot/redact.py.
@@ -19,6 +20,7 @@ from telegram.ext import ApplicationBuilder
 
 from bot.botapi import BotAPI, OptionalCalls
 from bot.dialogues import Dialogues
+from bot.feedback import Buttons
 from bot.handlers import COMMANDS, STATE, BotApplication, add_handlers
 from bot.history import open_store
 from bot.metrics import Metrics
@@ -29,7 +31,9 @@ from client.chat import ChatBot
 log = logging.getLogger(__name__)
 
 HEALTH_EVERY = 15.0  # seconds between Triton health checks for bot_triton_up
-ALLOWED_UPDATES = [Update.MESSAGE]
+# messages; presses of the vote buttons; reactions (votes too: private chats, and groups where the
+# bot is an administrator)
+ALLOWED_UPDATES = [Update.MESSAGE, Update.CALLBACK_QUERY, Update.MESSAGE_REACTION]
 
 
 async def post_init(application: BotApplication) -> None:
@@ -61,8 +65,9 @@ def build_application(
         .build()
     )
     history = open_store(settings.data_dir, settings.database, settings.share_default)
+    buttons = Buttons(settings.feedback_buttons, settings.feedback_groups)
     application.bot_data[STATE] = Dialogues(
-        chatbot, history, metrics, health_every, settings.draft_every, optional
+        chatbot, history, metrics, health_every, settings.draft_every, optional, buttons
     )
     add_handlers(application, settings.allowed_chat_ids)
     return application

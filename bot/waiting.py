@@ -4,7 +4,7 @@ A chat's messages are answered one turn at a time, in order of arrival (bot/dial
 message that arrives while its chat's turn is under way waits here, and the handler that brought
 it returns at once: the chat's first message's handler answers them all, turn after turn. A turn
 is a run of waiting texts, answered together as one user turn (the history merges them), once;
-or one command (/start, /help, /reset, the note to a sticker), in its place in the line. Texts
+or one command (/start, /help, /reset, /forget, the note to a sticker…), in its place in the line. Texts
 that came while the previous turn was answered are taken once the chat has paused for SETTLE
 seconds (at most SETTLE_MAX after the previous turn), as a person reads to the end before
 answering: a chat that keeps writing gets a reply at most about every SETTLE_MAX seconds.
@@ -37,16 +37,19 @@ log = logging.getLogger(__name__)
 LIMIT = 10  # messages of one chat waiting for their turn (beyond: the oldest is skipped)
 SKIP_BATCH = 100  # skipped ids of a chat written in one transaction at most (and at its next turn)
 SETTLE, SETTLE_MAX = 0.5, 5.0  # seconds of the chat's pause awaited before a next text turn; at most
-Kind = Literal["text", "fixed", "reset"]  # answered by the model, by a fixed text, /reset
+# answered by the model, by a fixed text, /reset, or by what a command's `action` did and says
+Kind = Literal["text", "fixed", "reset", "command"]
 
 
 @dataclass
 class Pending:
-    """One incoming message waiting for its turn: its kind and text (the user's, or the fixed reply)."""
+    """One incoming message waiting for its turn: its kind and text (the user's, or the fixed reply);
+    a command's `action`, run in the chat's turn, does its work and returns the reply."""
 
     message: Message
     kind: Kind
     text: str = ""
+    action: Callable[[], Awaitable[str]] | None = None
 
     @property
     def key(self) -> tuple[int, int]:

@@ -66,6 +66,7 @@ BOT_METRICS = {
     "bot_model_switches_total",
     "bot_optional_call_failures_total",
     "bot_skipped_messages_total",
+    "bot_feedback_total",
 }
 BOT_HISTOGRAMS = {"bot_reply_latency_seconds", "bot_first_text_seconds"}
 KNOWN_METRICS = (
@@ -76,7 +77,7 @@ KNOWN_METRICS = (
 )
 # What the dashboard must show (panels asked for: requests and failures, queue and compute time,
 # GPU utilization and memory, cached sequences, reply latency, errors by kind; the model version
-# that answers and the bots' switches to new versions).
+# that answers, the bots' switches to new versions, the liked share of replies per version).
 DASHBOARD_MUST_USE = {
     "nv_inference_request_success",
     "nv_inference_request_failure",
@@ -90,6 +91,7 @@ DASHBOARD_MUST_USE = {
     "bot_first_text_seconds_bucket",
     "bot_model_version",
     "bot_model_switches_total",
+    "bot_feedback_total",
 }
 # Every variable the bot reads, plus what compose itself needs.
 ENV_VARIABLES = {
@@ -106,6 +108,9 @@ ENV_VARIABLES = {
     "BOT_WEBHOOK_SECRET",
     "BOT_WEBHOOK_PORT",
     "BOT_DRAFT_INTERVAL",
+    "BOT_FEEDBACK_BUTTONS",
+    "BOT_FEEDBACK_GROUPS",
+    "BOT_SHARE_DEFAULT",
     "GRAFANA_ADMIN_PASSWORD",
     "BOT_DATABASE_URL",
     "BOT_DATABASE_CONNECT_SECONDS",

@@ -1,6 +1,8 @@
 """A fake Telegram Bot API on 127.0.0.1 for tests: serves queued updates, records every call.
 
 sendMessageDraft answers as the real API does: only to private chats, with a non-zero draft_id.
+Sent messages are kept with their inline keyboards; users press their buttons and react to
+them: tests/fake_interactions.py.
 A switch per method makes its calls fail: `fail_next` the next few, `failing[method]` every one
 until removed, with a `Failure` (an HTTP status and description, SERVER_ERROR, NOT_FOUND as for a
 method the server lacks, TIMEOUT: held past the bot's read timeout); 429 comes with retry_after,
@@ -26,18 +28,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qsl
 
+from tests.fake_interactions import BOT_USER, USER, Interactions
 from tests.fake_updates import Updates
-
-BOT_USER = {
-    "id": 4242,
-    "is_bot": True,
-    "first_name": "Собеседник",
-    "username": "dialogue_test_bot",
-    "can_join_groups": True,
-    "can_read_all_group_messages": False,
-    "supports_inline_queries": False,
-}
-USER = {"id": 1001, "is_bot": False, "first_name": "Аня"}
 
 
 @dataclass(frozen=True)
@@ -63,7 +55,7 @@ class Call:
     at: float = field(default_factory=time.monotonic)  # when the request arrived
 
 
-class FakeTelegram:
+class FakeTelegram(Interactions):
     """`with FakeTelegram() as tg:` — point the bot at `tg.url`, push updates, read `tg.calls`."""
 
     _ids = itertools.count(1)  # message and update ids, unique across the fakes of a run as Telegram's are
@@ -74,6 +66,9 @@ class FakeTelegram:
         self.updates = Updates()
         self.failing: dict[str, Failure] = {}  # method: how every call of it fails, until removed
         self._chats: dict[int, dict] = {}
+        self.sent: dict[tuple[int, int], dict] = {}  # (chat id, message id): a message the bot sent
+        self.admins: set[tuple[int, int]] = set()  # (chat id, user id): getChatMember's administrators
+        self._queries: dict[str, bool] = {}  # callback query id: answered (Interactions)
         self._failures: dict[str, list[Failure]] = {}
         self._closing = threading.Event()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
@@ -100,7 +95,7 @@ class FakeTelegram:
 
     @property
     def queued(self) -> list[dict]:
-        """Every update `message` made, in order."""
+        """Every update `message`, `press` and `react` made, in order."""
         return self.updates.queued
 
     # -- what tests do ----------------------------------------------------------------------
@@ -112,6 +107,7 @@ class FakeTelegram:
         *,
         chat_type: str = "private",
         reply_to_bot: bool = False,
+        user: dict[str, Any] = USER,
         **content: Any,
     ) -> dict[str, Any]:
         """Queue a user's message (text, or content such as sticker=... / photo=...); the update."""
@@ -123,7 +119,7 @@ class FakeTelegram:
             "message_id": next(self._ids),
             "date": int(time.time()),
             "chat": chat,
-            "from": USER,
+            "from": user,
             **content,
         }
         if text is not None:
@@ -145,7 +141,10 @@ class FakeTelegram:
     def deliver(self, update: dict[str, Any]) -> None:
         """Hand out `update` (again) with the next getUpdates (or post it again), even if the bot
         confirmed it: what Telegram does when a confirmation was lost, or what a second replica gets."""
-        self._chats[update["message"]["chat"]["id"]] = update["message"]["chat"]
+        if "message" in update:
+            self._chats[update["message"]["chat"]["id"]] = update["message"]["chat"]
+        if "callback_query" in update:
+            self._queries.setdefault(update["callback_query"]["id"], False)
         self.updates.deliver(update)
 
     def fail_next(self, method: str, code: int, description: str, times: int = 1) -> None:
@@ -170,7 +169,11 @@ class FakeTelegram:
 
     def message_ids(self, chat_id: int) -> list[int]:
         """The ids of the users' messages to the chat, in order."""
-        return [u["message"]["message_id"] for u in self.queued if u["message"]["chat"]["id"] == chat_id]
+        return [
+            u["message"]["message_id"]
+            for u in self.queued
+            if "message" in u and u["message"]["chat"]["id"] == chat_id
+        ]
 
     def texts(self, chat_id: int) -> list[str]:
         """Texts the bot sent to the chat, in order."""
@@ -203,18 +206,21 @@ class FakeTelegram:
 
     def _sent(self, params: dict[str, str]) -> dict:
         chat_id = int(params["chat_id"])
-        return {
+        message = {
             "message_id": next(self._ids),
             "date": int(time.time()),
             "from": BOT_USER,
             "chat": self._chats.get(chat_id, {"id": chat_id, "type": "private"}),
             "text": params["text"],
         }
+        return self._keep(chat_id, message, params)
 
     def answer(self, method: str, params: dict[str, str]) -> tuple[int, dict]:
         """The HTTP status and JSON body the Bot API would answer."""
         failure = self._failures[method].pop(0) if self._failures.get(method) else self.failing.get(method)
         if method == "sendMessageDraft" and not failure and (refused := self._draft(params)):
+            failure = Failure(*refused)
+        if not failure and (refused := self._refused(method, params)):
             failure = Failure(*refused)
         if method == "getUpdates" and not failure and self.updates.webhook:
             failure = Failure(409, "Conflict: can't use getUpdates method while webhook is active")
@@ -235,6 +241,9 @@ class FakeTelegram:
             "sendMessage": lambda: self._sent(params),
             "sendMessageDraft": lambda: True,
             "sendChatAction": lambda: True,
+            "answerCallbackQuery": lambda: True,
+            "editMessageReplyMarkup": lambda: self.sent[int(params["chat_id"]), int(params["message_id"])],
+            "getChatMember": lambda: self._member(params),
             "setMyCommands": lambda: True,
             "deleteWebhook": lambda: self.updates.delete_webhook() or True,
             "setWebhook": lambda: self.updates.set_webhook(params) or True,

@@ -28,7 +28,10 @@ RETRY_POST = 0.2  # seconds before a webhook post that failed is tried again
 
 
 def chat_of(update: dict[str, Any]) -> int:
-    return int(update["message"]["chat"]["id"])
+    """The chat of a message, a press of a button under the bot's message, or a reaction."""
+    if "callback_query" in update:
+        return int(update["callback_query"]["message"]["chat"]["id"])
+    return int((update.get("message") or update["message_reaction"])["chat"]["id"])
 
 
 class Updates:

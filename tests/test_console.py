@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from bot.console import run_console
+from bot.texts import NOTHING_TO_RATE, RATED
 from client.chat import ChatBot
 from client.rounds import TritonClient
 from client.sampling import SamplingConfig
@@ -40,11 +41,11 @@ def console(url: str, model_repository, stdin: str, *flags: str):
     )
 
 
-def test_one_reply_per_line_and_reset(triton, model_repository):
+def test_one_reply_per_line_reset_and_ratings(triton, model_repository):
     proc = console(
         triton.url,
         model_repository,
-        "Привет!\n\nКак дела?\n/reset\nЧто нового?\n",
+        "/good\nПривет!\n\nКак дела?\n/bad\n/reset\nЧто нового?\n",
         "--seed",
         "1",
         "--max-new-tokens",
@@ -52,10 +53,13 @@ def test_one_reply_per_line_and_reset(triton, model_repository):
     )
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
-    assert len(lines) == 4  # the blank line gets no reply
-    assert lines[2] == "Начнём сначала."
+    assert len(lines) == 6  # the blank line gets no reply
+    assert lines[0] == NOTHING_TO_RATE  # no reply yet
+    assert lines[3] == RATED.format(emoji="👎") and lines[4] == "Начнём сначала."
     assert all(line.strip() for line in lines)
     assert "reply:" in proc.stderr  # logs go to stderr
+    # the console stores nothing: a rating is one log line naming the reply's model version
+    assert proc.stderr.count("rated 👎: the reply of model version 1: ") == 1
 
 
 def test_greedy_console_is_deterministic(triton, model_repository):

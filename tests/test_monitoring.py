@@ -122,6 +122,22 @@ def test_dashboard_shows_which_model_version_serves():
     ), "no annotation marks a model switch"
 
 
+def test_dashboard_shows_the_liked_share_per_model_version():
+    # 👍 among the votes, by the version that wrote the reply, on a time series (where the version
+    # annotation marks each switch).
+    by_version = re.compile(r"\bby \((?:[^)]*,\s*)?version\b[^)]*\)")
+    shares = [
+        t["expr"]
+        for p in dashboard()["panels"]
+        if p["type"] == "timeseries"
+        for t in p.get("targets", [])
+        if promql_metrics(t["expr"]) == {"bot_feedback_total"}
+    ]
+    assert any('vote="up"' in e and " / " in e and len(by_version.findall(e)) == 2 for e in shares), (
+        f"no liked share per version in {shares}"
+    )
+
+
 def test_dashboard_queries_parse_as_promql(tmp_path):
     values = {"__rate_interval": "1m", "__interval": "15s", "__range": "1h"}
     values.update({v["name"]: v["current"]["value"] for v in dashboard()["templating"]["list"]})

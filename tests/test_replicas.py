@@ -107,16 +107,21 @@ def test_the_same_updates_at_two_replicas_at_once_are_answered_once(
     triton, model_repository, database_url, tmp_path
 ):
     """Every update reaches both replicas at once (a webhook retry that lands on another replica):
-    one answers it, the other only acknowledges it."""
+    one answers it, the other only acknowledges it; a press of a vote button too: it counts once."""
     with ExitStack() as stack:
         fakes, replicas = two_replicas(stack, triton, model_repository, database_url, tmp_path)
         try:
             asyncio.run(converse(fakes, replicas, database_url, BOTH_CHATS, BOTH_MESSAGES, both=True))
+            votes = asyncio.run(press_at_both(fakes, database_url))
         finally:
             codes = [r.stop() for r in replicas]
         logs = [r.log.read_text() for r in replicas]
         final = asyncio.run(all_rows(database_url, BOTH_CHATS))
     assert codes == [0, 0], logs
+    # Each press reached both replicas: both answered it, its vote counts once, one showed the counts.
+    assert votes == [(1, 0)] * len(BOTH_CHATS)
+    assert [len(tg.tried("answerCallbackQuery")) for tg in fakes] == [len(BOTH_CHATS)] * 2
+    assert sum(len(tg.tried("editMessageReplyMarkup")) for tg in fakes) == len(BOTH_CHATS)
     skipped = sum(log.count("was answered before: delivered again, skipped") for log in logs)
     assert skipped == len(BOTH_CHATS) * BOTH_MESSAGES  # each update once by each replica
     for chat in BOTH_CHATS:
@@ -128,6 +133,29 @@ def test_the_same_updates_at_two_replicas_at_once_are_answered_once(
         assert final[chat] == [
             row for k in range(BOTH_MESSAGES) for row in (("user", text(chat, k)), ("bot", replies[k]))
         ]
+
+
+async def press_at_both(fakes: list[FakeTelegram], database_url: str) -> list[tuple[int, int]]:
+    """A user presses 👍 under each chat's first reply; the press reaches both replicas at once.
+    Each first reply's (👍, 👎) once both answered every press."""
+    for chat in BOTH_CHATS:
+        sent = sorted(m for f in fakes for (c, m) in f.sent if c == chat)
+        owner = next(f for f in fakes if (chat, sent[0]) in f.sent)
+        (_, up), _ = owner.keyboard(chat, sent[0])
+        other = fakes[1 - fakes.index(owner)]
+        other.deliver(owner.press(chat, sent[0], up))
+    await wait(
+        lambda: asyncio.sleep(0, all(len(f.tried("answerCallbackQuery")) == len(BOTH_CHATS) for f in fakes)),
+        timeout=60,
+    )
+    async with asyncpg.create_pool(database_url, min_size=1, max_size=2) as pool:
+        rows = await pool.fetch(
+            "SELECT r.chat_id, sum(CASE WHEN v.vote > 0 THEN 1 ELSE 0 END) AS up, "
+            "sum(CASE WHEN v.vote < 0 THEN 1 ELSE 0 END) AS down FROM replies r JOIN votes v "
+            "ON v.reply_id = r.id GROUP BY r.chat_id ORDER BY r.chat_id"
+        )
+    assert [r["chat_id"] for r in rows] == list(BOTH_CHATS)
+    return [(int(r["up"]), int(r["down"])) for r in rows]
 
 
 async def all_rows(database_url: str, chats: range = ALL_CHATS) -> dict[int, list[tuple[str, str]]]:

@@ -228,3 +228,18 @@ def test_share_default_is_no_unless_the_operator_says(value, shared):
     assert Settings.from_env(env, mode="console").share_default is shared
     with pytest.raises(ValueError, match=r"^BOT_SHARE_DEFAULT must be 1 or 0 .*, got 'maybe'$"):
         Settings.from_env({"BOT_SHARE_DEFAULT": "maybe"}, mode="console")
+
+
+@pytest.mark.parametrize(
+    "env, buttons, groups",
+    [
+        ({}, True, False),  # replies in private chats carry 👍/👎; groups' do not
+        ({"BOT_FEEDBACK_GROUPS": "1"}, True, True),
+        ({"BOT_FEEDBACK_BUTTONS": "off", "BOT_FEEDBACK_GROUPS": " "}, False, False),
+    ],
+)
+def test_feedback_buttons_are_on_in_private_chats_unless_the_operator_says(env, buttons, groups):
+    s = Settings.from_env(env, mode="console")
+    assert (s.feedback_buttons, s.feedback_groups) == (buttons, groups)
+    with pytest.raises(ValueError, match=r"^BOT_FEEDBACK_BUTTONS must be 1 or 0 .*, got 'some'$"):
+        Settings.from_env({"BOT_FEEDBACK_BUTTONS": "some"}, mode="console")

@@ -60,6 +60,9 @@ def test_text_message_gets_typing_and_a_generated_reply(tg, settings, triton, to
         "start",
         "help",
         "reset",
+        "privacy",
+        "forget",
+        "share",
     ]
     value = metrics.registry.get_sample_value
     assert value("bot_replies_total") == 1 and value("bot_reply_latency_seconds_count") == 1

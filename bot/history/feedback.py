@@ -175,6 +175,18 @@ class Feedback(abc.ABC):
         )
         return None if found is None else int(found)
 
+    async def sent_as(self, chat_id: int, reply_id: int) -> list[int]:
+        """The Telegram messages the chat's reply was sent as, in order ([]: gone or not sent)."""
+        rows = await self._run(
+            lambda conn: conn.fetch(
+                "SELECT message_id FROM reply_messages WHERE chat_id = $1 AND reply_id = $2 "
+                "ORDER BY message_id",
+                chat_id,
+                reply_id,
+            )
+        )
+        return [int(row[0]) for row in rows]
+
     async def vote(self, chat_id: int, reply_id: int, user_id: int, vote: int) -> Tally:
         """Set the user's vote on the chat's reply: +1, -1, or 0 to withdraw it; the reply's counts
         after. Not found (gone, or not this chat's): nothing is stored."""
@@ -183,12 +195,13 @@ class Feedback(abc.ABC):
 
         async def cast(conn: Connection) -> Tally:
             async with conn.transaction():
-                found = await conn.fetchval(
-                    f"SELECT id FROM replies WHERE id = $1 AND chat_id = $2{self.DIALECT.key_share}",
+                found = await conn.fetch(
+                    "SELECT model_version FROM replies WHERE id = $1 AND chat_id = $2"
+                    f"{self.DIALECT.key_share}",
                     reply_id,
                     chat_id,
                 )
-                if found is None:
+                if not found:
                     return Tally(found=False)
                 if vote:
                     status = await conn.execute(
@@ -205,7 +218,7 @@ class Feedback(abc.ABC):
                         "DELETE FROM votes WHERE reply_id = $1 AND user_id = $2", reply_id, user_id
                     )
                 (up, down), *_ = await conn.fetch(TALLY, reply_id)
-                return Tally(True, int(up), int(down), changed=_count(status) > 0)
+                return Tally(True, int(up), int(down), _count(status) > 0, found[0][0])
 
         return await self._run(cast)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -72,12 +72,14 @@ class StoredReply:
 class Tally:
     """A reply's votes. `found` False: the reply is gone (forgotten, pruned, or of another chat):
     answer the press politely. `changed`: whether this vote changed the user's vote (False: the
-    same press again, e.g. a redelivered callback)."""
+    same press again, e.g. a redelivered callback). `version`: the model version that wrote the
+    reply (`vote` sets it, for the bot's metrics; equality ignores it)."""
 
     found: bool
     up: int = 0
     down: int = 0
     changed: bool = False
+    version: str | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
