@@ -12,7 +12,8 @@ times over, runs:
   largest conversation count among them, started together: tokens/s, ms per round, requests and
   rows per Triton execute() (its dynamic batcher merging the processes' rounds);
 
-then, with the server stopped, transformers on the same model and prompts (`--transformers`):
+and beside each single-process run (Triton idle meanwhile), transformers on the same model and
+prompts (`--transformers`, at `--transformers-conversations`):
 `eager` (generate batched, its dynamic cache), `static` (a static cache, not compiled) and
 `compiled` (a static cache and the decode step compiled with torch.compile,
 mode="reduce-overhead"; on the CPU that is fp32 and inductor's C++ kernels), each shape's
@@ -58,13 +59,11 @@ def median_rows(samples: list[dict], key: tuple[str, ...]) -> list[dict]:
     return rows
 
 
-def served(args: argparse.Namespace, work: Path, ckpt: Path, vocab: int) -> list[dict]:
-    """The bot processes' runs against the real Triton (see the module's docstring)."""
-    from bench.stats import server_times
+def export_once(args: argparse.Namespace, work: Path, ckpt: Path) -> Path:
+    """The repository with the checkpoint exported for `--kv-slots` x `--slot-length` (reused)."""
     from contract import repository as layout
     from contract import triton_io as io
     from export import ServingConfig, export
-    from serve.server import TritonServer, free_ports
 
     repo = work / "model_repository"
     if layout.newest(repo / io.DEFAULT_MODEL_NAME) is None:
@@ -77,8 +76,63 @@ def served(args: argparse.Namespace, work: Path, ckpt: Path, vocab: int) -> list
         t0 = time.monotonic()
         export(ckpt, repo, serving=serving)
         log.info("exported in %.0f s", time.monotonic() - t0)
-    most = max(args.conversations)
-    samples = []
+    return repo
+
+
+class Transformers:
+    """transformers on the same model and prompts: each runner of `--transformers` at n
+    conversations, after a warm-up run of that shape (for `compiled`, its compile)."""
+
+    def __init__(self, args: argparse.Namespace, ckpt: Path, vocab: int):
+        from transformers import AutoModelForCausalLM
+
+        from bench.runners import run_transformers, run_transformers_static
+
+        model = AutoModelForCausalLM.from_pretrained(ckpt).eval()
+        tokens = args.new_tokens
+        self.runners = {
+            "eager": lambda b: run_transformers(model, b, tokens),
+            "static": lambda b: run_transformers_static(model, b, tokens, compiled=False),
+            "compiled": lambda b: run_transformers_static(model, b, tokens, compiled=True),
+        }
+        self.args, self.vocab, self.first_run_s = args, vocab, dict[tuple[str, int], float]()
+
+    def run(self, n: int, repeat: int) -> list[dict]:
+        from bench.__main__ import summarize
+        from bench.runners import prompts
+
+        batch, rows = prompts(n, self.args.prompt, self.vocab, seed=n), []
+        for name in self.args.transformers:
+            runner = self.runners[name]
+            if (name, n) not in self.first_run_s:
+                t0 = time.perf_counter()
+                runner(batch)
+                self.first_run_s[name, n] = time.perf_counter() - t0
+            row = {"runner": name, "conversations": n, "repeat": repeat, **summarize(runner(batch))}
+            row["first_run_s"] = self.first_run_s[name, n]
+            row["compile_s"] = row["first_run_s"] - row["wall_s"] if name == "compiled" else 0.0
+            rows.append(row)
+            log.info(
+                "transformers %-8s x%3d: %7.1f tokens/s, %6.2f ms/token, first run %.0f s",
+                name,
+                n,
+                row["tokens_per_s"],
+                row["ms_per_token_median"],
+                row["first_run_s"],
+            )
+        return rows
+
+
+def measure_all(args: argparse.Namespace, work: Path, ckpt: Path, vocab: int) -> tuple[list, list]:
+    """`--repeats` times: the bot processes' runs against the real Triton and, beside each
+    single-process run, transformers at the same conversations (see the module's docstring)."""
+    from bench.stats import server_times
+    from contract import triton_io as io
+    from serve.server import TritonServer, free_ports
+
+    repo = export_once(args, work, ckpt)
+    hf = Transformers(args, ckpt, vocab) if args.transformers else None
+    most, samples, hf_samples = max(args.conversations), [], []
     http, grpc, metrics = free_ports(3)
     with TritonServer(repo, http, grpc, metrics, log_file=work / "tritonserver.log") as server:
         times = partial(server_times, server.url, server.metrics_url, io.DEFAULT_MODEL_NAME)
@@ -111,45 +165,9 @@ def served(args: argparse.Namespace, work: Path, ckpt: Path, vocab: int) -> list
                     r["triton_request_ms"],
                     r["requests_per_execute"],
                 )
-    return samples
-
-
-def transformers_rows(args: argparse.Namespace, ckpt: Path, vocab: int) -> list[dict]:
-    """transformers eager and compiled at `--transformers-conversations` (see the docstring)."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    from bench.__main__ import summarize
-    from bench.runners import prompts, run_transformers, run_transformers_static
-
-    model = AutoModelForCausalLM.from_pretrained(ckpt).eval()
-    runners = {
-        "eager": lambda b: run_transformers(model, b, args.new_tokens),
-        "static": lambda b: run_transformers_static(model, b, args.new_tokens, compiled=False),
-        "compiled": lambda b: run_transformers_static(model, b, args.new_tokens, compiled=True),
-    }
-    rows = []
-    for n in args.transformers_conversations:
-        batch = prompts(n, args.prompt, vocab, seed=n)
-        for name in args.transformers:
-            t0 = time.perf_counter()
-            runners[name](batch)  # warm-up; for `compiled`, this shape's compile
-            first = time.perf_counter() - t0
-            runs = [summarize(runners[name](batch)) for _ in range(args.repeats)]
-            best = min(runs, key=lambda r: r["wall_s"])
-            row = {"runner": name, "conversations": n, **best, "first_run_s": first}
-            row["compile_s"] = first - best["wall_s"] if name == "compiled" else 0.0
-            rows.append(row)
-            log.info(
-                "transformers %-8s x%3d: %7.1f tokens/s, %6.2f ms/token, first run %.0f s",
-                name,
-                n,
-                row["tokens_per_s"],
-                row["ms_per_token_median"],
-                first,
-            )
-    rows.append({"torch_threads": torch.get_num_threads()})
-    return rows
+                if hf and processes == 1 and total in args.transformers_conversations:
+                    hf_samples += hf.run(total, repeat)  # Triton idle meanwhile
+    return samples, hf_samples
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -184,16 +202,16 @@ def main(argv: list[str] | None = None) -> int:
     work = args.out / f"work-{args.shape}-rounds-{args.kv_slots}x{args.slot_length}"
     ckpt = build_model(args.shape, work / "checkpoint")
     vocab = SHAPES[args.shape]["vocab_size"]
-    samples = served(args, work, ckpt, vocab)
-    hf = transformers_rows(args, ckpt, vocab) if args.transformers else [{}]
+    samples, hf = measure_all(args, work, ckpt, vocab)
     report: dict[str, Any] = {
         "shape": args.shape,
         "machine": machine("torch", "transformers", "onnxruntime", "aiohttp", "tritonclient"),
         "settings": {k: str(v) for k, v in vars(args).items()},
         "rows": median_rows(samples, ("conversations", "processes")),
-        "transformers": hf[:-1],
-        "torch_threads": hf[-1].get("torch_threads"),
+        "transformers": median_rows(hf, ("runner", "conversations")),
+        "torch_threads": torch.get_num_threads(),
         "samples": samples,
+        "transformers_samples": hf,
     }
     args.out.mkdir(parents=True, exist_ok=True)
     md, js = (args.out / f"rounds-{args.shape}.{ext}" for ext in ("md", "json"))

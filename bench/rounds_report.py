@@ -91,8 +91,9 @@ def markdown(report: dict) -> str:
         lines += [
             "",
             f"transformers on the same model and prompts (fp32 on the CPU, torch threads "
-            f"{report['torch_threads']}; the best of {s['repeats']} runs after a warm-up run, which "
-            "for `compile` compiles that shape: compile s = the warm-up's time beyond a run's):",
+            f"{report['torch_threads']}; medians of {s['repeats']} runs, each beside the client's run at "
+            "the same conversations, after a warm-up run of that shape, which for `compile` compiles it: "
+            "compile s = the warm-up's time beyond a run's):",
             "",
             *transformers_table(report),
         ]
