@@ -11,7 +11,13 @@ installed), and measures, each phase on its own (a failing phase is reported, th
   tokens of both engines over 200 steps with conversations joining and leaving;
 - the bot's client through the real Triton (model.py on onnxruntime-gpu) at the same points, with
   Triton's own per-request times and model.py's own time per execute;
-- transformers on the same GPU, batched, eager and sdpa attention, its default (dynamic) cache.
+- bot processes: 1 and 4 (each its own client and process, started together) with the most
+  conversations among them, Triton's dynamic batcher merging their rounds (bench/served_rounds.py);
+- transformers on the same GPU, batched, eager and sdpa attention, its default (dynamic) cache;
+  and at its fastest: a static cache and the decode step compiled with torch.compile
+  (mode="reduce-overhead": CUDA graphs), fp16, at the shortest prompt, each shape's compile timed
+  apart. With `--provider cpu` the static cache runs without compiling (minutes per shape on a
+  small CPU) unless `--cpu-compile`.
 
 Results: <out>/gpu-check.md and .json (docs/gpu-check.md is such a run, committed).
 """
@@ -24,13 +30,15 @@ import logging
 import os
 import subprocess
 import sys
+import time
 from functools import partial
 from pathlib import Path
 
 from bench.__main__ import SHAPES, build_model, measure
 from bench.gpu_engine import engine_phases
 from bench.gpu_report import Check, gpu_summary
-from bench.runners import run_rounds, run_transformers, run_triton
+from bench.runners import prompts, run_rounds, run_transformers, run_transformers_static, run_triton
+from bench.served_rounds import run_processes
 from contract import triton_io as io
 
 
@@ -88,6 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--concurrency", default="1,8,32", help="conversations at once, comma separated")
     p.add_argument("--prompt-lengths", default="50,1000", help="prompt tokens, comma separated")
     p.add_argument("--new-tokens", type=int, default=40)
+    p.add_argument("--cpu-compile", action="store_true", help="with --provider cpu: compile transformers too")
     args = p.parse_args(argv)
     args.concurrency = [int(n) for n in args.concurrency.split(",")]
     args.lengths = [int(n) for n in args.prompt_lengths.split(",")]
@@ -139,6 +148,11 @@ def main(argv: list[str] | None = None) -> int:
                 run_rounds(server.url, io.DEFAULT_MODEL_NAME, server.metrics_url, n, min(args.lengths), vocab)
                 for n in args.concurrency
             ]
+            most, url, model = max(args.concurrency), server.url, io.DEFAULT_MODEL_NAME
+            rep["processes"] = [
+                run_processes(url, model, most, n, min(args.lengths), args.new_tokens, vocab, "greedy", times)
+                for n in sorted({1, min(4, most)})
+            ]
         rep["served_kv_on"] = "on cuda" if "on cuda" in log_file.read_text() else "not on cuda"
 
     check.phase("triton_cuda", served)
@@ -160,6 +174,28 @@ def main(argv: list[str] | None = None) -> int:
 
     for attention in ("eager", "sdpa"):
         check.phase(f"transformers_{attention}", partial(baseline, attention))
+
+    def compiled():
+        from transformers import AutoModelForCausalLM
+
+        from bench.__main__ import summarize
+
+        dtype = torch.float16 if cuda else torch.float32
+        model = AutoModelForCausalLM.from_pretrained(ckpt, dtype=dtype).to(args.provider).eval()
+        compile_now = cuda or args.cpu_compile
+        name = "transformers_compiled" if compile_now else "transformers_static"
+        short = min(args.lengths)
+        for n in args.concurrency:
+            batch = prompts(n, short, vocab, seed=n + short)
+            run = partial(run_transformers_static, model, batch, args.new_tokens, args.provider, compile_now)
+            t0 = time.perf_counter()
+            run()  # this shape's compile
+            first = time.perf_counter() - t0
+            result = summarize(run())
+            row = {"backend": name, "prompt": short, "concurrency": n, **result}
+            rep["rows"].append({**row, "compile_s": first - result["wall_s"]})
+
+    check.phase("transformers_compiled", compiled)
     lines += gpu_summary(rep, args.lengths, args.concurrency)
     check.write()
     print("\n".join(lines))

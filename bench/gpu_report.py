@@ -20,6 +20,8 @@ LABELS = {
     "triton_cuda": "bot client → Triton",
     "transformers_eager": "transformers, eager attention",
     "transformers_sdpa": "transformers, sdpa attention",
+    "transformers_compiled": "transformers, static cache + torch.compile (reduce-overhead)",
+    "transformers_static": "transformers, static cache, not compiled (a CPU run)",
 }
 
 
@@ -77,6 +79,11 @@ def gpu_summary(rep: dict, lengths: list[int], concurrency: list[int]) -> list[s
             f"- decode graph of {g['bucket']} slots: first run (capture) {g['first_run_ms']:.1f} ms, "
             f"{g['memory_mb']:.0f} MB, max |Δ| vs ordinary {g['max_abs_vs_ordinary']:.2g}"
         )
+    if compiles := [r for r in rows if r["backend"] == "transformers_compiled"]:
+        lines.append(
+            "- transformers' compile (static cache, reduce-overhead), each shape's first run beyond a run: "
+            + ", ".join(f"{r['concurrency']} conversations {r['compile_s']:.0f} s" for r in compiles)
+        )
     if "warm_up_s" in rep:
         warm = ", ".join(f"{k} {v:.1f} s" for k, v in rep["warm_up_s"].items())
         lines.append(f"- warm-up at load (every chunk width, each decode graph): {warm}")
@@ -111,6 +118,23 @@ def gpu_summary(rep: dict, lengths: list[int], concurrency: list[int]) -> list[s
             lines.append(
                 f"| {r['concurrency']} | {r['round_ms']:.2f} | {r['request_ms']:.2f} | {triton:.2f} "
                 f"| {r['model_py_ms_per_execute']:.2f} | {r['engine_ms_per_execute']:.2f} |"
+            )
+    if rep.get("processes"):
+        lines += [
+            "",
+            "Bot processes started together, the most conversations among them (Triton's dynamic "
+            "batcher merges their rounds; ms per round, parts as above, per request):",
+            "",
+            "| processes | conversations | tokens/s | round | requests/execute | rows/execute | client "
+            "| HTTP | Triton's request | model.py | engine |",
+            "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for r in rep["processes"]:
+            lines.append(
+                f"| {r['processes']} | {r['conversations']} | {r['tokens_per_s']:.0f} | {r['round_ms']:.2f} "
+                f"| {r['requests_per_execute']:.2f} | {r['rows_per_execute']:.1f} | {r['client_ms']:.2f} "
+                f"| {r['http_ms']:.2f} | {r['triton_request_ms']:.2f} | {r['model_py_ms']:.2f} "
+                f"| {r['engine_ms']:.2f} |"
             )
     lines += ["", *table(rows, LABELS)]
     targets = []
@@ -156,6 +180,15 @@ def gpu_summary(rep: dict, lengths: list[int], concurrency: list[int]) -> list[s
                     1.0,
                 )
                 for n in concurrency
+            ),
+            *(
+                target(
+                    f"served / transformers compiled tokens/s, {n} conversations",
+                    measured(rows, served, short, n, "tokens_per_s")
+                    / measured(rows, "transformers_compiled", short, n, "tokens_per_s"),
+                )
+                for n in concurrency
+                if any(r["backend"] == "transformers_compiled" for r in rows)
             ),
             target(
                 "model.py per execute / (0.3 ms + 5 % of the engine's step), worst row",

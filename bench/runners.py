@@ -32,9 +32,12 @@ def prompts(n: int, prompt_len: int, vocab: int, seed: int) -> list[list[int]]:
     return [rng.integers(10, vocab, prompt_len).tolist() for _ in range(n)]
 
 
-def run_transformers(model, batch: list[list[int]], new_tokens: int, device: str = "cpu") -> Timing:
-    """transformers `generate` in-process, with its KV cache (DynamicCache), the model's own
-    attention implementation; one batch of all conversations."""
+def run_transformers(
+    model, batch: list[list[int]], new_tokens: int, device: str = "cpu", **generate_kwargs
+) -> Timing:
+    """transformers `generate` in-process, with its KV cache (DynamicCache unless
+    `generate_kwargs` say otherwise), the model's own attention implementation; one batch of all
+    conversations."""
     import torch
     from transformers import StoppingCriteria, StoppingCriteriaList
 
@@ -56,6 +59,7 @@ def run_transformers(model, batch: list[list[int]], new_tokens: int, device: str
             min_new_tokens=new_tokens,
             pad_token_id=0,
             stopping_criteria=StoppingCriteriaList([Clock()]),
+            **generate_kwargs,
         )
     wall = time.perf_counter() - t0
     steps = np.diff([t0, *stamps])
@@ -64,6 +68,30 @@ def run_transformers(model, batch: list[list[int]], new_tokens: int, device: str
         [float(s) for s in steps[1:] for _ in batch],
         wall,
         len(batch) * new_tokens,
+    )
+
+
+def run_transformers_static(
+    model, batch: list[list[int]], new_tokens: int, device: str = "cpu", compiled: bool = True
+) -> Timing:
+    """transformers `generate` at its fastest as documented: a static KV cache and, `compiled`,
+    the decode step compiled with torch.compile(mode="reduce-overhead", fullgraph=True), which
+    generate() does itself (the prompt step runs eager). On CUDA, reduce-overhead is CUDA graphs;
+    on the CPU it is inductor's C++ kernels (no graphs) and transformers compiles there only when
+    asked (CompileConfig's _compile_all_devices). Each batch shape (conversations, prompt length)
+    compiles anew on its first run: warm up on the same shape before timing."""
+    from transformers import CompileConfig
+
+    config = CompileConfig(fullgraph=True, mode="reduce-overhead", dynamic=False)
+    config._compile_all_devices = True  # on the CPU too (transformers' own switch for it)
+    return run_transformers(
+        model,
+        batch,
+        new_tokens,
+        device,
+        cache_implementation="static",
+        compile_config=config,
+        disable_compile=not compiled,
     )
 
 

@@ -11,8 +11,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from contract import triton_io as io
 
-# Triton's cumulative per-request durations (nanoseconds) in /v2/models/<m>/stats.
+# Triton's cumulative per-request durations (nanoseconds) in /v2/models/<m>/stats; "success" is a
+# request's whole time in Triton (from its arrival in the core to its answer), the phases and more.
 PHASES = ("queue", "compute_input", "compute_infer", "compute_output")
+REQUEST = "success"
 
 
 def model_stats(url: str, model: str) -> tuple[int, int]:
@@ -39,15 +41,19 @@ class ServerTimes:
     model_executions: int
 
     def since(self, before: ServerTimes) -> dict[str, float]:
-        """Per request (Triton's phases) and per execute (model.py's parts), in ms, over the interval."""
+        """Per request (Triton's phases and its whole time, request_ms) and per execute (model.py's
+        parts), in ms, over the interval; Triton's requests and executions in it."""
         requests = max(self.requests - before.requests, 1)
         executions = max(self.model_executions - before.model_executions, 1)
         out = {f"{k}_ms": (self.phases[k] - before.phases[k]) / requests * 1000 for k in PHASES}
+        out["request_ms"] = (self.phases[REQUEST] - before.phases[REQUEST]) / requests * 1000
         out["engine_ms_per_execute"] = (self.engine_s - before.engine_s) / executions * 1000
         out["model_py_ms_per_execute"] = (self.model_s - before.model_s) / executions * 1000
         out["requests_per_execute"] = (self.requests - before.requests) / max(
             self.executions - before.executions, 1
         )
+        out["requests"] = self.requests - before.requests
+        out["executions"] = self.executions - before.executions
         return out
 
 
@@ -59,7 +65,7 @@ def server_times(url: str, metrics_url: str, model: str) -> ServerTimes:
     time.sleep(io.GAUGE_INTERVAL_S + 0.05)
     probe(url, model)
     stats = _stats(url, model)
-    phases = {k: stats["inference_stats"][k]["ns"] / 1e9 for k in PHASES}
+    phases = {k: stats["inference_stats"][k]["ns"] / 1e9 for k in (*PHASES, REQUEST)}
     with urllib.request.urlopen(metrics_url, timeout=10) as r:
         families = text_string_to_metric_families(r.read().decode())
         gauges = {

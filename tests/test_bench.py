@@ -87,7 +87,7 @@ def test_gpu_check_runs_its_phases_on_the_cpu(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads((tmp_path / "gpu-check.json").read_text())
-    assert all(phase["ok"] for phase in report["phases"].values()) and len(report["phases"]) == 11
+    assert all(phase["ok"] for phase in report["phases"].values()) and len(report["phases"]) == 12
     backends = {r["backend"] for r in report["rows"]}
     assert backends == {
         "ort_cuda",
@@ -95,6 +95,7 @@ def test_gpu_check_runs_its_phases_on_the_cpu(tmp_path):
         "triton_cuda",
         "transformers_eager",
         "transformers_sdpa",
+        "transformers_static",  # the compiled rows' code path, not compiled on the CPU
     }
     assert report["churn"]["rows_differing"] == 0 and report["churn"]["graph_steps"] > 50
     assert [g["bucket"] for g in report["graphs"]] == [1, 2, 3] and report["parity"]["top1"] == 1.0
@@ -102,6 +103,9 @@ def test_gpu_check_runs_its_phases_on_the_cpu(tmp_path):
         r["engine_ms_per_execute"] > 0 for r in report["rounds"]
     )
     assert len(report["prompt_chunks"]) == 8
+    processes = {r["processes"]: r for r in report["processes"]}  # 1 and (at most 4) 3 bot processes
+    assert set(processes) == {1, 3} and all(r["tokens_per_s"] > 0 for r in processes.values())
+    assert processes[3]["rounds"] == 3 * 6 and processes[3]["requests_per_execute"] >= 1
     assert "| target |" in (tmp_path / "gpu-check.md").read_text()
 
 
