@@ -253,10 +253,12 @@ def test_database_going_away_while_running(tg, triton, tokenizer, postgres, data
     assert metrics.registry.get_sample_value("bot_errors_total", {"kind": "unexpected"}) == 0
 
 
-# A text message's turn commits, in order: its message, the reply, the reply marked sent, the lock.
+# A text message's turn commits, in order: its message, the reply, the reply's Telegram message ids
+# (attach, for the votes), the reply marked sent, the lock.
 TURN_COMMITS = {
     "message": "database call failed",
     "reply": "database call failed",
+    "attached": "database call failed",
     "sent": "database call failed",
 }
 TURN_COMMITS["lock"] = "lock connection lost by the end of its turn"
