@@ -11,6 +11,7 @@ scenarios (bench/scenarios.py) against the same server.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import statistics
 import sys
@@ -101,6 +102,19 @@ def measure(
     return rows
 
 
+async def check_tokenizer(url: str, name: str, model_dir: Path) -> None:
+    """The bot's start check (client/chat.py's ChatBot.check): the served version's tokenizer is the
+    one in `model_dir` (TokenizerRefused names the folder that matches)."""
+    from client.tokenizer import ModelVersions
+    from client.transport import Transport
+
+    transport = Transport(url, name)
+    try:
+        ModelVersions.open(model_dir).check(await transport.serving())
+    finally:
+        await transport.close()
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     p.add_argument("--shape", choices=sorted(SHAPES), default="small")
@@ -148,6 +162,8 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     http, grpc, metrics = free_ports(3)
     with TritonServer(repo, http, grpc, metrics, log_file=work / "tritonserver.log") as server:
+        for name in (io.DEFAULT_MODEL_NAME, INT8_MODEL):  # what Triton serves is what was exported here
+            asyncio.run(check_tokenizer(server.url, name, repo / name))
         runners = {
             "transformers": lambda b: run_transformers(model, b, args.new_tokens),
             "ort": lambda b: run_ort(engine, b, args.new_tokens),

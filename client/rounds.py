@@ -69,6 +69,8 @@ class TritonClient(Transport):
     async def close(self) -> None:
         """Stop the rounds (their pending END rows go first, best effort) and the connections."""
         if self._task is not None:
+            if not (self._active or self._waiting):  # only END rows left: let them go
+                await asyncio.wait({self._task}, timeout=self.timeout)
             self._task.cancel()
             await asyncio.wait({self._task})
         self._task, self._wake = None, asyncio.Event()  # it may be used again, in another event loop
@@ -170,6 +172,9 @@ class TritonClient(Transport):
             for seq in seqs:
                 self._failed(seq, exc)
             return
+        except asyncio.CancelledError:
+            self._ends = ends + self._ends  # close() sends them
+            raise
         self._answered(seqs, rows, count, full, answer, loop.time(), sent)
 
     def _answered(
