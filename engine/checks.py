@@ -10,7 +10,7 @@ answer stands; one that agrees is used from then on without further checks.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
@@ -18,10 +18,20 @@ from engine.plan import Row
 from engine.runner import CallResult
 
 if TYPE_CHECKING:
-    from engine.core import KVEngine
     from engine.graphs import DecodeGraph
+    from engine.runner import Runner
 
 log = logging.getLogger("engine.core")
+
+
+class Checked(Protocol):
+    """What the checks read and switch off of the engine (engine/core.py's KVEngine)."""
+
+    runner: Runner
+    tolerance: float
+    graphs: dict[int, DecodeGraph]
+    first_chunks: bool
+    first_chunks_checked: bool
 
 
 def tolerance(dtype: type[np.generic]) -> float:
@@ -37,7 +47,7 @@ def _compare(got: CallResult, rows: list[int], want: CallResult, limit: float) -
     return diff, bool((got.top_ids[rows, 0] == want.top_ids[:, 0]).all()) and diff <= limit
 
 
-def graph_run(engine: KVEngine, call: list[Row], graph: DecodeGraph, lengths: dict[int, int]) -> CallResult:
+def graph_run(engine: Checked, call: list[Row], graph: DecodeGraph, lengths: dict[int, int]) -> CallResult:
     """The call on its decode graph; its first run checked against an ordinary call of the same
     rows (turning the decode graphs off where it fails or differs)."""
     if graph.runs:
@@ -68,7 +78,7 @@ def graph_run(engine: KVEngine, call: list[Row], graph: DecodeGraph, lengths: di
     return got
 
 
-def first_chunks_run(engine: KVEngine, call: list[Row], lengths: dict[int, int]) -> CallResult:
+def first_chunks_run(engine: Checked, call: list[Row], lengths: dict[int, int]) -> CallResult:
     """The first call of several first chunks (adjacent slots), checked against each row alone:
     where it fails or differs, prompt batching is turned off and the rows' own calls answer."""
     try:

@@ -293,12 +293,19 @@ def test_reset_forgets_the_dialogue_not_which_messages_were_answered(backend):
 
 
 def test_the_inbox_is_pruned_per_chat(backend):
+    """A chat's inbox keeps its newest `keep` ids; an id older than those (pruned) counts as
+    answered long ago, so a late redelivery is not answered again; another chat's inbox is its own."""
+
     async def body(store: Store) -> None:
-        for i in range(1, 11):
+        for i in range(3, 11):
             await store.mark_answered(CHAT, i, turn=False)
         await store.mark_answered(OTHER, 1, turn=False)
-        assert [await store.is_answered(CHAT, i) for i in range(1, 11)] == [False] * 6 + [True] * 4
-        assert await store.is_answered(OTHER, 1)
+        rows = await store._run(
+            lambda conn: conn.fetch("SELECT message_id FROM inbox WHERE chat_id = $1", CHAT)
+        )
+        assert sorted(r["message_id"] for r in rows) == [7, 8, 9, 10]  # pruned to the newest 4
+        assert [await store.is_answered(CHAT, i) for i in range(1, 13)] == [True] * 10 + [False] * 2
+        assert await store.is_answered(OTHER, 1) and not await store.is_answered(OTHER, 2)
 
     run(backend, body, keep=4)
 

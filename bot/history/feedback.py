@@ -35,7 +35,7 @@ from bot.history.votes import (
 )
 
 if TYPE_CHECKING:
-    from bot.history.store import Connection
+    from bot.history.schema import Connection
 
 T = TypeVar("T")
 

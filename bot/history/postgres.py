@@ -28,12 +28,11 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
-from bot.history.schema import POSTGRESQL, migrations
+from bot.history.schema import POSTGRESQL, Connection, migrations
 from bot.history.store import (
     DATABASE_URL,
     KEEP_ROWS,
     ChatLocks,
-    Connection,
     DatabaseSettings,
     Store,
     StoreUnavailable,

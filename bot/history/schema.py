@@ -9,7 +9,18 @@ in use are at v1 or v2 and move on from there.
 
 from __future__ import annotations
 
+from contextlib import AbstractAsyncContextManager
 from dataclasses import asdict, dataclass
+from typing import Any, Protocol
+
+
+class Connection(Protocol):
+    """The calls the store makes: asyncpg's Connection, or bot/history/sqlite.py's stand-in."""
+
+    async def execute(self, sql: str, *args: object) -> str: ...
+    async def fetch(self, sql: str, *args: object) -> list[Any]: ...
+    async def fetchval(self, sql: str, *args: object) -> Any: ...
+    def transaction(self) -> AbstractAsyncContextManager[Any]: ...
 
 
 @dataclass(frozen=True)

@@ -16,8 +16,8 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
-from bot.history.schema import SQLITE, migrations
-from bot.history.store import FILENAME, KEEP_ROWS, ChatLocks, Connection, Store
+from bot.history.schema import SQLITE, Connection, migrations
+from bot.history.store import FILENAME, KEEP_ROWS, ChatLocks, Store
 
 T = TypeVar("T")
 

@@ -27,9 +27,10 @@ import weakref
 from collections.abc import Iterable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol, TypeVar
+from typing import Literal, TypeVar
 
 from bot.history.feedback import Feedback
+from bot.history.schema import Connection
 
 Role = Literal["user", "bot"]
 T = TypeVar("T")
@@ -61,15 +62,6 @@ class Unsent:
     message_id: int  # the message it answers
     text: str
     reply: int | None = None  # its id for votes (record_reply), None where it was stored by `add`
-
-
-class Connection(Protocol):
-    """The calls the store makes: asyncpg's Connection, or bot/history/sqlite.py's stand-in."""
-
-    async def execute(self, sql: str, *args: object) -> str: ...
-    async def fetch(self, sql: str, *args: object) -> list[Any]: ...
-    async def fetchval(self, sql: str, *args: object) -> Any: ...
-    def transaction(self) -> AbstractAsyncContextManager[Any]: ...
 
 
 def check_role(role: str) -> None:

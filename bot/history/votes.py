@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from bot.history.store import Connection
+    from bot.history.schema import Connection
 
 UP, DOWN = "👍", "👎"  # the buttons' labels, and the reactions that count as votes
 VOTES = {UP: 1, DOWN: -1}
