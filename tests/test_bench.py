@@ -87,7 +87,7 @@ def test_gpu_check_runs_its_phases_on_the_cpu(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads((tmp_path / "gpu-check.json").read_text())
-    assert all(phase["ok"] for phase in report["phases"].values()) and len(report["phases"]) == 12
+    assert all(phase["ok"] for phase in report["phases"].values()) and len(report["phases"]) == 14
     backends = {r["backend"] for r in report["rows"]}
     assert backends == {
         "ort_cuda",

@@ -85,6 +85,8 @@ def test_each_shown_text_starts_the_next_and_the_final_reply(tokenizer, pieces):
 
 @pytest.mark.parametrize("awaited", [False, True])
 def test_on_tokens_calls_back_only_when_the_text_grows(tokenizer, awaited):
+    """A plain on_text is called as the text grows (the callback returns None: the generation goes
+    on at once); an async one's awaitable is handed back, for the rounds to wait for."""
     seen: list[str] = []
 
     async def record_async(text: str) -> None:
@@ -96,7 +98,9 @@ def test_on_tokens_calls_back_only_when_the_text_grows(tokenizer, awaited):
 
     async def feed() -> None:
         for n in range(1, len(ids) + 1):
-            await callback(ids[:n])
+            if (pending := callback(ids[:n])) is not None:
+                assert awaited
+                await pending
 
     asyncio.run(feed())
     assert seen[-1] == "Да 😀" and all(b.startswith(a) and b != a for a, b in itertools.pairwise(seen))
