@@ -358,3 +358,37 @@ def test_a_live_holder_keeps_its_lock_past_the_bound(database_url):
         return log
 
     assert asyncio.run(main()) == ["a in", "a out", "b in", "b out"]
+
+
+def test_a_turn_whose_lock_commit_breaks_ends_quietly_and_frees_the_chat(database_url, monkeypatch, caplog):
+    """The server going away can leave asyncpg mid-error as the turn commits its lock ("another
+    operation is in progress"): the turn ends without an error (its writes were committed on other
+    connections) and the lock goes with the ended connection, so the next turn waits for nothing."""
+    commit = asyncpg.transaction.Transaction.commit
+    broken = ["once"]
+
+    async def breaks_once(transaction) -> None:
+        if broken:
+            broken.pop()
+            raise asyncpg.InternalClientError("cannot switch to state 15; another operation (2) is in progress")
+        await commit(transaction)
+
+    async def main() -> float:
+        a, b = PostgresStore(settings(database_url, lock_seconds=30)), PostgresStore(settings(database_url))
+        await a.start()
+        await b.start()
+        try:
+            monkeypatch.setattr(asyncpg.transaction.Transaction, "commit", breaks_once)
+            async with a.chat_turn(CHAT):
+                await a.add(CHAT, "user", "Привет", 1)
+            start = asyncio.get_running_loop().time()
+            async with b.chat_turn(CHAT):
+                waited = asyncio.get_running_loop().time() - start
+            assert await b.turns(CHAT, 5) == ["Привет"]
+            return waited
+        finally:
+            await a.close()
+            await b.close()
+
+    assert asyncio.run(main()) < 10 and not broken  # not the 30 s bound of a lock left behind
+    assert "lock connection lost by the end of its turn (cannot switch to state 15" in caplog.text

@@ -46,12 +46,15 @@ MIGRATION_LOCK = (0x626F74, 1)  # two-int advisory key: a key space apart from t
 DATA_CONNECTIONS = 4  # per replica, for the short reads and writes
 LOCK_CONNECTIONS = 24  # per replica: chats whose turn it holds or waits for at one time
 # Errors after which the same call may work again: the server restarting, a network cut, a
-# connection the server ended. Anything else (bad SQL, a constraint) is raised at once.
+# connection the server ended (asyncpg's InternalClientError "another operation is in progress" when
+# the server's shutdown error has arrived and the closed socket not yet; the pool ends that
+# connection). Anything else (bad SQL, a constraint) is raised at once.
 TRANSIENT = (
     OSError,
     asyncpg.PostgresConnectionError,
     asyncpg.exceptions.OperatorInterventionError,
     asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
 )
 REFUSED = (asyncpg.InvalidAuthorizationSpecificationError, asyncpg.InvalidCatalogNameError)
 
