@@ -370,7 +370,9 @@ def test_a_turn_whose_lock_commit_breaks_ends_quietly_and_frees_the_chat(databas
     async def breaks_once(transaction) -> None:
         if broken:
             broken.pop()
-            raise asyncpg.InternalClientError("cannot switch to state 15; another operation (2) is in progress")
+            raise asyncpg.InternalClientError(
+                "cannot switch to state 15; another operation (2) is in progress"
+            )
         await commit(transaction)
 
     async def main() -> float:
